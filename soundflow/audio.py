@@ -1,0 +1,201 @@
+"""Audio front end: load, validate, resample, chunk, and compute per-chunk log-mel features.
+
+Every 400 ms chunk is featurised on its own (paper §Additional Analysis, Obs. 1): the STFT is
+padded at the chunk's own edges and the log-mel is normalised with *fixed* constants, so a
+chunk gives the same features alone or inside a file. (The authors' code normalises by the
+whole file's maximum, which makes a chunk's features depend on audio it has not heard yet.)
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import BinaryIO, Iterable, Iterator
+
+import numpy as np
+import torch
+
+SAMPLE_RATE = 16_000
+CHUNK_MS = 400
+N_FFT = 400  # 25 ms window, as Whisper
+HOP = 160  # 10 ms hop: 40 frames per 400 ms chunk
+# Fixed log-mel normalisation. Whisper clamps to (file max - 8) and maps with (x + 4) / 4; we
+# replace the file max by a constant ceiling so features never depend on the future.
+LOG_MEL_CEIL = 1.5
+LOG_MEL_RANGE = 8.0
+
+
+class AudioError(ValueError):
+    """Raised for audio the front end cannot use: empty, corrupt, non-finite, unreadable."""
+
+
+def chunk_samples(chunk_ms: int = CHUNK_MS, sample_rate: int = SAMPLE_RATE) -> int:
+    n = sample_rate * chunk_ms // 1000
+    if n <= 0 or n % HOP:
+        raise AudioError(f"chunk of {chunk_ms} ms is not a positive multiple of {HOP * 1000 // SAMPLE_RATE} ms")
+    return n
+
+
+def to_mono_16k(wave: np.ndarray, sample_rate: int, *, name: str = "audio") -> np.ndarray:
+    """Downmix (frames, channels) to mono float32, resample to 16 kHz with soxr, validate."""
+    wave = np.asarray(wave)
+    if wave.dtype.kind in "iu":  # integer PCM → [-1, 1)
+        wave = wave.astype(np.float32) / float(np.iinfo(wave.dtype).max + 1)
+    wave = wave.astype(np.float32, copy=False)
+    if wave.ndim == 2:
+        wave = wave.mean(axis=1)
+    elif wave.ndim != 1:
+        raise AudioError(f"{name}: expected 1-D or (frames, channels) audio, got shape {wave.shape}")
+    if wave.size == 0:
+        raise AudioError(f"{name}: audio is empty")
+    if not np.isfinite(wave).all():
+        raise AudioError(f"{name}: audio contains NaN or infinite samples")
+    if sample_rate <= 0:
+        raise AudioError(f"{name}: invalid sample rate {sample_rate}")
+    if sample_rate != SAMPLE_RATE:
+        import soxr
+
+        wave = soxr.resample(wave, sample_rate, SAMPLE_RATE, quality="HQ").astype(np.float32)
+    return wave
+
+
+def load_audio(path: str | Path | BinaryIO) -> np.ndarray:
+    """Read wav/flac/ogg/mp3 (anything libsndfile reads) → mono float32 at 16 kHz."""
+    import soundfile as sf
+
+    name = str(getattr(path, "name", path))
+    if isinstance(path, (str, Path)) and not Path(path).exists():
+        raise AudioError(f"{name}: no such file")
+    try:
+        wave, sr = sf.read(path, dtype="float32", always_2d=True)
+    except Exception as e:  # soundfile raises LibsndfileError, RuntimeError, TypeError...
+        raise AudioError(f"{name}: cannot decode audio ({e})") from None
+    return to_mono_16k(wave, sr, name=name)
+
+
+def read_pcm_s16le(data: bytes) -> np.ndarray:
+    """Raw little-endian int16 mono PCM → float32."""
+    if len(data) % 2:
+        data = data[:-1]
+    return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
+
+
+def iter_chunks(wave: np.ndarray, chunk_ms: int = CHUNK_MS, *, pad_last: bool = True) -> Iterator[np.ndarray]:
+    """Split a 16 kHz waveform into chunks; the last partial chunk is zero-padded."""
+    n = chunk_samples(chunk_ms)
+    for start in range(0, len(wave), n):
+        c = wave[start : start + n]
+        if len(c) < n:
+            if not pad_last:
+                return
+            c = np.pad(c, (0, n - len(c)))
+        yield c
+
+
+def iter_pcm_stream(stream: BinaryIO, chunk_ms: int = CHUNK_MS) -> Iterator[np.ndarray]:
+    """Chunks from a raw 16 kHz s16le byte stream (stdin, a socket): yields as bytes arrive."""
+    need = chunk_samples(chunk_ms) * 2
+    buf = b""
+    while True:
+        data = stream.read(need - len(buf))
+        if not data:
+            break
+        buf += data
+        if len(buf) == need:
+            yield read_pcm_s16le(buf)
+            buf = b""
+    if buf:
+        yield from iter_chunks(read_pcm_s16le(buf), chunk_ms)
+
+
+def open_source(source: str, chunk_ms: int = CHUNK_MS) -> Iterator[np.ndarray]:
+    """`-` reads raw 16 kHz s16le PCM from stdin; anything else is an audio file."""
+    if source == "-":
+        return iter_pcm_stream(sys.stdin.buffer, chunk_ms)
+    return iter_chunks(load_audio(source), chunk_ms)
+
+
+@lru_cache(maxsize=4)
+def mel_filters(n_mels: int) -> torch.Tensor:
+    """Slaney mel filterbank as Whisper uses (201 FFT bins → n_mels)."""
+    from transformers.audio_utils import mel_filter_bank
+
+    fb = mel_filter_bank(
+        num_frequency_bins=N_FFT // 2 + 1,
+        num_mel_filters=n_mels,
+        min_frequency=0.0,
+        max_frequency=SAMPLE_RATE / 2,
+        sampling_rate=SAMPLE_RATE,
+        norm="slaney",
+        mel_scale="slaney",
+    )
+    return torch.from_numpy(np.ascontiguousarray(fb.T)).float()  # (n_mels, 201)
+
+
+@lru_cache(maxsize=1)
+def _window() -> torch.Tensor:
+    return torch.hann_window(N_FFT)
+
+
+def log_mel(wave: np.ndarray | torch.Tensor, n_mels: int = 80) -> torch.Tensor:
+    """Log-mel of one chunk (or a batch of chunks): (..., samples) → (..., n_mels, samples // HOP)."""
+    x = torch.as_tensor(wave, dtype=torch.float32)
+    spec = torch.stft(x.reshape(-1, x.shape[-1]), N_FFT, HOP, window=_window(), return_complex=True)
+    power = spec[..., :-1].abs() ** 2  # drop the last frame, as Whisper does: 6400 samples → 40 frames
+    mel = mel_filters(n_mels) @ power
+    logm = torch.clamp(mel, min=1e-10).log10()
+    logm = torch.clamp(logm, min=LOG_MEL_CEIL - LOG_MEL_RANGE, max=LOG_MEL_CEIL)
+    logm = (logm + 4.0) / 4.0
+    return logm.reshape(*x.shape[:-1], n_mels, -1)
+
+
+def whisper_log_mel(wave: np.ndarray, n_mels: int = 80) -> torch.Tensor:
+    """Whisper's own whole-window normalisation (max - 8): for offline comparisons only."""
+    x = torch.as_tensor(wave, dtype=torch.float32)
+    spec = torch.stft(x, N_FFT, HOP, window=_window(), return_complex=True)
+    mel = mel_filters(n_mels) @ (spec[..., :-1].abs() ** 2)
+    logm = torch.clamp(mel, min=1e-10).log10()
+    logm = torch.maximum(logm, logm.max() - 8.0)
+    return (logm + 4.0) / 4.0
+
+
+@dataclass
+class Chunker:
+    """Stateful chunker for PCM pushed in arbitrary pieces (a socket, a microphone callback)."""
+
+    chunk_ms: int = CHUNK_MS
+
+    def __post_init__(self) -> None:
+        self._n = chunk_samples(self.chunk_ms)
+        self._buf = np.zeros(0, dtype=np.float32)
+
+    def push(self, pcm: np.ndarray) -> list[np.ndarray]:
+        pcm = np.asarray(pcm, dtype=np.float32).reshape(-1)
+        if not np.isfinite(pcm).all():
+            raise AudioError("PCM contains NaN or infinite samples")
+        self._buf = np.concatenate([self._buf, pcm])
+        k = len(self._buf) // self._n
+        out = [self._buf[i * self._n : (i + 1) * self._n] for i in range(k)]
+        self._buf = self._buf[k * self._n :]
+        return out
+
+    def flush(self) -> list[np.ndarray]:
+        if not len(self._buf):
+            return []
+        out = [np.pad(self._buf, (0, self._n - len(self._buf)))]
+        self._buf = np.zeros(0, dtype=np.float32)
+        return out
+
+
+def write_audio(path: str | Path, wave: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
+    import soundfile as sf
+
+    sf.write(str(path), np.asarray(wave, dtype=np.float32), sample_rate)
+
+
+def chunks_from_bytes(data: bytes, chunk_ms: int = CHUNK_MS) -> Iterable[np.ndarray]:
+    """Decode an uploaded audio file held in memory."""
+    return iter_chunks(load_audio(io.BytesIO(data)), chunk_ms)

@@ -1,0 +1,102 @@
+"""Checkpoints hold only trained parameters (safetensors) plus the model config and recipe.
+
+A folder written here loads with `load_model(DIR)`: the backend is rebuilt from its base
+weights (offline packages or hub ids), LoRA is re-injected if the recipe used it, and the
+trained tensors are put back on top. Writes are atomic (temp folder, then rename), so a run
+killed mid-save never leaves a half checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .model import AudioLM, ModelConfig, build_model
+
+
+def trained_state(model: AudioLM, names: set[str]) -> dict[str, torch.Tensor]:
+    """The named parameters, deduplicated (tied embeddings are stored once)."""
+    params = dict(model.named_parameters(remove_duplicate=True))
+    missing = names - params.keys()
+    if missing:
+        raise KeyError(f"not parameters of the model: {sorted(missing)[:5]}")
+    return {n: params[n].detach().to("cpu").contiguous() for n in sorted(names)}
+
+
+def atomic_dir(final: Path) -> Path:
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+
+
+def commit_dir(tmp: Path, final: Path) -> None:
+    """Replace `final` by `tmp`; the old copy survives as `<final>.old` until the swap is done."""
+    old = final.with_name(final.name + ".old")
+    if final.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        final.rename(old)
+    tmp.rename(final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def resolve_dir(final: Path) -> Path | None:
+    """The folder to read: `final`, or its `.old` copy if a kill hit between the two renames."""
+    if (final / "model.json").exists():
+        return final
+    old = final.with_name(final.name + ".old")
+    return old if (old / "model.json").exists() else None
+
+
+def save_checkpoint(model: AudioLM, names: set[str], out: Path, recipe: dict | None = None,
+                    lora: dict | None = None, extra_files: dict[str, object] | None = None) -> None:
+    out = Path(out)
+    tmp = atomic_dir(out)
+    save_file(trained_state(model, names), str(tmp / "model.safetensors"))
+    meta = {"format": "soundflow-checkpoint/1", "model": asdict(model.cfg), "lora": lora,
+            "trained": sorted(names), "vocab_size": model.tokenizer.vocab_size}
+    (tmp / "model.json").write_text(json.dumps(meta, indent=1))
+    if recipe is not None:
+        import yaml
+
+        (tmp / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    for name, obj in (extra_files or {}).items():
+        torch.save(obj, tmp / name)
+    commit_dir(tmp, out)
+
+
+def inject_lora(model: AudioLM, lora: dict) -> None:
+    """LoRA adapters (peft) on the LM body's projections."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    cfg = LoraConfig(r=lora.get("r", 8), lora_alpha=lora.get("alpha", 16), lora_dropout=lora.get("dropout", 0.0),
+                     target_modules=lora.get("targets", ["q_proj", "k_proj", "v_proj", "o_proj"]))
+    inject_adapter_in_model(cfg, model.body)
+
+
+def load_checkpoint(folder: str | Path) -> AudioLM:
+    folder = resolve_dir(Path(folder))
+    if folder is None:
+        raise FileNotFoundError("no soundflow checkpoint (model.json) there")
+    meta = json.loads((folder / "model.json").read_text())
+    model = build_model(ModelConfig(**meta["model"]))
+    if meta.get("lora"):
+        inject_lora(model, meta["lora"])
+    state = load_file(str(folder / "model.safetensors"))
+    params = dict(model.named_parameters(remove_duplicate=True))
+    unknown = set(state) - set(params)
+    if unknown:
+        raise KeyError(f"checkpoint tensors the model does not have: {sorted(unknown)[:5]}")
+    with torch.no_grad():
+        for n, t in state.items():
+            if params[n].shape != t.shape:
+                raise ValueError(f"{n}: checkpoint shape {tuple(t.shape)} != model {tuple(params[n].shape)}")
+            params[n].copy_(t)
+    model.checkpoint_dir = str(folder)
+    return model.eval()

@@ -1,0 +1,161 @@
+"""`soundflow` command line (the stable contract in DESIGN.md)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _listen(a) -> int:
+    from .listen import listen
+
+    return listen(a.audio, model=a.model, instruction=a.instruction, chunk_ms=a.chunk_ms, realtime=a.realtime,
+                  jsonl=a.jsonl, plot=a.plot, threshold=a.threshold, mode=a.mode)
+
+
+def _train(a) -> int:
+    from .train import load_recipe, train
+
+    recipe = load_recipe(a.recipe)
+    if a.out:
+        recipe.out = a.out
+    final = train(recipe, resume=a.resume)
+    print(f"model written to {final}")
+    return 0
+
+
+def _tfjp(a) -> int:
+    from .tfjp import TFJPConfig, tfjp_file
+
+    tfjp_file(a.inp, a.out, TFJPConfig())
+    return 0
+
+
+def _serve(a) -> int:
+    from .server import serve
+
+    return serve(host=a.host, port=a.port, model=a.model, token=a.token or os.environ.get("SOUNDFLOW_TOKEN"))
+
+
+def _bench_proactive(a) -> int:
+    from .bench.proactive import bench_proactive, make_baseline
+
+    runner = make_baseline(a.baseline) if a.baseline else _engine_runner(a.model, a.threshold)
+    bench_proactive(a.manifest, runner, tier=a.tier, window_chunks=a.window, seed=a.seed, out=a.out, json=a.json)
+    return 0
+
+
+def _engine_runner(model: str, threshold: float):
+    from .bench.common import engine_runner
+
+    return engine_runner(model, threshold=threshold)
+
+
+def _bench_latency(a) -> int:
+    from .bench.latency import bench_latency
+
+    bench_latency(model=a.model, minutes=a.minutes, json=a.json)
+    return 0
+
+
+def _bench_data(a) -> int:
+    from .bench.speed_data import bench_data_speed
+
+    bench_data_speed(seconds=a.seconds, json=a.json)
+    return 0
+
+
+def _bench_train(a) -> int:
+    from .bench.train_speed import bench_train
+
+    bench_train(model=a.model, chunks=a.chunks, steps=a.steps, modes=a.modes.split(","), json=a.json)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="soundflow", description="Always-on audio interaction models.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("listen", help="stream an audio file (or - for 16 kHz s16le stdin) through a model")
+    s.add_argument("audio")
+    s.add_argument("--model", default="mini", help="backend name (mini, tiny, ...) or a checkpoint folder")
+    s.add_argument("--instruction", default=None)
+    s.add_argument("--chunk-ms", type=int, default=400)
+    s.add_argument("--realtime", action="store_true", help="pace input to the wall clock")
+    s.add_argument("--jsonl", action="store_true", help="one JSON object per event")
+    s.add_argument("--plot", default=None, metavar="OUT.png")
+    s.add_argument("--threshold", type=float, default=0.5, help="respond when P(<response>) ≥ this")
+    s.add_argument("--mode", choices=["fifo", "sequential"], default="fifo")
+    s.set_defaults(fn=_listen)
+
+    s = sub.add_parser("train", help="run a training recipe (YAML or TOML)")
+    s.add_argument("recipe")
+    s.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
+    s.add_argument("--out", default=None, help="override the recipe's output folder")
+    s.set_defaults(fn=_train)
+
+    s = sub.add_parser("tfjp", help="time-frequency joint preprocessing (Alg. 1) of a file or folder")
+    s.add_argument("inp", metavar="IN")
+    s.add_argument("out", metavar="OUT")
+    s.set_defaults(fn=_tfjp)
+
+    s = sub.add_parser("serve", help="WebSocket server with a browser page")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8765)
+    s.add_argument("--model", default="mini")
+    s.add_argument("--token", default=None, help="require this bearer token (or set SOUNDFLOW_TOKEN)")
+    s.set_defaults(fn=_serve)
+
+    b = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
+    s = b.add_parser("proactive", help="Proactive-Sound-Bench (public JSONL format)")
+    s.add_argument("manifest")
+    s.add_argument("--model", default="mini")
+    s.add_argument("--baseline", choices=["silent", "respond", "classifier"], default=None)
+    s.add_argument("--tier", choices=["single", "multi", "both"], default="both")
+    s.add_argument("--window", type=int, default=2, help="chunks after an event in which a reply still counts")
+    s.add_argument("--threshold", type=float, default=0.5)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", default=None, help="write a Markdown report with plots here")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=_bench_proactive)
+
+    s = b.add_parser("latency", help="decision latency, stalls, FIFO vs sequential, long-stream stability")
+    s.add_argument("--model", default="mini")
+    s.add_argument("--minutes", type=float, default=60.0, help="audio length for the long-stream test")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=_bench_latency)
+
+    s = b.add_parser("data", help="TFJP and composition speed (× real time per core)")
+    s.add_argument("--seconds", type=float, default=10.0)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=_bench_data)
+
+    s = b.add_parser("train", help="one training step's time, tokens/s and peak memory per freeze mode")
+    s.add_argument("--model", default="mini")
+    s.add_argument("--chunks", type=int, default=60)
+    s.add_argument("--steps", type=int, default=3)
+    s.add_argument("--modes", default="lm,lora,adapter")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=_bench_train)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .audio import AudioError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args) or 0)
+    except (AudioError, FileNotFoundError, ValueError) as e:
+        # Bad input gets one clear line, not a traceback (SOUNDFLOW_DEBUG=1 shows it).
+        if os.environ.get("SOUNDFLOW_DEBUG"):
+            raise
+        print(f"soundflow: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

