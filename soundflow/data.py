@@ -160,3 +160,18 @@ def load_streams(spec: str) -> list[StreamSample]:
     if p.is_file():
         return [StreamSample.from_json(r, root=p.parent) for r in read_jsonl(p)]
     raise FileNotFoundError(f"{spec}: no such manifest or shard folder")
+
+
+def shared_data_dir() -> Path | None:
+    """The development audio (`../shared/data` beside the checkout), or `$SOUNDFLOW_DATA`."""
+    import os
+
+    if os.environ.get("SOUNDFLOW_DATA"):
+        return Path(os.environ["SOUNDFLOW_DATA"])
+    for base in (Path.cwd(), Path(__file__).resolve().parent):
+        for d in (base, *base.parents):
+            if (d / "shared" / "data" / "README.md").exists():
+                return d / "shared" / "data"
+            if (d.parent / "shared" / "data" / "README.md").exists():
+                return d.parent / "shared" / "data"
+    return None

@@ -1,0 +1,1 @@
+"""Benchmarks: Proactive-Sound-Bench harness (`proactive`), baselines, reports."""

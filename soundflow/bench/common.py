@@ -1,0 +1,225 @@
+"""Shared pieces of the benchmark harness: the runner contract, manifests, prediction parsing, noise.
+
+A *runner* is any callable ``runner(wave, chunk_ms) -> list[ChunkResult]`` that hears a 16 kHz
+mono waveform chunk by chunk and reports, for every chunk, `<silent>` or `<response>` plus text.
+The streaming engine, the baselines and test doubles all satisfy it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Callable, Iterable
+
+import numpy as np
+
+SAMPLE_RATE = 16_000
+DECISIONS = ("RESPOND", "IGNORE")
+# Audio the public manifest names as .wav may have been converted; try these before giving up.
+_AUDIO_EXTS = (".wav", ".flac", ".ogg", ".opus", ".mp3")
+
+
+@dataclass
+class ChunkResult:
+    """What a runner says about chunk `chunk` (covering [chunk*c, (chunk+1)*c) seconds)."""
+
+    chunk: int
+    decision: str  # "silent" | "response"
+    p_response: float = 0.0
+    text: str = ""
+    latency_ms: float | None = None
+
+
+Runner = Callable[[np.ndarray, int], "list[ChunkResult]"]
+
+
+@dataclass
+class BenchItem:
+    """One manifest row: a clip with its gold decision and macro/meso category."""
+
+    id: str
+    path: Path  # absolute (resolved against the manifest's folder)
+    description: str
+    decision: str  # RESPOND | IGNORE
+    macro: str
+    meso: str
+    rel_path: str = ""  # as written in the manifest
+    standard_answers: list[str] = field(default_factory=list)
+
+    @property
+    def category(self) -> str:
+        return f"{self.macro}/{self.meso}"
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Rows of a JSONL file; blank lines are skipped, a bad line raises with its number."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{i}: not JSON ({e})") from None
+    return rows
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
+def categories_from_path(rel_path: str) -> tuple[str, str]:
+    """Macro/meso from `./proactive-sound-effect/<Macro>/<Meso>/<DECISION>/<id>.wav` (2nd/3rd part)."""
+    parts = [p for p in PurePosixPath(rel_path.replace("\\", "/")).parts if p not in (".", "")]
+    macro = parts[1] if len(parts) > 2 else "Unknown"
+    meso = parts[2] if len(parts) > 3 else "Unknown"
+    return macro, meso
+
+
+def resolve_audio(path: Path) -> Path:
+    """The path itself, or a sibling with the same stem in another audio format."""
+    if path.exists():
+        return path
+    for ext in _AUDIO_EXTS:
+        alt = path.with_suffix(ext)
+        if alt.exists():
+            return alt
+    return path  # missing: load_audio reports it and the item is skipped
+
+
+def load_references(path: str | Path) -> dict[str, list[str]]:
+    """`reference_replies.jsonl` → {id: standard_answers}; rows without answers are dropped."""
+    out: dict[str, list[str]] = {}
+    for r in read_jsonl(path):
+        answers = r.get("standard_answers") or []
+        if r.get("id") is not None and isinstance(answers, list) and answers:
+            out[str(r["id"])] = [str(a) for a in answers]
+    return out
+
+
+def load_manifest(path: str | Path, references: str | Path | None = None) -> list[BenchItem]:
+    """Read a Proactive-Sound-Bench manifest (the public `labels.jsonl` as is).
+
+    `reference_replies.jsonl` beside the manifest (or `references`) fills `standard_answers`.
+    Rows with an unknown decision are reported on stderr and skipped.
+    """
+    path = Path(path)
+    root = path.parent
+    refs_path = Path(references) if references else root / "reference_replies.jsonl"
+    refs = load_references(refs_path) if refs_path.exists() else {}
+    items = []
+    for r in read_jsonl(path):
+        rid, rel = str(r.get("id", "")), str(r.get("path", ""))
+        dec = str(r.get("decision", "")).strip().upper()
+        if not rid or not rel or dec not in DECISIONS:
+            print(f"[bench] skipping manifest row {r!r}: needs id, path and RESPOND|IGNORE", file=sys.stderr)
+            continue
+        macro, meso = categories_from_path(rel)
+        items.append(
+            BenchItem(
+                id=rid,
+                path=resolve_audio((root / rel).resolve()),
+                description=str(r.get("description", "")),
+                decision=dec,
+                macro=macro,
+                meso=meso,
+                rel_path=rel,
+                standard_answers=list(r.get("standard_answers") or refs.get(rid, [])),
+            )
+        )
+    return items
+
+
+# ---------------------------------------------------------------- offline prediction parsing
+
+_TAG_RE = {t: re.compile(rf"<\s*{t}\s*>(.*?)<\s*/\s*{t}\s*>", re.IGNORECASE | re.DOTALL) for t in ("decision", "reply")}
+_DEC_RE = re.compile(r"\b(RESPOND|IGNORE)\b", re.IGNORECASE)
+# Keys a prediction row may carry its raw model text under (ours first, then the public scorer's).
+PREDICTION_KEYS = ("prediction", "_raw_reply", "reply", "response", "output", "text")
+
+
+@dataclass
+class ParsedPrediction:
+    decision: str  # RESPOND | IGNORE | "" (unparsable)
+    reply: str
+    raw: str
+
+
+def parse_prediction(raw: str) -> ParsedPrediction:
+    """`<Decision>RESPOND</Decision><Reply>...</Reply>` → decision + reply.
+
+    Case and whitespace inside the tags are tolerated; a missing or unclosed `<Decision>` block
+    gives decision "" (unparsable), as the public scorer does (no plain-text fallback).
+    """
+    raw = (raw or "").strip()
+    m = _TAG_RE["decision"].search(raw)
+    dec = ""
+    if m:
+        d = _DEC_RE.search(m.group(1))
+        dec = d.group(1).upper() if d else ""
+    r = _TAG_RE["reply"].search(raw)
+    return ParsedPrediction(decision=dec, reply=r.group(1).strip() if r else "", raw=raw)
+
+
+def load_predictions(path: str | Path) -> dict[str, str]:
+    """Raw model text per id from a JSONL file, a folder of `<id>.txt`, or an `id<TAB>text` file."""
+    path = Path(path)
+    if path.is_dir():
+        return {p.stem: p.read_text(encoding="utf-8") for p in sorted(path.glob("*.txt"))}
+    text = path.read_text(encoding="utf-8")
+    out: dict[str, str] = {}
+    first = next((ln for ln in text.splitlines() if ln.strip()), "")
+    if first.lstrip().startswith("{"):
+        for r in read_jsonl(path):
+            if r.get("id") is None:
+                continue
+            raw = next((r[k] for k in PREDICTION_KEYS if isinstance(r.get(k), str) and r[k].strip()), "")
+            out[str(r["id"])] = raw
+        return out
+    for ln in text.splitlines():  # plain text: "<id><TAB or spaces><raw model text>"
+        if ln.strip():
+            rid, _, raw = ln.strip().partition("\t") if "\t" in ln else ln.strip().partition(" ")
+            out[rid.strip()] = raw.strip()
+    return out
+
+
+# ---------------------------------------------------------------- ambient noise
+
+def dbfs_to_rms(dbfs: float) -> float:
+    return float(10.0 ** (dbfs / 20.0))
+
+
+def colored_noise(n: int, rng: np.random.Generator, color: str = "pink", dbfs: float = -40.0) -> np.ndarray:
+    """Seeded pink (1/f power) or brown (1/f^2) noise scaled to an RMS of `dbfs`."""
+    if n <= 0:
+        return np.zeros(0, dtype=np.float32)
+    spec = rng.standard_normal(n // 2 + 1) + 1j * rng.standard_normal(n // 2 + 1)
+    f = np.fft.rfftfreq(n, 1.0 / SAMPLE_RATE)
+    f[0] = f[1] if n > 1 else 1.0
+    exponent = {"pink": 0.5, "brown": 1.0, "white": 0.0}[color]
+    x = np.fft.irfft(spec / f**exponent, n)
+    x -= x.mean()
+    rms = float(np.sqrt(np.mean(x**2))) or 1.0
+    return (x / rms * dbfs_to_rms(dbfs)).astype(np.float32)
+
+
+def fit_length(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Tile (from a random offset) or crop `x` to exactly n samples."""
+    if n <= 0:
+        return np.zeros(0, dtype=np.float32)
+    reps = int(np.ceil((n + len(x)) / len(x)))
+    tiled = np.tile(x, reps)
+    off = int(rng.integers(0, len(x)))
+    return tiled[off : off + n].astype(np.float32)
+
+
+def set_rms(x: np.ndarray, dbfs: float) -> np.ndarray:
+    rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if len(x) else 0.0
+    return (x * (dbfs_to_rms(dbfs) / rms)).astype(np.float32) if rms > 0 else x.astype(np.float32)
