@@ -99,4 +99,5 @@ def load_checkpoint(folder: str | Path) -> AudioLM:
                 raise ValueError(f"{n}: checkpoint shape {tuple(t.shape)} != model {tuple(params[n].shape)}")
             params[n].copy_(t)
     model.checkpoint_dir = str(folder)
+    model.trained = True  # listen and the server say plainly when a model is not
     return model.eval()

@@ -1,0 +1,302 @@
+"""`soundflow bench latency`: streaming-engine latency, stalls, long-stream stability, capacity.
+
+All in ONE run, on real audio from /work/shared/data (speech digits, sound events, background
+noise stitched into one stream), FIFO vs sequential side by side:
+
+1. decision latency after a chunk's last sample (p50/p99) and stall rate at 1x real time, FIFO,
+   listening only (goal <= 50 / 120 ms, 0 % stalls). A stall: the decision comes after the next
+   chunk's arrival (latency > chunk period); chunks heard during a reply are counted apart.
+2. replies forced every `reply_every` chunks (policy hook, `reply_tokens` tokens each) at 1x,
+   FIFO vs sequential: resume latency (reply end → the decoder has decided the newest chunk
+   available at that moment; paper: 4.5x), first-chunk latency (mean decision latency of the
+   first chunk decided after each reply, from its arrival; paper 831 vs 392 ms = 2.12x), stall
+   rate over all chunks.
+3. long stream faster than real time (chunks back to back, next fed once the previous is
+   decided): per-chunk cost in the last minute / the first minute (goal <= 1.1) and RSS growth
+   (goal flat), with the context policy (150-chunk window) on.
+4. capacity: N concurrent real-time sessions (N = 1, 2, 4, 8, 12, 16...) for `cap_seconds` each;
+   held if p99 latency < chunk period and no stall (goal >= 8).
+"""
+
+from __future__ import annotations
+
+import json as _json
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+DATA = Path(os.environ.get("SOUNDFLOW_DATA", "/work/shared/data"))
+
+
+def real_stream(seconds: float, seed: int = 0) -> np.ndarray:
+    """Speech, events and noise from DATA stitched (with short gaps) into one 16 kHz stream."""
+    from ..audio import load_audio
+
+    rng = np.random.default_rng(seed)
+    files = []
+    for manifest, key in (("speech/manifest.jsonl", "audio"), ("events/catalog.jsonl", "audio"),
+                          ("noise/manifest.jsonl", "audio")):
+        p = DATA / manifest
+        if p.exists():
+            rows = [_json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+            files.append([p.parent / r[key] for r in rows])
+    if not any(files):
+        return (rng.standard_normal(int(seconds * 16000)) * 0.05).astype(np.float32)
+    parts, total, i = [], 0, 0
+    need = int(seconds * 16000)
+    while total < need:
+        group = files[i % len(files)]
+        i += 1
+        if not group:
+            continue
+        try:
+            w = load_audio(group[int(rng.integers(len(group)))])
+        except Exception:  # noqa: BLE001 — skip unreadable files
+            continue
+        w = w[: 16000 * 8]
+        gap = np.zeros(int(rng.integers(1600, 8000)), np.float32)
+        parts += [w, gap]
+        total += len(w) + len(gap)
+    return np.concatenate(parts)[:need]
+
+
+def _rss_mb() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def _pct(x, q):
+    return float(np.percentile(x, q)) if len(x) else float("nan")
+
+
+def _realtime_run(engine, chunks, chunk_s, **session_kw):
+    """Feed chunks paced to the wall clock; collect events with receive times."""
+    sess = engine.session(**session_kw)
+    evs = []
+    for ev in sess.run(chunks, realtime=True):
+        ev["_recv"] = time.perf_counter()
+        evs.append(ev)
+    return evs, sess
+
+
+def _analyse(evs, chunk_s):
+    """Latency / stall / resume metrics from one run's events (replies marked by 'response')."""
+    dec = {e["chunk"]: e for e in evs if e["type"] == "decision"}
+    lat = [dec[k]["latency_ms"] for k in sorted(dec)]
+    resp = [e for e in evs if e["type"] == "response"]
+    # wall-clock arrival of chunk k = decision time - latency
+    arrival = {k: d["_recv"] - d["latency_ms"] / 1000 for k, d in dec.items()}
+    in_reply = set()
+    resume, first = [], []
+    for r in resp:
+        start = dec[r["chunk"]]["_recv"]
+        end = r["_recv"]
+        heard = [k for k, a in arrival.items() if start < a <= end]
+        in_reply.update(heard)
+        avail = [k for k, a in arrival.items() if a <= end]
+        newest = max(avail) if avail else None
+        if newest is not None and newest > r["chunk"]:
+            resume.append((dec[newest]["_recv"] - end) * 1000)
+        after = [k for k in sorted(dec) if k > r["chunk"] and dec[k]["_recv"] > end]
+        if after:
+            first.append(dec[after[0]]["latency_ms"])
+    stall_all = sum(l > chunk_s * 1000 for l in lat) / max(1, len(lat))
+    listen_lat = [dec[k]["latency_ms"] for k in sorted(dec) if k not in in_reply and not dec[k].get("drained")]
+    stall_listen = sum(l > chunk_s * 1000 for l in listen_lat) / max(1, len(listen_lat))
+    return {
+        "chunks": len(lat),
+        "latency_p50_ms": _pct(listen_lat, 50),
+        "latency_p99_ms": _pct(listen_lat, 99),
+        "latency_all_p50_ms": _pct(lat, 50),
+        "latency_all_p99_ms": _pct(lat, 99),
+        "stall_rate": stall_all,
+        "stall_rate_listening": stall_listen,
+        "replies": len(resp),
+        "chunks_heard_during_replies": len(in_reply),
+        "resume_ms": float(np.mean(resume)) if resume else float("nan"),
+        "first_chunk_ms": float(np.mean(first)) if first else float("nan"),
+    }
+
+
+def bench_latency(model="mini", seconds: float = 60.0, minutes: float = 60.0, json: bool = False,
+                  quant: str | None = "int8", threads: int | None = None, reply_every: int = 20,
+                  reply_tokens: int = 16, cap_seconds: float = 20.0, max_sessions: int = 16,
+                  parts: str = "latency,fifo_vs_seq,long,capacity", verbose: bool = True) -> dict:
+    from ..audio import iter_chunks
+    from ..engine import Engine, EngineOptions
+    from ..model import AudioLM, load_model
+
+    def log(*a):
+        if verbose:
+            print(*a, flush=True)
+
+    m = model if isinstance(model, AudioLM) else load_model(str(model))
+    name = m.cfg.backend if isinstance(model, AudioLM) else str(model)
+    if quant:
+        from ..fast import optimize_for_inference
+
+        optimize_for_inference(m, quant, encoder=True)
+    base = EngineOptions(torch_threads=threads)
+    Engine(m, base)  # applies the thread policy
+    chunk_s = base.chunk_ms / 1000
+    todo = set(parts.split(","))
+    res: dict = {"model": name, "quant": quant or "fp32", "torch_threads": torch.get_num_threads(),
+                 "cpu_count": os.cpu_count(), "load_avg_start": os.getloadavg()[0]}
+    # warm up (first forwards allocate)
+    warm = real_stream(4.0, seed=9)
+    list(Engine(m, EngineOptions(threshold=1.01, torch_threads=threads)).session().run(iter_chunks(warm)))
+
+    if "latency" in todo:
+        wave = real_stream(seconds, seed=1)
+        eng = Engine(m, EngineOptions(threshold=1.01, torch_threads=threads))
+        log(f"[1] {seconds:.0f} s real audio at 1x, FIFO, listening ...")
+        evs, _ = _realtime_run(eng, list(iter_chunks(wave)), chunk_s)
+        a = _analyse(evs, chunk_s)
+        res["realtime"] = {k: a[k] for k in ("chunks", "latency_p50_ms", "latency_p99_ms", "stall_rate")}
+
+    if "fifo_vs_seq" in todo:
+        wave = real_stream(seconds, seed=2)
+        chunks = list(iter_chunks(wave))
+        pol = lambda k, p: k % reply_every == reply_every // 2  # noqa: E731
+        res["fifo_vs_sequential"] = {}
+        for mode in ("fifo", "sequential"):
+            eng = Engine(m, EngineOptions(mode=mode, policy=pol, max_reply_tokens=reply_tokens, torch_threads=threads))
+            log(f"[2] {seconds:.0f} s at 1x, {mode}, a {reply_tokens}-token reply every {reply_every} chunks ...")
+            evs, _ = _realtime_run(eng, chunks, chunk_s)
+            res["fifo_vs_sequential"][mode] = _analyse(evs, chunk_s)
+        f, s = res["fifo_vs_sequential"]["fifo"], res["fifo_vs_sequential"]["sequential"]
+        res["resume_speedup"] = s["resume_ms"] / f["resume_ms"] if f["resume_ms"] > 0 else float("nan")
+        res["first_chunk_speedup"] = s["first_chunk_ms"] / f["first_chunk_ms"] if f["first_chunk_ms"] > 0 else float("nan")
+
+    if "long" in todo:
+        n = int(minutes * 60 / chunk_s)
+        per_min = int(60 / chunk_s)
+        wave = real_stream(min(minutes * 60, 300), seed=3)  # 5 min of real audio, looped
+        src = list(iter_chunks(wave))
+        eng = Engine(m, EngineOptions(threshold=1.01, policy=lambda k, p: k % 50 == 25, max_reply_tokens=8,
+                                      torch_threads=threads))
+        sess = eng.session()
+        log(f"[3] {minutes:g} min of audio back to back (context window 150 chunks) ...")
+        costs, rss, cache = [], [_rss_mb()], []
+        t0 = time.perf_counter()
+        for k in range(n):
+            t = time.perf_counter()
+            sess.feed(src[k % len(src)])
+            sess.wait_idle()
+            costs.append((time.perf_counter() - t) * 1000)
+            while sess.get_event(timeout=0) is not None:
+                pass
+            if (k + 1) % per_min == 0:
+                rss.append(_rss_mb())
+                cache.append(sess.cache_len)
+                if verbose and (k + 1) % (per_min * 5) == 0:
+                    log(f"    minute {(k + 1) // per_min}: {np.mean(costs[-per_min:]):.0f} ms/chunk, "
+                        f"RSS {rss[-1]:.0f} MB, cache {cache[-1]}")
+        sess.close()
+        mins = [costs[i:i + per_min] for i in range(0, len(costs), per_min)]
+        res["long"] = {
+            "minutes": minutes, "wall_s": time.perf_counter() - t0,
+            "cost_min1_ms": float(np.mean(mins[0])), "cost_last_ms": float(np.mean(mins[-1])),
+            "cost_ratio_last_over_first": float(np.mean(mins[-1]) / np.mean(mins[0])),
+            "rss_start_mb": rss[0], "rss_end_mb": rss[-1], "rss_growth_mb": rss[-1] - rss[1 if len(rss) > 1 else 0],
+            "cache_len_max": max(cache) if cache else sess.cache_len, "rebuilds": sess.stats["rebuilds"],
+        }
+
+    if "capacity" in todo:
+        wave = real_stream(cap_seconds, seed=4)
+        chunks = list(iter_chunks(wave))
+        held, tried = 0, {}
+        nlist = [n for n in (1, 2, 4, 6, 8, 12, 16, 24, 32) if n <= max_sessions]
+        for ns in nlist:
+            eng = Engine(m, EngineOptions(threshold=1.01, torch_threads=threads))
+            outs: list = [None] * ns
+
+            def one(i):
+                outs[i] = _analyse(_realtime_run(eng, chunks, chunk_s)[0], chunk_s)
+
+            log(f"[4] {ns} concurrent real-time sessions for {cap_seconds:.0f} s ...")
+            th = [threading.Thread(target=one, args=(i,)) for i in range(ns)]
+            for t in th:
+                t.start()
+            for t in th:
+                t.join()
+            p99 = max(o["latency_all_p99_ms"] for o in outs)
+            stall = float(np.mean([o["stall_rate"] for o in outs]))
+            tried[ns] = {"p99_ms": p99, "stall_rate": stall}
+            if p99 < chunk_s * 1000 and stall == 0:
+                held = ns
+            else:
+                break
+        res["capacity"] = {"sessions_held": held, "tried": tried}
+    res["load_avg_end"] = os.getloadavg()[0]
+
+    _print_table(res)
+    if json:
+        print(_json.dumps(_clean(res)))
+    return res
+
+
+def _clean(x):
+    """NaN → null, numpy → Python, so the JSON line is strict JSON."""
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, (float, np.floating)):
+        return None if not np.isfinite(x) else float(x)
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def _print_table(r: dict) -> None:
+    print(f"\nlatency bench — model {r['model']} ({r['quant']}), torch threads {r['torch_threads']}, "
+          f"{r['cpu_count']} CPUs, load avg {r['load_avg_start']:.1f}→{r.get('load_avg_end', 0):.1f}")
+    rows = []
+    if "realtime" in r:
+        a = r["realtime"]
+        rows += [("decision latency p50 / p99 (1x, FIFO)", f"{a['latency_p50_ms']:.0f} / {a['latency_p99_ms']:.0f} ms", "≤ 50 / 120 ms"),
+                 ("stall rate (1x, FIFO, listening)", f"{a['stall_rate'] * 100:.1f} %", "0 %")]
+    if "fifo_vs_sequential" in r:
+        f, s = r["fifo_vs_sequential"]["fifo"], r["fifo_vs_sequential"]["sequential"]
+        rows += [("resume latency after a reply  FIFO | seq", f"{f['resume_ms']:.0f} | {s['resume_ms']:.0f} ms  ({r['resume_speedup']:.2f}x)", "paper 4.5x"),
+                 ("first-chunk latency           FIFO | seq", f"{f['first_chunk_ms']:.0f} | {s['first_chunk_ms']:.0f} ms  ({r['first_chunk_speedup']:.2f}x)", "paper 2.12x"),
+                 ("stall rate, with replies      FIFO | seq", f"{f['stall_rate'] * 100:.1f} | {s['stall_rate'] * 100:.1f} %", "paper 0 | 5.2 %"),
+                 ("listening stalls              FIFO | seq", f"{f['stall_rate_listening'] * 100:.1f} | {s['stall_rate_listening'] * 100:.1f} %", "0 %")]
+    if "long" in r:
+        a = r["long"]
+        rows += [(f"per-chunk cost minute {a['minutes']:g} / minute 1", f"{a['cost_last_ms']:.0f} / {a['cost_min1_ms']:.0f} ms = {a['cost_ratio_last_over_first']:.2f}", "≤ 1.1"),
+                 (f"RSS growth over {a['minutes']:g} min (after min 1)", f"{a['rss_growth_mb']:+.0f} MB (end {a['rss_end_mb']:.0f} MB)", "flat")]
+    if "capacity" in r:
+        rows += [("real-time sessions held", str(r["capacity"]["sessions_held"]), "≥ 8")]
+    w = max(len(a) for a, _, _ in rows) if rows else 10
+    for a, b, c in rows:
+        print(f"  {a:<{w}}  {b:<34} goal {c}")
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="soundflow bench latency")
+    ap.add_argument("--model", default="mini")
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--minutes", type=float, default=60.0)
+    ap.add_argument("--quant", default="int8", help="int8 | bf16 | none")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--parts", default="latency,fifo_vs_seq,long,capacity")
+    ap.add_argument("--cap-seconds", type=float, default=20.0)
+    ap.add_argument("--max-sessions", type=int, default=16)
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args(argv)
+    bench_latency(a.model, a.seconds, a.minutes, a.json, None if a.quant == "none" else a.quant, a.threads,
+                  cap_seconds=a.cap_seconds, max_sessions=a.max_sessions, parts=a.parts)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

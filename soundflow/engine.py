@@ -1,0 +1,583 @@
+"""Asynchronous FIFO streaming engine (paper Alg. 4, Appendix "Asynchronous FIFO Inference").
+
+One `Engine` holds a model; every stream/connection gets its own `Session` (moshi-style explicit
+state: nothing is shared between sessions but the read-only model weights).
+
+    engine = Engine(model, EngineOptions(...))
+    sess = engine.session(instruction=None)
+    sess.feed(pcm)                 # float32 mono 16 kHz, any length; non-blocking
+    sess.set_instruction(text)     # new instruction mid-stream (barge-in if configured)
+    sess.close()                   # flush the partial last chunk, finish, stop the threads
+    sess.get_event(timeout=None)   # next event dict, or None (timeout / session over)
+    for ev in sess.events(): ...   # until closed and drained
+    for ev in sess.run(chunks, realtime=False): ...
+
+Scheduling (mode="fifo", Alg. 4):
+
+- encoder producer thread: takes chunks at arrival rate, encodes each exactly once
+  (`model.encode(model.features(chunk))`) and appends the adapted features to the FIFO queue
+  under a lock; it never waits for the decoder.
+- decoder consumer thread: when its last token is `<silent>`/`<eos>` it waits until the queue
+  is non-empty, flushes the WHOLE queue atomically and feeds all m chunks in one forward
+  (`decoding.feed_audio`, `<silent>` between them, the training format for chunks heard while
+  busy), then emits one control token. Mid-reply it only runs autoregressive text steps and
+  never touches the queue (unless barge-in is on, see below).
+- every chunk gets exactly one decision event: in a drained batch the older chunks get
+  `"silent"` with `"drained": true`, the newest gets the model's decision.
+- the KV cache is never reset after a reply (memory across replies), and the encoder keeps
+  listening while the decoder speaks.
+
+mode="sequential" is the ablation baseline ("w/o FIFO"): one worker does encode → decide →
+reply for one chunk at a time; chunks heard during a reply wait and are then decided one by one.
+
+Context policy: the cache holds the instruction prefix plus a recent window of at most
+`max_context_chunks` chunks (150 = 60 s). When the window overflows, the oldest turns are
+evicted a block at a time (`evict_chunks`, default half the window) and the cache is rebuilt
+from the kept input embeddings with fresh contiguous position ids, so positions never leave the
+trained range and per-chunk cost and memory stay flat over hours. The rebuild is one batched
+prefill (compute-bound, ~10x cheaper per token than a decode step); it lands on one chunk step
+and the FIFO queue absorbs it.
+
+Barge-in (`barge_in=True`): a new instruction cuts the current reply at the next token; and
+mid-reply, whenever new chunks are queued, the decoder *probes* them (feeds `<eos>` + the
+queued chunks, reads P(<response>)) and rolls the cache back (`DynamicCache.crop`) unless
+P ≥ `barge_in_threshold`, in which case the reply is cut there and a new reply starts.
+
+Threads and torch: torch's intra-op pool is process-wide. On a small CPU (≤ 2 cores) the
+engine sets `torch.set_num_threads(1)` by default (`EngineOptions.torch_threads`): the encoder
+thread and the decoder thread then each run on one core and never oversubscribe, which
+measured faster end to end than both sharing two intra-op threads (see bench/latency.py).
+Each session costs two Python threads (one in sequential mode) that sleep on condition
+variables when idle; sessions do not share a decoder worker (no cross-session batching yet).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+
+from . import decoding
+from .audio import CHUNK_MS, AudioError, Chunker, chunk_samples
+
+_END = object()
+
+
+@dataclass
+class EngineOptions:
+    mode: str = "fifo"  # "fifo" (Alg. 4) | "sequential" (ablation baseline, no queue)
+    threshold: float = 0.5  # respond when P(<response>) >= threshold
+    max_reply_tokens: int = 48
+    instruction: str | None = None  # default instruction of new sessions
+    chunk_ms: int = CHUNK_MS
+    max_context_chunks: int | None = 150  # recent window kept in the KV cache (None: unbounded)
+    evict_chunks: int | None = None  # chunks evicted per rebuild (default: half the window)
+    barge_in: bool = False
+    barge_in_threshold: float | None = None  # default: max(threshold, 0.5)
+    torch_threads: int | None = None  # None: 1 on machines with <= 2 cores, else as is; 0: as is
+    # Testing/benchmark hook: policy(chunk, p_response) -> respond?  (overrides the threshold)
+    policy: Callable[[int, float], bool] | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("fifo", "sequential"):
+            raise ValueError(f"mode must be 'fifo' or 'sequential', not {self.mode!r}")
+        chunk_samples(self.chunk_ms)  # validates
+        if self.max_context_chunks is not None and self.max_context_chunks < 2:
+            raise ValueError("max_context_chunks must be >= 2 (or None)")
+
+
+def _set_threads(n: int | None) -> None:
+    if n is None:
+        n = 1 if (os.cpu_count() or 1) <= 2 else None
+    if n and torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
+class Engine:
+    """Holds the model (shared, read-only) and the options; makes sessions."""
+
+    def __init__(self, model, options: EngineOptions | None = None):
+        self.model = model.eval()
+        self.options = options or EngineOptions()
+        _set_threads(self.options.torch_threads)
+        self._ids = itertools.count()
+
+    def session(self, instruction: str | None = None, **overrides) -> "Session":
+        """A new independent stream. `overrides` replace EngineOptions fields for this session."""
+        opts = self.options
+        if overrides:
+            opts = EngineOptions(**{**opts.__dict__, **overrides})
+        return Session(self.model, opts, instruction if instruction is not None else opts.instruction,
+                       name=f"sf-session-{next(self._ids)}")
+
+
+@dataclass
+class _Chunk:
+    k: int
+    avail: float  # perf_counter when its last sample was available
+    audio: torch.Tensor | None = None  # adapted features (1, slots, d) once encoded
+    pcm: np.ndarray | None = None
+
+
+@dataclass
+class _Turn:
+    """What one decoder turn fed into the cache, to rebuild it after eviction."""
+
+    items: list = field(default_factory=list)  # ("ids", [ints]) | ("audio", (m, slots, d))
+    chunks: int = 0
+    instruction: bool = False
+
+
+class Session:
+    """One stream's state and threads. Thread-safe `feed` / `set_instruction` / `close`."""
+
+    def __init__(self, model, opts: EngineOptions, instruction: str | None, name: str = "sf-session"):
+        self.model = model
+        self.opts = opts
+        self.instruction = instruction
+        self._chunk_s = opts.chunk_ms / 1000
+        self._chunker = Chunker(opts.chunk_ms)
+        self._k = 0  # chunks fed
+        self._events: queue.Queue = queue.Queue()
+        self._ended = False
+        self._closed = False
+        self._aborted = False
+        self._lock = threading.Condition()  # guards the FIFO, counters, instruction
+        self._fifo: deque[_Chunk] = deque()  # encoded chunks waiting for the decoder
+        self._inbox: deque[_Chunk] = deque()  # raw chunks waiting for the encoder
+        self._encoder_done = False
+        self._decided = 0  # chunks with a decision
+        self._busy = False  # decoder inside a step or reply
+        self._new_instruction: str | None = None
+        self.stats = {"encoded": 0, "forwards": 0, "drains": 0, "rebuilds": 0, "barge_ins": 0}
+        self._threads: list[threading.Thread] = []
+        if opts.mode == "fifo":
+            self._threads.append(threading.Thread(target=self._guard(self._encoder_loop), name=name + "-enc", daemon=True))
+            self._threads.append(threading.Thread(target=self._guard(self._decoder_loop), name=name + "-dec", daemon=True))
+        else:
+            self._threads.append(threading.Thread(target=self._guard(self._sequential_loop), name=name + "-seq", daemon=True))
+        self._state: decoding.DecoderState | None = None
+        self._turns: deque[_Turn] = deque()
+        self._window_chunks = 0
+        for t in self._threads:
+            t.start()
+
+    # ------------------------------------------------------------------ public API
+    def feed(self, pcm: np.ndarray, available_at: float | None = None) -> int:
+        """Append PCM (float32 mono 16 kHz, any length). Non-blocking. Returns the number of
+        complete chunks this call made. `available_at` (perf_counter) overrides the arrival
+        stamp used for latency (e.g. a paced source's wall-clock arrival)."""
+        if self._closed:
+            raise RuntimeError("session is closed")
+        pcm = np.asarray(pcm, dtype=np.float32).reshape(-1)
+        if not np.isfinite(pcm).all():
+            raise AudioError("PCM contains NaN or infinite samples")
+        chunks = self._chunker.push(pcm)
+        self._enqueue(chunks, available_at)
+        return len(chunks)
+
+    def set_instruction(self, text: str | None) -> None:
+        """New instruction: fed at the next interruption point (cuts a reply if barge_in)."""
+        with self._lock:
+            self._new_instruction = text or ""
+            self._lock.notify_all()
+
+    def close(self, wait: bool = True, timeout: float | None = None) -> None:
+        """Flush the partial last chunk (zero-padded), let the threads finish, stop them."""
+        if not self._closed:
+            self._enqueue(self._chunker.flush(), None)
+            with self._lock:
+                self._closed = True
+                self._lock.notify_all()
+        if wait:
+            for t in self._threads:
+                t.join(timeout)
+
+    def abort(self) -> None:
+        """Stop now, dropping queued audio (a client went away)."""
+        with self._lock:
+            self._aborted = self._closed = True
+            self._inbox.clear()
+            self._fifo.clear()
+            self._lock.notify_all()
+
+    def get_event(self, timeout: float | None = None) -> dict | None:
+        """Next event, blocking up to `timeout`; None on timeout or once the session is over."""
+        if self._ended:
+            return None
+        try:
+            ev = self._events.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if ev is _END:
+            self._ended = True
+            return None
+        return ev
+
+    def events(self) -> Iterator[dict]:
+        """Every event until the session is closed and drained."""
+        while True:
+            ev = self.get_event()
+            if ev is None:
+                return
+            yield ev
+
+    @property
+    def finished(self) -> bool:
+        return self._ended
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until every chunk fed so far has its decision and no reply is running."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            while not (self._decided >= self._k and not self._busy) and not self._aborted:
+                if not any(t.is_alive() for t in self._threads):
+                    return False
+                rest = None if deadline is None else deadline - time.monotonic()
+                if rest is not None and rest <= 0:
+                    return False
+                self._lock.wait(0.05 if rest is None else min(rest, 0.05))
+        return True
+
+    def run(self, chunks: Iterable[np.ndarray], realtime: bool = False, speed: float = 1.0) -> Iterator[dict]:
+        """Feed `chunks` and yield events as they come, then close and yield the rest.
+
+        realtime=False: as fast as possible without queueing — the next chunk is fed once the
+        previous one is decided (and its reply finished): deterministic, every chunk decided on
+        its own. realtime=True: each chunk is fed when its last sample would have arrived on the
+        wall clock (`speed` × real time); the FIFO drains what piles up during replies."""
+        t0 = time.perf_counter()
+        end_s = 0.0
+        try:
+            for chunk in chunks:
+                chunk = np.asarray(chunk, dtype=np.float32).reshape(-1)
+                if realtime:
+                    end_s += len(chunk) / 16000 / speed
+                    while True:
+                        rest = t0 + end_s - time.perf_counter()
+                        if rest <= 0:
+                            break
+                        ev = self.get_event(timeout=rest)
+                        if ev is not None:
+                            yield ev
+                    self.feed(chunk, available_at=t0 + end_s)
+                else:
+                    self.feed(chunk)
+                    self.wait_idle()
+                yield from self._pending_events()
+        except GeneratorExit:
+            self.abort()
+            raise
+        self.close(wait=False)
+        yield from self.events()
+        self.close()
+
+    # ------------------------------------------------------------------ internals
+    def _pending_events(self) -> Iterator[dict]:
+        while True:
+            try:
+                ev = self._events.get_nowait()
+            except queue.Empty:
+                return
+            if ev is _END:
+                self._ended = True
+                return
+            yield ev
+
+    def _enqueue(self, chunks: list[np.ndarray], available_at: float | None) -> None:
+        if not chunks:
+            return
+        now = time.perf_counter() if available_at is None else available_at
+        with self._lock:
+            for c in chunks:
+                self._inbox.append(_Chunk(self._k, now, pcm=c))
+                self._k += 1
+            self._lock.notify_all()
+
+    def _emit(self, ev: dict) -> None:
+        self._events.put(ev)
+
+    def _guard(self, fn):
+        def run():
+            try:
+                fn()
+            except Exception as e:  # noqa: BLE001 — reported as an event, session ends
+                self._emit({"type": "error", "message": f"{type(e).__name__}: {e}"})
+                with self._lock:
+                    self._aborted = True
+                    self._lock.notify_all()
+            finally:
+                if threading.current_thread() is self._threads[-1]:
+                    for t in self._threads[:-1]:
+                        t.join()
+                    self._emit(_END)
+        return run
+
+    def _encode(self, c: _Chunk) -> None:
+        with torch.inference_mode():
+            c.audio = self.model.encode(self.model.features(torch.as_tensor(c.pcm)[None]))
+        c.pcm = None
+        self.stats["encoded"] += 1
+
+    def _take_inbox(self) -> _Chunk | None:
+        """Next raw chunk, or None when closed and empty (or aborted)."""
+        with self._lock:
+            while not self._inbox:
+                if self._closed or self._aborted:
+                    return None
+                self._lock.wait()
+            return self._inbox.popleft()
+
+    # ---- Alg. 4 EncoderLoop: producer, never waits for the decoder
+    def _encoder_loop(self) -> None:
+        while True:
+            c = self._take_inbox()
+            if c is None:
+                break
+            self._encode(c)
+            with self._lock:
+                self._fifo.append(c)  # atomic append
+                self._lock.notify_all()
+        with self._lock:
+            self._encoder_done = True
+            self._lock.notify_all()
+
+    # ---- decoder side (shared by both modes)
+    def _start(self) -> None:
+        self._state = decoding.start(self.model, self.instruction)
+        self.stats["forwards"] += 1 if self._state.pos else 0
+
+    def _decide(self, k: int, p: float) -> bool:
+        if self.opts.policy is not None:
+            return bool(self.opts.policy(k, p))
+        return p >= self.opts.threshold
+
+    def _t(self, k: int) -> float:
+        return round((k + 1) * self._chunk_s, 3)
+
+    def _decision(self, c: _Chunk, respond: bool, p: float, now: float, **extra) -> None:
+        ev = {"type": "decision", "chunk": c.k, "t": self._t(c.k), "decision": "response" if respond else "silent",
+              "p_response": round(float(p), 4), "latency_ms": round((now - c.avail) * 1000, 2)}
+        ev.update(extra)
+        self._emit(ev)
+
+    def _feed_chunks(self, batch: list[_Chunk], pre_ids: list[int] | None = None) -> float:
+        """Feed m encoded chunks in one forward (decoding.feed_audio) and record the turn."""
+        st = self._state
+        audio = torch.cat([c.audio for c in batch])
+        turn = _Turn(chunks=len(batch))
+        if pre_ids:
+            st.pending = st.pending + pre_ids
+        if st.pending:
+            turn.items.append(("ids", list(st.pending)))
+        turn.items.append(("audio", audio))
+        p = decoding.feed_audio(self.model, st, audio)
+        self.stats["forwards"] += 1
+        self._turns.append(turn)
+        self._window_chunks += len(batch)
+        return p
+
+    def _apply_instruction(self, text: str) -> None:
+        """Feed a mid-stream instruction at an interruption point; it becomes the new prefix."""
+        self.instruction = text or None
+        ids = self.model.tokenizer.encode(text) if text else []
+        if not ids:
+            return
+        st = self._state
+        # only the tokens before the instruction are recorded: a rebuild puts the latest
+        # instruction in the prefix and drops superseded ones
+        turn = _Turn(items=[("ids", list(st.pending))] if st.pending else [], instruction=True)
+        st.pending = st.pending + ids
+        with torch.inference_mode():
+            decoding._forward(self.model, st, torch.cat(decoding._pending_embeds(self.model, st)).unsqueeze(0))
+        self.stats["forwards"] += 1
+        self._turns.append(turn)
+
+    def _reply(self, c: _Chunk) -> None:
+        """Greedy reply after <response>; token events; barge-in checks between tokens."""
+        st, tok = self._state, self.model.tokenizer
+        ids: list[int] = []
+        text = ""
+        gen = decoding.reply_tokens(self.model, st, self.opts.max_reply_tokens)
+        turn = self._turns[-1]
+        cut = None
+        probed = 0
+        while True:
+            turn.items.append(("ids", list(st.pending)))  # what this step feeds
+            try:
+                nxt = next(gen)
+            except StopIteration:
+                if len(st.pending) > 1:  # stopped at the cap: no forward, pending = [last, <eos>]
+                    turn.items.pop()
+                else:  # predicted <eos>: the step fed the last token
+                    self.stats["forwards"] += 1
+                break
+            self.stats["forwards"] += 1
+            ids.append(nxt)
+            full = tok.decode(ids)  # incremental text: multi-byte pieces come out whole
+            if full != text:
+                self._emit({"type": "token", "chunk": c.k, "text": full[len(text):] if full.startswith(text) else full})
+                text = full
+            if self.opts.barge_in:
+                with self._lock:
+                    if self._new_instruction is not None:
+                        cut = "instruction"
+                    queued = len(self._fifo)
+                if cut is None and queued > probed:
+                    probed = queued
+                    if self._probe():
+                        cut = "audio"
+                if cut:
+                    break
+        gen.close()
+        if cut:
+            st.pending.append(tok.eos_id)  # close the reply as training does
+        self._emit({"type": "response", "chunk": c.k, "t": self._t(c.k), "text": tok.decode(ids),
+                    **({"cut": cut} if cut else {})})
+        if cut == "audio":
+            self.stats["barge_ins"] += 1
+            self._barge = True
+
+    def _probe(self) -> bool:
+        """Tentatively feed <eos> + the queued chunks; keep them only if P >= barge-in threshold."""
+        st = self._state
+        with self._lock:
+            batch = list(self._fifo)
+        if not batch:
+            return False
+        thr = self.opts.barge_in_threshold
+        thr = max(self.opts.threshold, 0.5) if thr is None else thr
+        saved = (st.pos, list(st.pending), st.chunks)
+        st.pending = st.pending + [self.model.tokenizer.eos_id]
+        audio = torch.cat([c.audio for c in batch])
+        p = decoding.feed_audio(self.model, st, audio)
+        self.stats["forwards"] += 1
+        st.cache.crop(saved[0])  # roll back: a cut reply re-feeds these chunks for real
+        st.pos, st.pending, st.chunks = saved
+        return p >= thr
+
+    def _maybe_evict(self, incoming: int) -> None:
+        """Context policy: keep the prefix + at most max_context_chunks recent chunks. When the
+        `incoming` chunks would overflow the window, evict whole turns (oldest first) down to
+        cap - evict_chunks and rebuild once: amortised over evict_chunks chunks."""
+        cap = self.opts.max_context_chunks
+        if cap is None or self._window_chunks + incoming <= cap:
+            return
+        block = self.opts.evict_chunks or max(1, cap // 2)
+        target = max(0, cap - block)
+        while self._turns and self._window_chunks > target:
+            t = self._turns.popleft()
+            self._window_chunks -= t.chunks
+        self._rebuild()
+
+    @torch.inference_mode()
+    def _rebuild(self) -> None:
+        m, st = self.model, self._state
+        parts = []
+        if self.instruction:
+            ids = m.tokenizer.encode(self.instruction)
+            if ids:
+                parts.append(m.embed(torch.tensor([ids]))[0])
+        prefix_len = sum(p.shape[0] for p in parts)
+        silent = m.embed(torch.tensor([[m.tokenizer.silent_id]]))[0]
+        kept = deque()
+        for i, t in enumerate(self._turns):
+            kept.append(t)
+            items = t.items
+            if i == 0 and items and items[0][0] == "ids":
+                items = items[1:]  # the control token of an evicted chunk: start at audio
+            for kind, x in items:
+                if kind == "ids":
+                    if x:
+                        parts.append(m.embed(torch.tensor([x]))[0])
+                else:
+                    for j in range(x.shape[0]):
+                        if j:
+                            parts.append(silent)
+                        parts.append(x[j].to(silent.dtype))
+        self._turns = kept
+        new = decoding.DecoderState(cache=m.new_cache(), pending=list(st.pending), chunks=st.chunks)
+        if parts:
+            decoding._forward(m, new, torch.cat(parts).unsqueeze(0))
+        new.prefix_len = prefix_len
+        self._state = new
+        self.stats["rebuilds"] += 1
+        self.stats["forwards"] += 1
+
+    @property
+    def cache_len(self) -> int:
+        """Positions currently in the KV cache (prefix + window + replies)."""
+        st = self._state
+        return 0 if st is None else int(st.cache.get_seq_length())
+
+    # ---- Alg. 4 DecoderLoop: event-driven consumer
+    def _decoder_loop(self) -> None:
+        self._start()
+        self._barge = False
+        while True:
+            with self._lock:
+                # r* is <silent>/<eos> here: wait until Q is non-empty (idle otherwise)
+                while not self._fifo and self._new_instruction is None:
+                    if self._aborted or (self._encoder_done and not self._fifo):
+                        return
+                    self._lock.wait()
+                instr, self._new_instruction = self._new_instruction, None
+                batch = list(self._fifo)  # atomic flush
+                self._fifo.clear()
+                self._busy = True
+            try:
+                if instr is not None:
+                    self._apply_instruction(instr)
+                if batch:
+                    self._step(batch)
+            finally:
+                with self._lock:
+                    self._busy = False
+                    self._decided = max(self._decided, batch[-1].k + 1) if batch else self._decided
+                    self._lock.notify_all()
+
+    def _step(self, batch: list[_Chunk]) -> None:
+        self._maybe_evict(len(batch))
+        p = self._feed_chunks(batch)
+        newest = batch[-1]
+        respond = self._decide(newest.k, p)
+        decoding.decide(self.model, self._state, 1.0 if respond else 0.0, 0.5)
+        now = time.perf_counter()
+        self.stats["drains"] += 1
+        for c in batch[:-1]:
+            self._decision(c, False, 0.0, now, drained=True)
+        extra = {"barge_in": True} if self._barge else {}
+        self._barge = False
+        self._decision(newest, respond, p, now, **extra)
+        if respond:
+            self._reply(newest)
+
+    # ---- ablation baseline: encode → decide → reply, one chunk at a time, no queue
+    def _sequential_loop(self) -> None:
+        self._start()
+        self._barge = False
+        while True:
+            c = self._take_inbox()
+            if c is None:
+                return
+            with self._lock:
+                self._busy = True
+                instr, self._new_instruction = self._new_instruction, None
+            try:
+                if instr is not None:
+                    self._apply_instruction(instr)
+                self._encode(c)
+                self._step([c])
+            finally:
+                with self._lock:
+                    self._busy = False
+                    self._decided = c.k + 1
+                    self._lock.notify_all()

@@ -1,0 +1,183 @@
+"""`soundflow listen AUDIO`: run the streaming engine on a file (or raw PCM on stdin).
+
+Plain output is a timeline: one line per reply (time, P(response), text) and a compact line
+every 10 s of audio (silent chunks as dots, responses as `R`). `--jsonl` prints one JSON object
+per event (`decision` and `response`; the schema of DESIGN.md, plus `p_response`/`drained`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .audio import CHUNK_MS, AudioError, iter_chunks, iter_pcm_stream, load_audio
+
+_TRAINED_HINT = ("note: model {name!r} is an untrained backend (random adapter, no streaming training): "
+                 "its decisions and replies are not meaningful; pass a checkpoint folder with --model")
+
+
+def _load(model):
+    """(AudioLM, display name, trained?) from a name / checkpoint folder / AudioLM instance."""
+    from .model import AudioLM, load_model
+
+    if isinstance(model, AudioLM):
+        return model, model.cfg.backend, bool(getattr(model, "trained", False))
+    p = Path(str(model))
+    trained = p.is_dir() and (p / "model.json").exists()
+    return load_model(str(model)), str(model), trained
+
+
+def _fmt_t(t: float) -> str:
+    m, s = divmod(t, 60)
+    return f"{int(m):02d}:{s:04.1f}"
+
+
+class _Timeline:
+    """Readable plain-text output."""
+
+    def __init__(self, chunk_ms: int, every_s: float = 10.0, out=None):
+        self.out = out or sys.stdout
+        self.per_line = max(1, int(round(every_s * 1000 / chunk_ms)))
+        self.marks: list[str] = []
+        self.p: list[float] = []
+        self.lat: list[float] = []
+        self.start_t = 0.0
+        self.chunk_s = chunk_ms / 1000
+
+    def decision(self, ev: dict) -> None:
+        if not self.marks:
+            self.start_t = ev["t"] - self.chunk_s
+        self.marks.append("R" if ev["decision"] == "response" else ("·" if ev.get("drained") else "."))
+        self.p.append(ev.get("p_response", 0.0))
+        self.lat.append(ev.get("latency_ms", 0.0))
+        if len(self.marks) >= self.per_line:
+            self.flush(ev["t"])
+
+    def flush(self, t_end: float | None = None) -> None:
+        if not self.marks:
+            return
+        t_end = t_end if t_end is not None else self.start_t + len(self.marks) * self.chunk_s
+        print(f"{_fmt_t(self.start_t)}–{_fmt_t(t_end)}  {''.join(self.marks):<{self.per_line}}  "
+              f"P max {max(self.p):.2f}  latency p50 {float(np.median(self.lat)):.0f} ms", file=self.out, flush=True)
+        self.marks, self.p, self.lat = [], [], []
+
+    def response(self, ev: dict, p: float | None) -> None:
+        self.flush()
+        ptxt = f"P={p:.2f} " if p is not None else ""
+        print(f"{_fmt_t(ev['t'])}  ▶ {ptxt}{ev['text']!r}{'  (cut: ' + ev['cut'] + ')' if ev.get('cut') else ''}",
+              file=self.out, flush=True)
+
+
+def _plot(path: str, wave: np.ndarray, decisions: list[dict], responses: list[dict], chunk_ms: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a0, a1) = plt.subplots(2, 1, figsize=(12, 5), sharex=True, gridspec_kw={"height_ratios": [1, 1]})
+    if len(wave):
+        step = max(1, len(wave) // 20000)
+        t = np.arange(0, len(wave), step) / 16000
+        a0.plot(t, wave[::step], lw=0.4, color="0.3")
+    a0.set_ylabel("waveform")
+    ts = [d["t"] - chunk_ms / 2000 for d in decisions]
+    a1.step(ts, [d.get("p_response", 0.0) for d in decisions], where="mid", lw=1, label="P(<response>)")
+    a1.set_ylim(-0.02, 1.02)
+    a1.set_ylabel("P(response)")
+    a1.set_xlabel("time (s)")
+    for r in responses:
+        for ax in (a0, a1):
+            ax.axvline(r["t"], color="tab:red", lw=0.8, alpha=0.7)
+        text = "".join(ch if ch.isprintable() else "?" for ch in r["text"])
+        text = text if len(text) <= 40 else text[:37] + "..."
+        a0.annotate(text, (r["t"], 1.0), xycoords=("data", "axes fraction"), rotation=30, fontsize=7,
+                    color="tab:red", va="bottom", ha="left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def listen(audio, model="mini", instruction: str | None = None, chunk_ms: int = CHUNK_MS, realtime: bool = False,
+           jsonl: bool = False, plot: str | None = None, threshold: float = 0.5, mode: str = "fifo",
+           max_reply_tokens: int = 48, tokens: bool = False, quant: str | None = None) -> int:
+    """Stream `audio` (a path, `-` for raw 16 kHz s16le PCM on stdin, or a float32 array)
+    through the engine and print the timeline (or JSON lines). Returns an exit code.
+
+    `model`: a backend name, a checkpoint folder, or an AudioLM. `tokens`: also print token
+    events in JSON lines. `quant="int8"`: optimise the model in place first (see fast.py)."""
+    from .engine import Engine, EngineOptions
+
+    try:
+        if isinstance(audio, np.ndarray):
+            wave = audio.astype(np.float32)
+            chunks = iter_chunks(wave, chunk_ms)
+        elif str(audio) == "-":
+            wave = None
+            chunks = iter_pcm_stream(sys.stdin.buffer, chunk_ms)
+        else:
+            wave = load_audio(audio)
+            chunks = iter_chunks(wave, chunk_ms)
+    except AudioError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    m, name, trained = _load(model)
+    if quant:
+        from .fast import optimize_for_inference
+
+        optimize_for_inference(m, quant, encoder=True)
+    if not trained:
+        print(_TRAINED_HINT.format(name=name), file=sys.stderr, flush=True)
+
+    keep_audio = plot is not None and wave is None
+    heard: list[np.ndarray] = []
+
+    def source():
+        for c in chunks:
+            if keep_audio:
+                heard.append(c)
+            yield c
+
+    engine = Engine(m, EngineOptions(mode=mode, threshold=threshold, chunk_ms=chunk_ms, instruction=instruction,
+                                     max_reply_tokens=max_reply_tokens))
+    sess = engine.session()
+    timeline = None if jsonl else _Timeline(chunk_ms)
+    decisions: list[dict] = []
+    responses: list[dict] = []
+    last_p: dict[int, float] = {}
+    t0 = time.perf_counter()
+    rc = 0
+    for ev in sess.run(source(), realtime=realtime):
+        typ = ev["type"]
+        if typ == "decision":
+            decisions.append(ev)
+            last_p[ev["chunk"]] = ev.get("p_response", 0.0)
+        elif typ == "response":
+            responses.append(ev)
+        elif typ == "error":
+            rc = 1
+            print(f"error: {ev['message']}", file=sys.stderr, flush=True)
+        if jsonl:
+            if typ != "token" or tokens:
+                print(json.dumps(ev, ensure_ascii=False), flush=True)
+        elif typ == "decision":
+            timeline.decision(ev)
+        elif typ == "response":
+            timeline.response(ev, last_p.get(ev["chunk"]))
+    wall = time.perf_counter() - t0
+    if timeline is not None:
+        timeline.flush()
+        n = len(decisions)
+        lat = [d["latency_ms"] for d in decisions]
+        if n:
+            print(f"— {n} chunks ({n * chunk_ms / 1000:.1f} s of audio) in {wall:.1f} s, {len(responses)} replies, "
+                  f"decision latency p50 {np.percentile(lat, 50):.0f} ms / p99 {np.percentile(lat, 99):.0f} ms",
+                  flush=True)
+    if plot:
+        w = wave if wave is not None else (np.concatenate(heard) if heard else np.zeros(0, np.float32))
+        _plot(plot, w, decisions, responses, chunk_ms)
+        print(f"plot written to {plot}", file=sys.stderr)
+    return rc

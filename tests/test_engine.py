@@ -1,0 +1,246 @@
+"""FIFO streaming engine (Alg. 4): scheduling invariants, context policy, CLI `listen`."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+from contextlib import redirect_stdout
+
+import numpy as np
+import pytest
+import torch
+
+from soundflow import decoding
+from soundflow.audio import AudioError, iter_chunks, write_audio
+from soundflow.engine import Engine, EngineOptions
+from soundflow.model import build_model
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_model("tiny")
+
+
+@pytest.fixture(autouse=True)
+def _keep_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def _wave(seconds: float, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal(int(16000 * seconds)) * 0.1).astype(np.float32)
+
+
+def _decisions(evs):
+    return [e for e in evs if e["type"] == "decision"]
+
+
+class _SlowEncode:
+    """Wrap model.encode: count calls, optionally block until released (to pile up the queue)."""
+
+    def __init__(self, model):
+        self.model, self.orig = model, model.encode
+        self.calls = 0
+        self.lock = threading.Lock()
+
+    def __enter__(self):
+        def enc(mel):
+            with self.lock:
+                self.calls += mel.shape[0]
+            return self.orig(mel)
+        self.model.encode = enc
+        return self
+
+    def __exit__(self, *a):
+        del self.model.encode  # back to the class method
+
+
+def test_drain_whole_queue_on_trigger(model):
+    """Chunks queued while the decoder is busy are drained in ONE feed, in order; the older ones
+    get drained silent decisions, the newest the model's decision."""
+    calls = []
+    orig = decoding.feed_audio
+
+    gate = threading.Event()
+
+    def slow_feed(m, st, audio):
+        calls.append(audio.shape[0])
+        if len(calls) == 1:
+            gate.wait(5)  # hold the decoder on chunk 0 while 5 more chunks arrive
+        return orig(m, st, audio)
+
+    decoding.feed_audio = slow_feed
+    try:
+        with _SlowEncode(model) as enc:
+            sess = Engine(model, EngineOptions(threshold=1.01, torch_threads=None)).session()
+            chunks = list(iter_chunks(_wave(2.4)))
+            sess.feed(chunks[0])
+            while not calls:
+                time.sleep(0.005)
+            for c in chunks[1:]:
+                sess.feed(c)
+            deadline = time.time() + 5
+            while enc.calls < 6 and time.time() < deadline:
+                time.sleep(0.005)
+            gate.set()
+            sess.close()
+            evs = list(sess.events())
+    finally:
+        decoding.feed_audio = orig
+    assert calls == [1, 5]
+    d = _decisions(evs)
+    assert [e["chunk"] for e in d] == list(range(6))
+    assert [bool(e.get("drained")) for e in d] == [False, True, True, True, True, False]
+    assert all(e["decision"] == "silent" for e in d)
+    assert enc.calls == 6
+
+
+@pytest.mark.parametrize("mode", ["fifo", "sequential"])
+def test_one_decision_per_chunk_in_order_encoded_once(model, mode):
+    wave = _wave(8.1)  # 20 full chunks + a partial one flushed by close()
+    with _SlowEncode(model) as enc:
+        sess = Engine(model, EngineOptions(mode=mode, threshold=0.0, max_reply_tokens=4)).session()
+        pieces = [wave[i:i + 1234] for i in range(0, len(wave), 1234)]  # arbitrary feed sizes
+        for p in pieces:
+            sess.feed(p)
+        sess.close()
+        evs = list(sess.events())
+    d = _decisions(evs)
+    assert [e["chunk"] for e in d] == list(range(21))
+    assert enc.calls == 21
+    assert all(e["latency_ms"] >= 0 and e["t"] == pytest.approx((e["chunk"] + 1) * 0.4) for e in d)
+    json.dumps(evs)  # JSON-serialisable
+    # every response decision is followed by its response event
+    resp = [e["chunk"] for e in d if e["decision"] == "response"]
+    assert [e["chunk"] for e in evs if e["type"] == "response"] == resp
+    assert not [e for e in evs if e["type"] == "error"]
+
+
+def test_fifo_matches_sequential_when_decoder_keeps_up(model):
+    chunks = list(iter_chunks(_wave(12, seed=3)))
+    out = {}
+    for mode in ("fifo", "sequential"):
+        eng = Engine(model, EngineOptions(mode=mode, threshold=0.5, max_reply_tokens=6))
+        evs = list(eng.session(instruction="say hi").run(chunks, realtime=False))
+        out[mode] = [(e["chunk"], e["decision"], e["p_response"]) for e in _decisions(evs)], \
+            [e["text"] for e in evs if e["type"] == "response"]
+    assert out["fifo"] == out["sequential"]
+    # and both match the sequential reference decoder of decoding.py
+    ref = list(decoding.decode_stream(model, chunks, decoding.DecodeOptions(instruction="say hi", max_reply_tokens=6)))
+    assert [(e["chunk"], e["decision"]) for e in _decisions(ref)] == [(c, d) for c, d, _ in out["fifo"][0]]
+
+
+def test_memory_across_replies(model):
+    """The cache is never reset after a reply: it holds every chunk and every reply token."""
+    n = 10
+    sess = Engine(model, EngineOptions(threshold=0.0, max_reply_tokens=3, max_context_chunks=None)).session()
+    evs = list(sess.run(iter_chunks(_wave(0.4 * n))))
+    replies = [e for e in evs if e["type"] == "response"]
+    assert len(replies) == n
+    # every chunk (10 slots + control token) and the replies are still in the cache
+    assert sess.cache_len == sess._state.pos > n * 11 + n
+    assert sess._state.chunks == n
+    # the decision on the last chunk depends on the history: a fresh decoder gives another P
+    fresh = list(decoding.decode_stream(model, list(iter_chunks(_wave(0.4 * n)))[-1:], decoding.DecodeOptions(threshold=0.0)))
+    assert _decisions(fresh)[0]["p_response"] != pytest.approx(_decisions(evs)[-1]["p_response"], abs=1e-4)
+
+
+def test_context_policy_bounds_cache_on_long_stream(model):
+    cap = 20
+    opts = EngineOptions(threshold=0.95, max_reply_tokens=2, max_context_chunks=cap)
+    sess = Engine(model, opts).session(instruction="watch")
+    n = 2000
+    rng = np.random.default_rng(1)
+    lens = []
+    evs = []
+    chunk = (rng.standard_normal(6400) * 0.1).astype(np.float32)
+    for k in range(n):
+        sess.feed(chunk * (1 + (k % 7) / 7))
+        sess.wait_idle()
+        lens.append(sess.cache_len)
+        while (ev := sess.get_event(timeout=0)) is not None:
+            evs.append(ev)
+    sess.close()
+    evs += list(sess.events())
+    d = _decisions(evs)
+    assert [e["chunk"] for e in d] == list(range(n))
+    assert not [e for e in evs if e["type"] == "error"]
+    per_chunk_max = 10 + 1 + 2 + 1  # audio, control, reply cap, <eos>
+    prefix = len("watch")
+    assert max(lens) <= prefix + cap * per_chunk_max + 1
+    assert sess.stats["rebuilds"] >= (n - cap) // (cap // 2) - 1
+    assert sess._state.pos == sess.cache_len  # fresh contiguous positions after rebuilds
+
+
+def test_rebuild_equals_fresh_decode_of_the_window(model):
+    """After a rebuild the cache is what a fresh decoder would build from the kept window."""
+    cap = 6
+    chunks = list(iter_chunks(_wave(0.4 * 8, seed=5)))
+    sess = Engine(model, EngineOptions(threshold=1.01, max_context_chunks=cap, evict_chunks=3)).session(instruction="x")
+    evs = list(sess.run(chunks))
+    # 8 chunks: rebuild before chunk 6 (window 6 → keep 3: chunks 3,4,5), then 6, 7 appended
+    assert sess.stats["rebuilds"] == 1
+    fresh = list(decoding.decode_stream(model, chunks[3:], decoding.DecodeOptions(instruction="x", threshold=1.01)))
+    got = [e["p_response"] for e in _decisions(evs)][6:]
+    want = [e["p_response"] for e in _decisions(fresh)][3:]
+    assert got == pytest.approx(want, abs=1e-3)
+
+
+def test_nan_input_raises(model):
+    sess = Engine(model).session()
+    with pytest.raises(AudioError):
+        sess.feed(np.array([0.0, np.nan], dtype=np.float32))
+    with pytest.raises(AudioError):
+        sess.feed(np.array([np.inf] * 10, dtype=np.float32))
+    sess.close()
+    assert list(sess.events()) == []
+
+
+def test_instruction_barge_in_cuts_reply(model):
+    opts = EngineOptions(threshold=0.0, max_reply_tokens=200, barge_in=True)
+    sess = Engine(model, opts).session()
+    sess.feed(_wave(0.4))
+    first = sess.get_event(timeout=10)
+    assert first["type"] == "decision" and first["decision"] == "response"
+    tok = sess.get_event(timeout=10)
+    assert tok["type"] == "token"
+    sess.set_instruction("stop and listen")
+    sess.close()
+    evs = list(sess.events())
+    resp = [e for e in evs if e["type"] == "response"]
+    assert resp and resp[0].get("cut") == "instruction"
+    assert sess.instruction == "stop and listen"
+
+
+def test_listen_jsonl_one_decision_per_chunk(model, tmp_path, capsys):
+    from soundflow.listen import listen
+
+    path = tmp_path / "a.wav"
+    write_audio(path, _wave(60, seed=7))
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        rc = listen(str(path), model=model, jsonl=True, threshold=0.9)
+    assert rc == 0
+    rows = [json.loads(line) for line in buf.getvalue().splitlines() if line.strip()]
+    d = [r for r in rows if r["type"] == "decision"]
+    assert len(d) == 150
+    assert [r["chunk"] for r in d] == list(range(150))
+    assert all({"type", "chunk", "t", "decision", "latency_ms"} <= r.keys() for r in d)
+    assert "untrained" in capsys.readouterr().err
+
+
+def test_listen_plain_and_plot(model, tmp_path):
+    from soundflow.listen import listen
+
+    path = tmp_path / "b.wav"
+    write_audio(path, _wave(4, seed=8))
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        rc = listen(str(path), model=model, threshold=0.0, plot=str(tmp_path / "p.png"))
+    assert rc == 0
+    assert "response" in buf.getvalue() or "▶" in buf.getvalue()
+    assert (tmp_path / "p.png").stat().st_size > 1000
