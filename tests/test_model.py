@@ -55,5 +55,5 @@ def test_cached_decoding_matches_full_forward(model):
     am = torch.tensor([seq.audio_mask[:-1]])
     with torch.no_grad():
         h = model.hidden(model.embed(ids, am, audio))
-    p_full = float(model.control_probs(h[0, -1]))
+    p_full = float(model.control_probs(h[0, -1]).detach())
     assert abs(p_inc - p_full) < 1e-4

@@ -1,0 +1,504 @@
+"""WebSocket streaming server and browser page: `soundflow serve`.
+
+One process holds one model and one `Engine`; every WebSocket connection gets its own engine
+session (its own decoder state, KV cache, queues and instruction — nothing is shared between
+sessions but the weights). The browser page is served at `/`; `/healthz` answers for probes.
+
+Protocol, version 1 — `ws://HOST:PORT/v1/stream`
+------------------------------------------------
+
+Authentication (only when the server has a token): `Authorization: Bearer TOKEN` on the upgrade
+request, or `?token=TOKEN` in the URL (browsers cannot set headers on a WebSocket). A missing or
+wrong token refuses the upgrade (HTTP 403) before any message is exchanged.
+
+1. Client → server, first message, a JSON text frame (within 10 s):
+
+       {"type": "hello", "version": 1, "sample_rate": 16000, "chunk_ms": 400,
+        "format": "f32le" | "s16le", "instruction": "optional text"}
+
+   `chunk_ms` may be omitted (it must equal the server's when present); `format` defaults to
+   `f32le`. The server answers
+
+       {"type": "ready", "version": 1, "session": "3f9c…", "sample_rate": 16000, "chunk_ms": 400,
+        "format": "f32le", "max_frame_samples": 16000, "max_queue_chunks": 16, "threshold": 0.5}
+
+   or `{"type": "error", "code": CODE, "message": "…"}` and closes the connection (close code
+   1008, or 1013 for `busy`). Handshake codes: `bad_json`, `bad_handshake`,
+   `unsupported_version`, `unsupported_sample_rate`, `unsupported_chunk_ms`,
+   `unsupported_format`, `handshake_timeout`, `busy` (the server is at `max_sessions`).
+   A handshake error concerns that connection only; other sessions are not touched.
+
+2. Client → server, after `ready`:
+   - binary frames: mono 16 kHz PCM in the negotiated format (little-endian float32 in [-1, 1]
+     or int16), any length from 1 sample to `max_frame_samples` (1 s). Frames need not align
+     with chunks; the server cuts the stream into `chunk_ms` chunks.
+   - `{"type": "instruction", "text": "…"}` — replace the instruction from now on.
+   - `{"type": "end"}` — no more audio: the last partial chunk is flushed (zero-padded), every
+     remaining event is sent, then `{"type": "end", "chunks": N}` and a normal close (1000).
+
+3. Server → client, JSON text frames:
+   - `{"type": "decision", "chunk": k, "t": seconds, "decision": "silent"|"response",
+      "p_response": p, "latency_ms": ms}` — exactly one per chunk, in order (`"drained": true`
+      marks a chunk heard while the decoder was busy and decided silent in a FIFO batch);
+   - `{"type": "token", "chunk": k, "text": "…"}` — a reply streamed piece by piece;
+   - `{"type": "response", "chunk": k, "t": seconds, "text": "…"}` — the complete reply;
+   - `{"type": "error", "code": CODE, "message": "…"}` — a frame or message was refused; the
+     session goes on. Codes: `malformed_frame` (byte count not a whole number of samples,
+     NaN/inf samples), `frame_too_large` (more than `max_frame_samples`), `bad_message`
+     (unparsable or unknown text frame), `engine_error` (the engine reported a failure).
+     A refused frame is dropped whole: the stream continues as if it was never sent. If the
+     engine session itself fails, `engine_error` is the last event and the server closes the
+     connection with 1011.
+
+Backpressure: the server reads audio only while fewer than `max_queue_chunks` chunks are
+waiting for their decision to be *sent* to the client. Beyond that it stops reading the socket,
+so the client's sends block through ordinary WebSocket/TCP flow control; nothing is dropped and
+no error is sent. A client may therefore stream a file as fast as it likes (the page's "fast"
+mode does) and will be paced by the model, and a client that stops reading its events stops
+being read. Frames larger than 4 MiB are refused at the WebSocket layer (close 1009).
+
+A client that disappears (socket closed or reset, even in the middle of a reply) has its engine
+session aborted (queued audio dropped; a reply in progress stops at its token cap) and its slot
+freed; the other sessions keep running.
+
+Threads: the event loop never runs torch. Each session has the engine's own threads plus one
+pump thread that blocks on `get_event` and hands events to the loop (`call_soon_threadsafe`);
+blocking engine calls (session start, close) run in a pool sized to `max_sessions`.
+
+Binds 127.0.0.1 unless told otherwise; give a token (`--token` or `SOUNDFLOW_TOKEN`) before
+binding anything else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import os
+import re
+import secrets
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, WebSocket
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+PROTOCOL_VERSION = 1
+SAMPLE_RATE = 16_000
+FORMATS = {"f32le": np.dtype("<f4"), "s16le": np.dtype("<i2")}
+WS_MAX_SIZE = 4 * 1024 * 1024  # protocol-level cap on one WebSocket message
+MAX_INSTRUCTION_CHARS = 4000
+WEB_DIR = Path(__file__).with_name("web")
+
+log = logging.getLogger("soundflow.server")
+
+_DONE = object()  # pump → writer: the engine session has delivered its last event
+
+
+class _HandshakeError(Exception):
+    def __init__(self, code: str, message: str, close_code: int = 1008):
+        super().__init__(message)
+        self.code, self.message, self.close_code = code, message, close_code
+
+
+def _jsonable(o: Any):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def _dumps(obj: dict) -> str:
+    return json.dumps(obj, default=_jsonable, ensure_ascii=False)
+
+
+def _bearer_ok(expected: str | None, headers, query) -> bool:
+    if not expected:
+        return True
+    auth = headers.get("authorization", "")
+    got = auth[7:].strip() if auth[:7].lower() == "bearer " else query.get("token", "")
+    return bool(got) and hmac.compare_digest(got.encode(), expected.encode())
+
+
+def _parse_hello(text: str | None, chunk_ms: int) -> dict:
+    if text is None:
+        raise _HandshakeError("bad_handshake", "the first message must be a JSON text frame {\"type\": \"hello\", ...}")
+    try:
+        hello = json.loads(text)
+    except (ValueError, RecursionError):
+        raise _HandshakeError("bad_json", "the hello message is not valid JSON") from None
+    if not isinstance(hello, dict) or hello.get("type") != "hello":
+        raise _HandshakeError("bad_handshake", "the first message must be {\"type\": \"hello\", ...}")
+    if hello.get("version") != PROTOCOL_VERSION:
+        raise _HandshakeError("unsupported_version",
+                              f"protocol version {hello.get('version')!r} is not supported; this server speaks {PROTOCOL_VERSION}")
+    if hello.get("sample_rate") != SAMPLE_RATE:
+        raise _HandshakeError("unsupported_sample_rate",
+                              f"sample_rate {hello.get('sample_rate')!r} is not supported; send mono {SAMPLE_RATE} Hz")
+    if "chunk_ms" in hello and hello["chunk_ms"] != chunk_ms:
+        raise _HandshakeError("unsupported_chunk_ms", f"chunk_ms {hello['chunk_ms']!r}: this server runs {chunk_ms} ms chunks")
+    fmt = hello.get("format", "f32le")
+    if fmt not in FORMATS:
+        raise _HandshakeError("unsupported_format", f"format {fmt!r} is not supported; use one of {sorted(FORMATS)}")
+    instruction = hello.get("instruction")
+    if instruction is not None and not isinstance(instruction, str):
+        raise _HandshakeError("bad_handshake", "instruction must be a string")
+    if instruction and len(instruction) > MAX_INSTRUCTION_CHARS:
+        raise _HandshakeError("bad_handshake", f"instruction longer than {MAX_INSTRUCTION_CHARS} characters")
+    return {"format": fmt, "instruction": instruction or None}
+
+
+class _Connection:
+    """One WebSocket ↔ one engine session: a reader task, a writer task, and a pump thread."""
+
+    def __init__(self, app_state, ws, sess, fmt: str, session_id: str):
+        self.st, self.ws, self.sess, self.fmt, self.id = app_state, ws, sess, fmt, session_id
+        self.dtype = FORMATS[fmt]
+        self.loop = asyncio.get_running_loop()
+        self.out: asyncio.Queue = asyncio.Queue()
+        self.room = asyncio.Event()  # set whenever a decision is delivered (backpressure)
+        self.fed_samples = 0
+        self.delivered = 0  # chunks whose decision has been sent to the client
+        self.closed = threading.Event()  # engine session closed: the pump may stop when drained
+        self.pump = threading.Thread(target=self._pump, name=f"soundflow-ws-{session_id}", daemon=True)
+
+    # -- engine events → asyncio (a thread per session; get_event blocks) ------------------------
+    def _post(self, item) -> bool:
+        try:
+            self.loop.call_soon_threadsafe(self.out.put_nowait, item)
+            return True
+        except RuntimeError:  # the event loop is gone (server shutting down)
+            return False
+
+    def _pump(self) -> None:
+        try:
+            while True:
+                try:
+                    ev = self.sess.get_event(timeout=0.1)
+                except Exception as e:  # noqa: BLE001 — an engine failure ends this session only
+                    self._post({"type": "error", "code": "engine_error", "message": f"{type(e).__name__}: {e}"})
+                    break
+                if ev is None:
+                    if self.closed.is_set() or getattr(self.sess, "finished", False):
+                        break
+                    continue
+                if not self._post(ev):
+                    return
+        finally:
+            self._post(_DONE)
+
+    # -- helpers ------------------------------------------------------------------------------
+    async def send(self, obj: dict) -> None:
+        await self.ws.send_text(_dumps(obj))
+
+    async def error(self, code: str, message: str) -> None:
+        await self.out.put({"type": "error", "code": code, "message": message})
+
+    def pending_chunks(self) -> int:
+        return self.fed_samples // self.st.chunk_n - self.delivered
+
+    async def close_engine(self, abort: bool = False) -> None:
+        """Graceful: flush and finish every chunk. abort (client gone): drop queued audio."""
+        if not self.closed.is_set():
+            try:
+                if abort and callable(getattr(self.sess, "abort", None)):
+                    self.sess.abort()  # non-blocking; a reply in progress ends at its token cap
+                await self.loop.run_in_executor(self.st.executor, self.sess.close)
+            except Exception as e:  # noqa: BLE001
+                log.warning("session %s: engine close failed: %s", self.id, e)
+            finally:
+                self.closed.set()
+
+    # -- tasks --------------------------------------------------------------------------------
+    async def reader(self) -> str:
+        """Socket → engine. Returns "end" (client said end) or "gone" (client vanished)."""
+        while True:
+            while self.pending_chunks() >= self.st.max_queue_chunks:
+                self.room.clear()
+                await self.room.wait()  # stop reading: the client's sends block (TCP backpressure)
+            msg = await self.ws.receive()
+            if msg["type"] == "websocket.disconnect":
+                return "gone"
+            data, text = msg.get("bytes"), msg.get("text")
+            if data is not None:
+                await self.on_audio(data)
+            elif text is not None:
+                if await self.on_text(text):
+                    return "end"
+
+    async def on_audio(self, data: bytes) -> None:
+        if not data:
+            return
+        size = self.dtype.itemsize
+        if len(data) % size:
+            await self.error("malformed_frame", f"{len(data)} bytes is not a whole number of {self.fmt} samples; frame dropped")
+            return
+        n = len(data) // size
+        if n > self.st.max_frame_samples:
+            await self.error("frame_too_large",
+                             f"{n} samples in one frame; at most {self.st.max_frame_samples} ({self.st.max_frame_samples / SAMPLE_RATE:g} s); frame dropped")
+            return
+        pcm = np.frombuffer(data, dtype=self.dtype)
+        if self.fmt == "s16le":
+            pcm = pcm.astype(np.float32) / 32768.0
+        else:
+            pcm = pcm.astype(np.float32)
+            if not np.isfinite(pcm).all():
+                await self.error("malformed_frame", "frame contains NaN or infinite samples; frame dropped")
+                return
+        try:
+            self.sess.feed(pcm)
+        except ValueError as e:  # soundflow.audio.AudioError
+            await self.error("malformed_frame", f"{e}; frame dropped")
+            return
+        self.fed_samples += n
+
+    async def on_text(self, text: str) -> bool:
+        """Handle a control message; True when the client ended the stream."""
+        try:
+            msg = json.loads(text)
+        except (ValueError, RecursionError):
+            await self.error("bad_message", "text frame is not valid JSON; ignored")
+            return False
+        kind = msg.get("type") if isinstance(msg, dict) else None
+        if kind == "end":
+            return True
+        if kind == "instruction":
+            instr = msg.get("text")
+            if not isinstance(instr, str) or len(instr) > MAX_INSTRUCTION_CHARS:
+                await self.error("bad_message", f"instruction text must be a string of at most {MAX_INSTRUCTION_CHARS} characters")
+                return False
+            try:
+                await self.loop.run_in_executor(self.st.executor, self.sess.set_instruction, instr)
+            except Exception as e:  # noqa: BLE001
+                await self.error("engine_error", f"set_instruction failed: {e}")
+            return False
+        await self.error("bad_message", f"unknown message type {kind!r}; expected 'instruction' or 'end'")
+        return False
+
+    async def writer(self) -> str:
+        """Engine events → socket. Returns "done" (engine finished) or "gone" (send failed)."""
+        while True:
+            ev = await self.out.get()
+            if ev is _DONE:
+                return "done"
+            if ev.get("type") == "error" and "code" not in ev:
+                ev = {"type": "error", "code": "engine_error", "message": ev.get("message", "")}
+            try:
+                await self.send(ev)
+            except Exception:  # noqa: BLE001 — client vanished or socket broke
+                return "gone"
+            if ev.get("type") == "decision":
+                self.delivered = max(self.delivered, int(ev["chunk"]) + 1)
+                self.room.set()
+
+    async def run(self) -> None:
+        self.pump.start()
+        reader = asyncio.create_task(self.reader())
+        writer = asyncio.create_task(self.writer())
+        try:
+            done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+            if reader in done and not reader.exception() and reader.result() == "end":
+                await self.close_engine()  # flushes the partial chunk, finishes the reply
+                result = await writer  # everything the engine had left, then _DONE
+                if result == "done":
+                    with contextlib.suppress(Exception):
+                        await self.send({"type": "end", "chunks": self.delivered})
+                        await self.ws.close(1000)
+            elif writer in done and not writer.exception() and writer.result() == "done":
+                # the engine session ended by itself (it reported an error): close this socket
+                with contextlib.suppress(Exception):
+                    await self.ws.close(1011)
+            # otherwise the client is gone (or a task failed): fall through and free the session
+        finally:
+            for t in (reader, writer):
+                if not t.done():
+                    t.cancel()
+            await asyncio.gather(reader, writer, return_exceptions=True)
+            await self.close_engine(abort=True)  # no-op after a graceful end
+            for t in (reader, writer):
+                if not t.cancelled() and t.exception() is not None:
+                    log.warning("session %s: %r", self.id, t.exception())
+
+
+class _State:
+    def __init__(self, engine, *, token, chunk_ms, max_sessions, max_queue_chunks, max_frame_samples,
+                 handshake_timeout, threshold, model_name):
+        from .audio import chunk_samples
+
+        self.engine, self.token, self.chunk_ms = engine, token, chunk_ms
+        self.chunk_n = chunk_samples(chunk_ms)
+        self.max_sessions, self.max_queue_chunks = max_sessions, max_queue_chunks
+        self.max_frame_samples, self.handshake_timeout = max_frame_samples, handshake_timeout
+        self.threshold, self.model_name = threshold, model_name
+        self.sessions: set[str] = set()
+        self.served = 0
+        # Blocking engine calls (session start/close, set_instruction) run here, never on the loop.
+        self.executor = ThreadPoolExecutor(max_workers=max(8, max_sessions), thread_name_prefix="soundflow-engine")
+
+
+def create_app(model=None, token: str | None = None, options=None, max_sessions: int = 32,
+               max_queue_chunks: int = 16, *, engine=None, max_frame_ms: int = 1000,
+               handshake_timeout: float = 10.0):
+    """The FastAPI app: `/` (page), `/v1/stream` (WebSocket, see the module docstring), `/healthz`.
+
+    `model` is an `AudioLM`; `options` an `EngineOptions`. `engine` may be passed instead of
+    `model` (anything with `.session(instruction=)` and `.options`)."""
+    if engine is None:
+        if model is None:
+            raise ValueError("create_app needs a model or an engine")
+        from .engine import Engine, EngineOptions
+
+        engine = Engine(model, options or EngineOptions())
+    opts = options or getattr(engine, "options", None)
+    chunk_ms = int(getattr(opts, "chunk_ms", 400))
+    threshold = getattr(opts, "threshold", None)
+    cfg = getattr(model if model is not None else getattr(engine, "model", None), "cfg", None)
+    st = _State(engine, token=token, chunk_ms=chunk_ms, max_sessions=max_sessions,
+                max_queue_chunks=max(1, max_queue_chunks),
+                max_frame_samples=SAMPLE_RATE * max_frame_ms // 1000,
+                handshake_timeout=handshake_timeout, threshold=threshold,
+                model_name=getattr(cfg, "backend", None))
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        st.executor.shutdown(wait=False, cancel_futures=True)
+        closer = getattr(engine, "close", None)
+        if callable(closer):
+            closer()
+
+    app = FastAPI(title="soundflow", version=str(PROTOCOL_VERSION), lifespan=lifespan,
+                  docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.soundflow = st
+    page_headers = {
+        "Cache-Control": "no-cache",
+        "Content-Security-Policy": "default-src 'self'; connect-src 'self' ws: wss:; media-src 'self' blob:; "
+                                   "img-src 'self' data:; style-src 'self' 'unsafe-inline'",
+    }
+
+    @app.get("/", include_in_schema=False)
+    async def index():
+        return FileResponse(WEB_DIR / "index.html", media_type="text/html", headers=page_headers)
+
+    app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
+
+    @app.middleware("http")
+    async def revalidate_static(request, call_next):
+        response = await call_next(request)
+        if request.url.path.startswith("/static/"):
+            response.headers["Cache-Control"] = "no-cache"  # revalidate (ETag) so upgrades show up
+        return response
+
+    @app.get("/healthz")
+    async def healthz():
+        return JSONResponse({"status": "ok", "version": PROTOCOL_VERSION, "model": st.model_name,
+                             "sessions": len(st.sessions), "max_sessions": st.max_sessions,
+                             "served": st.served, "chunk_ms": st.chunk_ms})
+
+    @app.websocket("/v1/stream")
+    async def stream(ws: WebSocket):
+        if not _bearer_ok(st.token, ws.headers, ws.query_params):
+            await ws.close(code=1008, reason="missing or wrong bearer token")  # before accept: HTTP 403
+            return
+        await ws.accept()
+        loop = asyncio.get_running_loop()
+        try:
+            try:
+                msg = await asyncio.wait_for(ws.receive(), timeout=st.handshake_timeout)
+            except asyncio.TimeoutError:
+                raise _HandshakeError("handshake_timeout", f"no hello within {st.handshake_timeout:g} s") from None
+            if msg["type"] == "websocket.disconnect":
+                return
+            hello = _parse_hello(msg.get("text"), st.chunk_ms)
+            if len(st.sessions) >= st.max_sessions:
+                raise _HandshakeError("busy", f"the server is at its limit of {st.max_sessions} sessions; retry later", 1013)
+        except _HandshakeError as e:
+            try:
+                await ws.send_text(_dumps({"type": "error", "code": e.code, "message": e.message}))
+                await ws.close(e.close_code)
+            except Exception:  # noqa: BLE001 — the client left already
+                pass
+            return
+
+        session_id = secrets.token_hex(6)
+        st.sessions.add(session_id)  # reserve the slot before the (blocking) session start
+        try:
+            try:
+                sess = await loop.run_in_executor(st.executor, lambda: engine.session(instruction=hello["instruction"]))
+            except Exception as e:  # noqa: BLE001
+                log.exception("session start failed")
+                try:
+                    await ws.send_text(_dumps({"type": "error", "code": "engine_error", "message": f"session start failed: {e}"}))
+                    await ws.close(1011)
+                except Exception:  # noqa: BLE001
+                    pass
+                return
+            st.served += 1
+            conn = _Connection(st, ws, sess, hello["format"], session_id)
+            try:
+                await conn.send({"type": "ready", "version": PROTOCOL_VERSION, "session": session_id,
+                                 "sample_rate": SAMPLE_RATE, "chunk_ms": st.chunk_ms, "format": hello["format"],
+                                 "max_frame_samples": st.max_frame_samples,
+                                 "max_queue_chunks": st.max_queue_chunks, "threshold": st.threshold})
+            except Exception:  # noqa: BLE001
+                await loop.run_in_executor(st.executor, sess.close)
+                return
+            await conn.run()
+        finally:
+            st.sessions.discard(session_id)
+
+    return app
+
+
+class _RedactTokens(logging.Filter):
+    """Keep `?token=…` out of the access and error logs (browsers put the token in the URL)."""
+
+    _re = re.compile(r"([?&]token=)[^&\s\"']+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if "token=" in msg:
+            record.msg, record.args = self._re.sub(r"\1***", msg), ()
+        return True
+
+
+def _is_loopback(host: str) -> bool:
+    return host in ("127.0.0.1", "::1", "localhost") or host.startswith("127.")
+
+
+def serve(host: str = "127.0.0.1", port: int = 8765, model="mini", token: str | None = None,
+          options=None, max_sessions: int = 32, log_level: str = "info") -> int:
+    """Run the server until interrupted (the `soundflow serve` command). Returns an exit code."""
+    import uvicorn
+
+    token = token or os.environ.get("SOUNDFLOW_TOKEN") or None
+    if not _is_loopback(host) and not token:
+        log.warning("serving on %s without a token: anyone who can reach it can use the model "
+                    "(set --token or SOUNDFLOW_TOKEN)", host)
+    if isinstance(model, str):
+        from .model import load_model
+
+        model = load_model(model)
+    app = create_app(model, token=token, options=options, max_sessions=max_sessions)
+    shown = f"[{host}]" if ":" in host else host
+    print(f"soundflow: page http://{shown}:{port}/{'?token=…' if token else ''}  "
+          f"stream ws://{shown}:{port}/v1/stream", flush=True)
+    config = uvicorn.Config(app, host=host, port=port, ws_max_size=WS_MAX_SIZE, log_level=log_level,
+                            timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)  # Config.__init__ sets up uvicorn's loggers; filter them now
+    for name in ("uvicorn.access", "uvicorn.error"):
+        logging.getLogger(name).addFilter(_RedactTokens())
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    return 0

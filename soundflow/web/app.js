@@ -1,0 +1,397 @@
+// soundflow live page: microphone (AudioWorklet → 16 kHz f32le) or a file → WebSocket
+// /v1/stream (protocol v1, see soundflow/server.py) → timeline of decisions + streamed replies.
+"use strict";
+
+const SR = 16000;
+const FRAME = 1600; // 100 ms per binary frame
+const MAX_CELLS = 1500; // 10 minutes of 400 ms chunks kept on screen
+
+const params = new URLSearchParams(location.search);
+const $ = (id) => document.getElementById(id);
+const ui = {
+  status: $("status"), statusText: $("status-text"), mic: $("mic"), stop: $("stop"), file: $("file"),
+  fileName: $("file-name"), pace: $("pace"), instruction: $("instruction"), setInstr: $("set-instruction"),
+  speak: $("speak"), level: $("level"), timeline: $("timeline"), axis: $("axis"), replies: $("replies"),
+  empty: $("replies-empty"), log: $("log"), chunks: $("stat-chunks"), responses: $("stat-responses"),
+  latency: $("stat-latency"), heard: $("stat-heard"), session: $("stat-session"), threshold: $("legend-threshold"),
+  source: $("source"), progress: $("progress"),
+};
+
+// Public state, for people poking around in the console and for the browser test.
+const sf = (window.soundflow = { state: "idle", decisions: 0, responses: 0, tokens: 0, errors: [], session: null });
+
+function setState(state, text) {
+  sf.state = state;
+  document.body.dataset.state = state;
+  ui.status.className = "pill " + state;
+  ui.statusText.textContent = text || state;
+  const busy = state === "connecting" || state === "live";
+  ui.mic.disabled = busy;
+  ui.file.disabled = busy;
+  ui.stop.disabled = !busy;
+  ui.mic.textContent = busy && ui.source.textContent === "microphone" ? "● Listening…" : "● Start microphone";
+}
+
+function log(msg, kind = "info") {
+  const li = document.createElement("li");
+  li.className = kind;
+  const time = new Date().toLocaleTimeString();
+  li.textContent = `${time}  ${msg}`;
+  ui.log.prepend(li);
+  while (ui.log.children.length > 50) ui.log.lastChild.remove();
+}
+
+// ---------------------------------------------------------------- colour scale for P(response)
+const STOPS = [
+  [0.0, [30, 41, 59]],
+  [0.3, [22, 78, 99]],
+  [0.5, [20, 150, 160]],
+  [0.7, [234, 179, 8]],
+  [1.0, [249, 97, 22]],
+];
+function colour(p) {
+  p = Math.min(1, Math.max(0, p));
+  for (let i = 1; i < STOPS.length; i++) {
+    const [p1, c1] = STOPS[i];
+    if (p <= p1) {
+      const [p0, c0] = STOPS[i - 1];
+      const f = (p - p0) / (p1 - p0);
+      return `rgb(${c0.map((c, j) => Math.round(c + (c1[j] - c) * f)).join(",")})`;
+    }
+  }
+  return `rgb(${STOPS[STOPS.length - 1][1].join(",")})`;
+}
+
+// ---------------------------------------------------------------- one WebSocket session
+class Stream {
+  constructor(label) {
+    this.label = label;
+    this.ready = false;
+    this.closed = false;
+    this.backlog = [];
+    this.latencies = [];
+    this.sentSamples = 0;
+    const url = new URL("v1/stream", location.href);
+    url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+    url.search = "";
+    if (params.get("token")) url.searchParams.set("token", params.get("token"));
+    this.ws = new WebSocket(url);
+    this.ws.binaryType = "arraybuffer";
+    this.ws.onopen = () => {
+      const hello = { type: "hello", version: 1, sample_rate: SR, chunk_ms: 400, format: "f32le" };
+      const instr = ui.instruction.value.trim();
+      if (instr) hello.instruction = instr;
+      this.ws.send(JSON.stringify(hello));
+    };
+    this.ws.onmessage = (e) => this.onEvent(JSON.parse(e.data));
+    this.ws.onerror = () => log("connection error", "error");
+    this.ws.onclose = (e) => {
+      this.closed = true;
+      if (sf.state === "live" || sf.state === "connecting") {
+        setState(e.code === 1000 ? "done" : "error", e.code === 1000 ? "finished" : `closed (${e.code})`);
+      }
+      if (this.onclose) this.onclose();
+    };
+    setState("connecting", "connecting…");
+  }
+
+  sendPCM(pcm) {
+    if (this.closed || this.ending) return;
+    if (!this.ready) {
+      this.backlog.push(pcm);
+      return;
+    }
+    this.ws.send(pcm.buffer.byteLength === pcm.byteLength ? pcm.buffer : pcm.slice().buffer);
+    this.sentSamples += pcm.length;
+    ui.heard.textContent = (this.sentSamples / SR).toFixed(1) + " s";
+  }
+
+  setInstruction(text) {
+    if (this.ready && !this.closed) this.ws.send(JSON.stringify({ type: "instruction", text }));
+  }
+
+  end() {
+    if (this.closed || this.ending) return;
+    this.ending = true;
+    if (this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify({ type: "end" }));
+    else this.ws.close();
+  }
+
+  onEvent(ev) {
+    switch (ev.type) {
+      case "ready":
+        this.ready = true;
+        sf.session = ev.session;
+        ui.session.textContent = ev.session;
+        if (typeof ev.threshold === "number") {
+          ui.threshold.style.left = `${ev.threshold * 100}%`;
+          ui.threshold.title = `threshold ${ev.threshold}`;
+          ui.threshold.hidden = false;
+        }
+        setState("live", this.label);
+        log(`session ${ev.session} ready (${this.label})`);
+        for (const pcm of this.backlog.splice(0)) this.sendPCM(pcm);
+        break;
+      case "decision":
+        addDecision(ev);
+        if (!ev.drained) this.latencies.push(ev.latency_ms);
+        ui.latency.textContent = median(this.latencies).toFixed(0) + " ms";
+        break;
+      case "token":
+        sf.tokens++;
+        replyCard(ev.chunk, ev.t).append(ev.text);
+        break;
+      case "response":
+        finishReply(ev);
+        break;
+      case "error":
+        sf.errors.push(ev);
+        log(`${ev.code || "error"}: ${ev.message}`, "error");
+        if (!this.ready) setState("error", ev.code || "error");
+        break;
+      case "end":
+        log(`stream finished: ${ev.chunks} chunks`);
+        setState("done", "finished");
+        break;
+    }
+  }
+}
+
+function median(xs) {
+  if (!xs.length) return NaN;
+  const s = xs.slice(-50).sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)];
+}
+
+// ---------------------------------------------------------------- timeline and replies
+function addDecision(ev) {
+  sf.decisions++;
+  const cell = document.createElement("div");
+  cell.className = "cell" + (ev.decision === "response" ? " respond" : "") + (ev.drained ? " drained" : "");
+  cell.style.setProperty("--c", colour(ev.p_response));
+  cell.style.setProperty("--h", `${Math.max(6, ev.p_response * 100)}%`);
+  cell.dataset.chunk = ev.chunk;
+  cell.title = `chunk ${ev.chunk} · ${ev.t.toFixed(1)} s\nP(response) = ${ev.p_response.toFixed(3)}\n` +
+    `${ev.decision}${ev.drained ? " (drained while busy)" : ""} · ${ev.latency_ms.toFixed(0)} ms`;
+  ui.timeline.append(cell);
+  if (ev.chunk % 10 === 9) {
+    const tick = document.createElement("span");
+    tick.className = "tick";
+    tick.textContent = `${ev.t.toFixed(0)} s`;
+    cell.append(tick);
+  }
+  while (ui.timeline.children.length > MAX_CELLS) ui.timeline.firstChild.remove();
+  ui.timeline.scrollLeft = ui.timeline.scrollWidth;
+  ui.chunks.textContent = sf.decisions;
+}
+
+const cards = new Map();
+function replyCard(chunk, t) {
+  let card = cards.get(chunk);
+  if (card) return card;
+  ui.empty.hidden = true;
+  const li = document.createElement("li");
+  li.className = "reply streaming";
+  const meta = document.createElement("div");
+  meta.className = "meta";
+  meta.textContent = t !== undefined ? `${t.toFixed(1)} s · chunk ${chunk}` : `chunk ${chunk}`;
+  const text = document.createElement("div");
+  text.className = "text";
+  li.append(meta, text);
+  ui.replies.prepend(li);
+  while (ui.replies.children.length > 200) ui.replies.lastChild.remove();
+  card = {
+    li, meta, text,
+    append(s) { text.textContent += s; },
+  };
+  cards.set(chunk, card);
+  const cell = ui.timeline.querySelector(`.cell[data-chunk="${chunk}"]`);
+  if (cell) cell.classList.add("respond");
+  return card;
+}
+
+function finishReply(ev) {
+  sf.responses++;
+  ui.responses.textContent = sf.responses;
+  const card = replyCard(ev.chunk, ev.t);
+  card.meta.textContent = `${ev.t.toFixed(1)} s · chunk ${ev.chunk}${ev.cut ? ` · cut (${ev.cut})` : ""}`;
+  card.text.textContent = ev.text;
+  card.li.classList.remove("streaming");
+  cards.delete(ev.chunk);
+  if (ui.speak.checked && ev.text.trim() && "speechSynthesis" in window) {
+    const u = new SpeechSynthesisUtterance(ev.text);
+    u.rate = 1.05;
+    speechSynthesis.speak(u);
+  }
+}
+
+function resetView() {
+  ui.timeline.replaceChildren();
+  ui.replies.replaceChildren();
+  cards.clear();
+  ui.empty.hidden = false;
+  for (const el of [ui.chunks, ui.responses]) el.textContent = "0";
+  ui.latency.textContent = "–";
+  ui.heard.textContent = "0.0 s";
+  ui.session.textContent = "–";
+  ui.progress.style.width = "0";
+  Object.assign(sf, { decisions: 0, responses: 0, tokens: 0, errors: [], session: null });
+}
+
+// ---------------------------------------------------------------- microphone
+let current = null; // {stream: Stream, stop()}
+
+async function startMic() {
+  resetView();
+  ui.source.textContent = "microphone";
+  let media, ctx;
+  try {
+    media = await navigator.mediaDevices.getUserMedia({
+      audio: { channelCount: 1, echoCancellation: true, noiseSuppression: false, autoGainControl: false },
+    });
+    ctx = new AudioContext();
+    await ctx.audioWorklet.addModule("static/worklet.js");
+  } catch (e) {
+    log(`microphone unavailable: ${e.message || e}`, "error");
+    setState("error", "no microphone");
+    if (media) media.getTracks().forEach((t) => t.stop());
+    return;
+  }
+  const stream = new Stream(`microphone · ${ctx.sampleRate / 1000} kHz → 16 kHz`);
+  const src = ctx.createMediaStreamSource(media);
+  const node = new AudioWorkletNode(ctx, "soundflow-downsampler", { processorOptions: { frameSamples: FRAME } });
+  const mute = ctx.createGain();
+  mute.gain.value = 0; // keep the graph pulled without echoing the mic to the speakers
+  src.connect(node).connect(mute).connect(ctx.destination);
+  node.port.onmessage = (e) => {
+    stream.sendPCM(e.data.pcm);
+    meter(e.data.rms);
+  };
+  if (ctx.state !== "running") {
+    try { await ctx.resume(); } catch (_) { /* needs a click */ }
+    if (ctx.state !== "running") log("audio is paused by the browser: click anywhere to start", "error");
+    document.addEventListener("click", () => ctx.resume(), { once: true });
+  }
+  let stopped = false;
+  const stop = () => {
+    if (stopped) return;
+    stopped = true;
+    node.port.postMessage("stop");
+    media.getTracks().forEach((t) => t.stop());
+    ctx.close().catch(() => {});
+    meter(0);
+  };
+  stream.onclose = stop;
+  current = { stream, stop: () => { stream.end(); stop(); } };
+}
+
+function meter(rms) {
+  const db = rms > 0 ? 20 * Math.log10(rms) : -100;
+  ui.level.style.width = `${Math.min(100, Math.max(0, (db + 60) / 60 * 100))}%`;
+}
+
+// ---------------------------------------------------------------- file upload
+async function streamFile(file) {
+  resetView();
+  ui.fileName.textContent = file.name;
+  ui.source.textContent = file.name;
+  let pcm, decoded;
+  try {
+    const bytes = await file.arrayBuffer();
+    const dec = new AudioContext();
+    decoded = await dec.decodeAudioData(bytes);
+    dec.close();
+    const off = new OfflineAudioContext(1, Math.max(1, Math.ceil(decoded.duration * SR)), SR);
+    const src = off.createBufferSource();
+    src.buffer = decoded;
+    src.connect(off.destination); // 1-channel destination: the browser downmixes
+    src.start();
+    pcm = (await off.startRendering()).getChannelData(0);
+  } catch (e) {
+    log(`cannot decode ${file.name}: ${e.message || e}`, "error");
+    setState("error", "cannot decode");
+    return;
+  }
+  const realtime = ui.pace.value === "realtime";
+  const stream = new Stream(`${file.name} · ${realtime ? "real time" : "fast"}`);
+  let cancelled = false;
+  let player = null;
+  const stopPlayer = () => {
+    if (player) player.close().catch(() => {});
+    player = null;
+  };
+  stream.onclose = stopPlayer;
+  current = {
+    stream,
+    stop: () => {
+      cancelled = true;
+      stopPlayer();
+      stream.end();
+    },
+  };
+  log(`${file.name}: ${decoded.duration.toFixed(1)} s, ${decoded.numberOfChannels} ch → 16 kHz mono`);
+  while (!stream.ready && !stream.closed) await sleep(20);
+  if (stream.closed) return;
+  if (realtime) {
+    // play it along so you hear what the model hears
+    player = new AudioContext();
+    const src = player.createBufferSource();
+    src.buffer = decoded;
+    src.connect(player.destination);
+    src.start();
+  }
+  const t0 = performance.now();
+  for (let i = 0; i < pcm.length && !cancelled && !stream.closed; i += FRAME) {
+    const frame = pcm.slice(i, i + FRAME);
+    if (realtime) {
+      const due = t0 + ((i + frame.length) / SR) * 1000;
+      const wait = due - performance.now();
+      if (wait > 0) await sleep(wait);
+    } else {
+      while (stream.ws.bufferedAmount > 1 << 20 && !stream.closed) await sleep(20); // the server paces us
+    }
+    stream.sendPCM(frame);
+    meter(Math.sqrt(frame.reduce((a, x) => a + x * x, 0) / frame.length));
+    ui.progress.style.width = `${Math.min(100, ((i + frame.length) / pcm.length) * 100)}%`;
+  }
+  meter(0);
+  if (!cancelled) stream.end();
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+// ---------------------------------------------------------------- wiring
+ui.mic.onclick = () => startMic();
+ui.stop.onclick = () => {
+  if (current) current.stop();
+};
+ui.file.onchange = () => {
+  if (ui.file.files.length) streamFile(ui.file.files[0]);
+  ui.file.value = "";
+};
+ui.setInstr.onclick = () => {
+  const text = ui.instruction.value.trim();
+  if (current && !current.stream.closed) {
+    current.stream.setInstruction(text);
+    log(`instruction set: ${text || "(none)"}`);
+  } else {
+    log("the instruction will be sent with the next session");
+  }
+};
+ui.instruction.onkeydown = (e) => {
+  if (e.key === "Enter") ui.setInstr.click();
+};
+ui.speak.checked = localStorage.getItem("soundflow.speak") === "1";
+ui.speak.onchange = () => {
+  localStorage.setItem("soundflow.speak", ui.speak.checked ? "1" : "0");
+  if (!ui.speak.checked && "speechSynthesis" in window) speechSynthesis.cancel();
+};
+if (!("speechSynthesis" in window)) {
+  ui.speak.disabled = true;
+  ui.speak.parentElement.title = "this browser has no speech synthesis";
+}
+if (params.get("instruction")) ui.instruction.value = params.get("instruction");
+
+setState("idle", "idle");
+if (!window.isSecureContext) log("the microphone needs https or localhost; file upload still works", "error");
+if (params.get("autostart") === "1") startMic();
