@@ -422,6 +422,9 @@ class Session:
                 break
             self.stats["forwards"] += 1
             ids.append(nxt)
+            if self._aborted:  # the client is gone: stop spending CPU on its reply
+                cut = "aborted"
+                break
             full = tok.decode(ids)  # incremental text: multi-byte pieces come out whole
             if full != text:
                 self._emit({"type": "token", "chunk": c.k, "text": full[len(text):] if full.startswith(text) else full})
