@@ -11,7 +11,11 @@ def _listen(a) -> int:
     from .listen import listen
 
     return listen(a.audio, model=a.model, instruction=a.instruction, chunk_ms=a.chunk_ms, realtime=a.realtime,
-                  jsonl=a.jsonl, plot=a.plot, threshold=a.threshold, mode=a.mode)
+                  jsonl=a.jsonl, plot=a.plot, threshold=a.threshold, mode=a.mode, quant=_quant(a.quant))
+
+
+def _quant(q: str) -> str | None:
+    return None if q in ("none", "fp32") else q
 
 
 def _train(a) -> int:
@@ -35,7 +39,8 @@ def _tfjp(a) -> int:
 def _serve(a) -> int:
     from .server import serve
 
-    return serve(host=a.host, port=a.port, model=a.model, token=a.token or os.environ.get("SOUNDFLOW_TOKEN"))
+    return serve(host=a.host, port=a.port, model=a.model, token=a.token or os.environ.get("SOUNDFLOW_TOKEN"),
+                 quant=_quant(a.quant))
 
 
 def _bench_proactive(a) -> int:
@@ -55,7 +60,7 @@ def _engine_runner(model: str, threshold: float):
 def _bench_latency(a) -> int:
     from .bench.latency import bench_latency
 
-    bench_latency(model=a.model, minutes=a.minutes, json=a.json)
+    bench_latency(model=a.model, seconds=a.seconds, minutes=a.minutes, json=a.json, quant=_quant(a.quant))
     return 0
 
 
@@ -87,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--plot", default=None, metavar="OUT.png")
     s.add_argument("--threshold", type=float, default=0.5, help="respond when P(<response>) ≥ this")
     s.add_argument("--mode", choices=["fifo", "sequential"], default="fifo")
+    s.add_argument("--quant", choices=["int8", "bf16", "none"], default="int8", help="CPU inference precision of the LM")
     s.set_defaults(fn=_listen)
 
     s = sub.add_parser("train", help="run a training recipe (YAML or TOML)")
@@ -105,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8765)
     s.add_argument("--model", default="mini")
     s.add_argument("--token", default=None, help="require this bearer token (or set SOUNDFLOW_TOKEN)")
+    s.add_argument("--quant", choices=["int8", "bf16", "none"], default="int8")
     s.set_defaults(fn=_serve)
 
     b = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
@@ -123,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = b.add_parser("latency", help="decision latency, stalls, FIFO vs sequential, long-stream stability")
     s.add_argument("--model", default="mini")
     s.add_argument("--minutes", type=float, default=60.0, help="audio length for the long-stream test")
+    s.add_argument("--seconds", type=float, default=60.0, help="audio length for the 1x real-time tests")
+    s.add_argument("--quant", choices=["int8", "bf16", "none"], default="int8")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=_bench_latency)
 

@@ -31,7 +31,7 @@ mode="sequential" is the ablation baseline ("w/o FIFO"): one worker does encode 
 reply for one chunk at a time; chunks heard during a reply wait and are then decided one by one.
 
 Context policy: the cache holds the instruction prefix plus a recent window of at most
-`max_context_chunks` chunks (150 = 60 s). When the window overflows, the oldest turns are
+`max_context_chunks` chunks (75 = 30 s: about the 60-chunk streams the model is trained on). When the window overflows, the oldest turns are
 evicted a block at a time (`evict_chunks`, default half the window) and the cache is rebuilt
 from the kept input embeddings with fresh contiguous position ids, so positions never leave the
 trained range and per-chunk cost and memory stay flat over hours. The rebuild is one batched
@@ -78,7 +78,7 @@ class EngineOptions:
     max_reply_tokens: int = 48
     instruction: str | None = None  # default instruction of new sessions
     chunk_ms: int = CHUNK_MS
-    max_context_chunks: int | None = 150  # recent window kept in the KV cache (None: unbounded)
+    max_context_chunks: int | None = 75  # recent window kept in the KV cache (None: unbounded)
     evict_chunks: int | None = None  # chunks evicted per rebuild (default: half the window)
     barge_in: bool = False
     barge_in_threshold: float | None = None  # default: max(threshold, 0.5)

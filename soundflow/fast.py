@@ -9,6 +9,8 @@ overhead, not by FLOPs. `optimize_for_inference` applies what measured faster he
   the encoder and the adapter stay fp32 (the head is only read for 2 rows per decision).
 - `quant="bf16"`: the body in bfloat16 (2x fewer bytes; on CPUs without native bf16 GEMM it
   is slower than fp32 — measure).
+- `gqa_attention` for the LM body (always): grouped-query attention without copying K/V per
+  query head, ~2x faster than SDPA's CPU kernel on a 11-query chunk step (measured).
 - eval mode, no grad anywhere (the engine already runs under `torch.inference_mode`).
 
 It modifies `model` in place (and returns it). Training code must not use an optimised model.
@@ -26,6 +28,7 @@ def optimize_for_inference(model, quant: str | None = "int8", encoder: bool = Fa
     """In place: eval, requires_grad off, optional int8/bf16 decoder body (see module doc)."""
     model.eval()
     model.requires_grad_(False)
+    use_gqa_attention(model)
     if quant in (None, "none", "fp32"):
         pass
     elif quant == "int8":
@@ -42,3 +45,42 @@ def optimize_for_inference(model, quant: str | None = "int8", encoder: bool = Fa
         raise ValueError(f"quant must be None, 'int8' or 'bf16', not {quant!r}")
     model.optimized = quant or "fp32"
     return model
+
+
+# --------------------------------------------------------------------------- streaming attention
+
+def gqa_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Attention for a few new queries against a long KV cache, without `repeat_kv`.
+
+    A chunk step is 11 queries onto ~1000 cached keys. SDPA's CPU flash kernel spends ~0.4 ms a
+    layer on that and HF first copies K/V once per query head group (`repeat_kv`). Grouping the
+    query heads onto their KV head makes it two small matmuls with no copy of the cache.
+    `attention_mask` is SDPA's boolean mask (True = attend) or None."""
+    b, h, q, d = query.shape
+    hkv = key.shape[1]
+    g = h // hkv
+    scores = (query.reshape(b, hkv, g * q, d) @ key.transpose(-1, -2)) * (scaling or d ** -0.5)
+    if attention_mask is None and q > 1:  # SDPA would run is_causal: the new queries end the sequence
+        k = key.shape[-2]
+        attention_mask = (torch.arange(q)[:, None] + (k - q) >= torch.arange(k)[None, :])[None, None]
+    if attention_mask is not None:
+        m = attention_mask[..., -q:, : key.shape[-2]]
+        m = m.expand(b, 1, q, m.shape[-1]) if m.shape[1] == 1 else m
+        m = m.unsqueeze(2).expand(b, hkv if m.shape[1] > 1 else 1, g, q, m.shape[-1]).reshape(b, -1, g * q, m.shape[-1])
+        scores = scores.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else scores + m
+    out = scores.softmax(-1).to(value.dtype) @ value  # (b, hkv, g*q, d)
+    return out.reshape(b, h, q, d).transpose(1, 2).contiguous(), None
+
+
+def use_gqa_attention(model) -> None:
+    """Switch the LM body to `gqa_attention` (inference; masks built as for SDPA)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    AttentionInterface.register("soundflow_gqa", gqa_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register("soundflow_gqa", sdpa_mask)
+    cfg = model.body.config
+    cfg._attn_implementation = "soundflow_gqa"
+    for sub in ("text_config",):
+        if hasattr(cfg, sub):
+            getattr(cfg, sub)._attn_implementation = "soundflow_gqa"

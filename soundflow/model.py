@@ -98,6 +98,47 @@ class MLPAdapter(nn.Module):
         return self.net(x)
 
 
+# --------------------------------------------------------------------------- KV cache
+
+
+def _growable_layer_class():
+    from transformers.cache_utils import DynamicLayer
+
+    class GrowableLayer(DynamicLayer):
+        """A DynamicLayer whose keys/values live in a buffer with spare capacity.
+
+        DynamicLayer concatenates the whole cache on every step (O(cache) copies per chunk,
+        so per-chunk cost grows over a stream); here a step writes only its new tokens and the
+        buffer doubles when full. `keys`/`values` stay views, so crop() and readers just work."""
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            n, L = self.get_seq_length(), key_states.shape[-2]
+            buf = getattr(self, "_kbuf", None)
+            if buf is None or n + L > buf.shape[-2] or buf.shape[:-2] != key_states.shape[:-2]:
+                cap = max(256, 2 * (n + L))
+                kb = key_states.new_empty(*key_states.shape[:-2], cap, key_states.shape[-1])
+                vb = value_states.new_empty(*value_states.shape[:-2], cap, value_states.shape[-1])
+                if n:
+                    kb[..., :n, :] = self.keys
+                    vb[..., :n, :] = self.values
+                self._kbuf, self._vbuf = kb, vb
+            self._kbuf[..., n : n + L, :] = key_states
+            self._vbuf[..., n : n + L, :] = value_states
+            self.keys, self.values = self._kbuf[..., : n + L, :], self._vbuf[..., : n + L, :]
+            return self.keys, self.values
+
+    return GrowableLayer
+
+
+def GrowableCache():
+    """A transformers Cache of `GrowableLayer`s (amortised O(new tokens) per step)."""
+    from transformers.cache_utils import Cache
+
+    return Cache(layer_class_to_replicate=_growable_layer_class())
+
+
 # --------------------------------------------------------------------------- the model
 
 
@@ -167,9 +208,7 @@ class AudioLM(nn.Module):
         return two.softmax(-1)[..., 1]
 
     def new_cache(self):
-        from transformers import DynamicCache
-
-        return DynamicCache()
+        return GrowableCache()
 
     # ---- parameter groups for the four-stage freeze policy (paper Appendix, Streaming Training)
     def param_groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:

@@ -476,7 +476,7 @@ def _is_loopback(host: str) -> bool:
 
 
 def serve(host: str = "127.0.0.1", port: int = 8765, model="mini", token: str | None = None,
-          options=None, max_sessions: int = 32, log_level: str = "info") -> int:
+          options=None, max_sessions: int = 32, log_level: str = "info", quant: str | None = "int8") -> int:
     """Run the server until interrupted (the `soundflow serve` command). Returns an exit code."""
     import uvicorn
 
@@ -488,6 +488,10 @@ def serve(host: str = "127.0.0.1", port: int = 8765, model="mini", token: str | 
         from .model import load_model
 
         model = load_model(model)
+    if quant:
+        from .fast import optimize_for_inference
+
+        optimize_for_inference(model, quant, encoder=True)
     app = create_app(model, token=token, options=options, max_sessions=max_sessions)
     shown = f"[{host}]" if ":" in host else host
     print(f"soundflow: page http://{shown}:{port}/{'?token=…' if token else ''}  "

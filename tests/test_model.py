@@ -57,3 +57,26 @@ def test_cached_decoding_matches_full_forward(model):
         h = model.hidden(model.embed(ids, am, audio))
     p_full = float(model.control_probs(h[0, -1]).detach())
     assert abs(p_inc - p_full) < 1e-4
+
+
+def test_inference_attention_and_cache_match_reference():
+    """fast.gqa_attention + the growable KV cache give the decoder's reference probabilities."""
+    import copy
+
+    from soundflow import decoding
+    from soundflow.fast import optimize_for_inference
+
+    for name in ("tiny", "tiny-qwen"):
+        ref = build_model(name)
+        fast = optimize_for_inference(copy.deepcopy(ref), quant=None)
+        audio = ref.encode(ref.features(torch.randn(40, 6400) * 0.1)).detach()
+        probs = []
+        for m in (ref, fast):
+            st = decoding.start(m, "watch the room")
+            ps = []
+            for k in range(0, 40, 4):  # drains of 1-4 chunks, replies in between
+                ps.append(decoding.feed_audio(m, st, audio[k : k + 1 + k % 4]))
+                if decoding.decide(m, st, 1.0 if k % 8 else 0.0):
+                    list(decoding.reply_tokens(m, st, 3))
+            probs.append(ps)
+        assert np.allclose(probs[0], probs[1], atol=1e-5), name
