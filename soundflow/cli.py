@@ -57,6 +57,20 @@ def _engine_runner(model: str, threshold: float):
     return engine_runner(model, threshold=threshold)
 
 
+def _data_build(a) -> int:
+    from .build import build
+
+    build(a.recipe, a.out, ray=a.ray, workers=a.workers)
+    return 0
+
+
+def _bench_asr(a) -> int:
+    from .bench.asr import bench_asr
+
+    bench_asr(a.manifest, model=a.model, json=a.json, out=a.out, baseline=not a.no_baseline)
+    return 0
+
+
 def _bench_latency(a) -> int:
     from .bench.latency import bench_latency
 
@@ -106,6 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("out", metavar="OUT")
     s.set_defaults(fn=_tfjp)
 
+    s = sub.add_parser("data", help="streaming data construction").add_subparsers(dest="data", required=True)
+    s = s.add_parser("build", help="build tar shards of stream samples from a recipe (resumable)")
+    s.add_argument("recipe")
+    s.add_argument("--out", required=True)
+    s.add_argument("--ray", default=None, metavar="ADDRESS|local", help="run the shards as Ray tasks")
+    s.add_argument("--workers", type=int, default=None, help="local process pool size (default: CPU count)")
+    s.set_defaults(fn=_data_build)
+
     s = sub.add_parser("serve", help="WebSocket server with a browser page")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8765)
@@ -126,6 +148,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default=None, help="write a Markdown report with plots here")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=_bench_proactive)
+
+    s = b.add_parser("asr", help="streaming WER next to offline Whisper-base WER on the same audio")
+    s.add_argument("manifest")
+    s.add_argument("--model", default="mini")
+    s.add_argument("--no-baseline", action="store_true", help="skip the offline Whisper-base run")
+    s.add_argument("--out", default=None)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=_bench_asr)
 
     s = b.add_parser("latency", help="decision latency, stalls, FIFO vs sequential, long-stream stability")
     s.add_argument("--model", default="mini")
