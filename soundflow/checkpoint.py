@@ -100,4 +100,5 @@ def load_checkpoint(folder: str | Path) -> AudioLM:
             params[n].copy_(t)
     model.checkpoint_dir = str(folder)
     model.trained = True  # listen and the server say plainly when a model is not
+    model.calibration = meta.get("calibration", {})  # decision threshold picked on held-out data
     return model.eval()

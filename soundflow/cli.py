@@ -18,6 +18,15 @@ def _quant(q: str) -> str | None:
     return None if q in ("none", "fp32") else q
 
 
+def _calibrate(a) -> int:
+    import json
+
+    from .calibrate import calibrate
+
+    print(json.dumps(calibrate(a.checkpoint, a.data, a.max_chunks, write=not a.dry_run)))
+    return 0
+
+
 def _train(a) -> int:
     from .train import load_recipe, train
 
@@ -104,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--realtime", action="store_true", help="pace input to the wall clock")
     s.add_argument("--jsonl", action="store_true", help="one JSON object per event")
     s.add_argument("--plot", default=None, metavar="OUT.png")
-    s.add_argument("--threshold", type=float, default=0.5, help="respond when P(<response>) ≥ this")
+    s.add_argument("--threshold", type=float, default=None,
+                   help="respond when P(<response>) ≥ this (default: the checkpoint's calibrated value, else 0.5)")
     s.add_argument("--mode", choices=["fifo", "sequential"], default="fifo")
     s.add_argument("--quant", choices=["int8", "bf16", "none"], default="int8", help="CPU inference precision of the LM")
     s.set_defaults(fn=_listen)
@@ -114,6 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
     s.add_argument("--out", default=None, help="override the recipe's output folder")
     s.set_defaults(fn=_train)
+
+    s = sub.add_parser("calibrate", help="pick the decision threshold on held-out streams; stored in the checkpoint")
+    s.add_argument("checkpoint")
+    s.add_argument("data", help="stream-sample JSONL, shard folder or synthetic:... spec")
+    s.add_argument("--max-chunks", type=int, default=60)
+    s.add_argument("--dry-run", action="store_true", help="print, do not write model.json")
+    s.set_defaults(fn=_calibrate)
 
     s = sub.add_parser("tfjp", help="time-frequency joint preprocessing (Alg. 1) of a file or folder")
     s.add_argument("inp", metavar="IN")

@@ -102,7 +102,7 @@ def _plot(path: str, wave: np.ndarray, decisions: list[dict], responses: list[di
 
 
 def listen(audio, model="mini", instruction: str | None = None, chunk_ms: int = CHUNK_MS, realtime: bool = False,
-           jsonl: bool = False, plot: str | None = None, threshold: float = 0.5, mode: str = "fifo",
+           jsonl: bool = False, plot: str | None = None, threshold: float | None = None, mode: str = "fifo",
            max_reply_tokens: int = 48, tokens: bool = False, quant: str | None = "int8") -> int:
     """Stream `audio` (a path, `-` for raw 16 kHz s16le PCM on stdin, or a float32 array)
     through the engine and print the timeline (or JSON lines). Returns an exit code.
@@ -141,6 +141,10 @@ def listen(audio, model="mini", instruction: str | None = None, chunk_ms: int = 
                 heard.append(c)
             yield c
 
+    if threshold is None:  # a calibrated checkpoint carries its own (see calibrate.py)
+        from .calibrate import default_threshold
+
+        threshold = default_threshold(m)
     engine = Engine(m, EngineOptions(mode=mode, threshold=threshold, chunk_ms=chunk_ms, instruction=instruction,
                                      max_reply_tokens=max_reply_tokens))
     sess = engine.session()

@@ -357,7 +357,9 @@ def create_app(model=None, token: str | None = None, options=None, max_sessions:
             raise ValueError("create_app needs a model or an engine")
         from .engine import Engine, EngineOptions
 
-        engine = Engine(model, options or EngineOptions())
+        from .calibrate import default_threshold
+
+        engine = Engine(model, options or EngineOptions(threshold=default_threshold(model)))
     opts = options or getattr(engine, "options", None)
     chunk_ms = int(getattr(opts, "chunk_ms", 400))
     threshold = getattr(opts, "threshold", None)

@@ -1,0 +1,80 @@
+"""Decision threshold calibration on held-out streams.
+
+The model's decision is P(<response>) (renormalised over the two control tokens, see
+`AudioLM.control_probs`). Like VideoLLM-online's threshold on its stay-silent token, a threshold
+picked on held-out data trades missed replies against false triggers. Scores are read
+teacher-forced — one forward per stream, exactly the training sequence of Alg. 2 — and the
+threshold maximising balanced accuracy is written into the checkpoint's `model.json`, where
+`listen`, `serve` and the engine pick it up as their default.
+
+    soundflow calibrate runs/x/model DATA [--max-chunks 60]
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data import load_streams
+
+
+@torch.inference_mode()
+def control_scores(model, samples, max_chunks: int = 60) -> tuple[np.ndarray, np.ndarray]:
+    """(P(<response>) at every chunk's control position, 1 where the label is <response>)."""
+    from .train import FeatureCache, collate
+
+    feats = FeatureCache(model, 1)
+    tok = model.tokenizer
+    ps, ys = [], []
+    for s in samples:
+        b = collate(model, [s], feats, max_chunks)
+        h = model.hidden(model.embed(b["input_ids"], b["audio_mask"], model.adapt(b["enc"])))[0]
+        y = b["y_stream"][0]
+        pos = torch.nonzero(y != -100).flatten()
+        ps.append(model.control_probs(h[pos - 1]).numpy())  # the state before the control token
+        ys.append((y[pos] == tok.response_id).numpy())
+    return np.concatenate(ps), np.concatenate(ys).astype(int)
+
+
+def best_threshold(p: np.ndarray, y: np.ndarray) -> tuple[float, dict]:
+    """Threshold maximising balanced accuracy (mean of respond and silent recall)."""
+    if y.min() == y.max():
+        raise ValueError("held-out data needs both <response> and <silent> chunks to calibrate")
+    cands = np.unique(np.concatenate([p, [0.5]]))
+    best = (-1.0, 0.5)
+    for t in cands:
+        pred = p >= t
+        bacc = 0.5 * (pred[y == 1].mean() + (~pred[y == 0]).mean())
+        if bacc > best[0] + 1e-12 or (abs(bacc - best[0]) <= 1e-12 and abs(t - 0.5) < abs(best[1] - 0.5)):
+            best = (float(bacc), float(t))
+    pred = p >= best[1]
+    return best[1], {"balanced_acc": best[0], "respond_recall": float(pred[y == 1].mean()),
+                     "silent_recall": float((~pred[y == 0]).mean()), "n_chunks": int(len(y)),
+                     "n_respond": int(y.sum()), "balanced_acc_at_0.5": float(
+                         0.5 * ((p >= 0.5)[y == 1].mean() + (p < 0.5)[y == 0].mean()))}
+
+
+def calibrate(checkpoint: str | Path, data: str, max_chunks: int = 60, write: bool = True) -> dict:
+    from .checkpoint import resolve_dir
+    from .model import load_model
+
+    model = load_model(str(checkpoint))
+    p, y = control_scores(model, load_streams(data), max_chunks)
+    thr, stats = best_threshold(p, y)
+    res = {"threshold": thr, **stats, "data": data}
+    folder = resolve_dir(Path(checkpoint))
+    if write and folder is not None:
+        meta = json.loads((folder / "model.json").read_text())
+        meta["calibration"] = res
+        tmp = folder / "model.json.tmp"
+        tmp.write_text(json.dumps(meta, indent=1))
+        tmp.replace(folder / "model.json")
+    return res
+
+
+def default_threshold(model, fallback: float = 0.5) -> float:
+    """The calibrated threshold stored with a checkpoint, else `fallback`."""
+    return float(getattr(model, "calibration", {}).get("threshold", fallback))
