@@ -1,0 +1,608 @@
+"""Task recipes for the seven capability families of StreamAudio-2M, plus the Stage-4 mix-ins.
+
+Every recipe is a function (rng, resources) -> `StreamSample` (waveform in `wave`, timeline,
+instruction, per-event provenance), at most `resources.max_chunks` chunks (60 x 400 ms = 24 s,
+paper L_max). Paper Appendix "Dataset Curation Pipeline": "tasks differ only in which positions
+of T carry a non-empty response"; all of them go through `compose.compose` (foreground concat
+with fades, two noise tracks at SNR ~ U(5, 20) dB).
+
+| family        | audio                                        | replies at                               |
+|---------------|----------------------------------------------|------------------------------------------|
+| asr           | FSDD digits (real speech) or TTS word groups | the end of every word group / digit      |
+| translation   | TTS source sentences (parallel manifest)     | each sentence end: its translation       |
+| chat          | TTS user turns (template exchanges)          | each user-turn end: the reply            |
+| understanding | catalog event clips (+ a spoken question)    | after the question / each event          |
+| music         | music excerpts                               | when the music stops / after a question  |
+| proactive     | catalog events (curate_stream or direct)     | RESPOND events only, IGNORE stay silent  |
+| agent         | catalog events + spoken commands             | a JSON tool call when one is called for  |
+
+Stage-4 mix-ins (Bernoulli, paper hyper-parameter table): history review p = 0.3 (a spoken
+question answerable only from a turn >= 3 turns back; needs TTS), silence p = 0.4 (a stretch of
+IGNORE clips or bare noise with no reply), proactive p = 0.3 (a RESPOND event and its reply
+inserted into another task's stream).
+
+`Dropped` (from the ASR gate) propagates out of a recipe: the builder discards the instance.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import tts
+from .audio import SAMPLE_RATE, load_audio
+from .compose import Event, compose
+from .data import StreamSample, read_jsonl
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+FAMILIES = ("asr", "translation", "chat", "understanding", "music", "proactive", "agent")
+MIXIN_P = {"history": 0.3, "silence": 0.4, "proactive": 0.3}  # paper: p_hr, p_sil, p_pro
+MAX_EVENT_S = 6.0
+LANGS = {"fr": "French", "es": "Spanish"}
+ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth")
+
+# ----------------------------------------------------------------------------- reply texts
+
+PROACTIVE_REPLIES = {
+    "smoke_alarm": "The smoke alarm is going off. Please check for fire and get to safety.",
+    "alarm_clock": "Your alarm clock is ringing.",
+    "baby_cry": "The baby is crying. You may want to check on them.",
+    "car_horn": "A car horn just sounded nearby. Please watch out.",
+    "chainsaw": "I hear a chainsaw close by. Be careful.",
+    "cough_multiple": "That's a lot of coughing. Are you feeling all right?",
+    "door_knock": "Someone is knocking at the door.",
+    "glass_break": "I heard glass breaking. Is everyone okay?",
+    "phone_ring": "Your phone is ringing.",
+    "siren": "I hear a siren. An emergency vehicle may be approaching.",
+    "sneeze": "Bless you!",
+    "thunder": "That was thunder. A storm may be coming.",
+}
+TOOL_CALLS = {  # class -> tool call for the audio-agent family
+    "smoke_alarm": {"tool": "call_emergency", "reason": "smoke alarm"},
+    "glass_break": {"tool": "security_alert", "reason": "glass breaking"},
+    "baby_cry": {"tool": "notify_caregiver", "reason": "baby crying"},
+    "door_knock": {"tool": "notify_user", "reason": "someone is knocking at the door"},
+    "phone_ring": {"tool": "answer_phone"},
+    "alarm_clock": {"tool": "stop_alarm"},
+    "siren": {"tool": "notify_user", "reason": "siren nearby"},
+    "cough_multiple": {"tool": "notify_caregiver", "reason": "persistent coughing"},
+}
+SPOKEN_COMMANDS = [  # (what the user says, the tool call)
+    ("Set a timer for five minutes.", {"tool": "set_timer", "minutes": 5}),
+    ("Set a timer for ten minutes, please.", {"tool": "set_timer", "minutes": 10}),
+    ("Turn on the kitchen lights.", {"tool": "smart_home", "device": "kitchen lights", "action": "on"}),
+    ("Turn off the bedroom lights.", {"tool": "smart_home", "device": "bedroom lights", "action": "off"}),
+    ("Call my mother.", {"tool": "call_contact", "name": "mother"}),
+    ("Add eggs to my shopping list.", {"tool": "add_to_list", "list": "shopping", "item": "eggs"}),
+    ("What's the weather like tomorrow?", {"tool": "get_weather", "day": "tomorrow"}),
+    ("Play some relaxing music.", {"tool": "play_music", "query": "relaxing"}),
+    ("Lock the front door.", {"tool": "smart_home", "device": "front door", "action": "lock"}),
+]
+MUSIC_DESCRIPTIONS = {  # from the manifest's titles/credits only: nothing claimed beyond them
+    "147793__setuniman__sweet-waltz-0i-22mi": "a gentle waltz",
+    "442789__lena-orsa__happy-music-pistachio": "a lively piano ragtime tune",
+    "Hungarian_Dance_number_5_-_Allegro_in_F_": "Brahms's Hungarian Dance number five, played by strings",
+    "Karissa_Hobbs_-_Lets_Go_Fishin": "a song called Let's Go Fishin'",
+    "Kevin_MacLeod_-_P_I_Tchaikovsky_Dance_of": "Tchaikovsky's Dance of the Sugar Plum Fairy",
+    "Kevin_MacLeod_-_Vibe_Ace": "an instrumental track called Vibe Ace",
+    "admiralbob77_-_Choice_-_Drum-bass": "a drum and bass track",
+    "sorohanro_-_solo-trumpet-06": "a solo jazz trumpet loop at about ninety beats per minute",
+    "arcade_music": "upbeat arcade game music",
+    "cinematic": "cinematic background music",
+}
+NOT_MUSIC = {"pibble"}  # a dog howling in its sleep: in the music folder, not music
+
+
+def proactive_reply(cls: str, caption: str, category: str = "") -> str:
+    return PROACTIVE_REPLIES.get(cls) or f"I heard {caption or 'something'}. Do you need anything?"
+
+
+def _article(caption: str) -> str:
+    c = caption.strip()
+    if re.match(r"^(multiple|people|light|waves|keys|tick)\b", c) or c.endswith("ing"):
+        return c
+    return ("an " if c[:1].lower() in "aeiou" else "a ") + c
+
+
+# ----------------------------------------------------------------------------- resources
+
+
+@functools.lru_cache(maxsize=160)
+def _load(path: str) -> np.ndarray:
+    return load_audio(path)
+
+
+def _expand(value: str, base: Path) -> Path:
+    """`${VAR:-default}` / `$VAR` expansion, then relative to `base` (the recipe's folder)."""
+
+    def sub(m: re.Match) -> str:
+        name, default = m.group(1) or m.group(3), m.group(2)
+        return os.environ.get(name) or (default if default is not None else "")
+
+    s = re.sub(r"\$\{(\w+)(?::-([^}]*))?\}|\$(\w+)", sub, str(value))
+    p = Path(s).expanduser()
+    return p if p.is_absolute() else (base / p)
+
+
+@dataclass
+class Resources:
+    """Everything a recipe draws from; cheap to build (manifests only, audio loads on demand)."""
+
+    events: list[dict] = field(default_factory=list)  # catalog rows, "path" resolved
+    noise: list[dict] = field(default_factory=list)
+    music: list[dict] = field(default_factory=list)
+    speech: list[dict] = field(default_factory=list)  # {"path", "text", "speaker"}
+    parallel: list[dict] = field(default_factory=list)  # {"src", "tgt": {lang: text}}
+    chats: list[dict] = field(default_factory=list)  # {"user", "reply"}
+    catalog_path: Path | None = None
+    tts_families: tuple[str, ...] = ("piper",)
+    tts_weights: tuple[float, ...] | None = None
+    gate: tts.AsrGate | None = None  # None: renderings are not checked
+    mixins: dict = field(default_factory=lambda: dict(MIXIN_P))
+    max_chunks: int = 60
+    chunk_ms: int = 400
+    use_tfjp: bool = True
+    use_curate: bool = False
+
+    @property
+    def max_seconds(self) -> float:
+        return self.max_chunks * self.chunk_ms / 1000
+
+    @classmethod
+    def from_config(cls, sources: dict, base: str | Path = ".", **kw) -> "Resources":
+        """sources: {"events", "noise", "music", "speech", "parallel", "chats"} manifest paths
+        (each optional; `parallel`/`chats` default to the samples shipped in soundflow/recipes)."""
+        base = Path(base)
+
+        def rows(key, default=None):
+            v = sources.get(key, default)
+            if not v:
+                return [], None
+            p = _expand(v, base)
+            out = read_jsonl(p)
+            for r in out:
+                if "audio" in r:
+                    r["path"] = str((p.parent / r["audio"]).resolve())
+            return out, p
+
+        events, cat = rows("events")
+        noise, _ = rows("noise")
+        music, _ = rows("music")
+        speech, _ = rows("speech")
+        parallel, _ = rows("parallel", str(RECIPES_DIR / "parallel_en_fr_es.jsonl"))
+        chats, _ = rows("chats", str(RECIPES_DIR / "chat_en.jsonl"))
+        music = [m for m in music if m["id"] not in NOT_MUSIC]
+        return cls(events=events, noise=noise, music=music, speech=speech, parallel=parallel, chats=chats,
+                   catalog_path=cat, **kw)
+
+    def audio(self, row: dict) -> np.ndarray:
+        return _load(row["path"])
+
+    def speaker(self, rng: np.random.Generator) -> tts.Speaker | None:
+        """A speaker with a voice drawn once for this dialogue, or None when TTS is off."""
+        if not self.tts_families:
+            return None
+        return tts.Speaker(tts.draw_voice(rng, self.tts_families, self.tts_weights), rng, self.gate)
+
+    def by_decision(self, decision: str) -> list[dict]:
+        return [r for r in self.events if r.get("decision") == decision]
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+
+@dataclass
+class Turn:
+    """Consecutive events forming one turn; `memo` says what it was (for history-review questions)."""
+
+    events: list[Event]
+    memo: str | None = None
+
+    @property
+    def seconds(self) -> float:
+        return sum(len(e.waveform) for e in self.events if e.role == "foreground") / SAMPLE_RATE
+
+
+def _silence(seconds: float, response: str | None = None, **prov) -> Event:
+    return Event(np.zeros(int(round(seconds * SAMPLE_RATE)), np.float32), response=response,
+                 provenance={"type": "pause", "seconds": round(seconds, 3), **prov})
+
+
+def _crop(x: np.ndarray, seconds: float, rng: np.random.Generator) -> np.ndarray:
+    n = int(round(seconds * SAMPLE_RATE))
+    if len(x) <= n:
+        return x
+    s = int(rng.integers(0, len(x) - n + 1))
+    return x[s : s + n]
+
+
+def _event_clip(row: dict, res: Resources, rng: np.random.Generator, max_s: float = MAX_EVENT_S) -> np.ndarray:
+    x = res.audio(row)
+    if res.use_tfjp:
+        from .tfjp import tfjp
+
+        x = tfjp(x)
+    return _crop(x, float(rng.uniform(min(2.0, max_s), max_s)), rng).astype(np.float32)
+
+
+def _event_prov(row: dict, **extra) -> dict:
+    return {"type": "clip", "id": row["id"], "class": row.get("class", ""), "caption": row.get("caption", ""),
+            "decision": row.get("decision"), "license": row.get("license", ""), **extra}
+
+
+def _pick(rows: list, rng: np.random.Generator):
+    if not rows:
+        raise ValueError("recipe needs a source that is empty or not configured")
+    return rows[int(rng.integers(len(rows)))]
+
+
+def _say(speaker: tts.Speaker, texts: list[str], turns_prov: dict | None = None) -> tuple[list[np.ndarray], list[str], list[dict]]:
+    waves, spoken, info = speaker.say(texts)
+    return waves, spoken, [{"type": "tts", "text": t, **i, **(turns_prov or {})} for t, i in zip(texts, info)]
+
+
+@dataclass
+class Mix:
+    history: bool = False
+    silence: bool = False
+    proactive: bool = False
+
+    @property
+    def reserve(self) -> float:  # seconds kept free for the mix-ins
+        return 4.0 * self.history + 5.0 * self.silence + 5.0 * self.proactive
+
+
+def draw_mix(rng: np.random.Generator, res: Resources, task: str) -> Mix:
+    """Stage-4 Bernoulli draws (always drawn, so the rng advances the same way for every task)."""
+    u = rng.random(3)
+    p = res.mixins
+    return Mix(history=bool(u[0] < p.get("history", 0)) and bool(res.tts_families),
+               silence=bool(u[1] < p.get("silence", 0)),
+               proactive=bool(u[2] < p.get("proactive", 0)) and task not in ("proactive",) and bool(res.by_decision("RESPOND")))
+
+
+def _apply_mixins(turns: list[Turn], mix: Mix, rng: np.random.Generator, res: Resources,
+                  speaker: tts.Speaker | None, budget: float, task: str = "") -> tuple[list[Turn], list[str]]:
+    applied = []
+    used = sum(t.seconds for t in turns)
+    if mix.proactive and used + 2.0 <= budget:
+        # In an agent stream the inserted event is answered the agent's way: with its tool call.
+        pool = [r for r in res.events if r.get("class") in TOOL_CALLS] if task == "agent" else res.by_decision("RESPOND")
+        row = _pick(pool, rng)
+        clip = _event_clip(row, res, rng, min(4.0, budget - used))
+        reply = json.dumps(TOOL_CALLS[row["class"]]) if task == "agent" else \
+            proactive_reply(row.get("class", ""), row.get("caption", ""), row.get("category", ""))
+        ev = Event(clip, response=reply, provenance=_event_prov(row, mixin="proactive"))
+        gap = float(rng.uniform(0.4, 1.0))
+        turns.insert(int(rng.integers(0, len(turns) + 1)), Turn([_silence(gap), ev], _article(row.get("caption", "a sound"))))
+        used += len(clip) / SAMPLE_RATE + gap
+        applied.append("proactive")
+    if mix.silence and used + 1.5 <= budget:
+        seconds = float(rng.uniform(1.5, min(5.0, budget - used)))
+        ignore = res.by_decision("IGNORE")
+        if ignore and rng.random() < 0.5:
+            row = _pick(ignore, rng)
+            clip = _event_clip(row, res, rng, seconds)
+            ev = Event(clip, provenance=_event_prov(row, mixin="silence"))
+        else:
+            ev = _silence(seconds, mixin="silence")  # bare noise tracks
+        turns.insert(int(rng.integers(1, len(turns) + 1)) if turns else 0, Turn([ev]))
+        used += len(ev.waveform) / SAMPLE_RATE
+        applied.append("silence")
+    memos = [i for i, t in enumerate(turns) if t.memo]
+    if mix.history and speaker is not None and len(memos) >= 3:
+        k = int(rng.integers(0, len(memos) - 2))  # >= 3 memo'd turns back from the question
+        q = f"Going back a bit, what was the {ORDINALS[min(k, 7)]} thing in this conversation?"
+        waves, spoken, prov = _say(speaker, [q])
+        if used + len(waves[0]) / SAMPLE_RATE + 0.4 <= budget:
+            answer = f"The {ORDINALS[min(k, 7)]} thing was {turns[memos[k]].memo}."
+            prov[0].update(mixin="history", asks_turn=memos[k], turns_back=len(memos) - k)
+            turns.append(Turn([_silence(0.4), Event(waves[0], response=answer, provenance=prov[0])]))
+            applied.append("history")
+    return turns, applied
+
+
+def _noise_tracks(rng: np.random.Generator, res: Resources) -> tuple[np.ndarray | None, np.ndarray | None, list[dict]]:
+    ev = [r for r in res.noise if r.get("kind") != "ambient"]
+    amb = [r for r in res.noise if r.get("kind") == "ambient"] or ev
+    out, prov = [], []
+    for pool in (ev, amb):
+        if not pool:
+            out.append(None)
+            continue
+        row = _pick(pool, rng)
+        out.append(res.audio(row))
+        prov.append({"type": "noise", "id": row["id"], "kind": row.get("kind", "")})
+    return out[0], out[1], prov
+
+
+def finish(task: str, turns: list[Turn], instruction: str, rng: np.random.Generator, res: Resources,
+           mix: Mix, speaker: tts.Speaker | None, extra: dict | None = None) -> StreamSample:
+    """Mix-ins, compose with two noise tracks, enforce L_max: one `StreamSample` (wave in memory)."""
+    turns, applied = _apply_mixins(turns, mix, rng, res, speaker, res.max_seconds, task)
+    events = [e for t in turns for e in t.events]
+    n_ev, n_amb, noise_prov = _noise_tracks(rng, res)
+    y, timeline, info = compose(events, n_ev, n_amb, rng, chunk_ms=res.chunk_ms)
+    max_n = int(res.max_chunks * res.chunk_ms * SAMPLE_RATE // 1000)
+    if len(y) > max_n:  # never expected (planning keeps to the budget), but L_max is a hard limit
+        y = y[:max_n]
+    n_chunks = -(-len(y) // (res.chunk_ms * SAMPLE_RATE // 1000))
+    merged: dict[int, str] = {}  # Alg. 2 emits at most one response per chunk: join same-chunk replies
+    for t in timeline:
+        if t["chunk"] < n_chunks:
+            merged[t["chunk"]] = (merged[t["chunk"]] + " " + t["text"]) if t["chunk"] in merged else t["text"]
+    timeline = [{"chunk": k, "text": v} for k, v in sorted(merged.items())]
+    prov = [{k: v for k, v in rec.items() if k != "index"} for rec in info["events"]]
+    prov += [{**p, **({"snr_db": round(info[k]["snr_db"], 2)} if k in info else {})}
+             for p, k in zip(noise_prov, ("noise_event", "noise_ambient"))]
+    prov.append({"type": "meta", "mixins": applied, "peak_scale": round(info["peak_scale"], 4),
+                 **({"voice": speaker.voice.to_json()} if speaker is not None else {}), **(extra or {})})
+    return StreamSample(id="", task=task, sample_rate=SAMPLE_RATE, chunk_ms=res.chunk_ms, instruction=instruction,
+                        timeline=timeline, events=prov, wave=y.astype(np.float32))
+
+
+def _begin(rng: np.random.Generator, res: Resources, task: str, need_speaker: bool = False):
+    mix = draw_mix(rng, res, task)
+    speaker = res.speaker(rng)
+    if need_speaker and speaker is None:
+        raise ValueError(f"task {task!r} needs TTS (recipe tts.families is empty)")
+    return mix, speaker, res.max_seconds - mix.reserve
+
+
+# ----------------------------------------------------------------------------- the seven families
+
+
+def task_asr(rng: np.random.Generator, res: Resources) -> StreamSample:
+    """Real-time ASR: each word group's (or digit's) text at the chunk where its audio ends."""
+    mix, speaker, budget = _begin(rng, res, "asr")
+    turns: list[Turn] = []
+    use_digits = res.speech and (speaker is None or rng.random() < 0.3)
+    if use_digits:  # FSDD: real speech, one speaker, 4-12 digits
+        spk = _pick(sorted({r.get("speaker", "") for r in res.speech}), rng)
+        rows = [r for r in res.speech if r.get("speaker", "") == spk]
+        used = 0.0
+        for _ in range(int(rng.integers(4, 13))):
+            row = _pick(rows, rng)
+            w = res.audio(row)
+            gap = float(rng.uniform(0.1, 0.5))
+            if used + len(w) / SAMPLE_RATE + gap > budget:
+                break
+            turns.append(Turn([_silence(gap), Event(w, response=row["text"],
+                                                    provenance={"type": "speech", "id": row["id"], "text": row["text"]})],
+                              memo=f'the digit {row["text"]}'))
+            used += len(w) / SAMPLE_RATE + gap
+        sub = "digits"
+    else:
+        if speaker is None:
+            raise ValueError("asr without FSDD speech needs TTS")
+        pool = [p["src"] for p in res.parallel] + [c["user"] for c in res.chats]
+        sents = [pool[int(i)] for i in rng.choice(len(pool), size=min(3, len(pool)), replace=False)]
+        groups, owner = [], []
+        for si, s in enumerate(sents):
+            words = s.split()
+            i = 0
+            while i < len(words):
+                n = int(rng.integers(2, 6))
+                groups.append(" ".join(words[i : i + n]))
+                owner.append(si)
+                i += n
+        waves, spoken, prov = _say(speaker, groups)
+        used = 0.0
+        for w, sp, pr, si in zip(waves, spoken, prov, owner):
+            gap = 0.25 if turns and owner[len(turns) - 1] != si else 0.05
+            if used + len(w) / SAMPLE_RATE + gap > budget:
+                break
+            turns.append(Turn([_silence(gap), Event(w, response=sp, provenance=pr)], memo=f'"{sp}"'))
+            used += len(w) / SAMPLE_RATE + gap
+        sub = "sentences"
+    if not turns:
+        raise ValueError("asr: nothing fits the budget")
+    return finish("asr", turns, "Transcribe the speech as you hear it.", rng, res, mix, speaker, {"subtask": sub})
+
+
+def task_translation(rng: np.random.Generator, res: Resources) -> StreamSample:
+    """Simultaneous interpretation: each source sentence's translation at the chunk where it ends."""
+    mix, speaker, budget = _begin(rng, res, "translation", need_speaker=True)
+    lang = _pick(sorted(LANGS), rng)
+    pairs = [res.parallel[int(i)] for i in rng.choice(len(res.parallel), size=min(4, len(res.parallel)), replace=False)]
+    waves, spoken, prov = _say(speaker, [p["src"] for p in pairs])
+    turns, used = [], 0.0
+    for w, p, pr in zip(waves, pairs, prov):
+        gap = float(rng.uniform(0.3, 0.9))
+        if used + len(w) / SAMPLE_RATE + gap > budget:
+            break
+        tgt = p["tgt"][lang] if isinstance(p["tgt"], dict) else p["tgt"]
+        turns.append(Turn([_silence(gap), Event(w, response=tgt, provenance={**pr, "lang": lang})], memo=f'"{p["src"]}"'))
+        used += len(w) / SAMPLE_RATE + gap
+    if not turns:
+        raise ValueError("translation: nothing fits the budget")
+    return finish("translation", turns, f"Interpret what you hear into {LANGS[lang]}, sentence by sentence.",
+                  rng, res, mix, speaker, {"lang": lang})
+
+
+def task_chat(rng: np.random.Generator, res: Resources) -> StreamSample:
+    """Voice chat: a reply at the end of each user turn, then a pause while the assistant talks."""
+    mix, speaker, budget = _begin(rng, res, "chat", need_speaker=True)
+    ex = [res.chats[int(i)] for i in rng.choice(len(res.chats), size=min(5, len(res.chats)), replace=False)]
+    waves, spoken, prov = _say(speaker, [e["user"] for e in ex])
+    turns, used = [], 0.0
+    for w, e, pr in zip(waves, ex, prov):
+        pause = float(rng.uniform(0.8, 2.0))  # the assistant's turn: the user waits
+        if used + len(w) / SAMPLE_RATE + pause > budget:
+            break
+        turns.append(Turn([Event(w, response=e["reply"], provenance=pr), _silence(pause)], memo=f'your question "{e["user"]}"'))
+        used += len(w) / SAMPLE_RATE + pause
+    if not turns:
+        raise ValueError("chat: nothing fits the budget")
+    return finish("chat", turns, "You are a helpful voice assistant. Answer the user each time they finish speaking.",
+                  rng, res, mix, speaker)
+
+
+def task_understanding(rng: np.random.Generator, res: Resources) -> StreamSample:
+    """Streaming audio understanding: questions about what was heard, answered from the captions."""
+    mix, speaker, budget = _begin(rng, res, "understanding")
+    spoken_q = speaker is not None and rng.random() < 0.7
+    turns, used, heard = [], 0.0, []
+    q_texts = []
+    n = int(rng.integers(2, 5))
+    for i in range(n):
+        row = _pick(res.events, rng)
+        clip = _event_clip(row, res, rng, min(MAX_EVENT_S, 5.0))
+        if used + len(clip) / SAMPLE_RATE + (2.5 if spoken_q else 0.4) > budget:
+            break
+        heard.append(row)
+        used += len(clip) / SAMPLE_RATE
+        cap = row.get("caption", "a sound")
+        if spoken_q:
+            ask_count = len(heard) >= 2 and rng.random() < 0.3
+            q = "How many different sounds have you heard so far?" if ask_count else \
+                _pick(["What sound did you just hear?", "What was that sound?", "What was that?"], rng)
+            a = (f"{tts.number_to_words(len(heard)).capitalize()} sounds so far." if ask_count
+                 else f"That was {_article(cap)}.")
+            q_texts.append(q)
+            turns.append(Turn([Event(clip, provenance=_event_prov(row)), _silence(0.3)], memo=_article(cap)))
+            turns[-1].qa = (q, a)  # type: ignore[attr-defined]
+            used += 2.3
+        else:
+            ev = Event(clip, response=f"That was {_article(cap)}.", provenance=_event_prov(row))
+            turns.append(Turn([ev, _silence(0.4)], memo=_article(cap)))
+            used += 0.4
+    if not turns:
+        raise ValueError("understanding: nothing fits the budget")
+    if spoken_q:
+        waves, spoken, prov = _say(speaker, q_texts)
+        for t, w, pr in zip(turns, waves, prov):
+            t.events.append(Event(w, response=t.qa[1], provenance={**pr, "question": True}))  # type: ignore[attr-defined]
+        instr = "Listen to the sounds around you and answer my questions about them."
+    else:
+        instr = "After each sound, say briefly what it was."
+    return finish("understanding", turns, instr, rng, res, mix, speaker, {"spoken_questions": spoken_q})
+
+
+def task_music(rng: np.random.Generator, res: Resources) -> StreamSample:
+    """Following music: say when the music stops, or what is playing when asked."""
+    mix, speaker, budget = _begin(rng, res, "music")
+    row = _pick(res.music, rng)
+    desc = MUSIC_DESCRIPTIONS.get(row["id"], "a piece of music")
+    x = _crop(res.audio(row), float(rng.uniform(5.0, min(12.0, budget - 4.0))), rng)
+    fade = min(len(x) // 4, int(0.3 * SAMPLE_RATE))
+    x = x.copy()
+    x[-fade:] *= np.linspace(1, 0, fade, dtype=np.float32)
+    prov = {"type": "music", "id": row["id"], "description": desc}
+    turns = [Turn([Event(x, provenance=prov)], memo=desc)]
+    sub = "stop" if speaker is None or rng.random() < 0.5 else "describe"
+    if sub == "stop":
+        # The model can only know the music stopped after hearing ~1 s without it.
+        turns.append(Turn([_silence(float(rng.uniform(1.0, 1.6)), response="The music has stopped.")]))
+        instr = "Tell me when the music stops."
+    else:
+        waves, spoken, pr = _say(speaker, [_pick(["What kind of music is this?", "What's playing right now?",
+                                                  "Can you describe this music?"], rng)])
+        turns.append(Turn([_silence(0.3), Event(waves[0], response=f"It sounds like {desc}.", provenance=pr[0])]))
+        instr = "Listen along and answer questions about the music."
+    return finish("music", turns, instr, rng, res, mix, speaker, {"subtask": sub})
+
+
+@functools.lru_cache(maxsize=4)
+def _catalog(path: str):
+    from .catalog import Catalog
+
+    return Catalog.load(path)
+
+
+def proactive_events(rng: np.random.Generator, res: Resources, budget: float) -> tuple[list[Turn], dict]:
+    """The proactive family's events: `curate.curate_stream` (plan → refine → ground → verify)
+    when `res.use_curate` and soundflow.curate is importable, else catalog rows drawn directly
+    (RESPOND rows get a reply, IGNORE rows none)."""
+    if res.use_curate and res.catalog_path is not None:
+        try:
+            from .curate import OfflineCurator, curate_stream
+        except ImportError:
+            curate_stream = None
+        if curate_stream is not None:
+            events, prov = curate_stream(_catalog(str(res.catalog_path)), rng, OfflineCurator(),
+                                         max_seconds=budget, respond_reply=proactive_reply)
+            turns = [Turn([e], memo=_article(e.provenance.get("caption", "a sound")) if e.role == "foreground" else None)
+                     for e in events]
+            return turns, {"curation": "curate_stream", "scenario": prov.get("scenario") if isinstance(prov, dict) else None}
+    turns, used = [], 0.0
+    respond, ignore = res.by_decision("RESPOND"), res.by_decision("IGNORE")
+    for _ in range(int(rng.integers(2, 6))):
+        row = _pick(respond if rng.random() < 0.45 else ignore, rng)
+        clip = _event_clip(row, res, rng)
+        gap = float(rng.uniform(0.2, 1.5))
+        if used + len(clip) / SAMPLE_RATE + gap > budget:
+            break
+        reply = proactive_reply(row.get("class", ""), row.get("caption", ""), row.get("category", "")) \
+            if row.get("decision") == "RESPOND" else None
+        turns.append(Turn([_silence(gap), Event(clip, response=reply, provenance=_event_prov(row))],
+                          memo=_article(row.get("caption", "a sound"))))
+        used += len(clip) / SAMPLE_RATE + gap
+    return turns, {"curation": "direct"}
+
+
+def task_proactive(rng: np.random.Generator, res: Resources) -> StreamSample:
+    """Proactive response: reply only at RESPOND events, silence through IGNORE events."""
+    mix, speaker, budget = _begin(rng, res, "proactive")
+    turns, extra = proactive_events(rng, res, budget)
+    if not turns:
+        raise ValueError("proactive: nothing fits the budget")
+    return finish("proactive", turns, "Let me know if anything needs my attention.", rng, res, mix, speaker, extra)
+
+
+def task_agent(rng: np.random.Generator, res: Resources) -> StreamSample:
+    """Audio agent: a JSON tool call as the reply when a sound or a spoken command calls for one."""
+    mix, speaker, budget = _begin(rng, res, "agent")
+    tool_rows = [r for r in res.events if r.get("class") in TOOL_CALLS]
+    ignore = res.by_decision("IGNORE")
+    plan = []  # ("sound", row) | ("say", (text, call))
+    for _ in range(int(rng.integers(2, 5))):
+        u = rng.random()
+        if speaker is not None and u < 0.35:
+            plan.append(("say", SPOKEN_COMMANDS[int(rng.integers(len(SPOKEN_COMMANDS)))]))
+        else:
+            plan.append(("sound", _pick(tool_rows if u < 0.7 else ignore, rng)))
+    said = [p[1][0] for p in plan if p[0] == "say"]
+    rendered = _say(speaker, said) if said else ([], [], [])
+    waves, provs = iter(rendered[0]), iter(rendered[2])
+    turns, used = [], 0.0
+    for kind, what in plan:
+        gap = float(rng.uniform(0.3, 1.2))
+        if kind == "say":
+            w = next(waves)
+            ev = Event(w, response=json.dumps(what[1]), provenance=next(provs))
+            memo = f'your request "{what[0]}"'
+        else:
+            row = what
+            w = _event_clip(row, res, rng, 5.0)
+            call = TOOL_CALLS.get(row.get("class", ""))
+            ev = Event(w, response=json.dumps(call) if call else None, provenance=_event_prov(row))
+            memo = _article(row.get("caption", "a sound"))
+        if used + len(w) / SAMPLE_RATE + gap > budget:
+            break
+        turns.append(Turn([_silence(gap), ev], memo=memo))
+        used += len(w) / SAMPLE_RATE + gap
+    if not turns:
+        raise ValueError("agent: nothing fits the budget")
+    tools = sorted({c["tool"] for c in TOOL_CALLS.values()} | {c["tool"] for _, c in SPOKEN_COMMANDS})
+    instr = ("You are a home assistant with tools (" + ", ".join(tools) + "). When a sound or a request "
+             'calls for a tool, reply with one JSON object {"tool": ..., ...}; otherwise stay silent.')
+    return finish("agent", turns, instr, rng, res, mix, speaker)
+
+
+TASKS: dict[str, Callable[[np.random.Generator, Resources], StreamSample]] = {
+    "asr": task_asr,
+    "translation": task_translation,
+    "chat": task_chat,
+    "understanding": task_understanding,
+    "music": task_music,
+    "proactive": task_proactive,
+    "agent": task_agent,
+}

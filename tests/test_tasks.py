@@ -1,0 +1,95 @@
+from pathlib import Path
+
+import json
+import numpy as np
+import pytest
+
+from soundflow import tasks
+from soundflow.data import StreamSample
+
+DATA = Path("/work/shared/data")
+pytestmark = pytest.mark.skipif(not (DATA / "events" / "catalog.jsonl").exists(), reason="shared data not present")
+
+
+@pytest.fixture(scope="module")
+def res():
+    return tasks.Resources.from_config(
+        {"events": str(DATA / "events/catalog.jsonl"), "noise": str(DATA / "noise/manifest.jsonl"),
+         "music": str(DATA / "music/manifest.jsonl"), "speech": str(DATA / "speech/manifest.jsonl")},
+        tts_families=("tone",), gate=None)
+
+
+def _check(s: StreamSample, res):
+    n = len(s.wave)
+    chunk = s.chunk_ms * 16
+    n_chunks = -(-n // chunk)
+    assert 0 < n_chunks <= res.max_chunks
+    ks = [t["chunk"] for t in s.timeline]
+    assert ks == sorted(set(ks)) and all(0 <= k < n_chunks for k in ks)
+    assert all(isinstance(t["text"], str) and t["text"] for t in s.timeline)
+    assert np.isfinite(s.wave).all() and np.abs(s.wave).max() <= 1.0
+    StreamSample.from_json(json.loads(json.dumps(s.to_json())))  # JSON-safe
+
+
+@pytest.mark.parametrize("name", tasks.FAMILIES)
+def test_family_valid(name, res):
+    for seed in range(4):
+        s = tasks.TASKS[name](np.random.default_rng(seed), res)
+        assert s.task == name
+        _check(s, res)
+
+
+def test_deterministic(res):
+    a = tasks.task_chat(np.random.default_rng(7), res)
+    b = tasks.task_chat(np.random.default_rng(7), res)
+    assert a.timeline == b.timeline and np.array_equal(a.wave, b.wave)
+
+
+def test_proactive_replies_only_at_respond_events(res):
+    res0 = tasks.Resources(**{**res.__dict__, "mixins": {"history": 0, "silence": 0, "proactive": 0}})
+    for seed in range(6):
+        s = tasks.task_proactive(np.random.default_rng(seed), res0)
+        clips = [e for e in s.events if e.get("provenance", {}).get("type") == "clip"]
+        assert clips
+        want = sorted(e["reply_chunk"] for e in clips if e["provenance"]["decision"] == "RESPOND")
+        assert [t["chunk"] for t in s.timeline] == sorted(set(want))
+        assert all("reply_chunk" not in e for e in clips if e["provenance"]["decision"] == "IGNORE")
+
+
+def test_asr_replies_at_word_group_ends(res):
+    res0 = tasks.Resources(**{**res.__dict__, "mixins": {"history": 0, "silence": 0, "proactive": 0}})
+    s = tasks.task_asr(np.random.default_rng(1), res0)
+    spoken = [e for e in s.events if e.get("provenance", {}).get("type") in ("tts", "speech")]
+    assert [t["chunk"] for t in s.timeline] == [e["reply_chunk"] for e in spoken]
+    for e in spoken:  # the reply chunk contains the end of that word group's audio
+        end = e["offset_s"] + e["length_s"]
+        assert e["reply_chunk"] * 0.4 < end <= (e["reply_chunk"] + 1) * 0.4 + 1e-6
+
+
+def test_mixins_all_on(res):
+    res1 = tasks.Resources(**{**res.__dict__, "mixins": {"history": 1.0, "silence": 1.0, "proactive": 1.0}})
+    seen = set()
+    for seed in range(6):
+        s = tasks.task_chat(np.random.default_rng(seed), res1)
+        _check(s, res1)
+        meta = next(e for e in s.events if e.get("type") == "meta")
+        seen |= set(meta["mixins"])
+        hist = [e for e in s.events if e.get("provenance", {}).get("mixin") == "history"]
+        for h in hist:
+            assert h["provenance"]["turns_back"] >= 3
+    assert seen == {"history", "silence", "proactive"}
+
+
+def test_agent_tool_calls_are_json(res):
+    for seed in range(5):
+        s = tasks.task_agent(np.random.default_rng(seed), res)
+        for t in s.timeline:
+            if t["text"].startswith("{"):
+                assert "tool" in json.loads(t["text"])
+
+
+def test_env_expansion(tmp_path, monkeypatch):
+    monkeypatch.setenv("SF_X", str(tmp_path))
+    assert tasks._expand("${SF_X:-nope}/a.jsonl", Path("/base")) == tmp_path / "a.jsonl"
+    monkeypatch.delenv("SF_X")
+    assert tasks._expand("${SF_X:-../d}/a.jsonl", Path("/base")) == Path("/base/../d/a.jsonl")

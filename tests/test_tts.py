@@ -1,0 +1,77 @@
+import numpy as np
+import pytest
+
+from soundflow import tts
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("123", "one hundred twenty-three"),
+    ("It costs $3.50.", "It costs three dollars and fifty cents."),
+    ("25% of 1,250", "twenty-five percent of one thousand two hundred fifty"),
+    ("pi is 3.14", "pi is three point one four"),
+    ("the 21st and 2nd", "the twenty-first and second"),
+    ("born in 1984, back in 2005 and 2024", "born in nineteen eighty-four, back in two thousand five and twenty twenty-four"),
+    ("Dr. Smith, e.g. apples etc.", "doctor Smith, for example apples et cetera."),
+    ("salt & pepper + 2 @ home", "salt and pepper plus two at home"),
+    ("**Bold** and `code` [here](http://x.y)", "Bold and code here"),
+    ("at 8:30 pm or 9:00", "at eight thirty P M or nine o'clock"),
+    ("the 1980s", "the nineteen eighties"),
+    ("£1 and €2.05", "one pound and two euros and five cents"),
+])
+def test_normalize(text, expected):
+    assert tts.normalize_text(text) == expected
+
+
+def test_number_words():
+    assert tts.number_to_words(0) == "zero"
+    assert tts.number_to_words(1_000_001) == "one million one"
+    assert tts.ordinal_to_words(12) == "twelfth"
+    assert tts.ordinal_to_words(40) == "fortieth"
+    assert tts.year_to_words(1905) == "nineteen oh five"
+
+
+def test_markdown_list_becomes_sentences():
+    assert tts.normalize_text("# Title\n- first item\n- item 2") == "Title. first item. item two."
+
+
+def test_wer_normalised():
+    assert tts.wer("eight o'clock, doctor Smith", "8 o'clock Dr. Smith") == 0.0
+    assert tts.wer("three thirty P M", "3.30 pm") == 0.0
+    assert tts.wer("hello world", "") == 1.0
+
+
+def test_tone_voice_and_draw_deterministic():
+    a = tts.draw_voice(np.random.default_rng(3), ("tone",))
+    b = tts.draw_voice(np.random.default_rng(3), ("tone",))
+    assert a == b and 0.9 <= a.speed <= 1.15
+    w = a.render("hello there")
+    assert w.dtype == np.float32 and len(w) > 0 and np.abs(w).max() <= 1
+
+
+class _FakeGate(tts.AsrGate):
+    """Fails every check: exercises retries and the Dropped path without models."""
+
+    def check(self, waves, refs):
+        return [1.0] * len(waves)
+
+
+def test_gate_drops_whole_instance_after_retries():
+    gate = _FakeGate()
+    sp = tts.Speaker(tts.Voice("tone", "tone"), np.random.default_rng(0), gate)
+    with pytest.raises(tts.Dropped) as e:
+        sp.say(["one two", "three"])
+    assert e.value.attempts == tts.RETRIES + 1
+    assert gate.stats.dropped == 1 and gate.stats.retries == 2 * tts.RETRIES
+
+
+@pytest.mark.slow
+def test_asr_gate_piper_accepts_right_rejects_wrong():
+    text = tts.normalize_text("Turn off the lights in the kitchen, please.")
+    wave = tts.Voice("piper").render(text)
+    gate = tts.AsrGate()
+    (ok,) = gate.check([wave], [text])
+    (bad,) = gate.check([wave], ["The weather in Paris is sunny and warm today."])
+    assert ok <= tts.WER_THRESHOLD
+    assert bad > tts.WER_THRESHOLD
+    waves, spoken, info = tts.Speaker(tts.Voice("piper"), np.random.default_rng(0), gate).say([text])
+    assert info[0]["wer"] <= tts.WER_THRESHOLD and len(waves[0]) > 16000
