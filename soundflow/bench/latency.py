@@ -13,7 +13,7 @@ noise stitched into one stream), FIFO vs sequential side by side:
    rate over all chunks.
 3. long stream faster than real time (chunks back to back, next fed once the previous is
    decided): per-chunk cost in the last minute / the first minute (goal <= 1.1) and RSS growth
-   (goal flat), with the context policy (150-chunk window) on.
+   (goal flat), with the engine's default context policy on.
 4. capacity: N concurrent real-time sessions (N = 1, 2, 4, 8, 12, 16...) for `cap_seconds` each;
    held if p99 latency < chunk period and no stall (goal >= 8).
 """
@@ -181,7 +181,7 @@ def bench_latency(model="mini", seconds: float = 60.0, minutes: float = 60.0, js
         eng = Engine(m, EngineOptions(threshold=1.01, policy=lambda k, p: k % 50 == 25, max_reply_tokens=8,
                                       torch_threads=threads))
         sess = eng.session()
-        log(f"[3] {minutes:g} min of audio back to back (context window 150 chunks) ...")
+        log(f"[3] {minutes:g} min of audio back to back (context window {base.max_context_chunks} chunks) ...")
         costs, rss, cache = [], [_rss_mb()], []
         t0 = time.perf_counter()
         for k in range(n):
