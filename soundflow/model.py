@@ -307,7 +307,11 @@ def build_qwen(cfg: ModelConfig) -> AudioLM:
 
 
 def build_mini(cfg: ModelConfig) -> AudioLM:
+    from transformers.utils import logging as hf_logging
+
     from . import weights
+
+    hf_logging.disable_progress_bar()  # a per-tensor "Loading weights" bar on every start is noise
 
     torch.manual_seed(cfg.seed)
     enc = WhisperChunkEncoder(weights.whisper_encoder(cfg.encoder))
