@@ -53,9 +53,11 @@ def _serve(a) -> int:
 
 
 def _bench_proactive(a) -> int:
-    from .bench.proactive import bench_proactive, make_baseline
+    from .bench.baselines import make_baseline
+    from .bench.proactive import bench_proactive
 
-    runner = make_baseline(a.baseline) if a.baseline else _engine_runner(a.model, a.threshold)
+    runner = (make_baseline(a.baseline, catalog=a.catalog, seed=a.seed) if a.baseline
+              else _engine_runner(a.model, a.threshold))
     bench_proactive(a.manifest, runner, tier=a.tier, window_chunks=a.window, seed=a.seed, out=a.out, json=a.json)
     return 0
 
@@ -76,7 +78,23 @@ def _data_build(a) -> int:
 def _bench_asr(a) -> int:
     from .bench.asr import bench_asr
 
-    bench_asr(a.manifest, model=a.model, json=a.json, out=a.out, baseline=not a.no_baseline)
+    bench_asr(a.manifest, model=a.model, json=a.json, out=a.out, baseline=not a.no_baseline, limit=a.limit)
+    return 0
+
+
+def _bench_task(a) -> int:
+    from .bench import tasks
+
+    fn = {"s2tt": tasks.bench_s2tt, "mcq": tasks.bench_mcq, "spoken-qa": tasks.bench_spoken_qa}[a.bench]
+    fn(a.manifest, model=a.model, json=a.json, out=a.out, limit=a.limit)
+    return 0
+
+
+def _bench_stability(a) -> int:
+    from .bench.stability import bench_stability
+
+    runner = _engine_runner(a.model, a.threshold)
+    bench_stability(a.manifest, runner, max_segments=a.max_segments, seed=a.seed, out=a.out, json=a.json)
     return 0
 
 
@@ -158,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("manifest")
     s.add_argument("--model", default="mini")
     s.add_argument("--baseline", choices=["silent", "respond", "classifier"], default=None)
+    s.add_argument("--catalog", default=None, help="clip catalog the classifier baseline trains on")
     s.add_argument("--tier", choices=["single", "multi", "both"], default="both")
     s.add_argument("--window", type=int, default=2, help="chunks after an event in which a reply still counts")
     s.add_argument("--threshold", type=float, default=0.5)
@@ -170,9 +189,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("manifest")
     s.add_argument("--model", default="mini")
     s.add_argument("--no-baseline", action="store_true", help="skip the offline Whisper-base run")
+    s.add_argument("--limit", type=int, default=None, help="evaluate N rows spread over the manifest")
     s.add_argument("--out", default=None)
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=_bench_asr)
+
+    for name, what in (("s2tt", "speech translation BLEU (sacrebleu)"), ("mcq", "audio multiple-choice QA accuracy"),
+                       ("spoken-qa", "spoken QA (LLM judge or token F1)")):
+        s = b.add_parser(name, help=what)
+        s.add_argument("manifest")
+        s.add_argument("--model", default="mini")
+        s.add_argument("--limit", type=int, default=None)
+        s.add_argument("--out", default=None)
+        s.add_argument("--json", action="store_true")
+        s.set_defaults(fn=_bench_task)
+
+    s = b.add_parser("stability", help="proactive accuracy as the stream grows from 1 to N segments")
+    s.add_argument("manifest")
+    s.add_argument("--model", default="mini")
+    s.add_argument("--threshold", type=float, default=0.5)
+    s.add_argument("--max-segments", type=int, default=5)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", default=None)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=_bench_stability)
 
     s = b.add_parser("latency", help="decision latency, stalls, FIFO vs sequential, long-stream stability")
     s.add_argument("--model", default="mini")

@@ -83,8 +83,8 @@ def test_drain_whole_queue_on_trigger(model):
                 time.sleep(0.005)
             for c in chunks[1:]:
                 sess.feed(c)
-            deadline = time.time() + 5
-            while enc.calls < 6 and time.time() < deadline:
+            deadline = time.time() + 10
+            while len(sess._fifo) < 5 and time.time() < deadline:  # all 5 encoded AND queued
                 time.sleep(0.005)
             gate.set()
             sess.close()

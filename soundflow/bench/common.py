@@ -16,6 +16,8 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from ..data import read_jsonl, write_jsonl  # noqa: F401  (bench modules import them from here)
+
 SAMPLE_RATE = 16_000
 DECISIONS = ("RESPOND", "IGNORE")
 # Audio the public manifest names as .wav may have been converted; try these before giving up.
@@ -52,27 +54,6 @@ class BenchItem:
     @property
     def category(self) -> str:
         return f"{self.macro}/{self.meso}"
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Rows of a JSONL file; blank lines are skipped, a bad line raises with its number."""
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{i}: not JSON ({e})") from None
-    return rows
-
-
-def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
 def categories_from_path(rel_path: str) -> tuple[str, str]:
@@ -223,3 +204,162 @@ def fit_length(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
 def set_rms(x: np.ndarray, dbfs: float) -> np.ndarray:
     rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if len(x) else 0.0
     return (x * (dbfs_to_rms(dbfs) / rms)).astype(np.float32) if rms > 0 else x.astype(np.float32)
+
+
+# ---------------------------------------------------------------- the model as a runner
+
+
+class EngineRunner:
+    """A model as a `Runner`: each call is one fresh session of the streaming engine.
+
+    `runner(wave, chunk_ms)` satisfies the runner contract; task benchmarks also pass a per-call
+    `instruction=` (the MCQ question, a translation request). Chunks are fed with
+    `realtime=False`: the next chunk goes in once the previous one is decided and its reply
+    finished, so every chunk gets its own decision and results are deterministic. Reply text of
+    a chunk is attached to that chunk's `ChunkResult`; `last_events` keeps the raw events of the
+    latest call. Uses `soundflow.engine` when it imports and runs, else the sequential reference
+    decoder `soundflow.decoding.decode_stream` (same events, no `latency_ms` from the engine:
+    the fallback measures wall time per decision itself).
+    """
+
+    def __init__(self, model, threshold: float = 0.5, instruction: str | None = None, chunk_ms: int = 400,
+                 max_reply_tokens: int = 48, mode: str = "fifo"):
+        if isinstance(model, (str, Path)):
+            from ..model import load_model
+
+            model = load_model(str(model))
+        self.model = model.eval()
+        self.threshold = float(threshold)
+        self.instruction = instruction
+        self.chunk_ms = int(chunk_ms)
+        self.max_reply_tokens = int(max_reply_tokens)
+        self.mode = mode
+        self.backend = "engine"
+        self.last_events: list[dict] = []
+        try:
+            from ..engine import Engine, EngineOptions
+
+            self._engine = Engine(self.model, EngineOptions(
+                mode=mode, threshold=self.threshold, max_reply_tokens=self.max_reply_tokens,
+                chunk_ms=self.chunk_ms, instruction=instruction))
+        except Exception as e:  # noqa: BLE001 — engine absent or broken: the reference decoder
+            print(f"[bench] engine unavailable ({type(e).__name__}: {e}); using decoding.decode_stream", file=sys.stderr)
+            self._engine = None
+            self.backend = "decode_stream"
+
+    _DEFAULT = object()
+
+    def __call__(self, wave: np.ndarray, chunk_ms: int | None = None, instruction=_DEFAULT) -> list[ChunkResult]:
+        chunk_ms = int(chunk_ms or self.chunk_ms)
+        instr = self.instruction if instruction is EngineRunner._DEFAULT else instruction
+        from ..audio import iter_chunks
+
+        chunks = list(iter_chunks(np.asarray(wave, dtype=np.float32), chunk_ms))
+        events = None
+        if self._engine is not None:
+            try:
+                over = {"chunk_ms": chunk_ms} if chunk_ms != self._engine.options.chunk_ms else {}
+                sess = self._engine.session(instruction=instr, **over)
+                events = list(sess.run(chunks, realtime=False))
+                err = next((e for e in events if e.get("type") == "error"), None)
+                if err is not None:
+                    raise RuntimeError(err.get("message", "engine error"))
+            except Exception as e:  # noqa: BLE001
+                print(f"[bench] engine failed ({type(e).__name__}: {e}); using decoding.decode_stream", file=sys.stderr)
+                self._engine = None
+                self.backend = "decode_stream"
+                events = None
+        if events is None:
+            events = self._decode_stream(chunks, chunk_ms, instr)
+        self.last_events = events
+        return events_to_results(events, len(chunks))
+
+    def _decode_stream(self, chunks: list[np.ndarray], chunk_ms: int, instruction: str | None) -> list[dict]:
+        import time
+
+        from ..decoding import DecodeOptions, decode_stream
+
+        opts = DecodeOptions(instruction=instruction, threshold=self.threshold, max_reply_tokens=self.max_reply_tokens)
+        events = []
+        t0 = time.perf_counter()
+        for ev in decode_stream(self.model, chunks, opts, chunk_ms=chunk_ms):
+            now = time.perf_counter()
+            if ev.get("type") == "decision" and "latency_ms" not in ev:
+                ev = {**ev, "latency_ms": round((now - t0) * 1000, 2)}
+            events.append(ev)
+            t0 = time.perf_counter()
+        return events
+
+
+def events_to_results(events: Iterable[dict], n_chunks: int | None = None) -> list[ChunkResult]:
+    """Engine/decoder events → one `ChunkResult` per chunk (reply text joined onto its chunk).
+
+    Chunks without a decision event (a session that ended early) are reported silent."""
+    by_chunk: dict[int, ChunkResult] = {}
+    for ev in events:
+        kind = ev.get("type")
+        if kind == "decision":
+            k = int(ev["chunk"])
+            r = by_chunk.setdefault(k, ChunkResult(k, "silent"))
+            r.decision = str(ev.get("decision", "silent"))
+            r.p_response = float(ev.get("p_response") or 0.0)
+            lat = ev.get("latency_ms")
+            r.latency_ms = float(lat) if lat is not None else None
+        elif kind == "response":
+            k = int(ev["chunk"])
+            r = by_chunk.setdefault(k, ChunkResult(k, "response"))
+            text = str(ev.get("text") or "")
+            r.text = f"{r.text} {text}".strip() if r.text else text
+    n = max([n_chunks or 0, *(k + 1 for k in by_chunk)])
+    return [by_chunk.get(k) or ChunkResult(k, "silent") for k in range(n)]
+
+
+def engine_runner(model, threshold: float = 0.5, instruction: str | None = None, chunk_ms: int = 400, *,
+                  max_reply_tokens: int = 48, mode: str = "fifo") -> EngineRunner:
+    """A `Runner` over a model (a backend name, a checkpoint folder or an `AudioLM`).
+
+    See `EngineRunner`: one fresh engine session per call, deterministic (`realtime=False`),
+    falls back to `decoding.decode_stream` when the engine is missing or fails."""
+    return EngineRunner(model, threshold=threshold, instruction=instruction, chunk_ms=chunk_ms,
+                        max_reply_tokens=max_reply_tokens, mode=mode)
+
+
+def reply_text(results: Iterable[ChunkResult]) -> str:
+    """All reply texts of a run, in chunk order, joined with single spaces."""
+    parts = [r.text.strip() for r in sorted(results, key=lambda r: r.chunk) if r.text and r.text.strip()]
+    return " ".join(parts)
+
+
+def call_runner(runner, wave: np.ndarray, chunk_ms: int, instruction: str | None) -> list[ChunkResult]:
+    """Call a runner with a per-call instruction when it takes one (EngineRunner, test stubs with
+    an `instruction` parameter); plain runners are called as `runner(wave, chunk_ms)`."""
+    if accepts_instruction(runner):
+        return runner(wave, chunk_ms, instruction=instruction)
+    return runner(wave, chunk_ms)
+
+
+def accepts_instruction(runner) -> bool:
+    import inspect
+
+    if isinstance(runner, EngineRunner):
+        return True
+    try:
+        params = inspect.signature(runner).parameters
+    except (TypeError, ValueError):
+        return False
+    return "instruction" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def as_runner(model, threshold: float = 0.5, chunk_ms: int = 400, **kw):
+    """A backend name / folder / AudioLM → `engine_runner(...)`; a callable runner is returned as is."""
+    if isinstance(model, (str, Path)) or hasattr(model, "tokenizer") and hasattr(model, "encode"):
+        return engine_runner(model, threshold=threshold, chunk_ms=chunk_ms, **kw)
+    if callable(model):
+        return model
+    raise TypeError(f"expected a model name, checkpoint folder, AudioLM or runner, not {type(model).__name__}")
+
+
+def runner_name(runner) -> str:
+    if isinstance(runner, EngineRunner):
+        return f"{runner.model.cfg.backend if hasattr(runner.model, 'cfg') else type(runner.model).__name__} ({runner.backend})"
+    return getattr(runner, "__name__", type(runner).__name__)
