@@ -101,7 +101,8 @@ def _bench_stability(a) -> int:
 def _bench_latency(a) -> int:
     from .bench.latency import bench_latency
 
-    bench_latency(model=a.model, seconds=a.seconds, minutes=a.minutes, json=a.json, quant=_quant(a.quant))
+    bench_latency(model=a.model, seconds=a.seconds, minutes=a.minutes, json=a.json, quant=_quant(a.quant),
+                  reply_tokens=a.reply_tokens)
     return 0
 
 
@@ -218,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default="mini")
     s.add_argument("--minutes", type=float, default=60.0, help="audio length for the long-stream test")
     s.add_argument("--seconds", type=float, default=60.0, help="audio length for the 1x real-time tests")
+    s.add_argument("--reply-tokens", type=int, default=48, help="forced reply length in the FIFO vs sequential test")
     s.add_argument("--quant", choices=["int8", "bf16", "none"], default="int8")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=_bench_latency)

@@ -125,7 +125,7 @@ def _analyse(evs, chunk_s):
 
 def bench_latency(model="mini", seconds: float = 60.0, minutes: float = 60.0, json: bool = False,
                   quant: str | None = "int8", threads: int | None = None, reply_every: int = 20,
-                  reply_tokens: int = 16, cap_seconds: float = 20.0, max_sessions: int = 16,
+                  reply_tokens: int = 48, cap_seconds: float = 20.0, max_sessions: int = 16,
                   parts: str = "latency,fifo_vs_seq,long,capacity", verbose: bool = True) -> dict:
     from ..audio import iter_chunks
     from ..engine import Engine, EngineOptions
