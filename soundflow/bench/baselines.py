@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .common import SAMPLE_RATE, BenchItem, ChunkResult, read_jsonl
+from .common import SAMPLE_RATE, BenchItem, ChunkResult
 
 REPLY = "I heard a sound that may need your attention. Is everything all right?"
 
@@ -118,13 +118,10 @@ class WhisperEmbedder:
 
 def catalog_items(catalog: str | Path, split: str | None = None, dev_fraction: float = 0.2) -> list[BenchItem]:
     """BenchItems straight from a clip catalog (`decision`, `category` "Macro/Meso", `audio`)."""
-    from .proactive import split_by_group
+    from .proactive import labelled_catalog_rows
 
     catalog = Path(catalog)
-    rows = [r for r in read_jsonl(catalog) if str(r.get("decision", "")).upper() in ("RESPOND", "IGNORE")]
-    if split:
-        sp = split_by_group(rows, dev_fraction)
-        rows = [r for r in rows if sp[str(r.get("group") or r["id"])] == split]
+    rows = labelled_catalog_rows(catalog, split, dev_fraction)
     items = []
     for r in rows:
         macro, _, meso = str(r.get("category", "Unknown/Unknown")).partition("/")

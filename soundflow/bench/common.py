@@ -7,7 +7,6 @@ The streaming engine, the baselines and test doubles all satisfy it.
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from ..data import read_jsonl, write_jsonl  # noqa: F401  (bench modules import them from here)
+from ..data import read_jsonl  # bench modules import it from here
 
 SAMPLE_RATE = 16_000
 DECISIONS = ("RESPOND", "IGNORE")

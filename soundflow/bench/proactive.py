@@ -531,6 +531,15 @@ def split_by_group(rows: Sequence[dict], dev_fraction: float = 0.2) -> dict[str,
     return split
 
 
+def labelled_catalog_rows(catalog: str | Path, split: str | None = None, dev_fraction: float = 0.2) -> list[dict]:
+    """Catalog rows with a RESPOND/IGNORE decision, optionally one side of `split_by_group`."""
+    rows = [r for r in read_jsonl(catalog) if str(r.get("decision", "")).upper() in ("RESPOND", "IGNORE")]
+    if split:
+        sp = split_by_group(rows, dev_fraction)
+        rows = [r for r in rows if sp[str(r.get("group") or r["id"])] == split]
+    return rows
+
+
 def catalog_to_bench_manifest(
     catalog: str | Path,
     out_dir: str | Path,
@@ -543,10 +552,7 @@ def catalog_to_bench_manifest(
     one side of `split_by_group`. Returns the manifest path.
     """
     catalog, out_dir = Path(catalog), Path(out_dir)
-    rows = [r for r in read_jsonl(catalog) if str(r.get("decision", "")).upper() in ("RESPOND", "IGNORE")]
-    if split:
-        sp = split_by_group(rows, dev_fraction)
-        rows = [r for r in rows if sp[str(r.get("group") or r["id"])] == split]
+    rows = labelled_catalog_rows(catalog, split, dev_fraction)
     out_rows = []
     for r in rows:
         macro, _, meso = str(r.get("category", "Unknown/Unknown")).partition("/")
