@@ -25,6 +25,7 @@ from typing import Sequence
 import numpy as np
 
 from ..audio import AudioError, load_audio
+from ..data import write_jsonl
 from .common import (
     SAMPLE_RATE,
     BenchItem,
@@ -37,7 +38,6 @@ from .common import (
     parse_prediction,
     read_jsonl,
     set_rms,
-    write_jsonl,
 )
 
 TIERS = ("single", "multi")
