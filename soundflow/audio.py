@@ -111,6 +111,51 @@ def iter_pcm_stream(stream: BinaryIO, chunk_ms: int = CHUNK_MS) -> Iterator[np.n
         yield from iter_chunks(read_pcm_s16le(buf), chunk_ms)
 
 
+def iter_microphone(chunk_ms: int = CHUNK_MS) -> Iterator[np.ndarray]:
+    """Chunks from the default microphone, 16 kHz mono: the `sounddevice` package when it is
+    installed, else ALSA's `arecord` or PulseAudio's `parec`. AudioError when there is none."""
+    import shutil
+    import subprocess
+
+    try:
+        import sounddevice as sd  # optional
+
+        n = chunk_samples(chunk_ms)
+
+        def gen():
+            with sd.InputStream(samplerate=SAMPLE_RATE, channels=1, dtype="float32", blocksize=n) as stream:
+                while True:
+                    data, _ = stream.read(n)
+                    yield data[:, 0].copy()
+
+        return gen()
+    except Exception:  # not installed, or no device: try the command-line recorders
+        pass
+    for cmd in (["arecord", "-q", "-f", "S16_LE", "-r", str(SAMPLE_RATE), "-c", "1", "-t", "raw"],
+                ["parec", "--format=s16le", f"--rate={SAMPLE_RATE}", "--channels=1", "--raw"]):
+        if shutil.which(cmd[0]):
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            first = proc.stdout.read(2 * HOP)
+            if not first:
+                err = proc.stderr.read().decode(errors="replace").strip().splitlines()
+                raise AudioError(f"microphone: {cmd[0]} gave no audio ({err[-1] if err else 'no device'})")
+
+            class _Joined(io.RawIOBase):
+                def __init__(self):
+                    self.head = first
+
+                def readinto(self, b):
+                    data = self.head or proc.stdout.read(len(b))
+                    self.head = b""
+                    n = min(len(b), len(data))
+                    b[:n] = data[:n]
+                    return n
+
+            return iter_pcm_stream(io.BufferedReader(_Joined()), chunk_ms)
+    raise AudioError("microphone: no sound device API found (install `sounddevice`, or alsa-utils for "
+                     "arecord); or pipe raw PCM: arecord -f S16_LE -r 16000 -c 1 -t raw | soundflow listen -")
+
+
 def open_source(source: str, chunk_ms: int = CHUNK_MS) -> Iterator[np.ndarray]:
     """`-` reads raw 16 kHz s16le PCM from stdin; anything else is an audio file."""
     if source == "-":

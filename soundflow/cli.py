@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="soundflow", description="Always-on audio interaction models.")
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    s = sub.add_parser("listen", help="stream an audio file (or - for 16 kHz s16le stdin) through a model")
+    s = sub.add_parser("listen", help="stream an audio file (- for 16 kHz s16le stdin, mic for the microphone)")
     s.add_argument("audio")
     s.add_argument("--model", default="mini", help="backend name (mini, tiny, ...) or a checkpoint folder")
     s.add_argument("--instruction", default=None)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import CHUNK_MS, AudioError, iter_chunks, iter_pcm_stream, load_audio
+from .audio import CHUNK_MS, AudioError, iter_chunks, iter_microphone, iter_pcm_stream, load_audio
 
 _TRAINED_HINT = ("note: model {name!r} is an untrained backend (random adapter, no streaming training): "
                  "its decisions and replies are not meaningful; pass a checkpoint folder with --model")
@@ -104,7 +104,8 @@ def _plot(path: str, wave: np.ndarray, decisions: list[dict], responses: list[di
 def listen(audio, model="mini", instruction: str | None = None, chunk_ms: int = CHUNK_MS, realtime: bool = False,
            jsonl: bool = False, plot: str | None = None, threshold: float | None = None, mode: str = "fifo",
            max_reply_tokens: int = 48, tokens: bool = False, quant: str | None = "int8") -> int:
-    """Stream `audio` (a path, `-` for raw 16 kHz s16le PCM on stdin, or a float32 array)
+    """Stream `audio` (a path, `-` for raw 16 kHz s16le PCM on stdin, `mic` for the microphone,
+    or a float32 array)
     through the engine and print the timeline (or JSON lines). Returns an exit code.
 
     `model`: a backend name, a checkpoint folder, or an AudioLM. `tokens`: also print token
@@ -118,6 +119,9 @@ def listen(audio, model="mini", instruction: str | None = None, chunk_ms: int = 
         elif str(audio) == "-":
             wave = None
             chunks = iter_pcm_stream(sys.stdin.buffer, chunk_ms)
+        elif str(audio) == "mic" and not Path("mic").exists():  # live microphone, paced by the device
+            wave = None
+            chunks = iter_microphone(chunk_ms)
         else:
             wave = load_audio(audio)
             chunks = iter_chunks(wave, chunk_ms)

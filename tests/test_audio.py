@@ -111,3 +111,22 @@ def test_pcm_stream_and_chunker():
     assert len(got) == 3 and np.allclose(got[1], w[6400:12800])
     with pytest.raises(AudioError):
         Chunker().push(np.array([np.nan], dtype=np.float32))
+
+
+def test_microphone_without_device_is_a_clear_error(monkeypatch):
+    import builtins
+    import shutil
+
+    from soundflow.audio import iter_microphone
+
+    real_import = builtins.__import__
+
+    def no_sounddevice(name, *a, **k):
+        if name == "sounddevice":
+            raise ImportError("not installed")
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_sounddevice)
+    monkeypatch.setattr(shutil, "which", lambda cmd: None)
+    with pytest.raises(AudioError, match="microphone"):
+        iter_microphone()
