@@ -16,13 +16,17 @@ Recipe (YAML):
       chats: ...                # optional, {"user", "reply"}; default: shipped templates
     tasks: {asr: 1, translation: 1, chat: 1, understanding: 1, music: 0.5, proactive: 2, agent: 1}
     mixins: {history: 0.3, silence: 0.4, proactive: 0.3}
-    tts: {families: [piper, espeak], weights: [0.8, 0.2], gate: true, threshold: 0.10, retries: 2}
+    tts: {families: [piper, espeak], weights: [0.8, 0.2], gate: true, threshold: 0.10, retries: 2,
+          asr_gate_unit: sentence}  # real-time ASR gates whole sentences ("group": each word group, slow)
     tfjp: true
     curate: false               # proactive family through curate.curate_stream (else catalog rows)
+    curate_embedder: minilm     # catalog retrieval for curation: minilm or hash (HashEmbedder, instant)
 
 Output: `shard-00000.tar` ... each holding `<id>.flac` + `<id>.json` per sample (the stream-sample
 format of DESIGN.md, read back by `data.read_shards`), `shard-00000.stats.json` beside each, and
-`summary.json`. A shard is written to `.tmp` then renamed, so a finished `.tar` is always whole;
+`summary.json` (xrt_per_core: audio seconds / shard wall seconds; xrt_per_cpu_s: audio seconds /
+shard CPU seconds, the steadier figure on a shared machine; both include the per-process model
+loads). A shard is written to `.tmp` then renamed, so a finished `.tar` is always whole;
 a rerun skips finished shards and rebuilds any partial one (resumable after kill -9). Shard i
 draws from `numpy.random.default_rng([seed, i])`, so the corpus is the same whatever the order,
 the worker count, or the backend (process pool or Ray).
@@ -86,7 +90,9 @@ def _resources(cfg: dict):
             tts_weights=tuple(t["weights"]) if t.get("weights") else None, gate=gate,
             mixins={**{"history": 0.3, "silence": 0.4, "proactive": 0.3}, **(cfg.get("mixins") or {})},
             max_chunks=int(cfg["max_chunks"]), chunk_ms=int(cfg["chunk_ms"]),
-            use_tfjp=bool(cfg.get("tfjp", True)), use_curate=bool(cfg.get("curate", False)))
+            use_tfjp=bool(cfg.get("tfjp", True)), use_curate=bool(cfg.get("curate", False)),
+            curate_embedder=str(cfg.get("curate_embedder", "minilm")),
+            asr_gate_unit=str(t.get("asr_gate_unit", "sentence")))
     return _RES_CACHE[key]
 
 
@@ -188,7 +194,12 @@ def summarize(stats: list[dict], wall_s: float | None = None, workers: int | Non
         "mixins": dict(sorted(mix.items())),
         "shard_wall_s": round(sum(s.get("wall_s", 0) for s in stats), 2),
         "xrt_per_core": round(sec / sum(s.get("wall_s", 0) for s in stats), 2) if any(s.get("wall_s") for s in stats) else None,
+        "shard_cpu_s": round(sum(s.get("cpu_s", 0) for s in stats), 2),
+        "xrt_per_cpu_s": round(sec / sum(s.get("cpu_s", 0) for s in stats), 2) if any(s.get("cpu_s") for s in stats) else None,
     }
+    gates = [s["gate"] for s in stats if s.get("gate")]
+    if gates:
+        out["gate"] = {k: round(sum(g.get(k, 0) for g in gates), 2) for k in gates[0]}
     if wall_s is not None:
         out["wall_s"] = round(wall_s, 2)
         out["workers"] = workers

@@ -45,6 +45,7 @@ RECIPES_DIR = Path(__file__).parent / "recipes"
 FAMILIES = ("asr", "translation", "chat", "understanding", "music", "proactive", "agent")
 MIXIN_P = {"history": 0.3, "silence": 0.4, "proactive": 0.3}  # paper: p_hr, p_sil, p_pro
 MAX_EVENT_S = 6.0
+ASR_GROUP_GAP_S = 0.05  # silence between word groups of one sentence (real-time ASR family)
 LANGS = {"fr": "French", "es": "Spanish"}
 ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth")
 
@@ -150,6 +151,8 @@ class Resources:
     chunk_ms: int = 400
     use_tfjp: bool = True
     use_curate: bool = False
+    curate_embedder: str = "minilm"  # catalog retrieval for curation: "minilm" or "hash"
+    asr_gate_unit: str = "sentence"  # real-time ASR: gate whole sentences ("group": each word group, slow)
 
     @property
     def max_seconds(self) -> float:
@@ -243,8 +246,9 @@ def _pick(rows: list, rng: np.random.Generator):
     return rows[int(rng.integers(len(rows)))]
 
 
-def _say(speaker: tts.Speaker, texts: list[str], turns_prov: dict | None = None) -> tuple[list[np.ndarray], list[str], list[dict]]:
-    waves, spoken, info = speaker.say(texts)
+def _say(speaker: tts.Speaker, texts: list[str], turns_prov: dict | None = None, units: list[int] | None = None,
+         join_gap_s: float = 0.0) -> tuple[list[np.ndarray], list[str], list[dict]]:
+    waves, spoken, info = speaker.say(texts, units=units, join_gap_s=join_gap_s)
     return waves, spoken, [{"type": "tts", "text": t, **i, **(turns_prov or {})} for t, i in zip(texts, info)]
 
 
@@ -393,10 +397,14 @@ def task_asr(rng: np.random.Generator, res: Resources) -> StreamSample:
                 groups.append(" ".join(words[i : i + n]))
                 owner.append(si)
                 i += n
-        waves, spoken, prov = _say(speaker, groups)
+        # Each group is rendered alone (its end is then exact, for the reply chunk) but the ASR gate
+        # checks each sentence as one unit: its groups joined by the same 50 ms gaps the stream has.
+        by_sentence = res.asr_gate_unit != "group"
+        waves, spoken, prov = _say(speaker, groups, units=owner if by_sentence else None,
+                                   join_gap_s=ASR_GROUP_GAP_S if by_sentence else 0.0)
         used = 0.0
         for w, sp, pr, si in zip(waves, spoken, prov, owner):
-            gap = 0.25 if turns and owner[len(turns) - 1] != si else 0.05
+            gap = 0.25 if turns and owner[len(turns) - 1] != si else ASR_GROUP_GAP_S
             if used + len(w) / SAMPLE_RATE + gap > budget:
                 break
             turns.append(Turn([_silence(gap), Event(w, response=sp, provenance=pr)], memo=f'"{sp}"'))
@@ -511,27 +519,50 @@ def task_music(rng: np.random.Generator, res: Resources) -> StreamSample:
 
 
 @functools.lru_cache(maxsize=4)
-def _catalog(path: str):
-    from .catalog import Catalog
+def _catalog(path: str, embedder: str = "minilm"):
+    """The event catalog for curation, one per process (its text embeddings are cached on disk).
+    embedder: "minilm" (the shared MiniLM, as the paper's retrieval) or "hash" (`HashEmbedder`:
+    instant, no weights; tests and smoke builds)."""
+    from .catalog import Catalog, HashEmbedder
 
-    return Catalog.load(path)
+    return Catalog.load(path, embedder=HashEmbedder() if embedder == "hash" else None)
 
 
 def proactive_events(rng: np.random.Generator, res: Resources, budget: float) -> tuple[list[Turn], dict]:
-    """The proactive family's events: `curate.curate_stream` (plan → refine → ground → verify)
-    when `res.use_curate` and soundflow.curate is importable, else catalog rows drawn directly
-    (RESPOND rows get a reply, IGNORE rows none)."""
+    """The proactive family's events: `curate.curate_stream` (plan → refine → ground → verify,
+    the `OfflineCurator`) when `res.use_curate`, else catalog rows drawn directly (RESPOND rows
+    get a reply, IGNORE rows none).
+
+    Curated foreground events are laid out with a short pause before each (as the direct path);
+    curation gets the budget minus those pauses, so the stream still fits L_max. Background and
+    ambient sub-events are mixed under the foreground by `compose`. A scenario that cannot be
+    grounded raises ValueError (the builder draws again)."""
     if res.use_curate and res.catalog_path is not None:
+        from .curate import CurationError, OfflineCurator, curate_stream
+
+        tfjp_fn = None
+        if res.use_tfjp:
+            from .tfjp import tfjp as tfjp_fn
+        gaps = [float(g) for g in rng.uniform(0.2, 1.2, size=6)]
         try:
-            from .curate import OfflineCurator, curate_stream
-        except ImportError:
-            curate_stream = None
-        if curate_stream is not None:
-            events, prov = curate_stream(_catalog(str(res.catalog_path)), rng, OfflineCurator(),
-                                         max_seconds=budget, respond_reply=proactive_reply)
-            turns = [Turn([e], memo=_article(e.provenance.get("caption", "a sound")) if e.role == "foreground" else None)
-                     for e in events]
-            return turns, {"curation": "curate_stream", "scenario": prov.get("scenario") if isinstance(prov, dict) else None}
+            events, prov = curate_stream(_catalog(str(res.catalog_path), res.curate_embedder), rng, OfflineCurator(),
+                                         max_seconds=max(1.0, budget - sum(gaps)), respond_reply=proactive_reply,
+                                         tfjp_fn=tfjp_fn)
+        except CurationError as e:
+            raise ValueError(str(e)) from e
+        turns, k = [], 0
+        for e in events:
+            e.provenance.setdefault("type", "clip" if "clip_id" in e.provenance else "synthetic")
+            if "clip_id" in e.provenance:
+                e.provenance.setdefault("id", e.provenance["clip_id"])
+            if e.role == "foreground":
+                pre = [_silence(gaps[k])] if k < len(gaps) else []
+                k += 1
+                turns.append(Turn(pre + [e], memo=_article(e.provenance.get("caption") or "a sound")))
+            else:
+                turns.append(Turn([e]))
+        return turns, {"curation": "curate_stream", "scenario": prov.get("scenario"), "planner": prov.get("planner"),
+                       "ungrounded": len(prov.get("dropped", []))}
     turns, used = [], 0.0
     respond, ignore = res.by_decision("RESPOND"), res.by_decision("IGNORE")
     for _ in range(int(rng.integers(2, 6))):

@@ -535,31 +535,58 @@ class Speaker:
     def spoken(self, text: str) -> str:
         return rewrite(text, self.llm) if self.llm is not None else normalize_text(text)
 
-    def say(self, texts: Sequence[str]) -> tuple[list[np.ndarray], list[str], list[dict]]:
-        """(waveforms, spoken texts, per-turn provenance) for `texts`, all passing the gate."""
+    def say(self, texts: Sequence[str], units: Sequence[int] | None = None,
+            join_gap_s: float = 0.0) -> tuple[list[np.ndarray], list[str], list[dict]]:
+        """(waveforms, spoken texts, per-turn provenance) for `texts`, all passing the gate.
+
+        units: the gated unit of each text (default: each text is its own unit). Texts of one
+        unit are rendered separately but gated together, as the audio the stream will hold: their
+        renderings in order with `join_gap_s` of silence between them (the real-time ASR family
+        gates whole sentences made of 2-5-word groups, not each group: one misheard word in a
+        3-word group is already 33 % WER). A failing unit is re-rendered whole (one new speed
+        draw for all its texts) up to R times, then the whole instance is `Dropped`."""
         spoken = [self.spoken(t) for t in texts]
         waves = [self.voice.render(s) for s in spoken]
         info = [{"tts": self.voice.to_json(), "spoken": s, "attempts": 1} for s in spoken]
         if self.gate is None:
             return waves, spoken, info
+        units = list(range(len(texts))) if units is None else [int(u) for u in units]
+        members: dict[int, list[int]] = {}
+        for k, u in enumerate(units):
+            members.setdefault(u, []).append(k)
+        gap = np.zeros(int(round(join_gap_s * SAMPLE_RATE)), np.float32)
+
+        def unit_wave(u: int) -> np.ndarray:
+            ks = members[u]
+            if len(ks) == 1:
+                return waves[ks[0]]
+            parts = []
+            for i, k in enumerate(ks):
+                parts += ([gap] if i else []) + [waves[k]]
+            return np.concatenate(parts)
+
         self.gate.stats.renderings += len(waves)
-        pending = list(range(len(waves)))
+        pending = list(members)
         for attempt in range(self.gate.retries + 1):
-            scores = self.gate.check([waves[k] for k in pending], [spoken[k] for k in pending])
-            for k, s in zip(pending, scores):
-                info[k]["wer"] = round(s, 4)
-            failed = [k for k, s in zip(pending, scores) if s > self.gate.threshold]
+            scores = self.gate.check([unit_wave(u) for u in pending], [" ".join(spoken[k] for k in members[u]) for u in pending])
+            for u, s in zip(pending, scores):
+                for k in members[u]:
+                    info[k]["wer"] = round(s, 4)
+                    if len(members[u]) > 1:
+                        info[k]["gate_unit"] = u
+            failed = [u for u, s in zip(pending, scores) if s > self.gate.threshold]
             if not failed:
                 return waves, spoken, info
             if attempt == self.gate.retries:
                 self.gate.stats.dropped += 1
-                k = failed[0]
-                raise Dropped(spoken[k], info[k]["wer"], attempt + 1)
-            for k in failed:  # re-render with a different speed draw of the same voice
+                k = members[failed[0]][0]
+                raise Dropped(" ".join(spoken[j] for j in members[failed[0]]), info[k]["wer"], attempt + 1)
+            for u in failed:  # re-render with a different speed draw of the same voice
                 self.gate.stats.retries += 1
-                self.gate.stats.renderings += 1
                 speed = draw_speed(self.rng) if self.voice.family == "piper" else draw_speed(self.rng, 0.85, 1.05)
-                waves[k] = self.voice.render(spoken[k], speed=speed)
-                info[k].update(attempts=attempt + 2, tts=replace(self.voice, speed=speed).to_json())
+                for k in members[u]:
+                    self.gate.stats.renderings += 1
+                    waves[k] = self.voice.render(spoken[k], speed=speed)
+                    info[k].update(attempts=attempt + 2, tts=replace(self.voice, speed=speed).to_json())
             pending = failed
         raise AssertionError("unreachable")

@@ -29,6 +29,8 @@ sources:
 tasks: {asr: 1, translation: 1, chat: 1, understanding: 1, music: 1, proactive: 1, agent: 1}
 tts: {families: [tone], gate: false}
 tfjp: false
+curate: true
+curate_embedder: hash
 """
 
 
@@ -52,6 +54,7 @@ def test_build_pool_and_read_back(tmp_path):
     s = build.build(_recipe(tmp_path), tmp_path / "a", workers=2, quiet=True)
     assert s["samples"] == 6 and s["shards"] == 3
     assert 0 < s["silence_ratio"] < 1 and s["replies_per_minute"] > 0
+    assert s["xrt_per_core"] > 0 and s["xrt_per_cpu_s"] > 0
     samples = list(read_shards(tmp_path / "a"))
     assert len(samples) == 6
     for x in samples:

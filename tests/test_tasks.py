@@ -93,3 +93,25 @@ def test_env_expansion(tmp_path, monkeypatch):
     assert tasks._expand("${SF_X:-nope}/a.jsonl", Path("/base")) == tmp_path / "a.jsonl"
     monkeypatch.delenv("SF_X")
     assert tasks._expand("${SF_X:-../d}/a.jsonl", Path("/base")) == Path("/base/../d/a.jsonl")
+
+
+def test_proactive_curated_hierarchical(res):
+    """curate: true → proactive streams through curate.curate_stream (OfflineCurator, hash embedder)."""
+    res0 = tasks.Resources(**{**res.__dict__, "mixins": {"history": 0, "silence": 0, "proactive": 0},
+                              "use_curate": True, "curate_embedder": "hash"})
+    replies = 0
+    for seed in range(5):
+        s = tasks.task_proactive(np.random.default_rng(seed), res0)
+        _check(s, res0)
+        meta = next(e for e in s.events if e.get("type") == "meta")
+        assert meta["curation"] == "curate_stream" and meta["scenario"]["title"]
+        fg = [e for e in s.events if e.get("role") == "foreground" and e["provenance"].get("type") in ("clip", "synthetic")]
+        assert fg
+        want = sorted({e["reply_chunk"] for e in fg if e["provenance"]["decision"] == "RESPOND"})
+        assert [t["chunk"] for t in s.timeline] == want  # replies only at RESPOND events
+        assert all("reply_chunk" not in e for e in fg if e["provenance"]["decision"] != "RESPOND")
+        replies += len(want)
+    assert replies > 0
+    a = tasks.task_proactive(np.random.default_rng(3), res0)
+    b = tasks.task_proactive(np.random.default_rng(3), res0)
+    assert a.timeline == b.timeline and np.array_equal(a.wave, b.wave)

@@ -75,3 +75,30 @@ def test_asr_gate_piper_accepts_right_rejects_wrong():
     assert bad > tts.WER_THRESHOLD
     waves, spoken, info = tts.Speaker(tts.Voice("piper"), np.random.default_rng(0), gate).say([text])
     assert info[0]["wer"] <= tts.WER_THRESHOLD and len(waves[0]) > 16000
+
+
+class _RecordingGate(tts.AsrGate):
+    """Records what it is asked to check; fails the unit whose reference contains "three" once."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def check(self, waves, refs):
+        self.calls.append((list(refs), [len(w) for w in waves]))
+        return [1.0 if "three" in r and len(self.calls) == 1 else 0.0 for r in refs]
+
+
+def test_gate_units_check_joined_sentences_and_rerender_whole_unit():
+    gate = _RecordingGate()
+    sp = tts.Speaker(tts.Voice("tone", "tone"), np.random.default_rng(0), gate)
+    texts = ["one two", "three four", "five six", "seven"]
+    waves, spoken, info = sp.say(texts, units=[0, 0, 1, 1], join_gap_s=0.05)
+    refs, lens = gate.calls[0]
+    assert refs == ["one two three four", "five six seven"]  # one gated unit per sentence
+    gap = int(0.05 * 16000)
+    assert lens[1] == len(waves[2]) + gap + len(waves[3])
+    assert gate.calls[1][0] == ["one two three four"]  # the failing unit alone, re-rendered whole
+    assert [i["attempts"] for i in info] == [2, 2, 1, 1]
+    assert info[0]["tts"]["speed"] == info[1]["tts"]["speed"]  # one new speed draw per unit
+    assert gate.stats.retries == 1 and gate.stats.renderings == 6 and gate.stats.dropped == 0
