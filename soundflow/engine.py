@@ -31,12 +31,16 @@ mode="sequential" is the ablation baseline ("w/o FIFO"): one worker does encode 
 reply for one chunk at a time; chunks heard during a reply wait and are then decided one by one.
 
 Context policy: the cache holds the instruction prefix plus a recent window of at most
-`max_context_chunks` chunks (75 = 30 s: about the 60-chunk streams the model is trained on). When the window overflows, the oldest turns are
-evicted a block at a time (`evict_chunks`, default half the window) and the cache is rebuilt
-from the kept input embeddings with fresh contiguous position ids, so positions never leave the
-trained range and per-chunk cost and memory stay flat over hours. The rebuild is one batched
-prefill (compute-bound, ~10x cheaper per token than a decode step); it lands on one chunk step
-and the FIFO queue absorbs it.
+`max_context_chunks` chunks (75 = 30 s: about the 60-chunk streams the model is trained on).
+When the window overflows, the oldest turns are evicted a block at a time (`evict_chunks`,
+default half the window), so positions never leave the trained range and per-chunk cost and
+memory stay flat over hours. The default `context_policy="shift"` drops the evicted turns' KV
+entries and re-rotates the remaining keys n positions down (RoPE is relative, so this equals
+having computed them at the lower positions; the kept entries still carry what they attended
+to, as in StreamingLLM with the instruction prefix as the attention sink): an elementwise pass,
+no stall. `"rebuild"` re-runs the LM over the kept window from its input embeddings — exact
+but a ~0.5 s prefill on 2 CPU cores that stalls one chunk step; it is also used when an
+instruction turn leaves the window (the instruction moves into the prefix).
 
 Barge-in (`barge_in=True`): a new instruction cuts the current reply at the next token; and
 mid-reply, whenever new chunks are queued, the decoder *probes* them (feeds `<eos>` + the
@@ -79,7 +83,10 @@ class EngineOptions:
     instruction: str | None = None  # default instruction of new sessions
     chunk_ms: int = CHUNK_MS
     max_context_chunks: int | None = 75  # recent window kept in the KV cache (None: unbounded)
-    evict_chunks: int | None = None  # chunks evicted per rebuild (default: half the window)
+    evict_chunks: int | None = None  # chunks evicted at a time (default: half the window)
+    # "shift": drop the oldest turns' KV entries and re-rotate the rest (RoPE is relative), an
+    # elementwise pass; "rebuild": re-run the LM over the kept window (a ~0.5 s prefill on CPU)
+    context_policy: str = "shift"
     barge_in: bool = False
     barge_in_threshold: float | None = None  # default: max(threshold, 0.5)
     torch_threads: int | None = None  # None: 1 on machines with <= 2 cores, else as is; 0: as is
@@ -87,6 +94,8 @@ class EngineOptions:
     policy: Callable[[int, float], bool] | None = None
 
     def __post_init__(self) -> None:
+        if self.context_policy not in ("shift", "rebuild"):
+            raise ValueError(f"context_policy must be 'shift' or 'rebuild', not {self.context_policy!r}")
         if self.mode not in ("fifo", "sequential"):
             raise ValueError(f"mode must be 'fifo' or 'sequential', not {self.mode!r}")
         chunk_samples(self.chunk_ms)  # validates
@@ -157,7 +166,7 @@ class Session:
         self._decided = 0  # chunks with a decision
         self._busy = False  # decoder inside a step or reply
         self._new_instruction: str | None = None
-        self.stats = {"encoded": 0, "forwards": 0, "drains": 0, "rebuilds": 0, "barge_ins": 0}
+        self.stats = {"encoded": 0, "forwards": 0, "drains": 0, "rebuilds": 0, "shifts": 0, "barge_ins": 0}
         self._threads: list[threading.Thread] = []
         if opts.mode == "fifo":
             self._threads.append(threading.Thread(target=self._guard(self._encoder_loop), name=name + "-enc", daemon=True))
@@ -476,10 +485,31 @@ class Session:
             return
         block = self.opts.evict_chunks or max(1, cap // 2)
         target = max(0, cap - block)
+        evicted = []
         while self._turns and self._window_chunks > target:
-            t = self._turns.popleft()
-            self._window_chunks -= t.chunks
-        self._rebuild()
+            evicted.append(self._turns.popleft())
+            self._window_chunks -= evicted[-1].chunks
+        if self.opts.context_policy == "shift" and not any(t.instruction for t in evicted) and self._shift(evicted):
+            return
+        self._rebuild()  # also when an instruction turn leaves the window: it must move to the prefix
+
+    @staticmethod
+    def _turn_len(t: _Turn) -> int:
+        """Cache positions a turn occupies (feed_audio puts <silent> between drained chunks)."""
+        return sum(len(x) if kind == "ids" else x.shape[0] * x.shape[1] + x.shape[0] - 1 for kind, x in t.items)
+
+    def _shift(self, evicted: list[_Turn]) -> bool:
+        """StreamingLLM-style eviction: keep the prefix, drop the evicted turns' positions and
+        move the window down by re-rotating its keys (model.shift_cache). False if the cache
+        does not add up (then the caller rebuilds)."""
+        st = self._state
+        n = sum(self._turn_len(t) for t in evicted)
+        if st.prefix_len + n + sum(self._turn_len(t) for t in self._turns) != st.cache.get_seq_length():
+            return False
+        self.model.shift_cache(st.cache, st.prefix_len, n)
+        st.pos -= n
+        self.stats["shifts"] += 1
+        return True
 
     @torch.inference_mode()
     def _rebuild(self) -> None:

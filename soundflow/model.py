@@ -210,6 +210,29 @@ class AudioLM(nn.Module):
     def new_cache(self):
         return GrowableCache()
 
+    @torch.no_grad()
+    def shift_cache(self, cache, start: int, n: int) -> None:
+        """Drop cache positions [start, start + n) and move the later ones n positions down.
+
+        RoPE makes attention depend on relative positions only, and R(a)R(b) = R(a + b): keys
+        stored at position p become keys at p - n by one more rotation by -n, so evicting old
+        context costs an elementwise pass over the window instead of re-running the LM over it.
+        Values carry no position. (Qwen's M-RoPE reduces to plain RoPE here: all three position
+        axes are equal for audio and text.)"""
+        if n <= 0:
+            return
+        for layer in cache.layers:
+            k, v = layer.keys, layer.values
+            tail = k[..., start + n :, :]
+            pos = torch.full((1, tail.shape[-2]), -n, dtype=torch.long)
+            cos, sin = self.body.rotary_emb(tail, pos)
+            cos, sin = cos.to(tail.dtype).unsqueeze(1), sin.to(tail.dtype).unsqueeze(1)
+            half = tail.shape[-1] // 2
+            rot = torch.cat([-tail[..., half:], tail[..., :half]], dim=-1)  # HF's rotate_half
+            layer.keys = torch.cat([k[..., :start, :], tail * cos + rot * sin], dim=-2)
+            layer.values = torch.cat([v[..., :start, :], v[..., start + n :, :]], dim=-2)
+            layer._kbuf = None  # a GrowableLayer re-buffers from keys/values on its next update
+
     # ---- parameter groups for the four-stage freeze policy (paper Appendix, Streaming Training)
     def param_groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
         named = dict(self.named_parameters(remove_duplicate=True))

@@ -149,9 +149,10 @@ def test_memory_across_replies(model):
     assert _decisions(fresh)[0]["p_response"] != pytest.approx(_decisions(evs)[-1]["p_response"], abs=1e-4)
 
 
-def test_context_policy_bounds_cache_on_long_stream(model):
+@pytest.mark.parametrize("policy", ["shift", "rebuild"])
+def test_context_policy_bounds_cache_on_long_stream(model, policy):
     cap = 20
-    opts = EngineOptions(threshold=0.95, max_reply_tokens=2, max_context_chunks=cap)
+    opts = EngineOptions(threshold=0.95, max_reply_tokens=2, max_context_chunks=cap, context_policy=policy)
     sess = Engine(model, opts).session(instruction="watch")
     n = 2000
     rng = np.random.default_rng(1)
@@ -172,15 +173,18 @@ def test_context_policy_bounds_cache_on_long_stream(model):
     per_chunk_max = 10 + 1 + 2 + 1  # audio, control, reply cap, <eos>
     prefix = len("watch")
     assert max(lens) <= prefix + cap * per_chunk_max + 1
-    assert sess.stats["rebuilds"] >= (n - cap) // (cap // 2) - 1
-    assert sess._state.pos == sess.cache_len  # fresh contiguous positions after rebuilds
+    evictions = sess.stats["rebuilds"] + sess.stats["shifts"]
+    assert evictions >= (n - cap) // (cap // 2) - 1
+    assert sess.stats["shifts" if policy == "shift" else "rebuilds"] == evictions
+    assert sess._state.pos == sess.cache_len  # contiguous positions after every eviction
 
 
 def test_rebuild_equals_fresh_decode_of_the_window(model):
     """After a rebuild the cache is what a fresh decoder would build from the kept window."""
     cap = 6
     chunks = list(iter_chunks(_wave(0.4 * 8, seed=5)))
-    sess = Engine(model, EngineOptions(threshold=1.01, max_context_chunks=cap, evict_chunks=3)).session(instruction="x")
+    sess = Engine(model, EngineOptions(threshold=1.01, max_context_chunks=cap, evict_chunks=3,
+                                       context_policy="rebuild")).session(instruction="x")
     evs = list(sess.run(chunks))
     # 8 chunks: rebuild before chunk 6 (window 6 → keep 3: chunks 3,4,5), then 6, 7 appended
     assert sess.stats["rebuilds"] == 1
