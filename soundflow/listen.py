@@ -26,9 +26,8 @@ def _load(model):
 
     if isinstance(model, AudioLM):
         return model, model.cfg.backend, bool(getattr(model, "trained", False))
-    p = Path(str(model))
-    trained = p.is_dir() and (p / "model.json").exists()
-    return load_model(str(model)), str(model), trained
+    m = load_model(str(model))
+    return m, str(model), bool(getattr(m, "trained", False))  # load_checkpoint marks trained models
 
 
 def _fmt_t(t: float) -> str:

@@ -363,6 +363,8 @@ def build_model(cfg: ModelConfig | str = "mini") -> AudioLM:
 def load_model(name: str = "mini") -> AudioLM:
     """A backend name (untrained adapter) or a checkpoint folder written by `train.py`."""
     p = Path(name)
+    if p.is_dir() and not (p / "model.json").exists() and (p / "model" / "model.json").exists():
+        p = p / "model"  # a training run's folder: its final model
     if p.is_dir() and (p / "model.json").exists():
         from .checkpoint import load_checkpoint
 
