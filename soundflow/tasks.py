@@ -22,6 +22,10 @@ IGNORE clips or bare noise with no reply), proactive p = 0.3 (a RESPOND event an
 inserted into another task's stream).
 
 `Dropped` (from the ASR gate) propagates out of a recipe: the builder discards the instance.
+Each recipe exists twice: `steps_<family>` (in `TASK_STEPS`) is a generator that yields the ASR
+gate's requests (`tts.GateRequest`) and receives the verdicts, so the builder can gate the units
+of many instances together in full 30 s Whisper windows; `task_<family>` (in `TASKS`) drives it,
+gating each request at once. Given the same verdicts both give the same sample.
 """
 
 from __future__ import annotations
@@ -226,12 +230,17 @@ def _crop(x: np.ndarray, seconds: float, rng: np.random.Generator) -> np.ndarray
     return x[s : s + n]
 
 
-def _event_clip(row: dict, res: Resources, rng: np.random.Generator, max_s: float = MAX_EVENT_S) -> np.ndarray:
-    x = res.audio(row)
-    if res.use_tfjp:
-        from .tfjp import tfjp
+@functools.lru_cache(maxsize=160)
+def _load_tfjp(path: str) -> np.ndarray:
+    """A clip after TFJP (deterministic), once per process: clips recur across instances. Shared:
+    callers crop and copy, never write into it."""
+    from .tfjp import tfjp
 
-        x = tfjp(x)
+    return tfjp(_load(path))
+
+
+def _event_clip(row: dict, res: Resources, rng: np.random.Generator, max_s: float = MAX_EVENT_S) -> np.ndarray:
+    x = _load_tfjp(row["path"]) if res.use_tfjp else res.audio(row)
     return _crop(x, float(rng.uniform(min(2.0, max_s), max_s)), rng).astype(np.float32)
 
 
@@ -247,8 +256,10 @@ def _pick(rows: list, rng: np.random.Generator):
 
 
 def _say(speaker: tts.Speaker, texts: list[str], turns_prov: dict | None = None, units: list[int] | None = None,
-         join_gap_s: float = 0.0) -> tuple[list[np.ndarray], list[str], list[dict]]:
-    waves, spoken, info = speaker.say(texts, units=units, join_gap_s=join_gap_s)
+         join_gap_s: float = 0.0):
+    """Generator (use `yield from`): render and gate `texts`, yielding the gate's requests;
+    returns (waves, spoken texts, provenance per text)."""
+    waves, spoken, info = yield from speaker.say_steps(texts, units=units, join_gap_s=join_gap_s)
     return waves, spoken, [{"type": "tts", "text": t, **i, **(turns_prov or {})} for t, i in zip(texts, info)]
 
 
@@ -273,7 +284,8 @@ def draw_mix(rng: np.random.Generator, res: Resources, task: str) -> Mix:
 
 
 def _apply_mixins(turns: list[Turn], mix: Mix, rng: np.random.Generator, res: Resources,
-                  speaker: tts.Speaker | None, budget: float, task: str = "") -> tuple[list[Turn], list[str]]:
+                  speaker: tts.Speaker | None, budget: float, task: str = ""):
+    """Generator (`yield from`): returns (turns, applied mix-in names)."""
     applied = []
     used = sum(t.seconds for t in turns)
     if mix.proactive and used + 2.0 <= budget:
@@ -304,7 +316,7 @@ def _apply_mixins(turns: list[Turn], mix: Mix, rng: np.random.Generator, res: Re
     if mix.history and speaker is not None and len(memos) >= 3:
         k = int(rng.integers(0, len(memos) - 2))  # >= 3 memo'd turns back from the question
         q = f"Going back a bit, what was the {ORDINALS[min(k, 7)]} thing in this conversation?"
-        waves, spoken, prov = _say(speaker, [q])
+        waves, spoken, prov = yield from _say(speaker, [q])
         if used + len(waves[0]) / SAMPLE_RATE + 0.4 <= budget:
             answer = f"The {ORDINALS[min(k, 7)]} thing was {turns[memos[k]].memo}."
             prov[0].update(mixin="history", asks_turn=memos[k], turns_back=len(memos) - k)
@@ -328,9 +340,10 @@ def _noise_tracks(rng: np.random.Generator, res: Resources) -> tuple[np.ndarray 
 
 
 def finish(task: str, turns: list[Turn], instruction: str, rng: np.random.Generator, res: Resources,
-           mix: Mix, speaker: tts.Speaker | None, extra: dict | None = None) -> StreamSample:
-    """Mix-ins, compose with two noise tracks, enforce L_max: one `StreamSample` (wave in memory)."""
-    turns, applied = _apply_mixins(turns, mix, rng, res, speaker, res.max_seconds, task)
+           mix: Mix, speaker: tts.Speaker | None, extra: dict | None = None):
+    """Generator (`yield from`): mix-ins, compose with two noise tracks, enforce L_max; returns
+    one `StreamSample` (wave in memory)."""
+    turns, applied = yield from _apply_mixins(turns, mix, rng, res, speaker, res.max_seconds, task)
     events = [e for t in turns for e in t.events]
     n_ev, n_amb, noise_prov = _noise_tracks(rng, res)
     y, timeline, info = compose(events, n_ev, n_amb, rng, chunk_ms=res.chunk_ms)
@@ -363,7 +376,7 @@ def _begin(rng: np.random.Generator, res: Resources, task: str, need_speaker: bo
 # ----------------------------------------------------------------------------- the seven families
 
 
-def task_asr(rng: np.random.Generator, res: Resources) -> StreamSample:
+def steps_asr(rng: np.random.Generator, res: Resources):
     """Real-time ASR: each word group's (or digit's) text at the chunk where its audio ends."""
     mix, speaker, budget = _begin(rng, res, "asr")
     turns: list[Turn] = []
@@ -400,8 +413,8 @@ def task_asr(rng: np.random.Generator, res: Resources) -> StreamSample:
         # Each group is rendered alone (its end is then exact, for the reply chunk) but the ASR gate
         # checks each sentence as one unit: its groups joined by the same 50 ms gaps the stream has.
         by_sentence = res.asr_gate_unit != "group"
-        waves, spoken, prov = _say(speaker, groups, units=owner if by_sentence else None,
-                                   join_gap_s=ASR_GROUP_GAP_S if by_sentence else 0.0)
+        waves, spoken, prov = yield from _say(speaker, groups, units=owner if by_sentence else None,
+                                              join_gap_s=ASR_GROUP_GAP_S if by_sentence else 0.0)
         used = 0.0
         for w, sp, pr, si in zip(waves, spoken, prov, owner):
             gap = 0.25 if turns and owner[len(turns) - 1] != si else ASR_GROUP_GAP_S
@@ -412,15 +425,15 @@ def task_asr(rng: np.random.Generator, res: Resources) -> StreamSample:
         sub = "sentences"
     if not turns:
         raise ValueError("asr: nothing fits the budget")
-    return finish("asr", turns, "Transcribe the speech as you hear it.", rng, res, mix, speaker, {"subtask": sub})
+    return (yield from finish("asr", turns, "Transcribe the speech as you hear it.", rng, res, mix, speaker, {"subtask": sub}))
 
 
-def task_translation(rng: np.random.Generator, res: Resources) -> StreamSample:
+def steps_translation(rng: np.random.Generator, res: Resources):
     """Simultaneous interpretation: each source sentence's translation at the chunk where it ends."""
     mix, speaker, budget = _begin(rng, res, "translation", need_speaker=True)
     lang = _pick(sorted(LANGS), rng)
     pairs = [res.parallel[int(i)] for i in rng.choice(len(res.parallel), size=min(4, len(res.parallel)), replace=False)]
-    waves, spoken, prov = _say(speaker, [p["src"] for p in pairs])
+    waves, spoken, prov = yield from _say(speaker, [p["src"] for p in pairs])
     turns, used = [], 0.0
     for w, p, pr in zip(waves, pairs, prov):
         gap = float(rng.uniform(0.3, 0.9))
@@ -431,15 +444,15 @@ def task_translation(rng: np.random.Generator, res: Resources) -> StreamSample:
         used += len(w) / SAMPLE_RATE + gap
     if not turns:
         raise ValueError("translation: nothing fits the budget")
-    return finish("translation", turns, f"Interpret what you hear into {LANGS[lang]}, sentence by sentence.",
-                  rng, res, mix, speaker, {"lang": lang})
+    return (yield from finish("translation", turns, f"Interpret what you hear into {LANGS[lang]}, sentence by sentence.",
+                              rng, res, mix, speaker, {"lang": lang}))
 
 
-def task_chat(rng: np.random.Generator, res: Resources) -> StreamSample:
+def steps_chat(rng: np.random.Generator, res: Resources):
     """Voice chat: a reply at the end of each user turn, then a pause while the assistant talks."""
     mix, speaker, budget = _begin(rng, res, "chat", need_speaker=True)
     ex = [res.chats[int(i)] for i in rng.choice(len(res.chats), size=min(5, len(res.chats)), replace=False)]
-    waves, spoken, prov = _say(speaker, [e["user"] for e in ex])
+    waves, spoken, prov = yield from _say(speaker, [e["user"] for e in ex])
     turns, used = [], 0.0
     for w, e, pr in zip(waves, ex, prov):
         pause = float(rng.uniform(0.8, 2.0))  # the assistant's turn: the user waits
@@ -449,11 +462,11 @@ def task_chat(rng: np.random.Generator, res: Resources) -> StreamSample:
         used += len(w) / SAMPLE_RATE + pause
     if not turns:
         raise ValueError("chat: nothing fits the budget")
-    return finish("chat", turns, "You are a helpful voice assistant. Answer the user each time they finish speaking.",
-                  rng, res, mix, speaker)
+    return (yield from finish("chat", turns, "You are a helpful voice assistant. Answer the user each time they finish speaking.",
+                              rng, res, mix, speaker))
 
 
-def task_understanding(rng: np.random.Generator, res: Resources) -> StreamSample:
+def steps_understanding(rng: np.random.Generator, res: Resources):
     """Streaming audio understanding: questions about what was heard, answered from the captions."""
     mix, speaker, budget = _begin(rng, res, "understanding")
     spoken_q = speaker is not None and rng.random() < 0.7
@@ -485,16 +498,16 @@ def task_understanding(rng: np.random.Generator, res: Resources) -> StreamSample
     if not turns:
         raise ValueError("understanding: nothing fits the budget")
     if spoken_q:
-        waves, spoken, prov = _say(speaker, q_texts)
+        waves, spoken, prov = yield from _say(speaker, q_texts)
         for t, w, pr in zip(turns, waves, prov):
             t.events.append(Event(w, response=t.qa[1], provenance={**pr, "question": True}))  # type: ignore[attr-defined]
         instr = "Listen to the sounds around you and answer my questions about them."
     else:
         instr = "After each sound, say briefly what it was."
-    return finish("understanding", turns, instr, rng, res, mix, speaker, {"spoken_questions": spoken_q})
+    return (yield from finish("understanding", turns, instr, rng, res, mix, speaker, {"spoken_questions": spoken_q}))
 
 
-def task_music(rng: np.random.Generator, res: Resources) -> StreamSample:
+def steps_music(rng: np.random.Generator, res: Resources):
     """Following music: say when the music stops, or what is playing when asked."""
     mix, speaker, budget = _begin(rng, res, "music")
     row = _pick(res.music, rng)
@@ -511,11 +524,11 @@ def task_music(rng: np.random.Generator, res: Resources) -> StreamSample:
         turns.append(Turn([_silence(float(rng.uniform(1.0, 1.6)), response="The music has stopped.")]))
         instr = "Tell me when the music stops."
     else:
-        waves, spoken, pr = _say(speaker, [_pick(["What kind of music is this?", "What's playing right now?",
+        waves, spoken, pr = yield from _say(speaker, [_pick(["What kind of music is this?", "What's playing right now?",
                                                   "Can you describe this music?"], rng)])
         turns.append(Turn([_silence(0.3), Event(waves[0], response=f"It sounds like {desc}.", provenance=pr[0])]))
         instr = "Listen along and answer questions about the music."
-    return finish("music", turns, instr, rng, res, mix, speaker, {"subtask": sub})
+    return (yield from finish("music", turns, instr, rng, res, mix, speaker, {"subtask": sub}))
 
 
 @functools.lru_cache(maxsize=4)
@@ -579,16 +592,16 @@ def proactive_events(rng: np.random.Generator, res: Resources, budget: float) ->
     return turns, {"curation": "direct"}
 
 
-def task_proactive(rng: np.random.Generator, res: Resources) -> StreamSample:
+def steps_proactive(rng: np.random.Generator, res: Resources):
     """Proactive response: reply only at RESPOND events, silence through IGNORE events."""
     mix, speaker, budget = _begin(rng, res, "proactive")
     turns, extra = proactive_events(rng, res, budget)
     if not turns:
         raise ValueError("proactive: nothing fits the budget")
-    return finish("proactive", turns, "Let me know if anything needs my attention.", rng, res, mix, speaker, extra)
+    return (yield from finish("proactive", turns, "Let me know if anything needs my attention.", rng, res, mix, speaker, extra))
 
 
-def task_agent(rng: np.random.Generator, res: Resources) -> StreamSample:
+def steps_agent(rng: np.random.Generator, res: Resources):
     """Audio agent: a JSON tool call as the reply when a sound or a spoken command calls for one."""
     mix, speaker, budget = _begin(rng, res, "agent")
     tool_rows = [r for r in res.events if r.get("class") in TOOL_CALLS]
@@ -601,7 +614,7 @@ def task_agent(rng: np.random.Generator, res: Resources) -> StreamSample:
         else:
             plan.append(("sound", _pick(tool_rows if u < 0.7 else ignore, rng)))
     said = [p[1][0] for p in plan if p[0] == "say"]
-    rendered = _say(speaker, said) if said else ([], [], [])
+    rendered = (yield from _say(speaker, said)) if said else ([], [], [])
     waves, provs = iter(rendered[0]), iter(rendered[2])
     turns, used = [], 0.0
     for kind, what in plan:
@@ -625,8 +638,38 @@ def task_agent(rng: np.random.Generator, res: Resources) -> StreamSample:
     tools = sorted({c["tool"] for c in TOOL_CALLS.values()} | {c["tool"] for _, c in SPOKEN_COMMANDS})
     instr = ("You are a home assistant with tools (" + ", ".join(tools) + "). When a sound or a request "
              'calls for a tool, reply with one JSON object {"tool": ..., ...}; otherwise stay silent.')
-    return finish("agent", turns, instr, rng, res, mix, speaker)
+    return (yield from finish("agent", turns, instr, rng, res, mix, speaker))
 
+
+# Each family as a generator of `tts.GateRequest`s (the builder gates many instances' units
+# together, in full 30 s Whisper windows) and as a plain function (gating each request at once).
+TASK_STEPS: dict[str, Callable] = {
+    "asr": steps_asr,
+    "translation": steps_translation,
+    "chat": steps_chat,
+    "understanding": steps_understanding,
+    "music": steps_music,
+    "proactive": steps_proactive,
+    "agent": steps_agent,
+}
+
+
+def _sync(steps: Callable) -> Callable[[np.random.Generator, Resources], StreamSample]:
+    def task(rng: np.random.Generator, res: Resources) -> StreamSample:
+        return tts.run_steps(steps(rng, res), res.gate)
+
+    task.__name__ = task.__qualname__ = steps.__name__.replace("steps_", "task_")
+    task.__doc__ = steps.__doc__
+    return task
+
+
+task_asr = _sync(steps_asr)
+task_translation = _sync(steps_translation)
+task_chat = _sync(steps_chat)
+task_understanding = _sync(steps_understanding)
+task_music = _sync(steps_music)
+task_proactive = _sync(steps_proactive)
+task_agent = _sync(steps_agent)
 
 TASKS: dict[str, Callable[[np.random.Generator, Resources], StreamSample]] = {
     "asr": task_asr,

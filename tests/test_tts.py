@@ -62,6 +62,7 @@ def test_gate_drops_whole_instance_after_retries():
         sp.say(["one two", "three"])
     assert e.value.attempts == tts.RETRIES + 1
     assert gate.stats.dropped == 1 and gate.stats.retries == 2 * tts.RETRIES
+    assert e.value.family == "tone" and gate.stats.dropped_by_family == {"tone": 1}
 
 
 @pytest.mark.slow
@@ -102,3 +103,41 @@ def test_gate_units_check_joined_sentences_and_rerender_whole_unit():
     assert [i["attempts"] for i in info] == [2, 2, 1, 1]
     assert info[0]["tts"]["speed"] == info[1]["tts"]["speed"]  # one new speed draw per unit
     assert gate.stats.retries == 1 and gate.stats.renderings == 6 and gate.stats.dropped == 0
+
+
+def test_pack_windows_first_fit_decreasing():
+    d = [3.0, 20.0, 5.0, 9.0, 2.0, 40.0, 6.0]
+    wins = tts.pack_windows(d, gap_s=0.6, max_s=28.0)
+    assert sorted(k for w in wins for k in w) == list(range(len(d)))  # each rendering exactly once
+    assert [5] in wins  # longer than a window: alone
+    for w in wins:
+        assert w == sorted(w)
+        if len(w) > 1:
+            assert 0.6 + sum(d[k] + 0.6 for k in w) <= 28.0
+    assert wins == [[5], [1, 6], [0, 2, 3, 4]]  # 40 | 20+6 | 9+5+3+2: first-fit decreasing
+    assert tts.pack_windows(d) == wins  # deterministic
+
+
+def test_say_steps_yields_requests_same_result_as_say():
+    texts = ["one two", "three four", "five"]
+    gate = _RecordingGate()
+    a = tts.Speaker(tts.Voice("tone", "tone"), np.random.default_rng(4), gate).say(texts)
+    steps = tts.Speaker(tts.Voice("tone", "tone"), np.random.default_rng(4), _RecordingGate()).say_steps(texts)
+    req = next(steps)
+    assert isinstance(req, tts.GateRequest) and req.refs == texts
+    req = steps.send([0.0, 1.0, 0.0])  # the driver answers; the failing unit comes back re-rendered
+    assert req.refs == ["three four"]
+    with pytest.raises(StopIteration) as stop:
+        steps.send([0.0])
+    b = stop.value.value
+    assert [len(w) for w in a[0]] == [len(w) for w in b[0]] and a[1] == b[1] and a[2] == b[2]
+
+
+def test_split_by_alignment_keeps_errors_in_their_unit():
+    refs = ["Lock the front door.", "Call my mother.", "It is twelve times eight.", "Nine."]
+    hyp = "Lock the front door call my brother. It is 12 times 8. Nine."
+    parts = tts.split_by_alignment(hyp, refs)
+    assert parts == ["Lock the front door", "call my brother.", "It is 12 times 8.", "Nine."]
+    assert [tts.wer(r, h) > tts.WER_THRESHOLD for r, h in zip(refs, parts)] == [False, True, False, False]
+    assert tts.split_by_alignment("", refs) == ["", "", "", ""]
+    assert tts.split_by_alignment("extra words", ["", ""]) == ["", "extra words"]
