@@ -66,6 +66,14 @@ def test_gate_drops_whole_instance_after_retries():
 
 
 @pytest.mark.slow
+def test_piper_rendering_is_reproducible():
+    """Builds are deterministic for a seed only if a rendering is a function of its inputs."""
+    v = tts.Voice("piper", speed=1.1)
+    a, b = v.render("The kettle is boiling."), v.render("The kettle is boiling.")
+    assert len(a) > 8000 and np.array_equal(a, b)
+
+
+@pytest.mark.slow
 def test_asr_gate_piper_accepts_right_rejects_wrong():
     text = tts.normalize_text("Turn off the lights in the kitchen, please.")
     wave = tts.Voice("piper").render(text)
