@@ -8,8 +8,8 @@ from pathlib import Path
 
 
 def summary(result: dict) -> dict:
-    """The result without per-event rows (what `--json` prints)."""
-    return {k: v for k, v in result.items() if k != "events"}
+    """The result without per-event / per-item rows (what `--json` prints and metrics.json holds)."""
+    return {k: v for k, v in result.items() if k not in ("events", "items")}
 
 
 def print_json_last(metrics: dict) -> None:
@@ -118,14 +118,20 @@ def plot_confusion(m: dict, tier: str, path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(result: dict, out: str | Path) -> Path:
-    """Write report.md, metrics.json, events.jsonl and PNG plots into `out`; returns report.md."""
+def write_metrics_and_rows(result: dict, out: str | Path, key: str) -> Path:
+    """`out/metrics.json` (the summary) and `out/<key>.jsonl` (the per-event/item rows)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(summary(result), indent=2, default=str))
-    with open(out / "events.jsonl", "w", encoding="utf-8") as f:
-        for e in result.get("events", []):
+    with open(out / f"{key}.jsonl", "w", encoding="utf-8") as f:
+        for e in result.get(key, []):
             f.write(json.dumps(e, ensure_ascii=False, default=str) + "\n")
+    return out
+
+
+def write_report(result: dict, out: str | Path) -> Path:
+    """Write report.md, metrics.json, events.jsonl and PNG plots into `out`; returns report.md."""
+    out = write_metrics_and_rows(result, out, "events")
     md = markdown(result)
     if result.get("tiers"):
         plot_categories(result, out / "per_macro.png", "per_macro")

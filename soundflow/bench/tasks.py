@@ -34,6 +34,7 @@ import numpy as np
 
 from ..audio import AudioError, load_audio
 from .common import ChunkResult, as_runner, call_runner, read_jsonl, reply_text, resolve_audio, runner_name
+from .report import summary, write_metrics_and_rows
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 LANGUAGES = {"fr": "French", "de": "German", "es": "Spanish", "it": "Italian", "pt": "Portuguese", "zh": "Chinese",
@@ -495,11 +496,6 @@ def _num(x, nd: int = 2) -> str:
     return "–" if x is None else f"{x:.{nd}f}"
 
 
-def summary(result: dict) -> dict:
-    """The result without per-item rows (what `json=True` prints and metrics.json holds)."""
-    return {k: v for k, v in result.items() if k not in ("items", "events")}
-
-
 def _print_json(result: dict) -> None:
     from .report import print_json_last
 
@@ -554,12 +550,7 @@ def write_task_report(result: dict, out: str | Path, md: str, plots: dict[str, C
 
     `plots` maps a PNG file name to a function drawing it; a latency histogram is added when
     `latencies` (or the result's `latency_ms` stats with a `_latencies` list) are given."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(_json.dumps(summary(result), indent=2, default=str))
-    with open(out / "items.jsonl", "w", encoding="utf-8") as f:
-        for r in result.get("items", []):
-            f.write(_json.dumps(r, ensure_ascii=False, default=str) + "\n")
+    out = write_metrics_and_rows(result, out, "items")
     plots = dict(plots or {})
     if latencies:
         plots["latency_hist.png"] = lambda p: plot_latency_hist(latencies, p)
