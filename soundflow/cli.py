@@ -49,7 +49,7 @@ def _serve(a) -> int:
     from .server import serve
 
     return serve(host=a.host, port=a.port, model=a.model, token=a.token or os.environ.get("SOUNDFLOW_TOKEN"),
-                 quant=_quant(a.quant))
+                 quant=_quant(a.quant), batch=not a.no_batch)
 
 
 def _bench_proactive(a) -> int:
@@ -102,7 +102,8 @@ def _bench_latency(a) -> int:
     from .bench.latency import bench_latency
 
     bench_latency(model=a.model, seconds=a.seconds, minutes=a.minutes, json=a.json, quant=_quant(a.quant),
-                  reply_tokens=a.reply_tokens)
+                  reply_tokens=tuple(int(x) for x in str(a.reply_tokens).split(",")), parts=a.parts,
+                  cap_seconds=a.cap_seconds, max_sessions=a.max_sessions, threads=a.threads)
     return 0
 
 
@@ -170,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default="mini")
     s.add_argument("--token", default=None, help="require this bearer token (or set SOUNDFLOW_TOKEN)")
     s.add_argument("--quant", choices=["int8", "bf16", "none"], default="int8")
+    s.add_argument("--no-batch", action="store_true",
+                   help="run each connection's forwards on its own (default: batched across connections)")
     s.set_defaults(fn=_serve)
 
     b = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
@@ -219,7 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default="mini")
     s.add_argument("--minutes", type=float, default=60.0, help="audio length for the long-stream test")
     s.add_argument("--seconds", type=float, default=60.0, help="audio length for the 1x real-time tests")
-    s.add_argument("--reply-tokens", type=int, default=48, help="forced reply length in the FIFO vs sequential test")
+    s.add_argument("--reply-tokens", default="16,48,128",
+                   help="forced reply lengths swept in the FIFO vs sequential test (comma-separated)")
+    s.add_argument("--parts", default="latency,fifo_vs_seq,long,capacity,capacity_batched",
+                   help="which parts to run (comma-separated)")
+    s.add_argument("--cap-seconds", type=float, default=20.0, help="audio per session in the capacity test")
+    s.add_argument("--max-sessions", type=int, default=32, help="largest session count the capacity test tries")
+    s.add_argument("--threads", type=int, default=None, help="torch threads (default: the engine's policy)")
     s.add_argument("--quant", choices=["int8", "bf16", "none"], default="int8")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=_bench_latency)

@@ -37,15 +37,19 @@ class DecoderState:
     pending: list[int] = field(default_factory=list)  # tokens emitted but not yet in the cache
     chunks: int = 0  # stream chunks consumed
     prefix_len: int = 0  # instruction positions (kept by context policies)
+    batcher: object | None = None  # a batching.Batcher: forwards run batched with other sessions'
 
 
 def _forward(model, state: DecoderState, embeds: torch.Tensor) -> torch.Tensor:
     """Append (1, L, d) embeddings to the cache; return the last position's hidden state."""
     L = embeds.shape[1]
-    pos = torch.arange(state.pos, state.pos + L).unsqueeze(0)
-    h = model.hidden(embeds, cache=state.cache, position_ids=pos)
+    if state.batcher is not None:
+        h = state.batcher.hidden_last(embeds[0], state.cache, state.pos)
+    else:
+        pos = torch.arange(state.pos, state.pos + L).unsqueeze(0)
+        h = model.hidden(embeds, cache=state.cache, position_ids=pos)[0, -1]
     state.pos += L
-    return h[0, -1]
+    return h
 
 
 def _pending_embeds(model, state: DecoderState) -> list[torch.Tensor]:
@@ -57,9 +61,10 @@ def _pending_embeds(model, state: DecoderState) -> list[torch.Tensor]:
 
 
 @torch.inference_mode()
-def start(model, instruction: str | None = None, instruction_audio: torch.Tensor | None = None) -> DecoderState:
+def start(model, instruction: str | None = None, instruction_audio: torch.Tensor | None = None,
+          batcher=None) -> DecoderState:
     """New state with the instruction prefix (text, and/or adapted audio chunks) in the cache."""
-    state = DecoderState(cache=model.new_cache())
+    state = DecoderState(cache=model.new_cache(), batcher=batcher)
     parts = []
     if instruction:
         ids = model.tokenizer.encode(instruction)

@@ -44,7 +44,7 @@ instruction turn leaves the window (the instruction moves into the prefix).
 
 Barge-in (`barge_in=True`): a new instruction cuts the current reply at the next token; and
 mid-reply, whenever new chunks are queued, the decoder *probes* them (feeds `<eos>` + the
-queued chunks, reads P(<response>)) and rolls the cache back (`DynamicCache.crop`) unless
+queued chunks, reads P(<response>)) and rolls the cache back (`model.truncate_cache`) unless
 P ≥ `barge_in_threshold`, in which case the reply is cut there and a new reply starts.
 
 Threads and torch: torch's intra-op pool is process-wide. On a small CPU (≤ 2 cores) the
@@ -52,7 +52,9 @@ engine sets `torch.set_num_threads(1)` by default (`EngineOptions.torch_threads`
 thread and the decoder thread then each run on one core and never oversubscribe, which
 measured faster end to end than both sharing two intra-op threads (see bench/latency.py).
 Each session costs two Python threads (one in sequential mode) that sleep on condition
-variables when idle; sessions do not share a decoder worker (no cross-session batching yet).
+variables when idle. With `batch=True` those threads hand their forwards to two workers
+shared by all the engine's sessions, which run whatever is waiting as one batched forward
+(batching.py: more sessions per machine, see BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ import torch
 
 from . import decoding
 from .audio import CHUNK_MS, AudioError, Chunker, chunk_samples
+from .model import truncate_cache
 
 _END = object()
 
@@ -90,6 +93,9 @@ class EngineOptions:
     barge_in: bool = False
     barge_in_threshold: float | None = None  # default: max(threshold, 0.5)
     torch_threads: int | None = None  # None: 1 on machines with <= 2 cores, else as is; 0: as is
+    # batch the forwards of all this engine's sessions (batching.py): more sessions per machine;
+    # with int8 linears a session's numbers then depend on its batch-mates to int8 precision
+    batch: bool = False
     # Testing/benchmark hook: policy(chunk, p_response) -> respond?  (overrides the threshold)
     policy: Callable[[int, float], bool] | None = None
 
@@ -118,6 +124,18 @@ class Engine:
         self.options = options or EngineOptions()
         _set_threads(self.options.torch_threads)
         self._ids = itertools.count()
+        self._batcher = None
+        self._batcher_lock = threading.Lock()
+
+    @property
+    def batcher(self):
+        """The shared encoder/decoder workers (made on first use by a batching session)."""
+        with self._batcher_lock:
+            if self._batcher is None:
+                from .batching import Batcher
+
+                self._batcher = Batcher(self.model)
+            return self._batcher
 
     def session(self, instruction: str | None = None, **overrides) -> "Session":
         """A new independent stream. `overrides` replace EngineOptions fields for this session."""
@@ -125,7 +143,14 @@ class Engine:
         if overrides:
             opts = EngineOptions(**{**opts.__dict__, **overrides})
         return Session(self.model, opts, instruction if instruction is not None else opts.instruction,
-                       name=f"sf-session-{next(self._ids)}")
+                       name=f"sf-session-{next(self._ids)}", batcher=self.batcher if opts.batch else None)
+
+    def close(self) -> None:
+        """Stop the shared batch workers (sessions still running get an error event)."""
+        with self._batcher_lock:
+            if self._batcher is not None:
+                self._batcher.close()
+                self._batcher = None
 
 
 @dataclass
@@ -148,9 +173,11 @@ class _Turn:
 class Session:
     """One stream's state and threads. Thread-safe `feed` / `set_instruction` / `close`."""
 
-    def __init__(self, model, opts: EngineOptions, instruction: str | None, name: str = "sf-session"):
+    def __init__(self, model, opts: EngineOptions, instruction: str | None, name: str = "sf-session",
+                 batcher=None):
         self.model = model
         self.opts = opts
+        self._batcher = batcher
         self.instruction = instruction
         self._chunk_s = opts.chunk_ms / 1000
         self._chunker = Chunker(opts.chunk_ms)
@@ -175,6 +202,8 @@ class Session:
             self._threads.append(threading.Thread(target=self._guard(self._sequential_loop), name=name + "-seq", daemon=True))
         self._state: decoding.DecoderState | None = None
         self._turns: deque[_Turn] = deque()
+        if batcher is not None:
+            batcher.attach()
         self._window_chunks = 0
         for t in self._threads:
             t.start()
@@ -327,12 +356,17 @@ class Session:
                 if threading.current_thread() is self._threads[-1]:
                     for t in self._threads[:-1]:
                         t.join()
+                    if self._batcher is not None:
+                        self._batcher.detach()
                     self._emit(_END)
         return run
 
     def _encode(self, c: _Chunk) -> None:
-        with torch.inference_mode():
-            c.audio = self.model.encode(self.model.features(torch.as_tensor(c.pcm)[None]))
+        if self._batcher is not None:
+            c.audio = self._batcher.encode(c.pcm)
+        else:
+            with torch.inference_mode():
+                c.audio = self.model.encode(self.model.features(torch.as_tensor(c.pcm)[None]))
         c.pcm = None
         self.stats["encoded"] += 1
 
@@ -361,7 +395,7 @@ class Session:
 
     # ---- decoder side (shared by both modes)
     def _start(self) -> None:
-        self._state = decoding.start(self.model, self.instruction)
+        self._state = decoding.start(self.model, self.instruction, batcher=self._batcher)
         self.stats["forwards"] += 1 if self._state.pos else 0
 
     def _decide(self, k: int, p: float) -> bool:
@@ -472,7 +506,7 @@ class Session:
         audio = torch.cat([c.audio for c in batch])
         p = decoding.feed_audio(self.model, st, audio)
         self.stats["forwards"] += 1
-        st.cache.crop(saved[0])  # roll back: a cut reply re-feeds these chunks for real
+        truncate_cache(st.cache, saved[0])  # roll back: a cut reply re-feeds these chunks for real
         st.pos, st.pending, st.chunks = saved
         return p >= thr
 
@@ -537,7 +571,8 @@ class Session:
                             parts.append(silent)
                         parts.append(x[j].to(silent.dtype))
         self._turns = kept
-        new = decoding.DecoderState(cache=m.new_cache(), pending=list(st.pending), chunks=st.chunks)
+        new = decoding.DecoderState(cache=m.new_cache(), pending=list(st.pending), chunks=st.chunks,
+                                    batcher=st.batcher)
         if parts:
             decoding._forward(m, new, torch.cat(parts).unsqueeze(0))
         new.prefix_len = prefix_len

@@ -57,12 +57,11 @@ def gqa_attention(module, query, key, value, attention_mask, scaling=None, dropo
     query heads onto their KV head makes it two small matmuls with no copy of the cache.
     `attention_mask` is SDPA's boolean mask (True = attend) or None."""
     b, h, q, d = query.shape
+    if attention_mask is None:  # SDPA would run is_causal: the new queries end the sequence
+        return causal_gqa(query, key, value, scaling), None
     hkv = key.shape[1]
     g = h // hkv
     scores = (query.reshape(b, hkv, g * q, d) @ key.transpose(-1, -2)) * (scaling or d ** -0.5)
-    if attention_mask is None and q > 1:  # SDPA would run is_causal: the new queries end the sequence
-        k = key.shape[-2]
-        attention_mask = (torch.arange(q)[:, None] + (k - q) >= torch.arange(k)[None, :])[None, None]
     if attention_mask is not None:
         m = attention_mask[..., -q:, : key.shape[-2]]
         m = m.expand(b, 1, q, m.shape[-1]) if m.shape[1] == 1 else m
@@ -70,6 +69,27 @@ def gqa_attention(module, query, key, value, attention_mask, scaling=None, dropo
         scores = scores.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else scores + m
     out = scores.softmax(-1).to(value.dtype) @ value  # (b, hkv, g*q, d)
     return out.reshape(b, h, q, d).transpose(1, 2).contiguous(), None
+
+
+_TRIU: dict[int, torch.Tensor] = {}
+
+
+def causal_gqa(query, key, value, scaling=None) -> torch.Tensor:
+    """`gqa_attention` for the common case — q new queries at the END of the keys, causal —
+    in as few ops as possible (a decode step runs it once per layer per session, so per-op
+    overhead dominates): the mask only touches the last q key columns, through a cached
+    additive (q, q) upper triangle. (b, h, q, d) → (b, q, h, d)."""
+    b, h, q, d = query.shape
+    hkv, k = key.shape[1], key.shape[-2]
+    g = h // hkv
+    scores = (query * (scaling or d ** -0.5)).reshape(b, hkv, g * q, d) @ key.transpose(-1, -2)
+    if q > 1:
+        tri = _TRIU.get(q)
+        if tri is None:
+            tri = _TRIU[q] = torch.full((q, q), float("-inf")).triu(1)
+        scores.view(b, hkv, g, q, k)[..., k - q:] += tri.to(scores.dtype)
+    out = scores.softmax(-1).to(value.dtype) @ value  # (b, hkv, g*q, d)
+    return out.view(b, h, q, d).transpose(1, 2)
 
 
 def use_gqa_attention(model) -> None:

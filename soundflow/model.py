@@ -15,6 +15,7 @@ through its KV cache. 40 mel frames → 20 encoder frames → 10 audio slots per
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -139,6 +140,17 @@ def GrowableCache():
     return Cache(layer_class_to_replicate=_growable_layer_class())
 
 
+def truncate_cache(cache, length: int) -> None:
+    """Keep the first `length` positions of every layer (roll back a tentative forward).
+
+    `Cache.crop`'s argument changed meaning across transformers releases (a final length, then
+    a count to remove); this says what it means. Growable buffers stay: the next update
+    overwrites the stale tail."""
+    for layer in cache.layers:
+        if getattr(layer, "keys", None) is not None and layer.keys.shape[-2] > length:
+            layer.keys, layer.values = layer.keys[..., :length, :], layer.values[..., :length, :]
+
+
 # --------------------------------------------------------------------------- the model
 
 
@@ -194,6 +206,51 @@ class AudioLM(nn.Module):
         out = self.body(inputs_embeds=inputs_embeds, attention_mask=attention_mask, cache=cache,
                         position_ids=position_ids, use_cache=cache is not None)
         return out.last_hidden_state
+
+    @property
+    def supports_ragged(self) -> bool:
+        """Whether `hidden_ragged` can batch this LM body (Llama/Qwen2-style layers, 1-D RoPE)."""
+        # a whitelist: other bodies (Qwen2.5-Omni's M-RoPE text model) differ in ways a
+        # generic loop would silently get wrong; they run one stream at a time
+        return type(self.body).__name__ in ("LlamaModel", "Qwen2Model", "MistralModel")
+
+    @torch.no_grad()
+    def hidden_ragged(self, requests: list[tuple[torch.Tensor, object, int]]) -> list[torch.Tensor]:
+        """One forward for several independent streams: [(embeds (L_i, d), cache_i, pos_i)] →
+        the last hidden state (d,) of each.
+
+        Cross-session batching without padding: the streams' new tokens are concatenated into
+        one (1, ΣL, d) sequence for every linear layer (the weights are read once for all),
+        and only attention runs per stream, against that stream's own KV cache. In fp32 this
+        equals running `hidden` on each stream alone (to float round-off); with dynamic int8
+        linears the activations of one batch share a quantisation scale, so it equals it to
+        int8 precision."""
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+        from .fast import causal_gqa
+
+        b = self.body
+        x = torch.cat([e for e, _, _ in requests]).unsqueeze(0)
+        lens = [e.shape[0] for e, _, _ in requests]
+        pos = torch.cat([torch.arange(p, p + n) for (_, _, p), n in zip(requests, lens)]).unsqueeze(0)
+        cos, sin = b.rotary_emb(x, pos)
+        bounds = list(zip(itertools.accumulate([0] + lens[:-1]), itertools.accumulate(lens)))
+        for i, layer in enumerate(b.layers):
+            att = layer.self_attn
+            h = layer.input_layernorm(x)
+            shape = (1, h.shape[1], -1, att.head_dim)
+            q = att.q_proj(h).view(shape).transpose(1, 2)
+            k = att.k_proj(h).view(shape).transpose(1, 2)
+            v = att.v_proj(h).view(shape).transpose(1, 2)
+            q, k = apply_rotary_pos_emb(q, k, cos, sin)
+            outs = []
+            for (s, e), (_, cache, _) in zip(bounds, requests):
+                ks, vs = cache.update(k[:, :, s:e], v[:, :, s:e], i)
+                outs.append(causal_gqa(q[:, :, s:e], ks, vs, att.scaling))
+            x = x + att.o_proj(torch.cat(outs, dim=1).reshape(1, x.shape[1], -1))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        x = b.norm(x)
+        return [x[0, e - 1] for _, e in bounds]
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.head(hidden).float()

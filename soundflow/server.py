@@ -478,7 +478,8 @@ def _is_loopback(host: str) -> bool:
 
 
 def serve(host: str = "127.0.0.1", port: int = 8765, model="mini", token: str | None = None,
-          options=None, max_sessions: int = 32, log_level: str = "info", quant: str | None = "int8") -> int:
+          options=None, max_sessions: int = 32, log_level: str = "info", quant: str | None = "int8",
+          batch: bool = True) -> int:
     """Run the server until interrupted (the `soundflow serve` command). Returns an exit code."""
     import uvicorn
 
@@ -494,6 +495,12 @@ def serve(host: str = "127.0.0.1", port: int = 8765, model="mini", token: str | 
         from .fast import optimize_for_inference
 
         optimize_for_inference(model, quant, encoder=True)
+    if options is None:
+        from .calibrate import default_threshold
+        from .engine import EngineOptions
+
+        # connections share batch workers (batching.py): more real-time sessions per machine
+        options = EngineOptions(threshold=default_threshold(model), batch=batch)
     app = create_app(model, token=token, options=options, max_sessions=max_sessions)
     shown = f"[{host}]" if ":" in host else host
     print(f"soundflow: page http://{shown}:{port}/{'?token=…' if token else ''}  "

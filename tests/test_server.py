@@ -185,7 +185,8 @@ def test_page_and_health(model):
                 assert r.status == 200 and len(r.read()) > 200
 
 
-def test_twenty_concurrent_sessions(model):
+@pytest.mark.parametrize("batch", [False, True])
+def test_twenty_concurrent_sessions(model, batch):
     n_sessions, n_chunks = 20, 3
 
     async def client(url, i):
@@ -199,7 +200,7 @@ def test_twenty_concurrent_sessions(model):
     async def main(srv):
         return await asyncio.gather(*(client(srv.ws, i) for i in range(n_sessions)))
 
-    with running_server(model) as srv:
+    with running_server(model, batch=batch) as srv:
         results = asyncio.run(main(srv))
         assert len({sid for sid, _ in results}) == n_sessions
         for _, events in results:
@@ -364,7 +365,8 @@ def test_busy_when_at_max_sessions(model):
         asyncio.run(main(srv))
 
 
-def test_sessions_do_not_leak_state(model):
+@pytest.mark.parametrize("batch", [False, True])
+def test_sessions_do_not_leak_state(model, batch):
     """Two sessions with different audio and instructions, run concurrently, give exactly what
     each gives alone. Lockstep (next chunk only after the previous reply) keeps the engine from
     draining several chunks at once, so the result does not depend on timing."""
@@ -394,7 +396,7 @@ def test_sessions_do_not_leak_state(model):
         together = await asyncio.gather(run_script(srv.ws, "a"), run_script(srv.ws, "b"), run_script(srv.ws, "a"))
         return alone, dict(zip(["a", "b", "a2"], together))
 
-    with running_server(model, threshold=0.0, max_reply_tokens=8) as srv:
+    with running_server(model, threshold=0.0, max_reply_tokens=8, batch=batch) as srv:
         alone, together = asyncio.run(main(srv))
 
     def same(x, y):

@@ -15,7 +15,11 @@ noise stitched into one stream), FIFO vs sequential side by side:
    decided): per-chunk cost in the last minute / the first minute (goal <= 1.1) and RSS growth
    (goal flat), with the engine's default context policy on.
 4. capacity: N concurrent real-time sessions (N = 1, 2, 4, 8, 12, 16...) for `cap_seconds` each;
-   held if p99 latency < chunk period and no stall (goal >= 8).
+   held if p99 latency < chunk period and no stall (goal >= 8); independent sessions
+   ("capacity") and sessions sharing the batch workers ("capacity_batched", batching.py).
+
+Part 2 sweeps the reply length (`reply_tokens`): the FIFO advantage is the backlog a reply
+leaves (chunks heard while it was spoken), drained in one forward instead of one decision each.
 """
 
 from __future__ import annotations
@@ -125,8 +129,8 @@ def _analyse(evs, chunk_s):
 
 def bench_latency(model="mini", seconds: float = 60.0, minutes: float = 60.0, json: bool = False,
                   quant: str | None = "int8", threads: int | None = None, reply_every: int = 20,
-                  reply_tokens: int = 48, cap_seconds: float = 20.0, max_sessions: int = 16,
-                  parts: str = "latency,fifo_vs_seq,long,capacity", verbose: bool = True) -> dict:
+                  reply_tokens: tuple[int, ...] = (16, 48, 128), cap_seconds: float = 20.0, max_sessions: int = 16,
+                  parts: str = "latency,fifo_vs_seq,long,capacity,capacity_batched", verbose: bool = True) -> dict:
     from ..audio import iter_chunks
     from ..engine import Engine, EngineOptions
     from ..model import AudioLM, load_model
@@ -163,15 +167,26 @@ def bench_latency(model="mini", seconds: float = 60.0, minutes: float = 60.0, js
         wave = real_stream(seconds, seed=2)
         chunks = list(iter_chunks(wave))
         pol = lambda k, p: k % reply_every == reply_every // 2  # noqa: E731
-        res["fifo_vs_sequential"] = {}
-        for mode in ("fifo", "sequential"):
-            eng = Engine(m, EngineOptions(mode=mode, policy=pol, max_reply_tokens=reply_tokens, torch_threads=threads))
-            log(f"[2] {seconds:.0f} s at 1x, {mode}, a {reply_tokens}-token reply every {reply_every} chunks ...")
-            evs, _ = _realtime_run(eng, chunks, chunk_s)
-            res["fifo_vs_sequential"][mode] = _analyse(evs, chunk_s)
-        f, s = res["fifo_vs_sequential"]["fifo"], res["fifo_vs_sequential"]["sequential"]
-        res["resume_speedup"] = s["resume_ms"] / f["resume_ms"] if f["resume_ms"] > 0 else float("nan")
-        res["first_chunk_speedup"] = s["first_chunk_ms"] / f["first_chunk_ms"] if f["first_chunk_ms"] > 0 else float("nan")
+        # the ratio grows with the backlog a reply leaves, i.e. with the reply's length: sweep it
+        sweep = {}
+        for n_tok in reply_tokens:
+            row = {}
+            for mode in ("fifo", "sequential"):
+                eng = Engine(m, EngineOptions(mode=mode, policy=pol, max_reply_tokens=n_tok, torch_threads=threads))
+                log(f"[2] {seconds:.0f} s at 1x, {mode}, a {n_tok}-token reply every {reply_every} chunks ...")
+                evs, _ = _realtime_run(eng, chunks, chunk_s)
+                row[mode] = _analyse(evs, chunk_s)
+            f, s_ = row["fifo"], row["sequential"]
+            row["resume_speedup"] = s_["resume_ms"] / f["resume_ms"] if f["resume_ms"] > 0 else float("nan")
+            row["first_chunk_speedup"] = (s_["first_chunk_ms"] / f["first_chunk_ms"]
+                                          if f["first_chunk_ms"] > 0 else float("nan"))
+            sweep[n_tok] = row
+        res["fifo_vs_sequential_by_reply_tokens"] = sweep
+        base_n = 48 if 48 in sweep else reply_tokens[0]
+        res["fifo_vs_sequential"] = {k: sweep[base_n][k] for k in ("fifo", "sequential")}
+        res["fifo_vs_sequential"]["reply_tokens"] = base_n
+        res["resume_speedup"] = sweep[base_n]["resume_speedup"]
+        res["first_chunk_speedup"] = sweep[base_n]["first_chunk_speedup"]
 
     if "long" in todo:
         n = int(minutes * 60 / chunk_s)
@@ -207,38 +222,52 @@ def bench_latency(model="mini", seconds: float = 60.0, minutes: float = 60.0, js
             "cache_len_max": max(cache) if cache else sess.cache_len, "rebuilds": sess.stats["rebuilds"],
         }
 
-    if "capacity" in todo:
-        wave = real_stream(cap_seconds, seed=4)
-        chunks = list(iter_chunks(wave))
-        held, tried = 0, {}
-        nlist = [n for n in (1, 2, 4, 6, 8, 12, 16, 24, 32) if n <= max_sessions]
-        for ns in nlist:
-            eng = Engine(m, EngineOptions(threshold=1.01, torch_threads=threads))
-            outs: list = [None] * ns
+    for part, batch in (("capacity", False), ("capacity_batched", True)):
+        if part in todo:
+            res[part] = _capacity(m, threads, cap_seconds, max_sessions, chunk_s, batch, log)
 
-            def one(i):
-                outs[i] = _analyse(_realtime_run(eng, chunks, chunk_s)[0], chunk_s)
-
-            log(f"[4] {ns} concurrent real-time sessions for {cap_seconds:.0f} s ...")
-            th = [threading.Thread(target=one, args=(i,)) for i in range(ns)]
-            for t in th:
-                t.start()
-            for t in th:
-                t.join()
-            p99 = max(o["latency_all_p99_ms"] for o in outs)
-            stall = float(np.mean([o["stall_rate"] for o in outs]))
-            tried[ns] = {"p99_ms": p99, "stall_rate": stall}
-            if p99 < chunk_s * 1000 and stall == 0:
-                held = ns
-            else:
-                break
-        res["capacity"] = {"sessions_held": held, "tried": tried}
     res["load_avg_end"] = os.getloadavg()[0]
 
     _print_table(res)
     if json:
         print(_json.dumps(_clean(res)))
     return res
+
+
+def _capacity(m, threads, cap_seconds, max_sessions, chunk_s, batch, log) -> dict:
+    """How many concurrent real-time sessions hold (p99 latency < chunk period, no stall)."""
+    from ..audio import iter_chunks
+    from ..engine import Engine, EngineOptions
+
+    chunks = list(iter_chunks(real_stream(cap_seconds, seed=4)))
+    held, tried = 0, {}
+    for ns in [n for n in (1, 2, 4, 6, 8, 12, 16, 20, 24, 32) if n <= max_sessions]:
+        eng = Engine(m, EngineOptions(threshold=1.01, torch_threads=threads, batch=batch))
+        outs: list = [None] * ns
+
+        def one(i):
+            # connections start at random moments: spread the sessions over one chunk period
+            time.sleep(i * chunk_s / ns)
+            outs[i] = _analyse(_realtime_run(eng, chunks, chunk_s)[0], chunk_s)
+
+        log(f"[4] {ns} concurrent real-time sessions for {cap_seconds:.0f} s{' (batched)' if batch else ''} ...")
+        th = [threading.Thread(target=one, args=(i,)) for i in range(ns)]
+        for t in th:
+            t.start()
+        for t in th:
+            t.join()
+        row = {"p50_ms": float(np.median([o["latency_all_p50_ms"] for o in outs])),
+               "p99_ms": max(o["latency_all_p99_ms"] for o in outs),
+               "stall_rate": float(np.mean([o["stall_rate"] for o in outs]))}
+        if batch:
+            row["mean_batch"] = eng.batcher.stats["decoder"]["requests"] / max(1, eng.batcher.stats["decoder"]["batches"])
+            eng.close()
+        tried[ns] = row
+        if row["p99_ms"] < chunk_s * 1000 and row["stall_rate"] == 0:
+            held = ns
+        else:
+            break
+    return {"sessions_held": held, "tried": tried}
 
 
 def _clean(x):
@@ -262,40 +291,32 @@ def _print_table(r: dict) -> None:
         a = r["realtime"]
         rows += [("decision latency p50 / p99 (1x, FIFO)", f"{a['latency_p50_ms']:.0f} / {a['latency_p99_ms']:.0f} ms", "≤ 50 / 120 ms"),
                  ("stall rate (1x, FIFO, listening)", f"{a['stall_rate'] * 100:.1f} %", "0 %")]
-    if "fifo_vs_sequential" in r:
-        f, s = r["fifo_vs_sequential"]["fifo"], r["fifo_vs_sequential"]["sequential"]
-        rows += [("resume latency after a reply  FIFO | seq", f"{f['resume_ms']:.0f} | {s['resume_ms']:.0f} ms  ({r['resume_speedup']:.2f}x)", "paper 4.5x"),
-                 ("first-chunk latency           FIFO | seq", f"{f['first_chunk_ms']:.0f} | {s['first_chunk_ms']:.0f} ms  ({r['first_chunk_speedup']:.2f}x)", "paper 2.12x"),
-                 ("stall rate, with replies      FIFO | seq", f"{f['stall_rate'] * 100:.1f} | {s['stall_rate'] * 100:.1f} %", "paper 0 | 5.2 %"),
-                 ("listening stalls              FIFO | seq", f"{f['stall_rate_listening'] * 100:.1f} | {s['stall_rate_listening'] * 100:.1f} %", "0 %")]
+    for n, row in r.get("fifo_vs_sequential_by_reply_tokens", {}).items():
+        f, s = row["fifo"], row["sequential"]
+        rows += [(f"{n}-token replies: resume after a reply  FIFO | seq", f"{f['resume_ms']:.0f} | {s['resume_ms']:.0f} ms  ({row['resume_speedup']:.2f}x)", "paper 4.5x"),
+                 (f"{n}-token replies: first-chunk latency   FIFO | seq", f"{f['first_chunk_ms']:.0f} | {s['first_chunk_ms']:.0f} ms  ({row['first_chunk_speedup']:.2f}x)", "paper 2.12x"),
+                 (f"{n}-token replies: stall rate            FIFO | seq", f"{f['stall_rate'] * 100:.1f} | {s['stall_rate'] * 100:.1f} %", "paper 0 | 5.2 %"),
+                 (f"{n}-token replies: chunks heard per reply", f"{f['chunks_heard_during_replies'] / max(1, f['replies']):.1f}", "")]
     if "long" in r:
         a = r["long"]
         rows += [(f"per-chunk cost minute {a['minutes']:g} / minute 1", f"{a['cost_last_ms']:.0f} / {a['cost_min1_ms']:.0f} ms = {a['cost_ratio_last_over_first']:.2f}", "≤ 1.1"),
                  (f"RSS growth over {a['minutes']:g} min (after min 1)", f"{a['rss_growth_mb']:+.0f} MB (end {a['rss_end_mb']:.0f} MB)", "flat")]
     if "capacity" in r:
-        rows += [("real-time sessions held", str(r["capacity"]["sessions_held"]), "≥ 8")]
+        rows += [("real-time sessions held, independent", str(r["capacity"]["sessions_held"]), "≥ 8")]
+    if "capacity_batched" in r:
+        rows += [("real-time sessions held, batched", str(r["capacity_batched"]["sessions_held"]), "≥ 8")]
     w = max(len(a) for a, _, _ in rows) if rows else 10
     for a, b, c in rows:
         print(f"  {a:<{w}}  {b:<34} goal {c}")
 
 
 def main(argv=None) -> int:
-    import argparse
+    """`python -m soundflow.bench.latency ...` = `soundflow bench latency ...`."""
+    import sys
 
-    ap = argparse.ArgumentParser(prog="soundflow bench latency")
-    ap.add_argument("--model", default="mini")
-    ap.add_argument("--seconds", type=float, default=60.0)
-    ap.add_argument("--minutes", type=float, default=60.0)
-    ap.add_argument("--quant", default="int8", help="int8 | bf16 | none")
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--parts", default="latency,fifo_vs_seq,long,capacity")
-    ap.add_argument("--cap-seconds", type=float, default=20.0)
-    ap.add_argument("--max-sessions", type=int, default=16)
-    ap.add_argument("--json", action="store_true")
-    a = ap.parse_args(argv)
-    bench_latency(a.model, a.seconds, a.minutes, a.json, None if a.quant == "none" else a.quant, a.threads,
-                  cap_seconds=a.cap_seconds, max_sessions=a.max_sessions, parts=a.parts)
-    return 0
+    from ..cli import main as cli_main
+
+    return cli_main(["bench", "latency", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

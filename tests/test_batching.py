@@ -1,0 +1,160 @@
+"""Cross-session batching (batching.py, AudioLM.hidden_ragged) and the audio barge-in probe."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from soundflow import decoding
+from soundflow.audio import iter_chunks
+from soundflow.batching import BatchWorker
+from soundflow.engine import Engine, EngineOptions
+from soundflow.model import build_model, truncate_cache
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_model("tiny")
+
+
+@pytest.fixture(autouse=True)
+def _keep_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def _wave(seconds: float, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal(int(16000 * seconds)) * 0.1).astype(np.float32)
+
+
+def test_hidden_ragged_equals_one_stream_at_a_time(model):
+    torch.manual_seed(0)
+    d = model.body.config.hidden_size
+    ref = [decoding.start(model, "hi" * (i + 1)) for i in range(3)]
+    rag = [decoding.start(model, "hi" * (i + 1)) for i in range(3)]
+    for _ in range(4):  # chunk-sized, token-sized and prefill-sized steps, mixed in one batch
+        embs = [torch.randn(n, d) for n in (11, 1, 23)]
+        with torch.inference_mode():
+            want = [decoding._forward(model, s, e[None]) for s, e in zip(ref, embs)]
+            got = model.hidden_ragged([(e, s.cache, s.pos) for s, e in zip(rag, embs)])
+        for s, e in zip(rag, embs):
+            s.pos += e.shape[0]
+        for w, g in zip(want, got):
+            torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
+    assert [s.cache.get_seq_length() for s in rag] == [s.cache.get_seq_length() for s in ref]
+
+
+def test_ragged_whitelist():
+    assert build_model("tiny").supports_ragged
+    assert not build_model("tiny-qwen").supports_ragged  # M-RoPE body: one stream at a time
+
+
+def test_batched_sessions_match_unbatched(model):
+    """Concurrent sessions through the shared workers decide and reply as they would alone,
+    and the workers really ran several sessions' forwards together."""
+    waves = [_wave(4.0, seed=s) for s in range(4)]
+    instr = ["a", "bb", None, "say hi"]
+
+    def run(eng):
+        out = [None] * len(waves)
+
+        def one(i):
+            evs = list(eng.session(instruction=instr[i]).run(iter_chunks(waves[i])))
+            out[i] = evs
+        th = [threading.Thread(target=one, args=(i,)) for i in range(len(waves))]
+        for t in th:
+            t.start()
+        for t in th:
+            t.join()
+        return out
+
+    opts = dict(threshold=0.5, max_reply_tokens=5)
+    alone = run(Engine(model, EngineOptions(**opts)))
+    eng = Engine(model, EngineOptions(batch=True, **opts))
+    together = run(eng)
+    for a, b in zip(alone, together):
+        da = [(e["chunk"], e["decision"]) for e in a if e["type"] == "decision"]
+        db = [(e["chunk"], e["decision"]) for e in b if e["type"] == "decision"]
+        assert db == da and len(db) == 10
+        pa = [e["p_response"] for e in a if e["type"] == "decision"]
+        pb = [e["p_response"] for e in b if e["type"] == "decision"]
+        assert pb == pytest.approx(pa, abs=1e-3)
+        assert [e["text"] for e in b if e["type"] == "response"] == [e["text"] for e in a if e["type"] == "response"]
+    st = eng.batcher.stats
+    assert st["decoder"]["max_batch"] > 1 and st["decoder"]["batches"] < st["decoder"]["requests"]
+    assert st["encoder"]["requests"] == 40  # every chunk encoded exactly once
+    eng.close()
+
+
+def test_batch_error_reaches_every_waiting_session():
+    gate = threading.Event()
+
+    def fn(xs):
+        gate.wait(5)
+        raise ValueError("boom")
+
+    w = BatchWorker(fn, "t")
+    errs = []
+
+    def call():
+        try:
+            w.submit(1)
+        except ValueError as e:
+            errs.append(str(e))
+    th = [threading.Thread(target=call) for _ in range(3)]
+    for t in th:
+        t.start()
+    gate.set()
+    for t in th:
+        t.join(5)
+    assert errs == ["boom"] * 3
+    w.close()
+    with pytest.raises(RuntimeError):
+        w.submit(1)
+
+
+def test_probe_rolls_back_exactly(model):
+    """The barge-in probe feeds queued chunks tentatively and truncates them away again."""
+    sess = Engine(model, EngineOptions(threshold=1.01, barge_in=True, barge_in_threshold=1.01)).session()
+    list(sess.run(iter_chunks(_wave(1.2))))  # 3 chunks in the cache
+    st = sess._state
+    before = (st.pos, list(st.pending), st.chunks, [layer.keys.clone() for layer in st.cache.layers])
+    c = sess._fifo
+    from soundflow.engine import _Chunk
+    with torch.inference_mode():
+        audio = model.encode(model.features(torch.as_tensor(_wave(0.4, seed=9))[None]))
+    c.append(_Chunk(99, 0.0, audio=audio))
+    assert sess._probe() is False  # P < 1.01: rolled back
+    assert (st.pos, st.pending, st.chunks) == before[:3]
+    for layer, k in zip(st.cache.layers, before[3]):
+        assert torch.equal(layer.keys, k)
+    c.clear()
+
+
+def test_audio_barge_in_cuts_reply(model):
+    """With a zero barge-in threshold, audio queued during a long reply cuts it."""
+    sess = Engine(model, EngineOptions(threshold=0.0, max_reply_tokens=400, barge_in=True,
+                                       barge_in_threshold=0.0)).session()
+    sess.feed(_wave(0.4))
+    assert sess.get_event(timeout=10)["decision"] == "response"
+    assert sess.get_event(timeout=10)["type"] == "token"
+    sess.feed(_wave(0.4, seed=1))  # heard mid-reply
+    sess.close()
+    evs = list(sess.events())
+    resp = [e for e in evs if e["type"] == "response"]
+    assert resp[0].get("cut") == "audio"
+    d = [e for e in evs if e["type"] == "decision"]
+    assert [e["chunk"] for e in d] == [1] and d[0].get("barge_in")
+    assert sess.stats["barge_ins"] >= 1
+
+
+def test_truncate_cache(model):
+    st = decoding.start(model, "hello world")
+    n = st.cache.get_seq_length()
+    truncate_cache(st.cache, 4)
+    assert st.cache.get_seq_length() == 4 and n > 4
