@@ -18,6 +18,9 @@ noise stitched into one stream), FIFO vs sequential side by side:
    held if p99 latency < chunk period and no stall (goal >= 8); independent sessions
    ("capacity") and sessions sharing the batch workers ("capacity_batched", batching.py).
 
+5. ragged (on request, `--parts ragged`): N sessions' decoder steps as N forwards vs one
+   `hidden_ragged` forward, for a reply token and for an 11-token chunk step.
+
 Part 2 sweeps the reply length (`reply_tokens`): the FIFO advantage is the backlog a reply
 leaves (chunks heard while it was spoken), drained in one forward instead of one decision each.
 """
@@ -222,6 +225,10 @@ def bench_latency(model="mini", seconds: float = 60.0, minutes: float = 60.0, js
             "cache_len_max": max(cache) if cache else sess.cache_len, "rebuilds": sess.stats["rebuilds"],
         }
 
+    if "ragged" in todo:
+        log("[5] one ragged forward for N sessions vs N separate forwards ...")
+        res["ragged"] = _ragged_speed(m)
+
     for part, batch in (("capacity", False), ("capacity_batched", True)):
         if part in todo:
             res[part] = _capacity(m, threads, cap_seconds, max_sessions, chunk_s, batch, log)
@@ -232,6 +239,57 @@ def bench_latency(model="mini", seconds: float = 60.0, minutes: float = 60.0, js
     if json:
         print(_json.dumps(_clean(res)))
     return res
+
+
+def _ragged_speed(m, sessions=(1, 4, 8, 16), context_chunks: int = 60, reps: int = 5) -> dict:
+    """Where batching pays: N sessions' steps (1 reply token, or one 11-token chunk step each,
+    onto ~`context_chunks` chunks of cache) as N forwards vs one `hidden_ragged` forward."""
+    from .. import decoding
+    from ..model import truncate_cache
+
+    if not m.supports_ragged:
+        return {}
+    d = m.body.config.hidden_size
+    g = torch.Generator().manual_seed(0)
+    states = []
+    for _ in range(max(sessions)):
+        st = decoding.start(m, "Tell me what you hear.")
+        for _ in range(context_chunks):
+            decoding.feed_audio(m, st, torch.randn(1, m.cfg.audio_slots, d, generator=g) * 0.1)
+            decoding.decide(m, st, 0.0)
+        states.append(st)
+
+    def timed(fn):
+        fn()
+        t = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        return (time.perf_counter() - t) / reps * 1000
+
+    out = {}
+    with torch.inference_mode():
+        for n in sessions:
+            sts = states[:n]
+            for L, kind in ((1, "reply_token"), (m.cfg.audio_slots + 1, "chunk_step")):
+                embs = [torch.randn(L, d, generator=g) * 0.1 for _ in sts]
+                lens = [s.cache.get_seq_length() for s in sts]
+
+                def undo():
+                    for s, n0 in zip(sts, lens):
+                        truncate_cache(s.cache, n0)
+
+                def separate():
+                    for s, e in zip(sts, embs):
+                        m.hidden(e[None], cache=s.cache, position_ids=torch.arange(s.pos, s.pos + L)[None])
+                    undo()
+
+                def ragged():
+                    m.hidden_ragged([(e, s.cache, s.pos) for s, e in zip(sts, embs)])
+                    undo()
+
+                a, b = timed(separate), timed(ragged)
+                out[f"{kind}_x{n}"] = {"separate_ms": a, "ragged_ms": b, "speedup": a / b}
+    return out
 
 
 def _capacity(m, threads, cap_seconds, max_sessions, chunk_s, batch, log) -> dict:
@@ -305,9 +363,11 @@ def _print_table(r: dict) -> None:
         rows += [("real-time sessions held, independent", str(r["capacity"]["sessions_held"]), "≥ 8")]
     if "capacity_batched" in r:
         rows += [("real-time sessions held, batched", str(r["capacity_batched"]["sessions_held"]), "≥ 8")]
+    for k, v in r.get("ragged", {}).items():
+        rows += [(f"{k}: N forwards | one ragged", f"{v['separate_ms']:.1f} | {v['ragged_ms']:.1f} ms ({v['speedup']:.2f}x)", "")]
     w = max(len(a) for a, _, _ in rows) if rows else 10
     for a, b, c in rows:
-        print(f"  {a:<{w}}  {b:<34} goal {c}")
+        print(f"  {a:<{w}}  {b:<34}" + (f" goal {c}" if c else ""))
 
 
 def main(argv=None) -> int:
