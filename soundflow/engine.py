@@ -96,6 +96,7 @@ class EngineOptions:
     # batch the forwards of all this engine's sessions (batching.py): more sessions per machine;
     # with int8 linears a session's numbers then depend on its batch-mates to int8 precision
     batch: bool = False
+    batch_workers: int | None = None  # decoder workers with batch=True (None: 2 if torch runs 1 thread, else 1)
     # Testing/benchmark hook: policy(chunk, p_response) -> respond?  (overrides the threshold)
     policy: Callable[[int, float], bool] | None = None
 
@@ -134,7 +135,10 @@ class Engine:
             if self._batcher is None:
                 from .batching import Batcher
 
-                self._batcher = Batcher(self.model)
+                n = self.options.batch_workers
+                if n is None:  # one-thread torch ops: a second decoder worker uses the second core
+                    n = 2 if torch.get_num_threads() == 1 else 1
+                self._batcher = Batcher(self.model, decoder_threads=n)
             return self._batcher
 
     def session(self, instruction: str | None = None, **overrides) -> "Session":
