@@ -184,6 +184,6 @@ class Batcher:
         # bodies hidden_ragged does not cover: one stream at a time, still off the sessions' threads
         out = []
         for e, cache, pos in reqs:
-            p = torch.arange(pos, pos + e.shape[0]).unsqueeze(0)
+            p = torch.arange(pos, pos + e.shape[0], device=e.device).unsqueeze(0)
             out.append(m.hidden(e.unsqueeze(0), cache=cache, position_ids=p)[0, -1])
         return out

@@ -11,7 +11,8 @@ def _listen(a) -> int:
     from .listen import listen
 
     return listen(a.audio, model=a.model, instruction=a.instruction, chunk_ms=a.chunk_ms, realtime=a.realtime,
-                  jsonl=a.jsonl, plot=a.plot, threshold=a.threshold, mode=a.mode, quant=_quant(a.quant))
+                  jsonl=a.jsonl, plot=a.plot, threshold=a.threshold, mode=a.mode, quant=_quant(a.quant),
+                  device=a.device)
 
 
 def _quant(q: str) -> str | None:
@@ -49,7 +50,7 @@ def _serve(a) -> int:
     from .server import serve
 
     return serve(host=a.host, port=a.port, model=a.model, token=a.token or os.environ.get("SOUNDFLOW_TOKEN"),
-                 quant=_quant(a.quant), batch=not a.no_batch)
+                 quant=_quant(a.quant), batch=not a.no_batch, device=a.device)
 
 
 def _bench_proactive(a) -> int:
@@ -103,7 +104,7 @@ def _bench_latency(a) -> int:
 
     bench_latency(model=a.model, seconds=a.seconds, minutes=a.minutes, json=a.json, quant=_quant(a.quant),
                   reply_tokens=tuple(int(x) for x in str(a.reply_tokens).split(",")), parts=a.parts,
-                  cap_seconds=a.cap_seconds, max_sessions=a.max_sessions, threads=a.threads)
+                  cap_seconds=a.cap_seconds, max_sessions=a.max_sessions, threads=a.threads, device=a.device)
     return 0
 
 
@@ -137,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="respond when P(<response>) ≥ this (default: the checkpoint's calibrated value, else 0.5)")
     s.add_argument("--mode", choices=["fifo", "sequential"], default="fifo")
     s.add_argument("--quant", choices=["int8", "bf16", "none"], default="int8", help="CPU inference precision of the LM")
+    s.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (int8 becomes bf16 on a GPU)")
     s.set_defaults(fn=_listen)
 
     s = sub.add_parser("train", help="run a training recipe (YAML or TOML)")
@@ -171,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default="mini")
     s.add_argument("--token", default=None, help="require this bearer token (or set SOUNDFLOW_TOKEN)")
     s.add_argument("--quant", choices=["int8", "bf16", "none"], default="int8")
+    s.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (int8 becomes bf16 on a GPU)")
     s.add_argument("--no-batch", action="store_true",
                    help="run each connection's forwards on its own (default: batched across connections)")
     s.set_defaults(fn=_serve)
@@ -230,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-sessions", type=int, default=32, help="largest session count the capacity test tries")
     s.add_argument("--threads", type=int, default=None, help="torch threads (default: the engine's policy)")
     s.add_argument("--quant", choices=["int8", "bf16", "none"], default="int8")
+    s.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (int8 becomes bf16 on a GPU)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=_bench_latency)
 

@@ -46,7 +46,7 @@ def _forward(model, state: DecoderState, embeds: torch.Tensor) -> torch.Tensor:
     if state.batcher is not None:
         h = state.batcher.hidden_last(embeds[0], state.cache, state.pos)
     else:
-        pos = torch.arange(state.pos, state.pos + L).unsqueeze(0)
+        pos = torch.arange(state.pos, state.pos + L, device=embeds.device).unsqueeze(0)
         h = model.hidden(embeds, cache=state.cache, position_ids=pos)[0, -1]
     state.pos += L
     return h
@@ -55,9 +55,9 @@ def _forward(model, state: DecoderState, embeds: torch.Tensor) -> torch.Tensor:
 def _pending_embeds(model, state: DecoderState) -> list[torch.Tensor]:
     if not state.pending:
         return []
-    ids = torch.tensor([state.pending])
+    ids = state.pending
     state.pending = []
-    return [model.embed(ids)[0]]
+    return [model.embed_ids(ids)]
 
 
 @torch.inference_mode()
@@ -69,7 +69,7 @@ def start(model, instruction: str | None = None, instruction_audio: torch.Tensor
     if instruction:
         ids = model.tokenizer.encode(instruction)
         if ids:
-            parts.append(model.embed(torch.tensor([ids]))[0])
+            parts.append(model.embed_ids(ids))
     if instruction_audio is not None:
         parts.append(instruction_audio.reshape(-1, instruction_audio.shape[-1]))
     if parts:
@@ -81,7 +81,7 @@ def start(model, instruction: str | None = None, instruction_audio: torch.Tensor
 @torch.inference_mode()
 def feed_audio(model, state: DecoderState, audio: torch.Tensor) -> float:
     """Drain m adapted chunks (m, slots, d) into the cache; return P(<response>) for the newest."""
-    silent = model.embed(torch.tensor([[model.tokenizer.silent_id]]))[0]
+    silent = model.embed_ids([model.tokenizer.silent_id])
     parts = _pending_embeds(model, state)
     for i in range(audio.shape[0]):
         if i:

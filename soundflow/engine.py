@@ -556,9 +556,9 @@ class Session:
         if self.instruction:
             ids = m.tokenizer.encode(self.instruction)
             if ids:
-                parts.append(m.embed(torch.tensor([ids]))[0])
+                parts.append(m.embed_ids(ids))
         prefix_len = sum(p.shape[0] for p in parts)
-        silent = m.embed(torch.tensor([[m.tokenizer.silent_id]]))[0]
+        silent = m.embed_ids([m.tokenizer.silent_id])
         kept = deque()
         for i, t in enumerate(self._turns):
             kept.append(t)
@@ -568,7 +568,7 @@ class Session:
             for kind, x in items:
                 if kind == "ids":
                     if x:
-                        parts.append(m.embed(torch.tensor([x]))[0])
+                        parts.append(m.embed_ids(x))
                 else:
                     for j in range(x.shape[0]):
                         if j:

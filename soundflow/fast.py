@@ -24,10 +24,33 @@ import torch
 from torch import nn
 
 
-def optimize_for_inference(model, quant: str | None = "int8", encoder: bool = False):
-    """In place: eval, requires_grad off, optional int8/bf16 decoder body (see module doc)."""
+def resolve_device(name: str | None) -> torch.device:
+    """"cpu", "cuda", "cuda:1", "mps" or "auto" (CUDA when there is one) → a usable device,
+    or a ValueError saying why not."""
+    name = (name or "cpu").strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"unknown device {name!r}: {e}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: no CUDA device is available here (torch {torch.__version__})")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {name!r}: MPS is not available here")
+    return dev
+
+
+def optimize_for_inference(model, quant: str | None = "int8", encoder: bool = False, device=None):
+    """In place: eval, requires_grad off, onto `device`, optional int8/bf16 decoder body (see
+    module doc). int8 dynamic quantisation is a CPU kernel: on a GPU it becomes bf16."""
     model.eval()
     model.requires_grad_(False)
+    if device is not None:
+        dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
+        model.to(dev)
+        if dev.type != "cpu" and quant == "int8":
+            quant = "bf16"
     use_gqa_attention(model)
     if quant in (None, "none", "fp32"):
         pass
@@ -87,7 +110,7 @@ def causal_gqa(query, key, value, scaling=None) -> torch.Tensor:
         tri = _TRIU.get(q)
         if tri is None:
             tri = _TRIU[q] = torch.full((q, q), float("-inf")).triu(1)
-        scores.view(b, hkv, g, q, k)[..., k - q:] += tri.to(scores.dtype)
+        scores.view(b, hkv, g, q, k)[..., k - q:] += tri.to(scores.device, scores.dtype)
     out = scores.softmax(-1).to(value.dtype) @ value  # (b, hkv, g*q, d)
     return out.view(b, h, q, d).transpose(1, 2)
 

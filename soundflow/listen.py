@@ -102,13 +102,15 @@ def _plot(path: str, wave: np.ndarray, decisions: list[dict], responses: list[di
 
 def listen(audio, model="mini", instruction: str | None = None, chunk_ms: int = CHUNK_MS, realtime: bool = False,
            jsonl: bool = False, plot: str | None = None, threshold: float | None = None, mode: str = "fifo",
-           max_reply_tokens: int = 48, tokens: bool = False, quant: str | None = "int8") -> int:
+           max_reply_tokens: int = 48, tokens: bool = False, quant: str | None = "int8",
+           device: str | None = None) -> int:
     """Stream `audio` (a path, `-` for raw 16 kHz s16le PCM on stdin, `mic` for the microphone,
     or a float32 array)
     through the engine and print the timeline (or JSON lines). Returns an exit code.
 
     `model`: a backend name, a checkpoint folder, or an AudioLM. `tokens`: also print token
-    events in JSON lines. `quant="int8"`: optimise the model in place first (see fast.py)."""
+    events in JSON lines. `quant="int8"`: optimise the model in place first (see fast.py);
+    `device`: "cpu" (default), "cuda", "auto"."""
     from .engine import Engine, EngineOptions
 
     try:
@@ -128,10 +130,10 @@ def listen(audio, model="mini", instruction: str | None = None, chunk_ms: int = 
         print(f"error: {e}", file=sys.stderr)
         return 2
     m, name, trained = _load(model)
-    if quant:
+    if quant or device:
         from .fast import optimize_for_inference
 
-        optimize_for_inference(m, quant, encoder=True)
+        optimize_for_inference(m, quant, encoder=True, device=device)
     if not trained:
         print(_TRAINED_HINT.format(name=name), file=sys.stderr, flush=True)
 

@@ -84,7 +84,7 @@ class QwenChunkEncoder(nn.Module):
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
         n, m, f = mel.shape
         feats = mel.permute(1, 0, 2).reshape(m, n * f)
-        lens = torch.full((n,), f, dtype=torch.long)
+        lens = torch.full((n,), f, dtype=torch.long, device=mel.device)
         out = self.tower(feats, feature_lens=lens, aftercnn_lens=(lens - 1) // 2 + 1)
         return out.last_hidden_state.reshape(n, -1, self.d_out)
 
@@ -169,6 +169,11 @@ class AudioLM(nn.Module):
         self.n_base_vocab = n_base_vocab  # ids ≥ this are the added special tokens
         self.n_mels = encoder.n_mels
 
+    @property
+    def device(self) -> torch.device:
+        """Where the LM body lives (the decoder's inputs are made there)."""
+        return next(self.body.parameters()).device
+
     # ---- audio
     def features(self, chunks) -> torch.Tensor:
         """(N, samples) waveform chunks → (N, n_mels, frames) fixed-normalisation log-mels."""
@@ -178,7 +183,7 @@ class AudioLM(nn.Module):
     def encode_audio(self, mel: torch.Tensor) -> torch.Tensor:
         """Frozen encoder: (N, n_mels, F) → (N, slots, d_enc). Cacheable: never trained."""
         p = next(self.encoder.parameters())
-        return self.encoder(mel.to(p.dtype)).float()
+        return self.encoder(mel.to(p.device, p.dtype)).float()
 
     def adapt(self, enc: torch.Tensor) -> torch.Tensor:
         p = next(self.adapter.parameters())
@@ -192,6 +197,10 @@ class AudioLM(nn.Module):
     @property
     def embed_tokens(self) -> nn.Embedding:
         return self.body.get_input_embeddings()
+
+    def embed_ids(self, ids: list[int]) -> torch.Tensor:
+        """(L,) token ids → (L, d) embeddings, on the model's device."""
+        return self.embed_tokens(torch.tensor(ids, device=self.embed_tokens.weight.device))
 
     def embed(self, input_ids: torch.Tensor, audio_mask: torch.Tensor | None = None,
               audio_embeds: torch.Tensor | None = None) -> torch.Tensor:
@@ -232,7 +241,7 @@ class AudioLM(nn.Module):
         b = self.body
         x = torch.cat([e for e, _, _ in requests]).unsqueeze(0)
         lens = [e.shape[0] for e, _, _ in requests]
-        pos = torch.cat([torch.arange(p, p + n) for (_, _, p), n in zip(requests, lens)]).unsqueeze(0)
+        pos = torch.cat([torch.arange(p, p + n) for (_, _, p), n in zip(requests, lens)]).unsqueeze(0).to(x.device)
         cos, sin = b.rotary_emb(x, pos)
         bounds = list(zip(itertools.accumulate([0] + lens[:-1]), itertools.accumulate(lens)))
         for i, layer in enumerate(b.layers):
@@ -281,7 +290,7 @@ class AudioLM(nn.Module):
         for layer in cache.layers:
             k, v = layer.keys, layer.values
             tail = k[..., start + n :, :]
-            pos = torch.full((1, tail.shape[-2]), -n, dtype=torch.long)
+            pos = torch.full((1, tail.shape[-2]), -n, dtype=torch.long, device=tail.device)
             cos, sin = self.body.rotary_emb(tail, pos)
             cos, sin = cos.to(tail.dtype).unsqueeze(1), sin.to(tail.dtype).unsqueeze(1)
             half = tail.shape[-1] // 2

@@ -479,7 +479,7 @@ def _is_loopback(host: str) -> bool:
 
 def serve(host: str = "127.0.0.1", port: int = 8765, model="mini", token: str | None = None,
           options=None, max_sessions: int = 32, log_level: str = "info", quant: str | None = "int8",
-          batch: bool = True) -> int:
+          batch: bool = True, device: str | None = None) -> int:
     """Run the server until interrupted (the `soundflow serve` command). Returns an exit code."""
     import uvicorn
 
@@ -491,10 +491,10 @@ def serve(host: str = "127.0.0.1", port: int = 8765, model="mini", token: str | 
         from .model import load_model
 
         model = load_model(model)
-    if quant:
+    if quant or device:
         from .fast import optimize_for_inference
 
-        optimize_for_inference(model, quant, encoder=True)
+        optimize_for_inference(model, quant, encoder=True, device=device)
     if options is None:
         from .calibrate import default_threshold
         from .engine import EngineOptions

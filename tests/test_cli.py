@@ -42,3 +42,27 @@ def test_listen_jsonl_on_bundled_example_tiny(capsys):
     dec = [r for r in rows if r["type"] == "decision"]
     assert [r["chunk"] for r in dec] == list(range(41))  # 16.4 s → 41 chunks, one decision each
     assert all("latency_ms" in r for r in dec)
+
+
+def test_device_option(capsys, monkeypatch):
+    import pytest
+    import torch
+
+    from soundflow.fast import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError):
+        resolve_device("warp-drive")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            resolve_device("cuda")
+        # the CLI turns it into one line and exit 2, before any audio is processed
+        from pathlib import Path
+
+        import soundflow
+
+        example = Path(soundflow.__file__).parent / "assets" / "example.ogg"
+        assert main(["listen", str(example), "--model", "tiny", "--device", "cuda"]) == 2
+        err = capsys.readouterr().err
+        assert "no CUDA device" in err and "Traceback" not in err

@@ -133,7 +133,8 @@ def _analyse(evs, chunk_s):
 def bench_latency(model="mini", seconds: float = 60.0, minutes: float = 60.0, json: bool = False,
                   quant: str | None = "int8", threads: int | None = None, reply_every: int = 20,
                   reply_tokens: tuple[int, ...] = (16, 48, 128), cap_seconds: float = 20.0, max_sessions: int = 16,
-                  parts: str = "latency,fifo_vs_seq,long,capacity,capacity_batched", verbose: bool = True) -> dict:
+                  parts: str = "latency,fifo_vs_seq,long,capacity,capacity_batched", verbose: bool = True,
+                  device: str | None = None) -> dict:
     from ..audio import iter_chunks
     from ..engine import Engine, EngineOptions
     from ..model import AudioLM, load_model
@@ -144,15 +145,16 @@ def bench_latency(model="mini", seconds: float = 60.0, minutes: float = 60.0, js
 
     m = model if isinstance(model, AudioLM) else load_model(str(model))
     name = m.cfg.backend if isinstance(model, AudioLM) else str(model)
-    if quant:
+    if quant or device:
         from ..fast import optimize_for_inference
 
-        optimize_for_inference(m, quant, encoder=True)
+        optimize_for_inference(m, quant, encoder=True, device=device)
     base = EngineOptions(torch_threads=threads)
     Engine(m, base)  # applies the thread policy
     chunk_s = base.chunk_ms / 1000
     todo = set(parts.split(","))
-    res: dict = {"model": name, "quant": quant or "fp32", "torch_threads": torch.get_num_threads(),
+    res: dict = {"model": name, "quant": getattr(m, "optimized", quant or "fp32"), "device": str(m.device),
+                 "torch_threads": torch.get_num_threads(),
                  "cpu_count": os.cpu_count(), "load_avg_start": os.getloadavg()[0]}
     # warm up (first forwards allocate)
     warm = real_stream(4.0, seed=9)
