@@ -1,4 +1,4 @@
-"""Cross-session batching: one encoder worker and one decoder worker shared by all sessions.
+"""Cross-session batching: encoder and decoder workers shared by all of an Engine's sessions.
 
 Without it every session runs its own forwards (two threads per session, each forward reading
 all the weights). With `EngineOptions(batch=True)` the sessions' threads hand their forwards to
@@ -11,12 +11,15 @@ two shared workers, which run whatever is waiting as ONE forward:
   layers over the concatenated tokens, attention per session against its own KV cache.
 
 Nothing waits for a batch to fill: a worker takes what queued while its previous forward ran
-(continuous batching), so a lone session pays only a thread hand-off. With one-thread torch ops
-(the engine's default on 2 cores) two decoder workers take batches from the same queue, so
-decoding can use both cores; a session has at most one forward in flight, so its steps stay in
-order and its cache is only ever touched by one worker at a time. It pays where sessions
-overlap: measured on 2 cores, 8 sessions' reply tokens 2.75x and 8 chunk steps 1.6x faster than
-8 separate forwards (`soundflow bench latency --parts capacity,capacity_batched`).
+(continuous batching), so a lone session pays only a thread hand-off (a worker lingers up to
+3 ms only while several sessions' requests keep arriving). With one-thread torch ops (the
+engine's default on 2 cores) two decoder workers take batches from the same queue, so decoding
+uses both cores; a session has at most one forward in flight, so its steps stay in order and
+its cache is only ever touched by one worker at a time.
+
+Measured on 2 cores (BENCHMARKS.md): one ragged forward for 8 sessions' reply tokens is 2.7x,
+for 8 chunk steps 1.8x faster than 8 separate forwards (`soundflow bench latency --parts
+ragged`); 24 real-time sessions held vs 12 independent ones (`--parts capacity,capacity_batched`).
 A session's state (its cache, positions, queue) stays its own; the workers only borrow a cache
 for the duration of one forward while its session thread waits.
 """

@@ -52,9 +52,10 @@ engine sets `torch.set_num_threads(1)` by default (`EngineOptions.torch_threads`
 thread and the decoder thread then each run on one core and never oversubscribe, which
 measured faster end to end than both sharing two intra-op threads (see bench/latency.py).
 Each session costs two Python threads (one in sequential mode) that sleep on condition
-variables when idle. With `batch=True` those threads hand their forwards to two workers
-shared by all the engine's sessions, which run whatever is waiting as one batched forward
-(batching.py: more sessions per machine, see BENCHMARKS.md).
+variables when idle. With `batch=True` those threads hand their forwards to workers shared
+by all the engine's sessions (one encoder worker, `batch_workers` decoder workers), which run
+whatever is waiting as one batched forward (batching.py: twice the real-time sessions on 2
+cores, see BENCHMARKS.md).
 """
 
 from __future__ import annotations
