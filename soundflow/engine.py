@@ -29,6 +29,8 @@ Scheduling (mode="fifo", Alg. 4):
 
 mode="sequential" is the ablation baseline ("w/o FIFO"): one worker does encode → decide →
 reply for one chunk at a time; chunks heard during a reply wait and are then decided one by one.
+`drain=False` keeps the encoder thread and the queue but pops one chunk per decoder step (the
+paper's "pop-one-at-a-time", the contrast it gives for drain-on-trigger's resume latency).
 
 Context policy: the cache holds the instruction prefix plus a recent window of at most
 `max_context_chunks` chunks (75 = 30 s: about the 60-chunk streams the model is trained on).
@@ -82,6 +84,9 @@ _END = object()
 @dataclass
 class EngineOptions:
     mode: str = "fifo"  # "fifo" (Alg. 4) | "sequential" (ablation baseline, no queue)
+    # fifo only: drain the whole queue at an interruption point (Alg. 4); False pops one chunk
+    # per decoder step — the paper's "pop-one-at-a-time" contrast for drain-on-trigger
+    drain: bool = True
     threshold: float = 0.5  # respond when P(<response>) >= threshold
     max_reply_tokens: int = 48
     instruction: str | None = None  # default instruction of new sessions
@@ -603,8 +608,11 @@ class Session:
                         return
                     self._lock.wait()
                 instr, self._new_instruction = self._new_instruction, None
-                batch = list(self._fifo)  # atomic flush
-                self._fifo.clear()
+                if self.opts.drain:
+                    batch = list(self._fifo)  # atomic flush
+                    self._fifo.clear()
+                else:  # ablation: pop one chunk, one decision per decoder step
+                    batch = [self._fifo.popleft()] if self._fifo else []
                 self._busy = True
             try:
                 if instr is not None:

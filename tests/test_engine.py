@@ -248,3 +248,19 @@ def test_listen_plain_and_plot(model, tmp_path):
     assert rc == 0
     assert "response" in buf.getvalue() or "▶" in buf.getvalue()
     assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_pop_one_ablation_decides_every_chunk_on_its_own(model):
+    """drain=False: chunks queued during a reply are decided one decoder step each, in order,
+    encoded once, and none is marked drained."""
+    wave = _wave(4.0)
+    with _SlowEncode(model) as enc:
+        sess = Engine(model, EngineOptions(threshold=0.0, max_reply_tokens=30, drain=False)).session()
+        sess.feed(wave)  # 10 chunks at once: they pile up behind the first reply
+        sess.close()
+        evs = list(sess.events())
+    d = _decisions(evs)
+    assert [e["chunk"] for e in d] == list(range(10))
+    assert enc.calls == 10
+    assert not any(e.get("drained") for e in d)
+    assert sess.stats["drains"] == 10  # one decoder step per chunk
