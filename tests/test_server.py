@@ -523,3 +523,23 @@ def test_serve_binds_loopback_by_default():
 
     sig = inspect.signature(serve)
     assert sig.parameters["host"].default == "127.0.0.1" and sig.parameters["port"].default == 8765
+
+
+def test_serve_batches_connections_by_default(model, monkeypatch):
+    """`soundflow serve` gives its connections shared batch workers unless --no-batch."""
+    import uvicorn
+
+    from soundflow import server
+
+    seen = {}
+    real = server.create_app
+
+    def spy(m, **kw):
+        seen["options"] = kw["options"]
+        return real(m, **kw)
+
+    monkeypatch.setattr(server, "create_app", spy)
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, *a, **k: None)
+    for batch in (True, False):
+        assert server.serve(model=model, quant=None, batch=batch, log_level="warning") == 0
+        assert seen["options"].batch is batch
