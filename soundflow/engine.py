@@ -167,6 +167,7 @@ class Engine:
 class _Chunk:
     k: int
     avail: float  # perf_counter when its last sample was available
+    encoded: float = 0.0  # perf_counter when its features were ready (input consumed)
     audio: torch.Tensor | None = None  # adapted features (1, slots, d) once encoded
     pcm: np.ndarray | None = None
 
@@ -378,6 +379,7 @@ class Session:
             with torch.inference_mode():
                 c.audio = self.model.encode(self.model.features(torch.as_tensor(c.pcm)[None]))
         c.pcm = None
+        c.encoded = time.perf_counter()
         self.stats["encoded"] += 1
 
     def _take_inbox(self) -> _Chunk | None:
@@ -418,7 +420,9 @@ class Session:
 
     def _decision(self, c: _Chunk, respond: bool, p: float, now: float, **extra) -> None:
         ev = {"type": "decision", "chunk": c.k, "t": self._t(c.k), "decision": "response" if respond else "silent",
-              "p_response": round(float(p), 4), "latency_ms": round((now - c.avail) * 1000, 2)}
+              "p_response": round(float(p), 4), "latency_ms": round((now - c.avail) * 1000, 2),
+              # arrival → encoded: how long the input pipeline took to take this chunk in
+              "input_ms": round((c.encoded - c.avail) * 1000, 2)}
         ev.update(extra)
         self._emit(ev)
 

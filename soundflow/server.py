@@ -38,8 +38,9 @@ wrong token refuses the upgrade (HTTP 403) before any message is exchanged.
 
 3. Server → client, JSON text frames:
    - `{"type": "decision", "chunk": k, "t": seconds, "decision": "silent"|"response",
-      "p_response": p, "latency_ms": ms}` — exactly one per chunk, in order (`"drained": true`
-      marks a chunk heard while the decoder was busy and decided silent in a FIFO batch);
+      "p_response": p, "latency_ms": ms, "input_ms": ms}` — exactly one per chunk, in order
+      (`"drained": true` marks a chunk heard while the decoder was busy and decided silent in a
+      FIFO batch; `input_ms` is arrival → encoded);
    - `{"type": "token", "chunk": k, "text": "…"}` — a reply streamed piece by piece;
    - `{"type": "response", "chunk": k, "t": seconds, "text": "…"}` — the complete reply;
    - `{"type": "error", "code": CODE, "message": "…"}` — a frame or message was refused; the

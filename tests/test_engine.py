@@ -264,3 +264,19 @@ def test_pop_one_ablation_decides_every_chunk_on_its_own(model):
     assert enc.calls == 10
     assert not any(e.get("drained") for e in d)
     assert sess.stats["drains"] == 10  # one decoder step per chunk
+
+
+def test_fifo_takes_input_in_while_replying(model):
+    """input_ms (arrival → encoded): FIFO's encoder never waits for a reply; sequential's
+    chunks wait behind every reply before them (the paper's stalls)."""
+    wave = _wave(4.0)
+    worst = {}
+    for mode in ("fifo", "sequential"):
+        sess = Engine(model, EngineOptions(mode=mode, threshold=0.0, max_reply_tokens=150)).session()
+        sess.feed(wave)  # 10 chunks at once
+        sess.close()
+        d = _decisions(list(sess.events()))
+        assert [e["chunk"] for e in d] == list(range(10))
+        assert all(0 <= e["input_ms"] <= e["latency_ms"] + 1e-6 for e in d)
+        worst[mode] = max(e["input_ms"] for e in d)
+    assert worst["fifo"] < worst["sequential"] / 2
