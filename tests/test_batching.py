@@ -158,3 +158,19 @@ def test_truncate_cache(model):
     n = st.cache.get_seq_length()
     truncate_cache(st.cache, 4)
     assert st.cache.get_seq_length() == 4 and n > 4
+
+
+def test_engine_close_ends_running_batched_sessions(model):
+    """Closing the engine under live sessions: each gets an error event and ends; nothing hangs."""
+    eng = Engine(model, EngineOptions(batch=True, threshold=1.01))
+    sessions = [eng.session() for _ in range(3)]
+    for s in sessions:
+        s.feed(_wave(0.8))
+        assert s.wait_idle(timeout=10)
+    eng.close()
+    for s in sessions:
+        s.feed(_wave(0.4))  # needs the (closed) workers
+        s.close(timeout=10)
+        evs = list(s.events())
+        assert s.finished
+        assert any(e["type"] == "error" and "closed" in e["message"] for e in evs)
