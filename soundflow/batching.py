@@ -177,8 +177,15 @@ class Batcher:
     # ---- run in the workers
     def _encode_batch(self, pcms: list[torch.Tensor]) -> list[torch.Tensor]:
         m = self.model
-        out = m.encode(m.features(torch.stack(pcms)))
-        return [out[i : i + 1] for i in range(out.shape[0])]
+        out: list = [None] * len(pcms)
+        by_len: dict[int, list[int]] = {}
+        for i, x in enumerate(pcms):  # sessions may use different chunk sizes
+            by_len.setdefault(x.shape[-1], []).append(i)
+        for idx in by_len.values():
+            enc = m.encode(m.features(torch.stack([pcms[i] for i in idx])))
+            for j, i in enumerate(idx):
+                out[i] = enc[j : j + 1]
+        return out
 
     def _forward_batch(self, reqs: list) -> list[torch.Tensor]:
         m = self.model

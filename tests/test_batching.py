@@ -174,3 +174,16 @@ def test_engine_close_ends_running_batched_sessions(model):
         evs = list(s.events())
         assert s.finished
         assert any(e["type"] == "error" and "closed" in e["message"] for e in evs)
+
+
+def test_batched_sessions_with_different_chunk_sizes(model):
+    eng = Engine(model, EngineOptions(batch=True, threshold=1.01))
+    a, b = eng.session(), eng.session(chunk_ms=200)
+    a.feed(_wave(1.2))
+    b.feed(_wave(1.2))
+    a.close()
+    b.close()
+    da = [e for e in a.events() if e["type"] == "decision"]
+    db = [e for e in b.events() if e["type"] == "decision"]
+    assert len(da) == 3 and len(db) == 6
+    eng.close()
