@@ -187,3 +187,20 @@ def test_batched_sessions_with_different_chunk_sizes(model):
     db = [e for e in b.events() if e["type"] == "decision"]
     assert len(da) == 3 and len(db) == 6
     eng.close()
+
+
+@pytest.mark.parametrize("policy", ["shift", "rebuild"])
+def test_batched_eviction_matches_unbatched(model, policy):
+    """Context eviction (shift / rebuild prefill) through the batch workers decides as without."""
+    chunks = list(iter_chunks(_wave(0.4 * 60, seed=6)))
+    ps = {}
+    for batch in (False, True):
+        eng = Engine(model, EngineOptions(threshold=0.6, max_reply_tokens=3, max_context_chunks=12,
+                                          context_policy=policy, batch=batch))
+        sess = eng.session(instruction="watch")
+        evs = list(sess.run(chunks))
+        ps[batch] = [(e["chunk"], e["decision"], e["p_response"]) for e in evs if e["type"] == "decision"]
+        assert sess.stats["shifts" if policy == "shift" else "rebuilds"] >= 4
+        eng.close()
+    assert [x[:2] for x in ps[True]] == [x[:2] for x in ps[False]]
+    assert [x[2] for x in ps[True]] == pytest.approx([x[2] for x in ps[False]], abs=1e-4)
