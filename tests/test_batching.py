@@ -15,18 +15,6 @@ from soundflow.engine import Engine, EngineOptions
 from soundflow.model import build_model, truncate_cache
 
 
-@pytest.fixture(scope="module")
-def model():
-    return build_model("tiny")
-
-
-@pytest.fixture(autouse=True)
-def _keep_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
 def _wave(seconds: float, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return (rng.standard_normal(int(16000 * seconds)) * 0.1).astype(np.float32)

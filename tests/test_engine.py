@@ -10,24 +10,10 @@ from contextlib import redirect_stdout
 
 import numpy as np
 import pytest
-import torch
 
 from soundflow import decoding
 from soundflow.audio import AudioError, iter_chunks, write_audio
 from soundflow.engine import Engine, EngineOptions
-from soundflow.model import build_model
-
-
-@pytest.fixture(scope="module")
-def model():
-    return build_model("tiny")
-
-
-@pytest.fixture(autouse=True)
-def _keep_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
 
 
 def _wave(seconds: float, seed: int = 0) -> np.ndarray:
