@@ -2,7 +2,7 @@
 
 Without it every session runs its own forwards (two threads per session, each forward reading
 all the weights). With `EngineOptions(batch=True)` the sessions' threads hand their forwards to
-two shared workers, which run whatever is waiting as ONE forward:
+shared workers, which run whatever is waiting as ONE forward:
 
 - encoder worker: the waiting chunks of all sessions as one (N, n_mels, frames) batch (every
   chunk is encoded on its own anyway, so this is exact up to float round-off);
@@ -192,8 +192,4 @@ class Batcher:
         if self.ragged:
             return m.hidden_ragged(reqs)
         # bodies hidden_ragged does not cover: one stream at a time, still off the sessions' threads
-        out = []
-        for e, cache, pos in reqs:
-            p = torch.arange(pos, pos + e.shape[0], device=e.device).unsqueeze(0)
-            out.append(m.hidden(e.unsqueeze(0), cache=cache, position_ids=p)[0, -1])
-        return out
+        return [m.hidden_last(e, cache, pos) for e, cache, pos in reqs]

@@ -42,13 +42,9 @@ class DecoderState:
 
 def _forward(model, state: DecoderState, embeds: torch.Tensor) -> torch.Tensor:
     """Append (1, L, d) embeddings to the cache; return the last position's hidden state."""
-    L = embeds.shape[1]
-    if state.batcher is not None:
-        h = state.batcher.hidden_last(embeds[0], state.cache, state.pos)
-    else:
-        pos = torch.arange(state.pos, state.pos + L, device=embeds.device).unsqueeze(0)
-        h = model.hidden(embeds, cache=state.cache, position_ids=pos)[0, -1]
-    state.pos += L
+    runner = state.batcher if state.batcher is not None else model
+    h = runner.hidden_last(embeds[0], state.cache, state.pos)
+    state.pos += embeds.shape[1]
     return h
 
 

@@ -216,6 +216,11 @@ class AudioLM(nn.Module):
                         position_ids=position_ids, use_cache=cache is not None)
         return out.last_hidden_state
 
+    def hidden_last(self, embeds: torch.Tensor, cache, pos: int) -> torch.Tensor:
+        """Append (L, d) embeddings at positions pos.. to `cache`; the last hidden state (d,)."""
+        p = torch.arange(pos, pos + embeds.shape[0], device=embeds.device).unsqueeze(0)
+        return self.hidden(embeds.unsqueeze(0), cache=cache, position_ids=p)[0, -1]
+
     @property
     def supports_ragged(self) -> bool:
         """Whether `hidden_ragged` can batch this LM body (Llama/Qwen2-style layers, 1-D RoPE)."""

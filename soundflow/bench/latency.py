@@ -294,7 +294,7 @@ def _ragged_speed(m, sessions=(1, 4, 8, 16), context_chunks: int = 60, reps: int
 
                 def separate():
                     for s, e in zip(sts, embs):
-                        m.hidden(e[None], cache=s.cache, position_ids=torch.arange(s.pos, s.pos + L)[None])
+                        m.hidden_last(e, s.cache, s.pos)
                     undo()
 
                 def ragged():
