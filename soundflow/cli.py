@@ -76,6 +76,23 @@ def _data_build(a) -> int:
     return 0
 
 
+def _data_import(a) -> int:
+    from .interop import import_authors
+
+    out = import_authors(a.inp, a.out, seed=a.seed, noise=a.noise, instruction=a.instruction, chunk_ms=a.chunk_ms)
+    print(f"stream samples written to {out}")
+    return 0
+
+
+def _data_export(a) -> int:
+    from .data import load_streams
+    from .interop import export_authors
+
+    out = export_authors(load_streams(a.data), a.out, a.format)
+    print(f"authors' JSONL written to {out}")
+    return 0
+
+
 def _bench_asr(a) -> int:
     from .bench.asr import bench_asr
 
@@ -159,13 +176,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("out", metavar="OUT")
     s.set_defaults(fn=_tfjp)
 
-    s = sub.add_parser("data", help="streaming data construction").add_subparsers(dest="data", required=True)
-    s = s.add_parser("build", help="build tar shards of stream samples from a recipe (resumable)")
+    d = sub.add_parser("data", help="streaming data construction").add_subparsers(dest="data", required=True)
+    s = d.add_parser("build", help="build tar shards of stream samples from a recipe (resumable)")
     s.add_argument("recipe")
     s.add_argument("--out", required=True)
     s.add_argument("--ray", default=None, metavar="ADDRESS|local", help="run the shards as Ray tasks")
     s.add_argument("--workers", type=int, default=None, help="local process pool size (default: CPU count)")
     s.set_defaults(fn=_data_build)
+    s = d.add_parser("import", help="the authors' online-training or StreamAudio-2M JSONL → stream samples")
+    s.add_argument("inp", metavar="IN.jsonl")
+    s.add_argument("--out", required=True, help="folder for streams.jsonl and the rendered audio/")
+    s.add_argument("--noise", default=None, help="noise library for the gaps: folder or manifest (default: pink noise)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--instruction", default=None, help="text instruction for every stream (default: none)")
+    s.add_argument("--chunk-ms", type=int, default=400)
+    s.set_defaults(fn=_data_import)
+    s = d.add_parser("export", help="stream samples (any data spec) → the authors' JSONL")
+    s.add_argument("data", help="stream-sample manifest, shard folder, or data spec")
+    s.add_argument("--out", required=True, metavar="OUT.jsonl")
+    s.add_argument("--format", choices=["online", "streamaudio"], default=None,
+                   help="default: each conversation's own format (online for native streams)")
+    s.set_defaults(fn=_data_export)
 
     s = sub.add_parser("serve", help="WebSocket server with a browser page")
     s.add_argument("--host", default="127.0.0.1")

@@ -142,8 +142,14 @@ def synthetic_beeps(n: int = 20, chunks: int = 8, seed: int = 0, freq: float = 1
 
 
 def load_streams(spec: str) -> list[StreamSample]:
-    """A data spec: `synthetic:beep?n=20&chunks=8&seed=0`, a stream-sample JSONL manifest, or a
-    folder of tar shards (output of `soundflow data build`)."""
+    """A data spec: `synthetic:beep?n=20&chunks=8&seed=0`, a stream-sample JSONL manifest, a
+    folder of tar shards (output of `soundflow data build`), or the authors' online-training /
+    StreamAudio-2M JSONL (detected by its first line, or `authors:PATH?noise=DIR&seed=0`;
+    see `interop.py`)."""
+    if spec.startswith("authors:"):
+        from .interop import load_spec
+
+        return load_spec(spec)
     if spec.startswith("synthetic:"):
         kind, _, query = spec[len("synthetic:"):].partition("?")
         if kind != "beep":
@@ -158,7 +164,12 @@ def load_streams(spec: str) -> list[StreamSample]:
             raise ValueError(f"{spec}: no finished *.tar shards")
         return samples
     if p.is_file():
-        return [StreamSample.from_json(r, root=p.parent) for r in read_jsonl(p)]
+        rows = read_jsonl(p)
+        from .interop import is_authors_line, load_conversations
+
+        if rows and is_authors_line(rows[0]):
+            return load_conversations(p)
+        return [StreamSample.from_json(r, root=p.parent) for r in rows]
     raise FileNotFoundError(f"{spec}: no such manifest or shard folder")
 
 
