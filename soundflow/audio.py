@@ -32,6 +32,31 @@ class AudioError(ValueError):
     """Raised for audio the front end cannot use: empty, corrupt, non-finite, unreadable."""
 
 
+# Float PCM is expected in [-1, 1]. Mild overshoot (resampler ringing, a gain stage) is clipped;
+# anything beyond MAX_PEAK is not audio in this scale (int16 values sent as float, garbage) and
+# is refused: clipping it would feed the model a full-scale square wave, and unbounded values
+# overflow the features (inf → NaN) and break the int8 quantiser's range.
+MAX_PEAK = 2.0
+
+
+def check_pcm(pcm: np.ndarray, name: str = "PCM") -> np.ndarray:
+    """Validate float PCM: finite and |x| ≤ MAX_PEAK, else AudioError; clip to [-1, 1].
+
+    One vectorised pass (max |x|; NaN propagates into it) and a clip only when needed."""
+    pcm = np.asarray(pcm, dtype=np.float32).reshape(-1)
+    if not pcm.size:
+        return pcm
+    peak = float(np.max(np.abs(pcm)))
+    if not peak <= MAX_PEAK:  # also true for NaN
+        if not np.isfinite(pcm).all():
+            raise AudioError(f"{name} contains NaN or infinite samples")
+        raise AudioError(f"{name} peak amplitude {peak:.3g} is outside [-{MAX_PEAK:g}, {MAX_PEAK:g}]: float "
+                         "samples must lie in [-1, 1] (int16 PCM must be scaled by 1/32768)")
+    if peak > 1.0:
+        pcm = np.clip(pcm, -1.0, 1.0)
+    return pcm
+
+
 def chunk_samples(chunk_ms: int = CHUNK_MS, sample_rate: int = SAMPLE_RATE) -> int:
     n = sample_rate * chunk_ms // 1000
     if n <= 0 or n % HOP:
@@ -51,15 +76,39 @@ def to_mono_16k(wave: np.ndarray, sample_rate: int, *, name: str = "audio") -> n
         raise AudioError(f"{name}: expected 1-D or (frames, channels) audio, got shape {wave.shape}")
     if wave.size == 0:
         raise AudioError(f"{name}: audio is empty")
-    if not np.isfinite(wave).all():
-        raise AudioError(f"{name}: audio contains NaN or infinite samples")
+    wave = check_pcm(wave, f"{name}: audio")
     if sample_rate <= 0:
         raise AudioError(f"{name}: invalid sample rate {sample_rate}")
     if sample_rate != SAMPLE_RATE:
         import soxr
 
-        wave = soxr.resample(wave, sample_rate, SAMPLE_RATE, quality="HQ").astype(np.float32)
+        wave = np.clip(soxr.resample(wave, sample_rate, SAMPLE_RATE, quality="HQ"), -1.0, 1.0).astype(np.float32)
     return wave
+
+
+def _check_wav_complete(path: str | Path, name: str) -> None:
+    """A WAV whose data chunk is shorter than its header declares was cut off (an interrupted
+    copy or download); libsndfile reads what is there without a word, so say it here."""
+    import struct
+
+    try:
+        size = Path(path).stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(65536)
+    except OSError:
+        return
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return
+    off = 12
+    while off + 8 <= len(head):
+        cid, n = head[off : off + 4], struct.unpack("<I", head[off + 4 : off + 8])[0]
+        if cid == b"data":
+            have = size - (off + 8)
+            if n not in (0, 0xFFFFFFFF) and have < n:  # 0 / 0xFFFFFFFF: written by a stream, size unknown
+                raise AudioError(f"{name}: truncated WAV (the header declares {n} bytes of audio, the file "
+                                 f"holds {have}); re-copy the file")
+            return
+        off += 8 + n + (n & 1)
 
 
 def load_audio(path: str | Path | BinaryIO) -> np.ndarray:
@@ -67,13 +116,65 @@ def load_audio(path: str | Path | BinaryIO) -> np.ndarray:
     import soundfile as sf
 
     name = str(getattr(path, "name", path))
-    if isinstance(path, (str, Path)) and not Path(path).exists():
-        raise AudioError(f"{name}: no such file")
+    if isinstance(path, (str, Path)):
+        if not Path(path).exists():
+            raise AudioError(f"{name}: no such file")
+        _check_wav_complete(path, name)
     try:
         wave, sr = sf.read(path, dtype="float32", always_2d=True)
     except Exception as e:  # soundfile raises LibsndfileError, RuntimeError, TypeError...
         raise AudioError(f"{name}: cannot decode audio ({e})") from None
     return to_mono_16k(wave, sr, name=name)
+
+
+def iter_audio_file(path: str | Path, chunk_ms: int = CHUNK_MS, block_s: float = 20.0) -> Iterator[np.ndarray]:
+    """Chunks of an audio file read block by block from disk (memory stays flat for a file of
+    hours): downmixed, resampled to 16 kHz by a streaming resampler, validated like
+    `load_audio`; the last partial chunk is zero-padded. Errors (AudioError) come from the
+    first block, or later if the file turns bad part-way."""
+    import soundfile as sf
+
+    name = str(path)
+    if not Path(path).exists():
+        raise AudioError(f"{name}: no such file")
+    _check_wav_complete(path, name)
+    try:
+        f = sf.SoundFile(str(path))
+    except Exception as e:  # noqa: BLE001 — LibsndfileError, RuntimeError, ...
+        raise AudioError(f"{name}: cannot decode audio ({e})") from None
+    sr = f.samplerate
+    if sr <= 0:
+        f.close()
+        raise AudioError(f"{name}: invalid sample rate {sr}")
+
+    def gen():
+        chunker = Chunker(chunk_ms)
+        rs = None
+        if sr != SAMPLE_RATE:
+            import soxr
+
+            rs = soxr.ResampleStream(sr, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
+        total = 0
+        with f:
+            block = max(1, int(block_s * sr))
+            while True:
+                try:
+                    data = f.read(block, dtype="float32", always_2d=True)
+                except Exception as e:  # noqa: BLE001
+                    raise AudioError(f"{name}: cannot decode audio ({e})") from None
+                last = len(data) < block
+                wave = check_pcm(data.mean(axis=1) if data.shape[1] > 1 else data[:, 0], f"{name}: audio")
+                total += len(wave)
+                if rs is not None:
+                    wave = np.clip(rs.resample_chunk(wave, last=last), -1.0, 1.0)
+                yield from chunker.push(wave)
+                if last:
+                    break
+        if not total:
+            raise AudioError(f"{name}: audio is empty")
+        yield from chunker.flush()
+
+    return gen()
 
 
 def read_pcm_s16le(data: bytes) -> np.ndarray:

@@ -22,6 +22,11 @@ for 8 chunk steps 1.8x faster than 8 separate forwards (`soundflow bench latency
 ragged`); 24 real-time sessions held vs 12 independent ones (`--parts capacity,capacity_batched`).
 A session's state (its cache, positions, queue) stays its own; the workers only borrow a cache
 for the duration of one forward while its session thread waits.
+
+Isolation: a batch that fails is not everyone's failure. The worker re-runs its requests one by
+one (after `undo` restores what the failed forward may have touched — the decoder truncates
+each borrowed cache back to the request's start position), so only the request that fails on
+its own gets the error; its batch-mates get their results a forward later.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ from collections import deque
 from typing import Callable
 
 import torch
+
+from .model import truncate_cache
 
 
 class _Request:
@@ -47,13 +54,14 @@ class BatchWorker:
     """A thread that runs `fn(payloads) -> results` over all requests waiting, up to `max_cost`."""
 
     def __init__(self, fn: Callable[[list], list], name: str, max_cost: int = 1 << 30,
-                 linger_s: float = 0.0, expected: Callable[[], int] | None = None, threads: int = 1):
-        self.fn, self.max_cost = fn, max_cost
+                 linger_s: float = 0.0, expected: Callable[[], int] | None = None, threads: int = 1,
+                 undo: Callable[[object], None] | None = None):
+        self.fn, self.max_cost, self.undo = fn, max_cost, undo
         self.linger_s, self.expected = linger_s, expected
         self._q: deque[_Request] = deque()
         self._cv = threading.Condition()
         self._closed = False
-        self.stats = {"batches": 0, "requests": 0, "max_batch": 0}
+        self.stats = {"batches": 0, "requests": 0, "max_batch": 0, "retried": 0, "failed": 0}
         self._threads = [threading.Thread(target=self._loop, name=f"{name}-{i}", daemon=True) for i in range(threads)]
         for t in self._threads:
             t.start()
@@ -116,20 +124,41 @@ class BatchWorker:
             batch = self._take()
             if batch is None:
                 return
+            retried = failed = 0
             try:
                 with torch.inference_mode():
                     results = self.fn([r.payload for r in batch])
                 for r, res in zip(batch, results):
                     r.result = res
-            except BaseException as e:  # noqa: BLE001 — every waiting session gets the error
-                for r in batch:
-                    r.error = e
+            except BaseException as e:  # noqa: BLE001
+                if len(batch) == 1:
+                    batch[0].error = e
+                    failed = 1
+                else:  # find the culprit: each request alone, from a clean state
+                    retried = len(batch)
+                    for r in batch:
+                        failed += self._run_alone(r)
             with self._cv:
                 self.stats["batches"] += 1
                 self.stats["requests"] += len(batch)
                 self.stats["max_batch"] = max(self.stats["max_batch"], len(batch))
+                self.stats["retried"] += retried
+                self.stats["failed"] += failed
             for r in batch:
                 r.done.set()
+
+
+    def _run_alone(self, r: _Request) -> int:
+        """Run one request of a failed batch by itself; 1 when it fails alone too."""
+        try:
+            if self.undo is not None:
+                self.undo(r.payload)
+            with torch.inference_mode():
+                r.result = self.fn([r.payload])[0]
+            return 0
+        except BaseException as e:  # noqa: BLE001 — this request's own failure: its session only
+            r.error = e
+            return 1
 
 
 class Batcher:
@@ -144,7 +173,8 @@ class Batcher:
         self.encoder = BatchWorker(self._encode_batch, "sf-batch-enc", linger_s=linger, expected=self._expected)
         # a long prefill (a context rebuild) goes alone rather than delaying many small steps
         self.decoder = BatchWorker(self._forward_batch, "sf-batch-dec", max_cost=max_tokens,
-                                   linger_s=linger, expected=self._expected, threads=decoder_threads)
+                                   linger_s=linger, expected=self._expected, threads=decoder_threads,
+                                   undo=self._undo_forward)
 
     def _expected(self) -> int:
         return self.sessions
@@ -186,6 +216,12 @@ class Batcher:
             for j, i in enumerate(idx):
                 out[i] = enc[j : j + 1]
         return out
+
+    @staticmethod
+    def _undo_forward(req) -> None:
+        """A failed ragged forward may have appended some layers' keys/values: drop them."""
+        _, cache, pos = req
+        truncate_cache(cache, pos)
 
     def _forward_batch(self, reqs: list) -> list[torch.Tensor]:
         m = self.model

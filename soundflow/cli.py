@@ -50,7 +50,8 @@ def _serve(a) -> int:
     from .server import serve
 
     return serve(host=a.host, port=a.port, model=a.model, token=a.token or os.environ.get("SOUNDFLOW_TOKEN"),
-                 quant=_quant(a.quant), batch=not a.no_batch, device=a.device)
+                 quant=_quant(a.quant), batch=not a.no_batch, device=a.device, allow_origins=a.allow_origin,
+                 insecure=a.insecure, idle_timeout=a.idle_timeout)
 
 
 def _bench_proactive(a) -> int:
@@ -139,6 +140,22 @@ def _bench_train(a) -> int:
     return 0
 
 
+def _analyze(a) -> int:
+    import json
+
+    from . import analyze
+
+    if a.analysis == "continuity":
+        result = analyze.analyze_continuity(a.checkpoint, a.data, max_chunks=a.max_chunks, limit=a.limit)
+    else:
+        result = analyze.analyze_heads(a.checkpoint, a.data, max_chunks=a.max_chunks, limit=a.limit,
+                                       threshold=a.threshold)
+    js, png = analyze.write_result(result, a.out)
+    print(f"{a.analysis}: {js} and {png}", file=sys.stderr)
+    print(json.dumps(analyze.headline(result), default=str))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="soundflow", description="Always-on audio interaction models.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -207,7 +224,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (int8 becomes bf16 on a GPU)")
     s.add_argument("--no-batch", action="store_true",
                    help="run each connection's forwards on its own (default: batched across connections)")
+    s.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                   help="let pages from ORIGIN (e.g. https://app.example) open streams; repeatable; '*' allows any. "
+                        "Default: only the server's own page")
+    s.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without a token")
+    s.add_argument("--idle-timeout", type=float, default=60.0,
+                   help="close a stream that sends nothing for this many seconds")
     s.set_defaults(fn=_serve)
+
+    an = sub.add_parser("analyze", help="the paper's analyses: continuity ratio (Obs. 1), decision heads (Obs. 2)")
+    an = an.add_subparsers(dest="analysis", required=True)
+    for name, what, chunks in (("continuity", "cross-chunk continuity ratio at the encoder, adapter and every decoder layer", 30),
+                               ("heads", "per-head attention share at the decision position and single-head ablation", 20)):
+        s = an.add_parser(name, help=what)
+        s.add_argument("checkpoint", help="checkpoint folder or backend name (mini, tiny, ...)")
+        s.add_argument("data", help="stream-sample manifest, shard folder, authors' JSONL or data spec")
+        s.add_argument("--max-chunks", type=int, default=chunks, help="chunks read per stream")
+        s.add_argument("--limit", type=int, default=None, help="N streams evenly spaced over the data")
+        s.add_argument("--out", default="analysis", help="folder for <analysis>.json and <analysis>.png")
+        if name == "heads":
+            s.add_argument("--threshold", type=float, default=None,
+                           help="P(<response>) decision threshold (default: the checkpoint's calibrated one, else 0.5)")
+        s.set_defaults(fn=_analyze)
 
     b = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
     s = b.add_parser("proactive", help="Proactive-Sound-Bench (public JSONL format)")

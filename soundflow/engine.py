@@ -63,6 +63,7 @@ cores, see BENCHMARKS.md).
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import queue
 import threading
@@ -75,8 +76,9 @@ import numpy as np
 import torch
 
 from . import decoding
-from .audio import CHUNK_MS, AudioError, Chunker, chunk_samples
+from .audio import CHUNK_MS, Chunker, check_pcm, chunk_samples
 from .model import truncate_cache
+from .tokenize import AUDIO_SLOTS
 
 _END = object()
 
@@ -90,6 +92,9 @@ class EngineOptions:
     threshold: float = 0.5  # respond when P(<response>) >= threshold
     max_reply_tokens: int = 48
     instruction: str | None = None  # default instruction of new sessions
+    # longest instruction accepted (tokens): it sits in the KV cache next to the audio window,
+    # so it is bounded like the window (a longer one raises ValueError at the caller)
+    max_instruction_tokens: int = 1024
     chunk_ms: int = CHUNK_MS
     max_context_chunks: int | None = 75  # recent window kept in the KV cache (None: unbounded)
     evict_chunks: int | None = None  # chunks evicted at a time (default: half the window)
@@ -179,6 +184,11 @@ class _Turn:
     items: list = field(default_factory=list)  # ("ids", [ints]) | ("audio", (m, slots, d))
     chunks: int = 0
     instruction: bool = False
+    # an instruction turn's own tokens (not in `items`: a rebuild moves the latest instruction
+    # to the prefix) — cache positions, and the same counted in window units (chunks) so that
+    # instructions are evicted like audio instead of piling up outside the budget
+    instr_positions: int = 0
+    cost: int = 0
 
 
 class Session:
@@ -190,6 +200,7 @@ class Session:
         self.opts = opts
         self._batcher = batcher
         self.instruction = instruction
+        self._instruction_ids(instruction)  # ValueError before any thread starts
         self._chunk_s = opts.chunk_ms / 1000
         self._chunker = Chunker(opts.chunk_ms)
         self._k = 0  # chunks fed
@@ -226,18 +237,32 @@ class Session:
         stamp used for latency (e.g. a paced source's wall-clock arrival)."""
         if self._closed:
             raise RuntimeError("session is closed")
-        pcm = np.asarray(pcm, dtype=np.float32).reshape(-1)
-        if not np.isfinite(pcm).all():
-            raise AudioError("PCM contains NaN or infinite samples")
+        pcm = check_pcm(pcm)  # AudioError for NaN/inf/|x| > MAX_PEAK; clips mild overshoot
         chunks = self._chunker.push(pcm)
         self._enqueue(chunks, available_at)
         return len(chunks)
 
     def set_instruction(self, text: str | None) -> None:
-        """New instruction: fed at the next interruption point (cuts a reply if barge_in)."""
+        """New instruction: fed at the next interruption point (cuts a reply if barge_in). It
+        replaces the previous one (several set before that point: only the last is fed).
+        ValueError when longer than `max_instruction_tokens`."""
+        self._instruction_ids(text)  # validate in the caller's thread: the decoder never sees a bad one
         with self._lock:
             self._new_instruction = text or ""
             self._lock.notify_all()
+
+    def _instruction_ids(self, text: str | None) -> list[int]:
+        if not text:
+            return []
+        if not isinstance(text, str):
+            raise ValueError("instruction must be a string")
+        cap = self.opts.max_instruction_tokens
+        if len(text) > 8 * cap:  # no tokenizer makes fewer tokens than chars / 8: skip the work
+            raise ValueError(f"instruction of {len(text)} characters is longer than {cap} tokens")
+        ids = self.model.tokenizer.encode(text)
+        if len(ids) > cap:
+            raise ValueError(f"instruction of {len(ids)} tokens is longer than the limit of {cap}")
+        return ids
 
     def close(self, wait: bool = True, timeout: float | None = None) -> None:
         """Flush the partial last chunk (zero-padded), let the threads finish, stop them."""
@@ -443,10 +468,18 @@ class Session:
         return p
 
     def _apply_instruction(self, text: str) -> None:
-        """Feed a mid-stream instruction at an interruption point; it becomes the new prefix."""
+        """Feed a mid-stream instruction at an interruption point. It replaces the previous one:
+        it costs window room like audio (len / positions-per-chunk chunks); when it does not fit,
+        turns are evicted and the cache rebuilt with it as the prefix (superseded instructions
+        are dropped), so any number of instructions leaves the cache bounded."""
         self.instruction = text or None
-        ids = self.model.tokenizer.encode(text) if text else []
+        ids = self._instruction_ids(text)
         if not ids:
+            return
+        cost = -(-len(ids) // (AUDIO_SLOTS + 1))
+        cap = self.opts.max_context_chunks
+        if cap is not None and self._window_chunks + cost > cap:
+            self._rebuild()  # this instruction becomes the prefix (bounded by max_instruction_tokens)
             return
         st = self._state
         # only the tokens before the instruction are recorded: a rebuild puts the latest
@@ -456,7 +489,9 @@ class Session:
         with torch.inference_mode():
             decoding._forward(self.model, st, torch.cat(decoding._pending_embeds(self.model, st)).unsqueeze(0))
         self.stats["forwards"] += 1
+        turn.instr_positions, turn.cost = len(ids), cost
         self._turns.append(turn)
+        self._window_chunks += cost
 
     def _reply(self, c: _Chunk) -> None:
         """Greedy reply after <response>; token events; barge-in checks between tokens."""
@@ -536,7 +571,7 @@ class Session:
         evicted = []
         while self._turns and self._window_chunks > target:
             evicted.append(self._turns.popleft())
-            self._window_chunks -= evicted[-1].chunks
+            self._window_chunks -= evicted[-1].chunks + evicted[-1].cost
         if self.opts.context_policy == "shift" and not any(t.instruction for t in evicted) and self._shift(evicted):
             return
         self._rebuild()  # also when an instruction turn leaves the window: it must move to the prefix
@@ -544,7 +579,7 @@ class Session:
     @staticmethod
     def _turn_len(t: _Turn) -> int:
         """Cache positions a turn occupies (feed_audio puts <silent> between drained chunks)."""
-        return sum(len(x) if kind == "ids" else x.shape[0] * x.shape[1] + x.shape[0] - 1 for kind, x in t.items)
+        return t.instr_positions + sum(len(x) if kind == "ids" else x.shape[0] * x.shape[1] + x.shape[0] - 1 for kind, x in t.items)
 
     def _shift(self, evicted: list[_Turn]) -> bool:
         """StreamingLLM-style eviction: keep the prefix, drop the evicted turns' positions and
@@ -572,6 +607,9 @@ class Session:
         kept = deque()
         for i, t in enumerate(self._turns):
             kept.append(t)
+            if t.instr_positions:  # its instruction is superseded, or is the prefix now
+                self._window_chunks -= t.cost
+                t.instr_positions = t.cost = 0
             items = t.items
             if i == 0 and items and items[0][0] == "ids":
                 items = items[1:]  # the control token of an evicted chunk: start at audio
@@ -632,6 +670,8 @@ class Session:
     def _step(self, batch: list[_Chunk]) -> None:
         self._maybe_evict(len(batch))
         p = self._feed_chunks(batch)
+        if not math.isfinite(p):  # the state is poisoned: end this session (an error event), never emit NaN
+            raise RuntimeError("the model produced a non-finite P(response); session state is corrupt")
         newest = batch[-1]
         respond = self._decide(newest.k, p)
         decoding.decide(self.model, self._state, 1.0 if respond else 0.0, 0.5)

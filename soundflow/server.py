@@ -77,10 +77,12 @@ import contextlib
 import hmac
 import json
 import logging
+import math
 import os
 import re
 import secrets
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -91,11 +93,17 @@ from fastapi import FastAPI, WebSocket
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
+from .audio import check_pcm
+
 PROTOCOL_VERSION = 1
 SAMPLE_RATE = 16_000
 FORMATS = {"f32le": np.dtype("<f4"), "s16le": np.dtype("<i2")}
 WS_MAX_SIZE = 4 * 1024 * 1024  # protocol-level cap on one WebSocket message
-MAX_INSTRUCTION_CHARS = 4000
+MAX_INSTRUCTION_CHARS = 4000  # cheap first cut before tokenising; the real bound is in tokens
+MAX_OUT_EVENTS = 64  # events queued for a client that is not reading before the server stops reading it
+MAX_REFUSALS = 100  # refused frames/messages per session before the server gives up on the client
+INSTRUCTION_BURST, INSTRUCTION_PER_S = 4, 0.5  # instruction messages: a burst of 4, then one per 2 s
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 WEB_DIR = Path(__file__).with_name("web")
 
 log = logging.getLogger("soundflow.server")
@@ -117,8 +125,25 @@ def _jsonable(o: Any):
     return str(o)
 
 
+def _finite(o: Any):
+    """Non-finite floats → None (JSON has no NaN/Infinity; a browser's JSON.parse rejects them)."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    return o
+
+
 def _dumps(obj: dict) -> str:
-    return json.dumps(obj, default=_jsonable, ensure_ascii=False)
+    """Strict JSON: never NaN/Infinity (the engine ends a session rather than emit one; this is
+    the last line of defence)."""
+    try:
+        return json.dumps(obj, default=_jsonable, ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(json.loads(json.dumps(obj, default=_jsonable))), ensure_ascii=False,
+                          allow_nan=False)
 
 
 def _bearer_ok(expected: str | None, headers, query) -> bool:
@@ -127,6 +152,42 @@ def _bearer_ok(expected: str | None, headers, query) -> bool:
     auth = headers.get("authorization", "")
     got = auth[7:].strip() if auth[:7].lower() == "bearer " else query.get("token", "")
     return bool(got) and hmac.compare_digest(got.encode(), expected.encode())
+
+
+def _host_name(netloc: str) -> str:
+    """'Example.com:8765' → 'example.com'; '[::1]:8765' → '::1'."""
+    netloc = netloc.strip().lower()
+    if netloc.startswith("["):
+        return netloc[1 : netloc.find("]")] if "]" in netloc else netloc
+    return netloc.rsplit(":", 1)[0] if netloc.count(":") == 1 else netloc
+
+
+def _is_loopback_name(name: str) -> bool:
+    return name in LOOPBACK_NAMES or name.startswith("127.") or name.endswith(".localhost")
+
+
+def _host_ok(allowed_hosts, host_header: str) -> bool:
+    """DNS rebinding guard: a server bound to loopback answers only to loopback host names (a
+    page at evil.example whose name was re-pointed to 127.0.0.1 sends Host: evil.example)."""
+    if allowed_hosts is None or "*" in allowed_hosts:
+        return True
+    name = _host_name(host_header or "")
+    return _is_loopback_name(name) or name in allowed_hosts
+
+
+def _origin_ok(allowed_origins, host_header: str, origin: str | None) -> bool:
+    """Browsers send Origin on every WebSocket upgrade: accept the page's own origin (same
+    host:port as the request) and the explicitly allowed ones. No Origin: not a browser page
+    (a script or app), which the token — not the Origin — has to keep out."""
+    if origin is None:
+        return True
+    origin = origin.strip().lower().rstrip("/")
+    if "*" in allowed_origins or origin in allowed_origins:
+        return True
+    if origin == "null" or "://" not in origin:
+        return False
+    scheme, netloc = origin.split("://", 1)
+    return scheme in ("http", "https") and netloc == (host_header or "").strip().lower()
 
 
 def _parse_hello(text: str | None, chunk_ms: int) -> dict:
@@ -138,23 +199,31 @@ def _parse_hello(text: str | None, chunk_ms: int) -> dict:
         raise _HandshakeError("bad_json", "the hello message is not valid JSON") from None
     if not isinstance(hello, dict) or hello.get("type") != "hello":
         raise _HandshakeError("bad_handshake", "the first message must be {\"type\": \"hello\", ...}")
-    if hello.get("version") != PROTOCOL_VERSION:
+    def is_int(v) -> bool:  # JSON true == 1 in Python: a boolean is not a version or a rate
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if not is_int(hello.get("version")) or hello.get("version") != PROTOCOL_VERSION:
         raise _HandshakeError("unsupported_version",
                               f"protocol version {hello.get('version')!r} is not supported; this server speaks {PROTOCOL_VERSION}")
-    if hello.get("sample_rate") != SAMPLE_RATE:
+    if not is_int(hello.get("sample_rate")) or hello.get("sample_rate") != SAMPLE_RATE:
         raise _HandshakeError("unsupported_sample_rate",
                               f"sample_rate {hello.get('sample_rate')!r} is not supported; send mono {SAMPLE_RATE} Hz")
-    if "chunk_ms" in hello and hello["chunk_ms"] != chunk_ms:
+    if "chunk_ms" in hello and (not is_int(hello["chunk_ms"]) or hello["chunk_ms"] != chunk_ms):
         raise _HandshakeError("unsupported_chunk_ms", f"chunk_ms {hello['chunk_ms']!r}: this server runs {chunk_ms} ms chunks")
     fmt = hello.get("format", "f32le")
-    if fmt not in FORMATS:
-        raise _HandshakeError("unsupported_format", f"format {fmt!r} is not supported; use one of {sorted(FORMATS)}")
+    if not isinstance(fmt, str) or fmt not in FORMATS:
+        raise _HandshakeError("unsupported_format",
+                              f"format {str(fmt)[:40]!r} is not supported; use one of {sorted(FORMATS)}")
     instruction = hello.get("instruction")
     if instruction is not None and not isinstance(instruction, str):
         raise _HandshakeError("bad_handshake", "instruction must be a string")
     if instruction and len(instruction) > MAX_INSTRUCTION_CHARS:
-        raise _HandshakeError("bad_handshake", f"instruction longer than {MAX_INSTRUCTION_CHARS} characters")
+        raise _HandshakeError("instruction_too_long", f"instruction longer than {MAX_INSTRUCTION_CHARS} characters")
     return {"format": fmt, "instruction": instruction or None}
+
+
+class _Refused(Exception):
+    """A session refused MAX_REFUSALS frames/messages: the connection is closed."""
 
 
 class _Connection:
@@ -165,10 +234,13 @@ class _Connection:
         self.dtype = FORMATS[fmt]
         self.loop = asyncio.get_running_loop()
         self.out: asyncio.Queue = asyncio.Queue()
-        self.room = asyncio.Event()  # set whenever a decision is delivered (backpressure)
+        self.room = asyncio.Event()  # set whenever an event is delivered (backpressure)
         self.fed_samples = 0
         self.delivered = 0  # chunks whose decision has been sent to the client
         self.closed = threading.Event()  # engine session closed: the pump may stop when drained
+        self.engine_failed = False  # the engine session reported a failure (engine_error, close 1011)
+        self.refusals = 0
+        self.bucket, self.bucket_t = float(INSTRUCTION_BURST), time.monotonic()  # instruction rate
         self.pump = threading.Thread(target=self._pump, name=f"soundflow-ws-{session_id}", daemon=True)
 
     # -- engine events → asyncio (a thread per session; get_event blocks) ------------------------
@@ -185,12 +257,15 @@ class _Connection:
                 try:
                     ev = self.sess.get_event(timeout=0.1)
                 except Exception as e:  # noqa: BLE001 — an engine failure ends this session only
+                    self.engine_failed = True
                     self._post({"type": "error", "code": "engine_error", "message": f"{type(e).__name__}: {e}"})
                     break
                 if ev is None:
                     if self.closed.is_set() or getattr(self.sess, "finished", False):
                         break
                     continue
+                if ev.get("type") == "error":  # the engine's own report: its session is over
+                    self.engine_failed = True
                 if not self._post(ev):
                     return
         finally:
@@ -201,7 +276,12 @@ class _Connection:
         await self.ws.send_text(_dumps(obj))
 
     async def error(self, code: str, message: str) -> None:
+        """Refuse one frame/message; the session goes on (until MAX_REFUSALS: a client that
+        keeps sending what it was told is wrong is broken or hostile, and is closed)."""
+        self.refusals += 1
         await self.out.put({"type": "error", "code": code, "message": message})
+        if self.refusals >= MAX_REFUSALS:
+            raise _Refused(f"{self.refusals} refused frames or messages")
 
     def pending_chunks(self) -> int:
         return self.fed_samples // self.st.chunk_n - self.delivered
@@ -220,20 +300,29 @@ class _Connection:
 
     # -- tasks --------------------------------------------------------------------------------
     async def reader(self) -> str:
-        """Socket → engine. Returns "end" (client said end) or "gone" (client vanished)."""
+        """Socket → engine. Returns "end" (client said end), "gone" (client vanished), "idle"
+        (nothing received for idle_timeout) or "refused" (too many refusals)."""
         while True:
-            while self.pending_chunks() >= self.st.max_queue_chunks:
+            # stop reading while the client has not taken its events: its sends then block
+            # (TCP backpressure). Counts decisions not yet sent and every queued event (errors too).
+            while self.pending_chunks() >= self.st.max_queue_chunks or self.out.qsize() >= MAX_OUT_EVENTS:
                 self.room.clear()
-                await self.room.wait()  # stop reading: the client's sends block (TCP backpressure)
-            msg = await self.ws.receive()
+                await self.room.wait()
+            try:
+                msg = await asyncio.wait_for(self.ws.receive(), timeout=self.st.idle_timeout)
+            except asyncio.TimeoutError:
+                return "idle"
             if msg["type"] == "websocket.disconnect":
                 return "gone"
             data, text = msg.get("bytes"), msg.get("text")
-            if data is not None:
-                await self.on_audio(data)
-            elif text is not None:
-                if await self.on_text(text):
-                    return "end"
+            try:
+                if data is not None:
+                    await self.on_audio(data)
+                elif text is not None:
+                    if await self.on_text(text):
+                        return "end"
+            except _Refused:
+                return "refused"
 
     async def on_audio(self, data: bytes) -> None:
         if not data:
@@ -248,14 +337,11 @@ class _Connection:
                              f"{n} samples in one frame; at most {self.st.max_frame_samples} ({self.st.max_frame_samples / SAMPLE_RATE:g} s); frame dropped")
             return
         pcm = np.frombuffer(data, dtype=self.dtype)
-        if self.fmt == "s16le":
-            pcm = pcm.astype(np.float32) / 32768.0
-        else:
-            pcm = pcm.astype(np.float32)
-            if not np.isfinite(pcm).all():
-                await self.error("malformed_frame", "frame contains NaN or infinite samples; frame dropped")
-                return
         try:
+            if self.fmt == "s16le":
+                pcm = pcm.astype(np.float32) / 32768.0
+            else:  # finite and within ±MAX_PEAK, else refused; mild overshoot clipped to [-1, 1]
+                pcm = check_pcm(pcm, "frame")
             self.sess.feed(pcm)
         except ValueError as e:  # soundflow.audio.AudioError
             await self.error("malformed_frame", f"{e}; frame dropped")
@@ -274,11 +360,24 @@ class _Connection:
             return True
         if kind == "instruction":
             instr = msg.get("text")
-            if not isinstance(instr, str) or len(instr) > MAX_INSTRUCTION_CHARS:
-                await self.error("bad_message", f"instruction text must be a string of at most {MAX_INSTRUCTION_CHARS} characters")
+            if not isinstance(instr, str):
+                await self.error("bad_message", "instruction text must be a string")
                 return False
+            if len(instr) > MAX_INSTRUCTION_CHARS:
+                await self.error("instruction_too_long", f"instruction longer than {MAX_INSTRUCTION_CHARS} characters; ignored")
+                return False
+            now = time.monotonic()  # token bucket: each instruction may cost the decoder a prefill
+            self.bucket = min(float(INSTRUCTION_BURST), self.bucket + (now - self.bucket_t) * INSTRUCTION_PER_S)
+            self.bucket_t = now
+            if self.bucket < 1:
+                await self.error("rate_limited", f"more than {INSTRUCTION_BURST} instructions in a burst or one per "
+                                                 f"{1 / INSTRUCTION_PER_S:g} s; ignored")
+                return False
+            self.bucket -= 1
             try:
                 await self.loop.run_in_executor(self.st.executor, self.sess.set_instruction, instr)
+            except ValueError as e:  # longer than the engine's max_instruction_tokens
+                await self.error("instruction_too_long", f"{e}; ignored")
             except Exception as e:  # noqa: BLE001
                 await self.error("engine_error", f"set_instruction failed: {e}")
             return False
@@ -299,7 +398,7 @@ class _Connection:
                 return "gone"
             if ev.get("type") == "decision":
                 self.delivered = max(self.delivered, int(ev["chunk"]) + 1)
-                self.room.set()
+            self.room.set()
 
     async def run(self) -> None:
         self.pump.start()
@@ -307,13 +406,26 @@ class _Connection:
         writer = asyncio.create_task(self.writer())
         try:
             done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
-            if reader in done and not reader.exception() and reader.result() == "end":
+            how = reader.result() if reader in done and not reader.exception() else None
+            if how == "end":
                 await self.close_engine()  # flushes the partial chunk, finishes the reply
                 result = await writer  # everything the engine had left, then _DONE
                 if result == "done":
                     with contextlib.suppress(Exception):
-                        await self.send({"type": "end", "chunks": self.delivered})
-                        await self.ws.close(1000)
+                        if self.engine_failed:  # engine_error was the last event (documented: 1011)
+                            await self.ws.close(1011)
+                        else:
+                            await self.send({"type": "end", "chunks": self.delivered})
+                            await self.ws.close(1000)
+            elif how in ("idle", "refused"):
+                code, text = (("idle_timeout", f"nothing received for {self.st.idle_timeout:g} s")
+                              if how == "idle" else
+                              ("too_many_errors", f"{self.refusals} refused frames or messages; closing"))
+                await self.close_engine(abort=True)
+                writer.cancel()
+                with contextlib.suppress(Exception):  # bounded: this client may not be reading
+                    await asyncio.wait_for(self.send({"type": "error", "code": code, "message": text}), 5)
+                    await asyncio.wait_for(self.ws.close(1008), 5)
             elif writer in done and not writer.exception() and writer.result() == "done":
                 # the engine session ended by itself (it reported an error): close this socket
                 with contextlib.suppress(Exception):
@@ -332,7 +444,8 @@ class _Connection:
 
 class _State:
     def __init__(self, engine, *, token, chunk_ms, max_sessions, max_queue_chunks, max_frame_samples,
-                 handshake_timeout, threshold, model_name):
+                 handshake_timeout, threshold, model_name, idle_timeout=60.0, allowed_origins=(),
+                 allowed_hosts=None):
         from .audio import chunk_samples
 
         self.engine, self.token, self.chunk_ms = engine, token, chunk_ms
@@ -340,6 +453,9 @@ class _State:
         self.max_sessions, self.max_queue_chunks = max_sessions, max_queue_chunks
         self.max_frame_samples, self.handshake_timeout = max_frame_samples, handshake_timeout
         self.threshold, self.model_name = threshold, model_name
+        self.idle_timeout = idle_timeout
+        self.allowed_origins = {o.strip().lower().rstrip("/") for o in allowed_origins}
+        self.allowed_hosts = None if allowed_hosts is None else {h.strip().lower() for h in allowed_hosts}
         self.sessions: set[str] = set()
         self.served = 0
         # Blocking engine calls (session start/close, set_instruction) run here, never on the loop.
@@ -348,11 +464,15 @@ class _State:
 
 def create_app(model=None, token: str | None = None, options=None, max_sessions: int = 32,
                max_queue_chunks: int = 16, *, engine=None, max_frame_ms: int = 1000,
-               handshake_timeout: float = 10.0):
+               handshake_timeout: float = 10.0, idle_timeout: float = 60.0,
+               allowed_origins=(), allowed_hosts=("loopback",)):
     """The FastAPI app: `/` (page), `/v1/stream` (WebSocket, see the module docstring), `/healthz`.
 
     `model` is an `AudioLM`; `options` an `EngineOptions`. `engine` may be passed instead of
-    `model` (anything with `.session(instruction=)` and `.options`)."""
+    `model` (anything with `.session(instruction=)` and `.options`). `allowed_origins`: page
+    origins besides the server's own that may open a stream (`"*"`: any). `allowed_hosts`:
+    Host names answered besides the loopback ones (`None` or `"*"`: any — for a server bound
+    to a public address, where the token is the guard)."""
     if engine is None:
         if model is None:
             raise ValueError("create_app needs a model or an engine")
@@ -369,7 +489,9 @@ def create_app(model=None, token: str | None = None, options=None, max_sessions:
                 max_queue_chunks=max(1, max_queue_chunks),
                 max_frame_samples=SAMPLE_RATE * max_frame_ms // 1000,
                 handshake_timeout=handshake_timeout, threshold=threshold,
-                model_name=getattr(cfg, "backend", None))
+                model_name=getattr(cfg, "backend", None), idle_timeout=idle_timeout,
+                allowed_origins=allowed_origins,
+                allowed_hosts=None if allowed_hosts is None else [h for h in allowed_hosts if h != "loopback"])
 
     @asynccontextmanager
     async def lifespan(app):
@@ -396,6 +518,8 @@ def create_app(model=None, token: str | None = None, options=None, max_sessions:
 
     @app.middleware("http")
     async def revalidate_static(request, call_next):
+        if not _host_ok(st.allowed_hosts, request.headers.get("host", "")):
+            return JSONResponse({"error": "host not allowed"}, status_code=403)  # DNS rebinding
         response = await call_next(request)
         if request.url.path.startswith("/static/"):
             response.headers["Cache-Control"] = "no-cache"  # revalidate (ETag) so upgrades show up
@@ -409,6 +533,16 @@ def create_app(model=None, token: str | None = None, options=None, max_sessions:
 
     @app.websocket("/v1/stream")
     async def stream(ws: WebSocket):
+        host = ws.headers.get("host", "")
+        if not _host_ok(st.allowed_hosts, host):
+            log.warning("refused a stream for Host %r (DNS rebinding guard)", host[:100])
+            await ws.close(code=1008, reason="host not allowed")  # before accept: HTTP 403
+            return
+        if not _origin_ok(st.allowed_origins, host, ws.headers.get("origin")):
+            log.warning("refused a stream from origin %r (allow it with --allow-origin)",
+                        ws.headers.get("origin", "")[:100])
+            await ws.close(code=1008, reason="origin not allowed")
+            return
         if not _bearer_ok(st.token, ws.headers, ws.query_params):
             await ws.close(code=1008, reason="missing or wrong bearer token")  # before accept: HTTP 403
             return
@@ -421,7 +555,12 @@ def create_app(model=None, token: str | None = None, options=None, max_sessions:
                 raise _HandshakeError("handshake_timeout", f"no hello within {st.handshake_timeout:g} s") from None
             if msg["type"] == "websocket.disconnect":
                 return
-            hello = _parse_hello(msg.get("text"), st.chunk_ms)
+            try:
+                hello = _parse_hello(msg.get("text"), st.chunk_ms)
+            except _HandshakeError:
+                raise
+            except Exception as e:  # noqa: BLE001 — any odd hello is the client's error, not a crash
+                raise _HandshakeError("bad_handshake", f"malformed hello ({type(e).__name__})") from None
             if len(st.sessions) >= st.max_sessions:
                 raise _HandshakeError("busy", f"the server is at its limit of {st.max_sessions} sessions; retry later", 1013)
         except _HandshakeError as e:
@@ -438,10 +577,14 @@ def create_app(model=None, token: str | None = None, options=None, max_sessions:
             try:
                 sess = await loop.run_in_executor(st.executor, lambda: engine.session(instruction=hello["instruction"]))
             except Exception as e:  # noqa: BLE001
-                log.exception("session start failed")
+                too_long = isinstance(e, ValueError)  # the instruction is over max_instruction_tokens
+                if not too_long:
+                    log.exception("session start failed")
                 try:
-                    await ws.send_text(_dumps({"type": "error", "code": "engine_error", "message": f"session start failed: {e}"}))
-                    await ws.close(1011)
+                    code = "instruction_too_long" if too_long else "engine_error"
+                    await ws.send_text(_dumps({"type": "error", "code": code,
+                                               "message": str(e) if too_long else f"session start failed: {e}"}))
+                    await ws.close(1008 if too_long else 1011)
                 except Exception:  # noqa: BLE001
                     pass
                 return
@@ -467,27 +610,85 @@ class _RedactTokens(logging.Filter):
 
     _re = re.compile(r"([?&]token=)[^&\s\"']+")
 
+    def _redact(self, v):
+        return self._re.sub(r"\1***", v) if isinstance(v, str) and "token=" in v else v
+
     def filter(self, record: logging.LogRecord) -> bool:
-        msg = record.getMessage()
-        if "token=" in msg:
-            record.msg, record.args = self._re.sub(r"\1***", msg), ()
+        # redact inside the arguments: uvicorn's access formatter unpacks record.args itself,
+        # so flattening them into msg breaks its formatting
+        record.msg = self._redact(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(self._redact(a) for a in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {k: self._redact(v) for k, v in record.args.items()}
         return True
 
 
 def _is_loopback(host: str) -> bool:
-    return host in ("127.0.0.1", "::1", "localhost") or host.startswith("127.")
+    return _is_loopback_name(host.strip("[]").lower())
+
+
+def _reaping_h11(header_timeout: float):
+    """uvicorn's h11 protocol, plus: a connection that has no request in progress and started
+    none for `header_timeout` seconds is closed. uvicorn reaps idle keep-alive connections but
+    not ones that never finish their headers (200 such sockets stayed open indefinitely);
+    upgraded (WebSocket) connections are left to the WebSocket keepalive and idle timeout."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class ReapingH11(H11Protocol):
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._sf_seen = object()
+            self._sf_timer = self.loop.call_later(header_timeout, self._sf_check)
+
+        def _sf_check(self) -> None:
+            t = self.transport
+            if t.is_closing() or t.get_protocol() is not self:  # gone, or now a WebSocket
+                return
+            idle = self.cycle is None or self.cycle.response_complete
+            if idle and self.cycle is self._sf_seen:  # no new request for a whole period
+                t.close()
+                return
+            self._sf_seen = self.cycle
+            self._sf_timer = self.loop.call_later(header_timeout, self._sf_check)
+
+        def connection_lost(self, exc) -> None:
+            self._sf_timer.cancel()
+            super().connection_lost(exc)
+
+    return ReapingH11
+
+
+def uvicorn_config(app, header_timeout: float = 10.0, ws_ping_interval: float = 20.0,
+                   ws_ping_timeout: float = 20.0, **kw):
+    """uvicorn settings of `soundflow serve` (tests use them too): the 4 MiB message cap,
+    reaping of half-sent requests, and WebSocket pings that drop half-open connections
+    (a peer that vanished without a FIN) after ws_ping_interval + ws_ping_timeout."""
+    import uvicorn
+
+    return uvicorn.Config(app, ws_max_size=WS_MAX_SIZE, http=_reaping_h11(header_timeout),
+                          ws_ping_interval=ws_ping_interval, ws_ping_timeout=ws_ping_timeout,
+                          timeout_keep_alive=5, **kw)
 
 
 def serve(host: str = "127.0.0.1", port: int = 8765, model="mini", token: str | None = None,
           options=None, max_sessions: int = 32, log_level: str = "info", quant: str | None = "int8",
-          batch: bool = True, device: str | None = None) -> int:
+          batch: bool = True, device: str | None = None, allow_origins=(), insecure: bool = False,
+          idle_timeout: float = 60.0) -> int:
     """Run the server until interrupted (the `soundflow serve` command). Returns an exit code."""
+    import sys
+
     import uvicorn
 
     token = token or os.environ.get("SOUNDFLOW_TOKEN") or None
-    if not _is_loopback(host) and not token:
-        log.warning("serving on %s without a token: anyone who can reach it can use the model "
-                    "(set --token or SOUNDFLOW_TOKEN)", host)
+    loopback = _is_loopback(host)
+    if not loopback and not token:
+        if not insecure:
+            print(f"soundflow: error: refusing to serve on {host} without a token: anyone who can reach it could "
+                  "use the model. Set --token or SOUNDFLOW_TOKEN (or pass --insecure to do it anyway)",
+                  file=sys.stderr)
+            return 2
+        log.warning("serving on %s without a token (--insecure): anyone who can reach it can use the model", host)
     if isinstance(model, str):
         from .model import load_model
 
@@ -502,12 +703,14 @@ def serve(host: str = "127.0.0.1", port: int = 8765, model="mini", token: str | 
 
         # connections share batch workers (batching.py): more real-time sessions per machine
         options = EngineOptions(threshold=default_threshold(model), batch=batch)
-    app = create_app(model, token=token, options=options, max_sessions=max_sessions)
+    # Host check only on loopback (DNS rebinding); on a public address the token is the guard
+    app = create_app(model, token=token, options=options, max_sessions=max_sessions,
+                     allowed_origins=allow_origins, allowed_hosts=("loopback",) if loopback else None,
+                     idle_timeout=idle_timeout)
     shown = f"[{host}]" if ":" in host else host
     print(f"soundflow: page http://{shown}:{port}/{'?token=…' if token else ''}  "
           f"stream ws://{shown}:{port}/v1/stream", flush=True)
-    config = uvicorn.Config(app, host=host, port=port, ws_max_size=WS_MAX_SIZE, log_level=log_level,
-                            timeout_graceful_shutdown=5)
+    config = uvicorn_config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)  # Config.__init__ sets up uvicorn's loggers; filter them now
     for name in ("uvicorn.access", "uvicorn.error"):
         logging.getLogger(name).addFilter(_RedactTokens())

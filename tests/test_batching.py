@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -192,3 +193,93 @@ def test_batched_eviction_matches_unbatched(model, policy):
         eng.close()
     assert [x[:2] for x in ps[True]] == [x[:2] for x in ps[False]]
     assert [x[2] for x in ps[True]] == pytest.approx([x[2] for x in ps[False]], abs=1e-4)
+
+
+def test_failed_batch_fails_only_the_culprit():
+    """A batch that raises is re-run request by request: only the request that fails on its own
+    gets the error; its batch-mates get their own results."""
+    gate = threading.Event()
+    seen = []
+
+    def fn(xs):
+        gate.wait(5)
+        seen.append(list(xs))
+        if "bad" in xs:
+            raise ValueError("poisoned")
+        return [x.upper() for x in xs]
+
+    undone = []
+    w = BatchWorker(fn, "t", undo=undone.append)
+    out = {}
+
+    def call(x):
+        try:
+            out[x] = w.submit(x)
+        except ValueError as e:
+            out[x] = e
+
+    first = threading.Thread(target=call, args=("first",))
+    first.start()  # occupies the worker (gate) while the others queue into one batch
+    time.sleep(0.1)
+    th = [threading.Thread(target=call, args=(x,)) for x in ("a", "bad", "b")]
+    for t in th:
+        t.start()
+    time.sleep(0.1)
+    gate.set()
+    for t in [first, *th]:
+        t.join(5)
+    w.close()
+    assert out["first"] == "FIRST" and out["a"] == "A" and out["b"] == "B"
+    assert isinstance(out["bad"], ValueError)
+    assert ["a", "bad", "b"] in seen  # they did run as one batch first
+    assert sorted(undone) == ["a", "b", "bad"]  # each retried from a clean state
+    assert w.stats["retried"] == 3 and w.stats["failed"] == 1
+
+
+def test_poisoned_forward_in_a_batch_leaves_the_other_sessions_exact(model, monkeypatch):
+    """A decoder forward that fails for one stream's input (as the int8 quantiser did on huge
+    activations) fails that stream only; sessions batched with it decide exactly as alone."""
+    chunks = list(iter_chunks(_wave(0.4 * 6, seed=3)))
+    eng = Engine(model, EngineOptions(threshold=1.01))
+    alone = [e["p_response"] for e in eng.session().run(chunks) if e["type"] == "decision"]
+
+    real = model.hidden_ragged
+
+    def poisoned(reqs):  # fails whenever the poisoned stream's embeddings are in the batch
+        if any(bool((e == 7.0).all()) for e, _, _ in reqs):
+            raise RuntimeError("min should be less than or equal to max")
+        return real(reqs)
+
+    monkeypatch.setattr(model, "hidden_ragged", poisoned)
+    eng = Engine(model, EngineOptions(threshold=1.01, batch=True))
+    assert model.supports_ragged
+    good = [eng.session() for _ in range(4)]
+    poison = torch.full((11, model.embed_ids([1]).shape[-1]), 7.0)
+    results, errors = {}, []
+    done = threading.Event()
+
+    def run_good(i, s):
+        results[i] = [e["p_response"] for e in s.run(chunks) if e["type"] == "decision"]
+
+    def run_bad():
+        while not done.is_set():
+            try:
+                eng.batcher.hidden_last(poison, model.new_cache(), 0)
+            except RuntimeError as e:
+                errors.append(str(e))
+
+    goods = [threading.Thread(target=run_good, args=(i, s)) for i, s in enumerate(good)]
+    bads = [threading.Thread(target=run_bad) for _ in range(2)]
+    for t in goods + bads:
+        t.start()
+    for t in goods:
+        t.join(60)
+    done.set()
+    for t in bads:
+        t.join(10)
+    stats = eng.batcher.stats["decoder"]
+    eng.close()
+    assert errors and all("min should be" in e for e in errors)
+    assert stats["retried"] > stats["failed"] > 0  # batches with the poison were re-run, mates succeeded
+    for i in range(4):
+        assert results[i] == pytest.approx(alone, abs=1e-4)

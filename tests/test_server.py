@@ -20,7 +20,7 @@ import pytest
 
 from soundflow.engine import Engine, EngineOptions
 from soundflow.model import build_model
-from soundflow.server import WS_MAX_SIZE, create_app
+from soundflow.server import WS_MAX_SIZE, create_app, uvicorn_config
 
 websockets = pytest.importorskip("websockets")
 from websockets.asyncio.client import connect  # noqa: E402
@@ -39,15 +39,15 @@ def make_engine(model, **opts):
 
 
 class ServerThread:
-    def __init__(self, app):
+    def __init__(self, app, **config_kw):
         import uvicorn
 
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
-        config = uvicorn.Config(app, log_level="warning", ws_max_size=WS_MAX_SIZE, lifespan="on",
-                                timeout_graceful_shutdown=2)
+        config = uvicorn_config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=2,
+                                **config_kw)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
@@ -80,10 +80,10 @@ class ServerThread:
 
 @contextlib.contextmanager
 def running_server(model, *, token=None, max_sessions=32, max_queue_chunks=16, app_kw=None, engine=None,
-                   **engine_opts):
+                   config_kw=None, **engine_opts):
     app = create_app(model, token=token, max_sessions=max_sessions, max_queue_chunks=max_queue_chunks,
                      engine=engine or make_engine(model, **engine_opts), **(app_kw or {}))
-    with ServerThread(app) as srv:
+    with ServerThread(app, **(config_kw or {})) as srv:
         yield srv
 
 
