@@ -60,6 +60,10 @@ from .audio import SAMPLE_RATE
 MAX_ATTEMPTS = 20  # draws per sample slot before the shard gives up (Dropped / nothing fits)
 
 
+class RecipeError(ValueError):
+    """A recipe its sources cannot satisfy: a user error, reported in one line by the CLI."""
+
+
 def load_recipe(path: str | Path) -> dict:
     import yaml
 
@@ -164,6 +168,7 @@ def _slot_steps(cfg: dict, index: int, slot: int, res, names: list[str], w: np.n
 
     rng = np.random.default_rng([int(cfg["seed"]), index, slot])
     task = names[int(rng.choice(len(names), p=w))]
+    why = None
     for _attempt in range(MAX_ATTEMPTS):
         try:
             s = yield from TASK_STEPS[task](rng, res)
@@ -174,9 +179,12 @@ def _slot_steps(cfg: dict, index: int, slot: int, res, names: list[str], w: np.n
             stats["dropped_by"][key] = stats["dropped_by"].get(key, 0) + 1
             stats.setdefault("drops", []).append({"slot": slot, "task": task, "family": d.family, "voice": d.voice,
                                                   "wer": round(d.wer, 3), "text": d.text[:200]})
-        except ValueError:
+        except ValueError as e:
             stats["failed"] += 1
-    raise RuntimeError(f"shard {index}: no valid {task!r} sample in {MAX_ATTEMPTS} draws")
+            why = e
+    raise RecipeError(f"shard {index}: no valid {task!r} sample in {MAX_ATTEMPTS} draws"
+                      + (f" (last failure: {why})" if why else "")
+                      + "; the recipe's sources cannot satisfy this task: check its `sources` and `tasks`")
 
 
 def run_slots(slots: list, gate) -> list:

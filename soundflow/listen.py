@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import CHUNK_MS, AudioError, iter_chunks, iter_microphone, iter_pcm_stream, load_audio
+from .audio import CHUNK_MS, AudioError, iter_audio_file, iter_chunks, iter_microphone, iter_pcm_stream
 
 _TRAINED_HINT = ("note: model {name!r} is an untrained backend (random adapter, no streaming training): "
                  "its decisions and replies are not meaningful; pass a checkpoint folder with --model")
@@ -123,9 +123,9 @@ def listen(audio, model="mini", instruction: str | None = None, chunk_ms: int = 
         elif str(audio) == "mic" and not Path("mic").exists():  # live microphone, paced by the device
             wave = None
             chunks = iter_microphone(chunk_ms)
-        else:
-            wave = load_audio(audio)
-            chunks = iter_chunks(wave, chunk_ms)
+        else:  # read block by block: a 2-hour file does not have to fit in memory
+            wave = None
+            chunks = iter_audio_file(audio, chunk_ms)
     except AudioError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -139,12 +139,16 @@ def listen(audio, model="mini", instruction: str | None = None, chunk_ms: int = 
 
     keep_audio = plot is not None and wave is None
     heard: list[np.ndarray] = []
+    bad: list[AudioError] = []
 
     def source():
-        for c in chunks:
-            if keep_audio:
-                heard.append(c)
-            yield c
+        try:
+            for c in chunks:
+                if keep_audio:
+                    heard.append(c)
+                yield c
+        except AudioError as e:  # the file turned bad part-way (corrupt block, huge samples)
+            bad.append(e)
 
     if threshold is None:  # a calibrated checkpoint carries its own (see calibrate.py)
         from .calibrate import default_threshold
@@ -177,6 +181,9 @@ def listen(audio, model="mini", instruction: str | None = None, chunk_ms: int = 
         elif typ == "response":
             timeline.response(ev, last_p.get(ev["chunk"]))
     wall = time.perf_counter() - t0
+    if bad:
+        print(f"error: {bad[0]} (stopped there)", file=sys.stderr, flush=True)
+        rc = 2
     if timeline is not None:
         timeline.flush()
         n = len(decisions)
