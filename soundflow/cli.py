@@ -97,15 +97,23 @@ def _data_export(a) -> int:
 def _bench_asr(a) -> int:
     from .bench.asr import bench_asr
 
-    bench_asr(a.manifest, model=a.model, json=a.json, out=a.out, baseline=not a.no_baseline, limit=a.limit)
+    from .bench.layouts import with_layout
+
+    bench_asr(with_layout(a.manifest, a.layout), model=a.model, json=a.json, out=a.out, baseline=not a.no_baseline,
+              limit=a.limit)
     return 0
 
 
 def _bench_task(a) -> int:
     from .bench import tasks
 
+    from .bench.layouts import target_language, with_layout
+
     fn = {"s2tt": tasks.bench_s2tt, "mcq": tasks.bench_mcq, "spoken-qa": tasks.bench_spoken_qa}[a.bench]
-    fn(a.manifest, model=a.model, json=a.json, out=a.out, limit=a.limit)
+    manifest = with_layout(a.manifest, a.layout)
+    # CoVoST 2 names its target language in the file name; else French, the bench's default
+    kw = {"target": a.target or target_language(manifest) or "fr"} if a.bench == "s2tt" else {}
+    fn(manifest, model=a.model, json=a.json, out=a.out, limit=a.limit, **kw)
     return 0
 
 
@@ -154,6 +162,11 @@ def _analyze(a) -> int:
     print(f"{a.analysis}: {js} and {png}", file=sys.stderr)
     print(json.dumps(analyze.headline(result), default=str))
     return 0
+
+
+LAYOUT_CHOICES = ("auto", "jsonl", "librispeech", "covost2", "mmau")
+LAYOUT_HELP = ("how MANIFEST is laid out: a JSONL task manifest, a LibriSpeech folder, a CoVoST 2 TSV, an MMAU JSON "
+               "(default: detected from the path)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -268,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, default=None, help="evaluate N rows spread over the manifest")
     s.add_argument("--out", default=None)
     s.add_argument("--json", action="store_true")
+    s.add_argument("--layout", choices=LAYOUT_CHOICES, default="auto", help=LAYOUT_HELP)
     s.set_defaults(fn=_bench_asr)
 
     for name, what in (("s2tt", "speech translation BLEU (sacrebleu)"), ("mcq", "audio multiple-choice QA accuracy"),
@@ -278,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--limit", type=int, default=None)
         s.add_argument("--out", default=None)
         s.add_argument("--json", action="store_true")
+        s.add_argument("--layout", choices=LAYOUT_CHOICES, default="auto", help=LAYOUT_HELP)
+        if name == "s2tt":
+            s.add_argument("--target", default=None, help="target language code (default: from a CoVoST 2 file name, else fr)")
         s.set_defaults(fn=_bench_task)
 
     s = b.add_parser("stability", help="proactive accuracy as the stream grows from 1 to N segments")

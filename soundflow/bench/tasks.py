@@ -52,11 +52,16 @@ class TaskItem:
 
 
 def load_task_manifest(manifest: str | Path, limit: int | None = None) -> list[TaskItem]:
-    """Rows of a task manifest with `audio` (or `path`) resolved against the manifest's folder.
+    """Rows of a task manifest with `audio` (or `path`) resolved against the manifest's folder,
+    or of a public layout read in place (LibriSpeech folder, CoVoST 2 TSV, MMAU JSON; `layouts.py`).
 
     `limit` keeps that many rows evenly spaced over the file (a manifest sorted by class still
     covers every class)."""
-    manifest = Path(manifest)
+    from .layouts import parse_spec, read_layout
+
+    layout, manifest, opts = parse_spec(manifest)
+    if layout != "jsonl":
+        return spaced([TaskItem(i, resolve_audio(p), r) for i, p, r in read_layout(layout, manifest, opts)], limit)
     root = manifest.parent
     items = []
     for r in read_jsonl(manifest):
