@@ -14,9 +14,13 @@ Recipe (YAML):
       speech: ...               # FSDD-style {"id", "audio", "text", "speaker"}
       parallel: ...             # optional, {"src", "tgt": {"fr": ..., "es": ...}}; default: shipped sample
       chats: ...                # optional, {"user", "reply"}; default: shipped templates
+      sentences: ...            # optional, one a line (# comments); default: shipped sentences_en.txt (WordNet)
+      prompts: asterisk         # Debian's Asterisk prompts beside FSDD when installed ("" = none)
     tasks: {asr: 1, translation: 1, chat: 1, understanding: 1, music: 0.5, proactive: 2, agent: 1}
     mixins: {history: 0.3, silence: 0.4, proactive: 0.3}
-    tts: {families: [piper, espeak], weights: [0.8, 0.2], gate: true, threshold: 0.10, retries: 2,
+    tts: {families: [kokoro, piper, espeak], weights: [0.6, 0.3, 0.1], gate: true, threshold: 0.10, retries: 2,
+          holdout: [kokoro:af_sky, kokoro:bm_lewis],  # voices drawn only when split: dev (never in train)
+          augment: {speed: 0.2, reverb: 0.2, telephone: 0.1, level: 0.3},  # P(effect) per speaker
           asr_gate_unit: sentence,  # real-time ASR gates whole sentences ("group": each word group, slow)
           gate_across: true}        # gate a shard's instances together (false: one instance at a time)
     tfjp: true
@@ -93,6 +97,7 @@ _RES_CACHE: dict = {}
 def _resources(cfg: dict):
     """Per-process `Resources` (manifests read once per worker; models cached in soundflow.tts)."""
     from . import tts
+    from .augment import Augment
     from .tasks import Resources
 
     key = json.dumps({k: v for k, v in cfg.items() if k not in ("samples",)}, sort_keys=True, default=str)
@@ -103,6 +108,7 @@ def _resources(cfg: dict):
         _RES_CACHE[key] = Resources.from_config(
             cfg["sources"], cfg["_base"], tts_families=tuple(t.get("families") or ()),
             tts_weights=tuple(t["weights"]) if t.get("weights") else None, gate=gate,
+            tts_holdout=tuple(t.get("holdout") or ()), augment=Augment.from_config(t.get("augment")),
             mixins={**{"history": 0.3, "silence": 0.4, "proactive": 0.3}, **(cfg.get("mixins") or {})},
             max_chunks=int(cfg["max_chunks"]), chunk_ms=int(cfg["chunk_ms"]),
             use_tfjp=bool(cfg.get("tfjp", True)), use_curate=bool(cfg.get("curate", False)),

@@ -178,6 +178,15 @@ def _bench_latency(a) -> int:
     return 0
 
 
+def _bench_voices(a) -> int:
+    from .bench.voices import bench_voices
+
+    bench_voices(families=tuple(a.families.split(",")), sentences=a.sentences, seed=a.seed,
+                 augment=tuple(a.augment.split(",")), voices=tuple(a.voices.split(",")) if a.voices else None,
+                 json=a.json)
+    return 0
+
+
 def _bench_data(a) -> int:
     from .bench.speed_data import bench_data_speed
 
@@ -378,6 +387,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (int8 becomes bf16 on a GPU)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=_bench_latency)
+
+    s = b.add_parser("voices", help="ASR-gate pass rate per TTS family, voice and augmentation")
+    s.add_argument("--families", default="kokoro,piper,espeak")
+    s.add_argument("--voices", default=None, help="only these voice ids (comma-separated)")
+    s.add_argument("--sentences", type=int, default=12, help="sentences each voice renders")
+    s.add_argument("--augment", default="none", help="none,speed,reverb,telephone,level (each alone)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=_bench_voices)
 
     s = b.add_parser("data", help="TFJP and composition speed (× real time per core)")
     s.add_argument("--seconds", type=float, default=10.0)

@@ -34,6 +34,7 @@ import functools
 import json
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -136,6 +137,43 @@ def _expand(value: str, base: Path) -> Path:
     return p if p.is_absolute() else (base / p)
 
 
+ASTERISK_SOUNDS = Path("/usr/share/asterisk/sounds/en")  # Debian asterisk-core-sounds-en-wav
+ASTERISK_TEXT = Path("/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz")  # asterisk-core-sounds-en
+ASTERISK_APT = "apt-get install -y asterisk-core-sounds-en-wav asterisk-core-sounds-en"
+PROMPT_MAX_S = 8.0
+
+
+@functools.lru_cache(maxsize=2)
+def asterisk_prompts(sounds: str = str(ASTERISK_SOUNDS), text: str = str(ASTERISK_TEXT)) -> tuple:
+    """Real recorded speech for the ASR family: the Asterisk core prompts (one professional
+    speaker, 8 kHz, CC-BY-SA-3.0) with their transcripts, as `speech` rows; prompts without
+    words ("[beep]") or longer than PROMPT_MAX_S are left out. () when not installed."""
+    import gzip
+
+    import soundfile as sf
+
+    root, txt = Path(sounds), Path(text)
+    if not root.is_dir() or not txt.is_file():
+        return ()
+    rows = []
+    for line in gzip.open(txt, "rt", encoding="utf-8", errors="replace"):
+        key, sep, said = line.partition(":")
+        said = said.strip()
+        if not sep or line.startswith(";") or not said or "[" in said:
+            continue
+        wav = root / f"{key.strip()}.wav"
+        if wav.is_file() and sf.info(str(wav)).duration <= PROMPT_MAX_S:
+            rows.append({"id": f"asterisk-{key.strip()}", "path": str(wav), "text": said, "speaker": "asterisk-allison",
+                         "kind": "prompt", "license": "CC-BY-SA-3.0"})
+    return tuple(rows)
+
+
+def read_sentences(path: str | Path) -> list[str]:
+    """One sentence a line; blank lines and `#` comment lines (source, licence) skipped."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+
+
 @dataclass
 class Resources:
     """Everything a recipe draws from; cheap to build (manifests only, audio loads on demand)."""
@@ -149,6 +187,9 @@ class Resources:
     catalog_path: Path | None = None
     tts_families: tuple[str, ...] = ("piper",)
     tts_weights: tuple[float, ...] | None = None
+    tts_holdout: tuple[str, ...] = ()  # voice ids ("kokoro:af_heart") heard only when split == "dev"
+    augment: object | None = None  # `augment.Augment`: per-speaker effects on the speech; None: dry
+    sentences: list[str] = field(default_factory=list)  # dictation text (asr family)
     gate: tts.AsrGate | None = None  # None: renderings are not checked
     mixins: dict = field(default_factory=lambda: dict(MIXIN_P))
     max_chunks: int = 60
@@ -157,6 +198,7 @@ class Resources:
     use_curate: bool = False
     curate_embedder: str = "minilm"  # catalog retrieval for curation: "minilm" or "hash"
     asr_gate_unit: str = "sentence"  # real-time ASR: gate whole sentences ("group": each word group, slow)
+    split: str | None = "train"  # catalog side by recording group; the bench holds out "dev"
 
     @property
     def max_seconds(self) -> float:
@@ -183,9 +225,24 @@ class Resources:
         noise, _ = rows("noise")
         music, _ = rows("music")
         speech, _ = rows("speech")
+        if sources.get("prompts", "asterisk" if speech else "") == "asterisk":  # real prompts beside FSDD
+            prompts = asterisk_prompts()
+            if not prompts:
+                print(f"soundflow: Asterisk prompts not installed ({ASTERISK_APT}); the asr family uses the "
+                      "speech manifest only", file=sys.stderr)
+            speech = speech + [dict(r) for r in prompts]
         parallel, _ = rows("parallel", str(RECIPES_DIR / "parallel_en_fr_es.jsonl"))
         chats, _ = rows("chats", str(RECIPES_DIR / "chat_en.jsonl"))
+        sents = sources.get("sentences", str(RECIPES_DIR / "sentences_en.txt"))
+        kw.setdefault("sentences", read_sentences(_expand(sents, base)) if sents else [])
         music = [m for m in music if m["id"] not in NOT_MUSIC]
+        missing = [f for f in kw.get("tts_families", ()) if f in tts.FAMILIES and f not in tts.available_families()]
+        if missing:  # the build goes on with the other families, saying so
+            from .kokoro import SETUP_COMMAND
+
+            how = {"kokoro": f"`{SETUP_COMMAND}`", "espeak": "apt-get install -y espeak-ng", "piper": "pip install -e ."}
+            print("soundflow: TTS families not installed, skipped: " + ", ".join(f"{f} ({how[f]})" for f in missing),
+                  file=sys.stderr)
         return cls(events=events, noise=noise, music=music, speech=speech, parallel=parallel, chats=chats,
                    catalog_path=cat, **kw)
 
@@ -196,7 +253,13 @@ class Resources:
         """A speaker with a voice drawn once for this dialogue, or None when TTS is off."""
         if not self.tts_families:
             return None
-        return tts.Speaker(tts.draw_voice(rng, self.tts_families, self.tts_weights), rng, self.gate)
+        allow = None
+        if self.tts_holdout:  # never the same voice on both sides of the split
+            held = set(self.tts_holdout)
+            allow = held.__contains__ if self.split == "dev" else (lambda v: v not in held)
+        voice = tts.draw_voice(rng, self.tts_families, self.tts_weights, allow=allow)
+        effects = self.augment.draw(rng) if self.augment is not None else None
+        return tts.Speaker(voice, rng, self.gate, effects=effects)
 
     def by_decision(self, decision: str) -> list[dict]:
         return [r for r in self.events if r.get("decision") == decision]
@@ -381,7 +444,7 @@ def steps_asr(rng: np.random.Generator, res: Resources):
     mix, speaker, budget = _begin(rng, res, "asr")
     turns: list[Turn] = []
     use_digits = res.speech and (speaker is None or rng.random() < 0.3)
-    if use_digits:  # FSDD: real speech, one speaker, 4-12 digits
+    if use_digits:  # real speech (FSDD digits, Asterisk prompts): one speaker, 4-12 recordings
         spk = _pick(sorted({r.get("speaker", "") for r in res.speech}), rng)
         rows = [r for r in res.speech if r.get("speaker", "") == spk]
         used = 0.0
@@ -393,13 +456,13 @@ def steps_asr(rng: np.random.Generator, res: Resources):
                 break
             turns.append(Turn([_silence(gap), Event(w, response=row["text"],
                                                     provenance={"type": "speech", "id": row["id"], "text": row["text"]})],
-                              memo=f'the digit {row["text"]}'))
+                              memo=f'"{row["text"]}"' if row.get("kind") == "prompt" else f'the digit {row["text"]}'))
             used += len(w) / SAMPLE_RATE + gap
         sub = "digits"
     else:
         if speaker is None:
             raise ValueError("asr without FSDD speech needs TTS")
-        pool = [p["src"] for p in res.parallel] + [c["user"] for c in res.chats]
+        pool = [p["src"] for p in res.parallel] + [c["user"] for c in res.chats] + res.sentences
         sents = [pool[int(i)] for i in rng.choice(len(pool), size=min(3, len(pool)), replace=False)]
         groups, owner = [], []
         for si, s in enumerate(sents):

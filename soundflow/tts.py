@@ -747,9 +747,14 @@ class Speaker:
     rng: np.random.Generator
     gate: AsrGate | None = None
     llm: object | None = None
+    effects: object | None = None  # `augment.Effects` drawn for this speaker, applied to every rendering
 
     def spoken(self, text: str) -> str:
         return rewrite(text, self.llm) if self.llm is not None else normalize_text(text)
+
+    def render(self, text: str, speed: float | None = None) -> np.ndarray:
+        wave = self.voice.render(text, speed=speed)
+        return self.effects.apply(wave) if self.effects is not None else wave
 
     def say(self, texts: Sequence[str], units: Sequence[int] | None = None,
             join_gap_s: float = 0.0) -> tuple[list[np.ndarray], list[str], list[dict]]:
@@ -767,8 +772,9 @@ class Speaker:
         """`say` as a generator: yields a `GateRequest` per gate round, receives the units' WERs,
         returns what `say` returns (or raises `Dropped`)."""
         spoken = [self.spoken(t) for t in texts]
-        waves = [self.voice.render(s) for s in spoken]
-        info = [{"tts": self.voice.to_json(), "spoken": s, "attempts": 1} for s in spoken]
+        waves = [self.render(s) for s in spoken]
+        info = [{"tts": self.voice.to_json(), "spoken": s, "attempts": 1,
+                 **({"augment": self.effects.to_json()} if self.effects is not None else {})} for s in spoken]
         if self.gate is None:
             return waves, spoken, info
         units = list(range(len(texts))) if units is None else [int(u) for u in units]
@@ -811,7 +817,7 @@ class Speaker:
                 speed = retry_speed(self.rng, self.voice.family)
                 for k in members[u]:
                     self.gate.stats.renderings += 1
-                    waves[k] = self.voice.render(spoken[k], speed=speed)
+                    waves[k] = self.render(spoken[k], speed=speed)
                     info[k].update(attempts=attempt + 2, tts=replace(self.voice, speed=speed).to_json())
             pending = failed
         raise AssertionError("unreachable")

@@ -264,3 +264,70 @@ def test_voice_holdout_never_draws_a_dev_voice_in_train(kokoro_cache, monkeypatc
     assert {v.id for v in held} == dev
     with pytest.raises(RuntimeError, match="allowed voice"):
         tts.draw_voice(np.random.default_rng(0), fams, allow=lambda v: False)
+
+
+# ------------------------------------------------------------------------------- augmentation
+
+def _speechlike(seconds=1.0, seed=0):
+    """Noise bursts shaped like syllables, with a silent lead-in (a stand-in for speech)."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * 16000)
+    x = np.clip(rng.standard_normal(n) * 0.2, -0.9, 0.9).astype(np.float32)
+    x *= (0.5 + 0.5 * np.sin(np.arange(n) / 16000 * 2 * np.pi * 4)).astype(np.float32)
+    x[:1600] = 0
+    return x
+
+
+def test_augment_each_effect_measurably_changes_the_speech():
+    from scipy.signal import welch
+
+    from soundflow import augment
+
+    x = _speechlike()
+    fx = {e: augment.only(e).draw(np.random.default_rng(3)) for e in augment.EFFECTS}
+    assert fx == {e: augment.only(e).draw(np.random.default_rng(3)) for e in augment.EFFECTS}  # seed-deterministic
+    assert augment.Augment().draw(np.random.default_rng(3)) == augment.Effects()  # p = 0: dry
+    assert np.array_equal(augment.Effects().apply(x), x)
+    sp = fx["speed"].apply(x)
+    assert fx["speed"].speed != 1.0 and abs(len(sp) - len(x) / fx["speed"].speed) <= 2
+    rv = fx["reverb"].apply(x)
+    assert 0.2 <= fx["reverb"].rt60 <= 0.7 and len(x) < len(rv) <= len(x) + int(augment.REVERB_TAIL_S * 16000)
+    assert np.abs(rv[:1500]).max() < 1e-3 and np.isclose(np.abs(rv).max(), np.abs(x).max(), rtol=1e-3)  # timing, peak kept
+    assert np.abs(rv[len(x):]).max() > 1e-3  # a reverberant tail after the speech
+    tel = fx["telephone"].apply(x)
+    f, p_in = welch(x, 16000)
+    _, p_out = welch(tel, 16000)
+    out_band = (f < 200) | (f > 4000)
+    assert p_out[out_band].sum() < 0.01 * p_in[out_band].sum() and len(tel) == len(x)
+    lv = fx["level"].apply(x)
+    assert np.isclose(np.abs(lv).max(), min(1.0, np.abs(x).max() * 10 ** (fx["level"].gain_db / 20)), rtol=1e-4)
+    with pytest.raises(ValueError, match="unknown effects"):
+        augment.Augment.from_config({"echo": 1})
+
+
+def test_speaker_gates_the_augmented_rendering():
+    from soundflow import augment
+
+    gate = _RecordingGate()
+    fx = augment.Effects(gain_db=-6.0)
+    waves, _, info = tts.Speaker(tts.Voice("tone", "tone"), np.random.default_rng(0), gate, effects=fx).say(["one two"])
+    dry = tts.Voice("tone", "tone").render("one two")
+    assert np.allclose(waves[0], dry * 10 ** (-6 / 20), atol=1e-6)
+    assert info[0]["augment"]["gain_db"] == -6.0
+
+
+# ------------------------------------------------------------------------------- real Kokoro assets
+
+@pytest.mark.slow
+def test_kokoro_real_voice_renders_and_passes_the_gate():
+    """The real Kokoro assets (`soundflow data voices`): a fixed sentence in af_heart and bm_george,
+    bit-identical twice, and each heard right by the ASR gate."""
+    from soundflow import kokoro
+
+    if not kokoro.installed():
+        pytest.skip("Kokoro assets not installed: soundflow data voices")
+    text = tts.normalize_text("Please turn off the lights in the kitchen.")
+    waves = [tts.Voice("kokoro", n, 1.0).render(text) for n in ("af_heart", "bm_george")]
+    assert np.array_equal(waves[0], tts.Voice("kokoro", "af_heart", 1.0).render(text))
+    assert all(len(w) > 16000 for w in waves)
+    assert max(tts.AsrGate().check(waves, [text, text])) <= tts.WER_THRESHOLD
