@@ -268,6 +268,7 @@ def build_shard(cfg: dict, index: int, out: str) -> dict:
             for e in s.events:
                 for m in e.get("mixins", []) if e.get("type") == "meta" else []:
                     stats["mixins"][m] = stats["mixins"].get(m, 0) + 1
+            _count_speech(s.events, stats)
     stats["wall_s"] = round(time.time() - t0, 3)
     stats["cpu_s"] = round(time.process_time() - cpu0, 3)
     if res.gate:
@@ -279,6 +280,20 @@ def build_shard(cfg: dict, index: int, out: str) -> dict:
     os.replace(st_tmp, stats_path)  # stats first: a finished .tar always has its stats
     os.replace(tmp, final)
     return stats
+
+
+def _count_speech(events: list[dict], stats: dict) -> None:
+    """Who spoke what in one sample: TTS voices ("kokoro:af_heart") and recorded speakers
+    ("speech:george"), and the distinct texts spoken, as sorted lists in the shard's stats."""
+    voices, texts = set(stats.get("voices", [])), set(stats.get("texts", []))
+    for e in events:
+        if e.get("type") == "tts":
+            voices.add(f'{e["tts"]["family"]}:{e["tts"]["name"]}')
+            texts.add(e.get("text", ""))
+        elif e.get("type") == "speech":
+            voices.add(f'speech:{e.get("speaker", "?")}')
+            texts.add(e.get("text", ""))
+    stats["voices"], stats["texts"] = sorted(voices), sorted(texts)
 
 
 def summarize(stats: list[dict], wall_s: float | None = None, workers: int | None = None) -> dict:
@@ -301,6 +316,9 @@ def summarize(stats: list[dict], wall_s: float | None = None, workers: int | Non
         "replies_per_minute": round(sum(s["replies"] for s in stats) / (sec / 60), 3) if sec else None,
         "dropped_by_asr_gate": sum(s["dropped"] for s in stats), "failed_draws": sum(s["failed"] for s in stats),
         "dropped_by": dict(sorted(drop_by.items())),
+        "speakers": len(set().union(*(s.get("voices", []) for s in stats))),  # TTS voices + recorded speakers
+        "voice_families": sorted({v.split(":")[0] for s in stats for v in s.get("voices", [])}),
+        "sentences": len(set().union(*(s.get("texts", []) for s in stats))),  # distinct spoken texts
         "mixins": dict(sorted(mix.items())),
         "shard_wall_s": round(sum(s.get("wall_s", 0) for s in stats), 2),
         "xrt_per_core": round(sec / sum(s.get("wall_s", 0) for s in stats), 2) if any(s.get("wall_s") for s in stats) else None,

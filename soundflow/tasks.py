@@ -455,7 +455,8 @@ def steps_asr(rng: np.random.Generator, res: Resources):
             if used + len(w) / SAMPLE_RATE + gap > budget:
                 break
             turns.append(Turn([_silence(gap), Event(w, response=row["text"],
-                                                    provenance={"type": "speech", "id": row["id"], "text": row["text"]})],
+                                                    provenance={"type": "speech", "id": row["id"], "text": row["text"],
+                                                                "speaker": row.get("speaker", "")})],
                               memo=f'"{row["text"]}"' if row.get("kind") == "prompt" else f'the digit {row["text"]}'))
             used += len(w) / SAMPLE_RATE + gap
         sub = "digits"

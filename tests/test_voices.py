@@ -71,3 +71,17 @@ def test_recipe_holdout_needs_an_allowed_voice(split):
             res.speaker(np.random.default_rng(0))
     else:
         assert res.speaker(np.random.default_rng(0)).voice.id == "tone:tone"
+
+
+def test_build_summary_counts_speakers_families_sentences():
+    from soundflow.build import _count_speech, summarize
+
+    a, b = {"shard": 0}, {"shard": 1}
+    tts_ev = lambda fam, name, text: {"type": "tts", "text": text, "tts": {"family": fam, "name": name}}
+    _count_speech([tts_ev("kokoro", "af_heart", "Hello there."), tts_ev("piper", "en_US-joe-medium", "Hi."),
+                   {"type": "clip", "id": "x"}], a)
+    _count_speech([{"type": "speech", "speaker": "george", "text": "zero"}, tts_ev("kokoro", "af_heart", "Hi.")], b)
+    base = {"seconds": 1.0, "chunks": 3, "reply_chunks": 1, "replies": 1, "per_task": {}, "dropped": 0, "failed": 0,
+            "samples": 1}
+    out = summarize([{**base, **a}, {**base, **b}])
+    assert out["speakers"] == 3 and out["voice_families"] == ["kokoro", "piper", "speech"] and out["sentences"] == 3
