@@ -61,7 +61,7 @@ class BatchWorker:
         self._q: deque[_Request] = deque()
         self._cv = threading.Condition()
         self._closed = False
-        self.stats = {"batches": 0, "requests": 0, "max_batch": 0, "retried": 0, "failed": 0}
+        self.stats = {"batches": 0, "requests": 0, "max_batch": 0, "retried": 0, "rescued": 0, "failed": 0}
         self._threads = [threading.Thread(target=self._loop, name=f"{name}-{i}", daemon=True) for i in range(threads)]
         for t in self._threads:
             t.start()
@@ -124,7 +124,7 @@ class BatchWorker:
             batch = self._take()
             if batch is None:
                 return
-            retried = failed = 0
+            retried = rescued = failed = 0
             try:
                 with torch.inference_mode():
                     results = self.fn([r.payload for r in batch])
@@ -138,11 +138,13 @@ class BatchWorker:
                     retried = len(batch)
                     for r in batch:
                         failed += self._run_alone(r)
+                    rescued = retried - failed
             with self._cv:
                 self.stats["batches"] += 1
                 self.stats["requests"] += len(batch)
                 self.stats["max_batch"] = max(self.stats["max_batch"], len(batch))
                 self.stats["retried"] += retried
+                self.stats["rescued"] += rescued
                 self.stats["failed"] += failed
             for r in batch:
                 r.done.set()

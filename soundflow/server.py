@@ -240,7 +240,7 @@ class _Connection:
         self.closed = threading.Event()  # engine session closed: the pump may stop when drained
         self.engine_failed = False  # the engine session reported a failure (engine_error, close 1011)
         self.refusals = 0
-        self.bucket, self.bucket_t = float(INSTRUCTION_BURST), time.monotonic()  # instruction rate
+        self.bucket, self.bucket_t = float(app_state.instruction_rate[0]), time.monotonic()  # instruction rate
         self.pump = threading.Thread(target=self._pump, name=f"soundflow-ws-{session_id}", daemon=True)
 
     # -- engine events → asyncio (a thread per session; get_event blocks) ------------------------
@@ -366,12 +366,13 @@ class _Connection:
             if len(instr) > MAX_INSTRUCTION_CHARS:
                 await self.error("instruction_too_long", f"instruction longer than {MAX_INSTRUCTION_CHARS} characters; ignored")
                 return False
+            burst, per_s = self.st.instruction_rate
             now = time.monotonic()  # token bucket: each instruction may cost the decoder a prefill
-            self.bucket = min(float(INSTRUCTION_BURST), self.bucket + (now - self.bucket_t) * INSTRUCTION_PER_S)
+            self.bucket = min(float(burst), self.bucket + (now - self.bucket_t) * per_s)
             self.bucket_t = now
             if self.bucket < 1:
-                await self.error("rate_limited", f"more than {INSTRUCTION_BURST} instructions in a burst or one per "
-                                                 f"{1 / INSTRUCTION_PER_S:g} s; ignored")
+                await self.error("rate_limited", f"more than {burst} instructions in a burst, or more than "
+                                                 f"{per_s:g} per second; ignored")
                 return False
             self.bucket -= 1
             try:
@@ -422,8 +423,8 @@ class _Connection:
                               if how == "idle" else
                               ("too_many_errors", f"{self.refusals} refused frames or messages; closing"))
                 await self.close_engine(abort=True)
-                writer.cancel()
                 with contextlib.suppress(Exception):  # bounded: this client may not be reading
+                    await asyncio.wait_for(asyncio.shield(writer), 5)  # what was queued (the refusals), then _DONE
                     await asyncio.wait_for(self.send({"type": "error", "code": code, "message": text}), 5)
                     await asyncio.wait_for(self.ws.close(1008), 5)
             elif writer in done and not writer.exception() and writer.result() == "done":
@@ -445,7 +446,7 @@ class _Connection:
 class _State:
     def __init__(self, engine, *, token, chunk_ms, max_sessions, max_queue_chunks, max_frame_samples,
                  handshake_timeout, threshold, model_name, idle_timeout=60.0, allowed_origins=(),
-                 allowed_hosts=None):
+                 allowed_hosts=None, instruction_rate=(INSTRUCTION_BURST, INSTRUCTION_PER_S)):
         from .audio import chunk_samples
 
         self.engine, self.token, self.chunk_ms = engine, token, chunk_ms
@@ -453,7 +454,7 @@ class _State:
         self.max_sessions, self.max_queue_chunks = max_sessions, max_queue_chunks
         self.max_frame_samples, self.handshake_timeout = max_frame_samples, handshake_timeout
         self.threshold, self.model_name = threshold, model_name
-        self.idle_timeout = idle_timeout
+        self.idle_timeout, self.instruction_rate = idle_timeout, instruction_rate
         self.allowed_origins = {o.strip().lower().rstrip("/") for o in allowed_origins}
         self.allowed_hosts = None if allowed_hosts is None else {h.strip().lower() for h in allowed_hosts}
         self.sessions: set[str] = set()
@@ -465,14 +466,16 @@ class _State:
 def create_app(model=None, token: str | None = None, options=None, max_sessions: int = 32,
                max_queue_chunks: int = 16, *, engine=None, max_frame_ms: int = 1000,
                handshake_timeout: float = 10.0, idle_timeout: float = 60.0,
-               allowed_origins=(), allowed_hosts=("loopback",)):
+               allowed_origins=(), allowed_hosts=("loopback",),
+               instruction_rate: tuple[int, float] = (INSTRUCTION_BURST, INSTRUCTION_PER_S)):
     """The FastAPI app: `/` (page), `/v1/stream` (WebSocket, see the module docstring), `/healthz`.
 
     `model` is an `AudioLM`; `options` an `EngineOptions`. `engine` may be passed instead of
     `model` (anything with `.session(instruction=)` and `.options`). `allowed_origins`: page
     origins besides the server's own that may open a stream (`"*"`: any). `allowed_hosts`:
     Host names answered besides the loopback ones (`None` or `"*"`: any — for a server bound
-    to a public address, where the token is the guard)."""
+    to a public address, where the token is the guard). `instruction_rate`: (burst, per
+    second) of instruction messages a session may send."""
     if engine is None:
         if model is None:
             raise ValueError("create_app needs a model or an engine")
@@ -490,7 +493,7 @@ def create_app(model=None, token: str | None = None, options=None, max_sessions:
                 max_frame_samples=SAMPLE_RATE * max_frame_ms // 1000,
                 handshake_timeout=handshake_timeout, threshold=threshold,
                 model_name=getattr(cfg, "backend", None), idle_timeout=idle_timeout,
-                allowed_origins=allowed_origins,
+                allowed_origins=allowed_origins, instruction_rate=instruction_rate,
                 allowed_hosts=None if allowed_hosts is None else [h for h in allowed_hosts if h != "loopback"])
 
     @asynccontextmanager
