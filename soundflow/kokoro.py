@@ -252,6 +252,8 @@ def _trim(wave: np.ndarray, sr: int) -> np.ndarray:
     if not len(wave):
         return wave
     loud = np.flatnonzero(np.abs(wave) > np.abs(wave).max() * 10 ** (TRIM_DB / 20))
+    if not len(loud):  # all silent
+        return wave
     pad = int(TRIM_PAD_S * sr)
     return wave[max(0, loud[0] - pad): loud[-1] + pad + 1]
 
