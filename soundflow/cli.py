@@ -187,6 +187,14 @@ def _bench_voices(a) -> int:
     return 0
 
 
+def _bench_serve(a) -> int:
+    from .bench.serve import bench_serve
+
+    r = bench_serve(model=a.model, sessions=a.sessions, minutes=a.minutes, abusers=a.abusers, quant=a.quant,
+                    stall_ms=a.stall_ms, sample_s=a.sample_s, warmup_s=a.warmup_s, json=a.json)
+    return 0 if r["ok"] else 1
+
+
 def _bench_data(a) -> int:
     from .bench.speed_data import bench_data_speed
 
@@ -396,6 +404,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=_bench_voices)
+
+    s = b.add_parser("serve", help="soak `soundflow serve`: real-time sessions beside abusive clients")
+    s.add_argument("--model", default="mini")
+    s.add_argument("--sessions", type=int, default=24, help="honest real-time sessions")
+    s.add_argument("--minutes", type=float, default=30.0)
+    s.add_argument("--abusers", default="huge,instructions,sprayer,hellos,slowloris,vanish",
+                   help="abusive clients (comma-separated; '' for none)")
+    s.add_argument("--quant", choices=["int8", "bf16", "none"], default="int8")
+    s.add_argument("--stall-ms", type=float, default=2000.0, help="a decision later than this (client-side) is a stall")
+    s.add_argument("--sample-s", type=float, default=10.0, help="server RSS sampling period")
+    s.add_argument("--warmup-s", type=float, default=60.0, help="RSS growth is measured from this point")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=_bench_serve)
 
     s = b.add_parser("data", help="TFJP and composition speed (× real time per core)")
     s.add_argument("--seconds", type=float, default=10.0)
