@@ -29,6 +29,25 @@ def trained_state(model: AudioLM, names: set[str]) -> dict[str, torch.Tensor]:
     return {n: params[n].detach().to("cpu").contiguous() for n in sorted(names)}
 
 
+def gather_trained_state(model: AudioLM, names: set[str], keep: bool = True) -> dict[str, torch.Tensor] | None:
+    """`trained_state` for a model that may be sharded (FSDP DTensors): every process must call
+    it, as gathering a shard is collective; only those with `keep` get the full tensors back."""
+    from torch.distributed.tensor import DTensor
+
+    params = dict(model.named_parameters(remove_duplicate=True))
+    missing = names - params.keys()
+    if missing:
+        raise KeyError(f"not parameters of the model: {sorted(missing)[:5]}")
+    out = {}
+    for n in sorted(names):
+        p = params[n]
+        if isinstance(p, DTensor):
+            p = p.full_tensor()
+        if keep:
+            out[n] = p.detach().to("cpu").contiguous()
+    return out if keep else None
+
+
 def atomic_dir(final: Path) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
@@ -55,10 +74,12 @@ def resolve_dir(final: Path) -> Path | None:
 
 
 def save_checkpoint(model: AudioLM, names: set[str], out: Path, recipe: dict | None = None,
-                    lora: dict | None = None, extra_files: dict[str, object] | None = None) -> None:
+                    lora: dict | None = None, extra_files: dict[str, object] | None = None,
+                    state: dict[str, torch.Tensor] | None = None) -> None:
+    """`state`: the tensors to write when the caller already gathered them (a sharded model)."""
     out = Path(out)
     tmp = atomic_dir(out)
-    save_file(trained_state(model, names), str(tmp / "model.safetensors"))
+    save_file(state if state is not None else trained_state(model, names), str(tmp / "model.safetensors"))
     meta = {"format": "soundflow-checkpoint/1", "model": asdict(model.cfg), "lora": lora,
             "trained": sorted(names), "vocab_size": model.tokenizer.vocab_size}
     (tmp / "model.json").write_text(json.dumps(meta, indent=1))

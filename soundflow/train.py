@@ -17,8 +17,10 @@ has to be restored besides model, optimizer and scheduler state.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import inject_lora, resolve_dir, save_checkpoint
+from .checkpoint import gather_trained_state, inject_lora, resolve_dir, save_checkpoint
 from .data import StreamSample, load_streams
 from .loss import dual_loss
 from .model import AudioLM, ModelConfig, build_model
@@ -110,14 +112,20 @@ def load_recipe(path: str | Path) -> Recipe:
 class FeatureCache:
     """Frozen-encoder features per sample id (the encoder never trains)."""
 
-    def __init__(self, model: AudioLM, size: int):
-        self.model, self.size, self.store = model, size, {}
+    def __init__(self, model: AudioLM, size: int, encoder: torch.nn.Module | None = None):
+        self.model, self.size, self.store, self.encoder = model, size, {}, encoder
 
     def __call__(self, s: StreamSample, max_chunks: int) -> torch.Tensor:
         key = (s.id, max_chunks)
         if key not in self.store:
             chunks = torch.from_numpy(s.chunks(max_chunks))
-            feats = self.model.encode_audio(self.model.features(chunks))
+            mel = self.model.features(chunks)
+            if self.encoder is None:
+                feats = self.model.encode_audio(mel)
+            else:
+                p = next(self.encoder.parameters())
+                with torch.no_grad():
+                    feats = self.encoder(mel.to(p.device, p.dtype)).float()
             if len(self.store) >= self.size:
                 self.store.pop(next(iter(self.store)))
             self.store[key] = feats
@@ -168,6 +176,8 @@ class StreamingObjective(torch.nn.Module):
     def __init__(self, model: AudioLM, lam: float):
         super().__init__()
         self.model, self.lam = model, lam
+        # FSDP's transformer auto-wrap shards each of these blocks on its own
+        self._no_split_modules = list(getattr(model.body, "_no_split_modules", None) or [])
 
     def forward(self, batch: dict):
         m = self.model
@@ -182,7 +192,7 @@ class StreamingObjective(torch.nn.Module):
 
 def set_trainable(model: AudioLM, groups: list[str]) -> set[str]:
     """Freeze everything, then unfreeze the stage's groups; return the trainable names."""
-    known = {"head", "adapter", "lm", "lora"}
+    known = {"head", "tokens", "adapter", "lm", "lora"}
     if set(groups) - known:
         raise ValueError(f"unknown trainable groups {sorted(set(groups) - known)}; use {sorted(known)}")
     model.requires_grad_(False)
@@ -227,16 +237,74 @@ def _truncate_log(path: Path, n_lines: int) -> None:
         path.write_text("".join(lines))
 
 
+def _param_lists(model: AudioLM) -> tuple[list, list]:
+    """The optimizer's two groups (weight decay, none), in a fixed order: index i of a saved
+    optimizer state is the i-th parameter of these lists, whatever wraps the model."""
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
+    return decay, no_decay
+
+
+def _opt_and_sched(model: AudioLM, recipe: Recipe, stage: StageConfig):
+    from transformers import get_cosine_schedule_with_warmup
+
+    decay, no_decay = _param_lists(model)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=stage.lr, betas=recipe.betas, eps=recipe.eps)
+    return opt, get_cosine_schedule_with_warmup(opt, math.ceil(stage.warmup_ratio * stage.steps), stage.steps)
+
+
+def _configure_deepspeed(acc, recipe: Recipe, stage: StageConfig) -> None:
+    """ZeRO's own accumulation, micro-batch and clipping come from the stage, not the launch
+    config: DeepSpeed steps its engine at the boundary Accelerate's `accumulate` marks, so both
+    must agree on the count. Set before each stage's `prepare` (a new engine per stage)."""
+    cfg = acc.state.deepspeed_plugin.deepspeed_config
+    cfg["gradient_accumulation_steps"] = stage.grad_accum
+    cfg["train_micro_batch_size_per_gpu"] = stage.batch_size
+    cfg["train_batch_size"] = stage.batch_size * stage.grad_accum * acc.num_processes
+    cfg["gradient_clipping"] = recipe.max_grad_norm
+
+
 def train(recipe: Recipe, resume: bool = False, progress: bool = True, stop_after: int | None = None) -> Path:
     """Run every stage; returns the final model folder (`<out>/model`). `stop_after` ends the
-    run after that many optimizer steps in total (tests use it to simulate a kill)."""
+    run after that many optimizer steps in total (tests use it to simulate a kill).
+
+    Under `accelerate launch` (W processes) `batch_size` and `grad_accum` are per process: an
+    optimizer step sees batch_size × grad_accum × W samples, the positions [cursor, cursor +
+    that) of the same seed-pure order a single process reads (process r takes micro-batch
+    m·W + r of them), so W processes with batch B equal one with batch W·B, and the data cursor
+    (not the step count) says where a resumed run continues, whatever its W."""
     from accelerate import Accelerator
+    from accelerate.utils import DistributedType, InitProcessGroupKwargs
     from tqdm.auto import tqdm
-    from transformers import get_cosine_schedule_with_warmup
 
     out = Path(recipe.out)
     out.mkdir(parents=True, exist_ok=True)
-    acc = Accelerator(mixed_precision=_precision(recipe.precision))
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    handlers, cpu = [], False
+    if launched > 1 and not torch.cuda.is_available():
+        # Without a GPU, Accelerate 1.x finds no process-group backend for processes that
+        # torchrun started and leaves each to train alone. DeepSpeed's CPU accelerator talks
+        # gloo; everything else becomes DDP over gloo (Accelerate's MULTI_CPU).
+        if os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true":
+            handlers.append(InitProcessGroupKwargs(backend="gloo"))
+        else:
+            cpu = True
+    acc = Accelerator(mixed_precision=_precision(recipe.precision), kwargs_handlers=handlers, cpu=cpu,
+                      gradient_accumulation_steps=recipe.stages[0].grad_accum if recipe.stages else 1)
+    if launched > 1 and acc.num_processes != launched:
+        # unconnected processes would each train alone, all writing the same files
+        raise RuntimeError(f"launched {launched} processes but Accelerate joined {acc.num_processes} "
+                           f"({acc.distributed_type}); on CPU use soundflow/configs/ddp-cpu.yaml")
+    if os.environ.get("ACCELERATE_USE_FSDP") == "true" and acc.distributed_type != DistributedType.FSDP:
+        # Accelerate 1.x enables FSDP on GPU-like devices only; do not silently run DDP instead
+        raise RuntimeError(f"an FSDP launch that Accelerate set up as {acc.distributed_type} (FSDP needs GPUs here)")
+    fsdp = acc.distributed_type == DistributedType.FSDP
+    if fsdp and not acc.is_fsdp2:
+        raise ValueError("FSDP1 is not supported: set fsdp_version: 2 (see soundflow/configs/fsdp.yaml)")
+    ds = acc.distributed_type == DistributedType.DEEPSPEED
+    W, rank = acc.num_processes, acc.process_index
     torch.manual_seed(recipe.seed)
     model = build_model(recipe.model)
     if recipe.lora:
@@ -257,13 +325,20 @@ def train(recipe: Recipe, resume: bool = False, progress: bool = True, stop_afte
             for n, t in load_file(str(ckpt / "model.safetensors")).items():
                 params[n].copy_(t)
         trained, start_stage, start_step = set(st["trained"]), st["stage"], st["step"]
-        _truncate_log(log_path, st["log_lines"])
+        acc.wait_for_everyone()  # every process has read the log's length before the main one cuts it
+        if acc.is_main_process:
+            _truncate_log(log_path, st["log_lines"])
         acc.print(f"resuming from {ckpt}: stage {start_stage + 1}, step {start_step}")
-    elif not resume and log_path.exists():
+    elif not resume and log_path.exists() and acc.is_main_process:
         log_path.unlink()
 
-    feats = FeatureCache(model, recipe.feature_cache)
+    # FSDP shards every parameter, the frozen encoder's too, and a sharded module may only run
+    # inside the root's forward on all ranks at once; features are computed per rank, whenever
+    # its cache misses, so they use an unsharded copy of the (small, frozen) encoder.
+    encoder = copy.deepcopy(model.encoder) if fsdp else None
+    feats = FeatureCache(model, recipe.feature_cache, encoder)
     objective = StreamingObjective(model, recipe.lam)
+    wrapped = None  # under FSDP the model is sharded once, by the first stage's prepare
     data_cache: dict[str, list[StreamSample]] = {}
     total_steps = 0
     for si, stage in enumerate(recipe.stages):
@@ -271,19 +346,35 @@ def train(recipe: Recipe, resume: bool = False, progress: bool = True, stop_afte
             continue
         names = set_trainable(model, stage.trainable)
         trained |= names
-        hook = _new_rows_only_hook(model) if "head" in stage.trainable and "lm" not in stage.trainable else None
-        decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
-        no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}],
-                                lr=stage.lr, betas=recipe.betas, eps=recipe.eps)
-        sched = get_cosine_schedule_with_warmup(opt, math.ceil(stage.warmup_ratio * stage.steps), stage.steps)
-        step = 0
-        if st is not None and si == start_stage and "optimizer" in st:
-            opt.load_state_dict(st["optimizer"])
-            sched.load_state_dict(st["scheduler"])
+        acc.gradient_accumulation_steps = stage.grad_accum
+        hook, row_mask = None, None
+        if "head" in stage.trainable and "lm" not in stage.trainable:
+            if fsdp:  # a tensor hook on a sharded parameter never sees the gradient: mask after backward
+                row_mask = _new_rows_mask(model)
+            else:
+                hook = _new_rows_only_hook(model)
+        opt, sched = _opt_and_sched(model, recipe, stage)
+        step, per_step = 0, stage.batch_size * stage.grad_accum * W
+        cursor = 0  # samples of this stage's order consumed before `step`
+        resumed = st is not None and si == start_stage and "optimizer" in st
+        if resumed:
             step = start_step
-        wrapped, opt_p, sched_p = acc.prepare(objective, opt, sched)
+            # checkpoints from before the cursor was stored were all written with this formula
+            cursor = st.get("cursor", start_step * per_step)
+            if not (fsdp or ds):  # plain optimizer: its state loads as it was saved
+                opt.load_state_dict(st["optimizer"])
+            sched.load_state_dict(st["scheduler"])
+        if ds:
+            _configure_deepspeed(acc, recipe, stage)
+        if fsdp and wrapped is not None:
+            # already sharded: requires_grad changes in place, only the optimizer is new
+            opt_p = acc.prepare_optimizer(opt)
+        else:
+            # DDP records the trainable parameters when it wraps, DeepSpeed when it builds its
+            # engine: both are rebuilt for each stage's freeze policy, over the same module
+            wrapped, opt_p = acc.prepare(objective, opt)
+        if resumed and (fsdp or ds):
+            _load_full_optimizer_state(acc, model, opt, st["optimizer"])
         samples = data_cache.setdefault(stage.data, load_streams(stage.data))
         bar = tqdm(total=stage.steps, initial=step, desc=f"stage {si + 1}/{len(recipe.stages)} {stage.name}",
                    disable=not (progress and acc.is_local_main_process), dynamic_ncols=True)
@@ -291,26 +382,33 @@ def train(recipe: Recipe, resume: bool = False, progress: bool = True, stop_afte
         while step < stage.steps:
             wrapped.train()
             logs, ntok = [], 0
+            acc.step = 0  # Accelerate's micro-batch counter: the last of these grad_accum syncs
             for micro in range(stage.grad_accum):
-                b = (step * stage.grad_accum + micro) * acc.num_processes + acc.process_index
-                idx = sample_order(len(samples), recipe.seed, si, b * stage.batch_size, stage.batch_size)
+                pos = cursor + (micro * W + rank) * stage.batch_size
+                idx = sample_order(len(samples), recipe.seed, si, pos, stage.batch_size)
                 batch = collate(model, [samples[i] for i in idx], feats, stage.max_chunks)
                 batch = {k: v.to(acc.device) for k, v in batch.items()}
                 ntok += int(batch["attention_mask"].sum())
-                ctx = acc.no_sync(wrapped) if micro < stage.grad_accum - 1 else _nullctx()
-                with ctx:
+                with acc.accumulate(wrapped):
                     o = wrapped(batch)
-                    acc.backward(o.loss / stage.grad_accum)
+                    acc.backward(o.loss)  # divided by grad_accum there
                 logs.append(o)
+            if row_mask is not None:
+                _mask_rows_(model, row_mask)
             gnorm = acc.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], recipe.max_grad_norm)
             opt_p.step()
-            sched_p.step()
+            if not opt_p.step_was_skipped:  # (fp16 overflow) the schedule advances with real steps only
+                sched.step()
             opt_p.zero_grad(set_to_none=True)
             step += 1
+            cursor += per_step
             total_steps += 1
-            rec = _merge_logs(logs)
-            rec.update(stage=si + 1, step=step, lr=sched.get_last_lr()[0], grad_norm=float(gnorm),
-                       tokens=ntok, sec=time.time() - t0)
+            rec = _merge_logs(logs) if W == 1 else _merge_logs_across(acc, logs)
+            if W > 1:
+                ntok = int(acc.reduce(torch.tensor(ntok, device=acc.device), "sum"))
+            rec.update(stage=si + 1, step=step, lr=sched.get_last_lr()[0],
+                       grad_norm=float(gnorm) if gnorm is not None else float("nan"), tokens=ntok,
+                       sec=time.time() - t0)
             t0 = time.time()
             if acc.is_main_process:
                 with open(log_path, "a") as f:
@@ -320,20 +418,49 @@ def train(recipe: Recipe, resume: bool = False, progress: bool = True, stop_afte
             done = step == stage.steps
             if step % recipe.save_every == 0 or done:
                 next_stage, next_step = (si + 1, 0) if done else (si, step)
-                _save_resume(acc, model, trained, out, recipe, opt, sched, next_stage, next_step, log_path)
+                _save_resume(acc, model, trained, out, recipe, opt, sched, next_stage, next_step, log_path,
+                             cursor=0 if done else cursor, world_size=W)
             if stop_after is not None and total_steps >= stop_after:
                 bar.close()
+                acc.wait_for_everyone()
                 return out / "checkpoint"
         bar.close()
         if hook is not None:
             hook.remove()
+        if ds:  # the old engine's gradient hooks stay on the parameters unless it is torn down
+            acc.deepspeed_engine_wrapped.engine.destroy()
+        keep = wrapped if fsdp else None
         acc.free_memory()
+        wrapped = keep
         st = None
     final = out / "model"
+    state = gather_trained_state(model, trained, acc.is_main_process)
     if acc.is_main_process:
-        save_checkpoint(model, trained, final, recipe.to_dict(), recipe.lora)
+        save_checkpoint(model, trained, final, recipe.to_dict(), recipe.lora, state=state)
     acc.wait_for_everyone()
     return final
+
+
+def _new_rows_mask(model: AudioLM):
+    emb = model.embed_tokens.weight
+    if emb is model.head.weight or not emb.requires_grad:
+        return None
+    return model.new_token_grad_mask()
+
+
+def _mask_rows_(model: AudioLM, mask: torch.Tensor) -> None:
+    """Zero the base-vocabulary rows of a (sharded) embedding gradient: a 0/1 mask applied to the
+    accumulated gradient equals applying it to each micro-batch's."""
+    g = model.embed_tokens.weight.grad
+    if g is None:
+        return
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if isinstance(g, DTensor):  # the mask sharded by rows like the gradient, applied shard by shard
+        m = distribute_tensor(mask.to(g.device, g.dtype).expand(g.shape).contiguous(), g.device_mesh, g.placements)
+        g.to_local().mul_(m.to_local())
+    else:
+        g.mul_(mask.to(g.device, g.dtype))
 
 
 class _nullctx:
@@ -358,13 +485,109 @@ def _merge_logs(logs) -> dict:
     }
 
 
-def _save_resume(acc, model, trained, out, recipe, opt, sched, stage, step, log_path) -> None:
+def _merge_logs_across(acc, logs) -> dict:
+    """`_merge_logs` over every process's micro-batches: the metrics of the whole optimizer step."""
+    v = torch.tensor([sum(o.loss.item() for o in logs), len(logs), sum(o.lm * o.n_lm for o in logs),
+                      sum(o.n_lm for o in logs), sum(o.stream * o.n_stream for o in logs),
+                      sum(o.n_stream for o in logs)] + [sum(o.counts[k] for o in logs) for k in ("tp", "fn", "tn", "fp")],
+                     dtype=torch.float64, device=acc.device)
+    (loss, n, lm, n_l, stream, n_s, tp, fn, tn, fp) = acc.reduce(v, "sum").tolist()
+    r = lambda a, b: a / b if b else float("nan")  # noqa: E731
+    return {"loss": loss / n, "lm": r(lm, n_l) if n_l else 0.0, "stream": r(stream, n_s),
+            "acc": r(tp + tn, n_s), "resp_recall": r(tp, tp + fn), "sil_recall": r(tn, tn + fp),
+            "n_lm": int(n_l), "n_stream": int(n_s)}
+
+
+def _full_optimizer_state(acc, model: AudioLM, opt) -> dict:
+    """The optimizer state as a single process's `opt.state_dict()` would hold it (full tensors,
+    index i = i-th parameter of `_param_lists`), so any world size can load it. Collective under
+    FSDP and DeepSpeed: every process must call it."""
+    from accelerate.utils import DistributedType
+
+    if acc.distributed_type == DistributedType.DEEPSPEED:
+        from deepspeed.utils import safe_get_full_optimizer_state
+
+        _relink_zero_states(acc)
+        flat_state = next(iter(opt.state.values()), {})  # ZeRO keeps one state per flat partition
+        state, i = {}, 0
+        for p in (q for g in _param_lists(model) for q in g):
+            s = {k: safe_get_full_optimizer_state(p, k) for k in ("exp_avg", "exp_avg_sq")}
+            if s["exp_avg"] is not None:
+                state[i] = {"step": flat_state["step"].detach().clone().cpu(),
+                            **{k: v.detach().cpu() for k, v in s.items()}}
+            i += 1
+    elif acc.distributed_type == DistributedType.FSDP:
+        from torch.distributed.tensor import DTensor
+
+        state, i = {}, 0
+        for p in (q for g in _param_lists(model) for q in g):
+            if p in opt.state:
+                state[i] = {k: (v.full_tensor() if isinstance(v, DTensor) else v).detach().cpu()
+                            for k, v in opt.state[p].items()}
+            i += 1
+    else:
+        return opt.state_dict()
+    groups, i = [], 0
+    for g, params in zip(opt.param_groups, _param_lists(model)):
+        groups.append({**{k: v for k, v in g.items() if k != "params"}, "params": list(range(i, i + len(params)))})
+        i += len(params)
+    return {"state": state, "param_groups": groups}
+
+
+def _relink_zero_states(acc) -> None:
+    """Point each parameter's ZeRO fragment at the current optimizer state. DeepSpeed 0.19 links
+    them once, right after the first parameter group's first step, so with two groups (decay /
+    no decay) the second group's parameters never see theirs."""
+    zo = acc.deepspeed_engine_wrapped.engine.optimizer
+    zo._hp_optimizer_states_linked = False
+    zo._lazy_init_hp_params_optimizer_state()
+
+
+def _load_full_optimizer_state(acc, model: AudioLM, opt, sd: dict) -> None:
+    """Inverse of `_full_optimizer_state` for FSDP (shard each tensor like its parameter) and
+    DeepSpeed (hand each parameter's full state to ZeRO's partitions); after `prepare`."""
+    from accelerate.utils import DistributedType
+
+    params = [q for g in _param_lists(model) for q in g]
+    if acc.distributed_type == DistributedType.DEEPSPEED:
+        from deepspeed.utils import safe_set_full_optimizer_state
+
+        if sd["state"]:
+            # AdamW creates its state at the first step; create it now (zeros, then overwritten
+            # fragment by fragment) so ZeRO's per-parameter views exist to be written into
+            step = next(iter(sd["state"].values()))["step"]
+            for fp in acc.deepspeed_engine_wrapped.engine.optimizer.single_partition_of_fp32_groups:
+                opt.state[fp] = {"step": step.clone().to(fp.device), "exp_avg": torch.zeros_like(fp),
+                                 "exp_avg_sq": torch.zeros_like(fp)}
+            _relink_zero_states(acc)
+        for i, p in enumerate(params):
+            for k in ("exp_avg", "exp_avg_sq"):
+                if i in sd["state"]:
+                    safe_set_full_optimizer_state(p, sd["state"][i][k].to(p.device), k)
+        for g, saved in zip(opt.param_groups, sd["param_groups"]):
+            g.update({k: v for k, v in saved.items() if k != "params"})
+        return
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    opt.load_state_dict(sd)  # loads plain tensors keyed by these DTensor parameters
+    for p in params:
+        for k, v in opt.state.get(p, {}).items():
+            if isinstance(p, DTensor) and torch.is_tensor(v) and not isinstance(v, DTensor) and v.shape == p.shape:
+                opt.state[p][k] = distribute_tensor(v.to(p.device), p.device_mesh, p.placements)
+
+
+def _save_resume(acc, model, trained, out, recipe, opt, sched, stage, step, log_path, cursor: int = 0,
+                 world_size: int = 1) -> None:
     acc.wait_for_everyone()
+    # gathered on every process (FSDP/ZeRO collectives), written by the main one only
+    tensors = gather_trained_state(model, trained, acc.is_main_process)
+    optim = _full_optimizer_state(acc, model, opt) if step else None
     if not acc.is_main_process:
         return
     n_lines = len(log_path.read_text().splitlines()) if log_path.exists() else 0
-    state = {"stage": stage, "step": step, "trained": sorted(trained), "log_lines": n_lines}
+    state = {"stage": stage, "step": step, "trained": sorted(trained), "log_lines": n_lines,
+             "cursor": cursor, "world_size": world_size}
     if step:  # mid-stage: the next run continues this optimizer; at a stage boundary a new one starts
-        state.update(optimizer=opt.state_dict(), scheduler=sched.state_dict())
+        state.update(optimizer=optim, scheduler=sched.state_dict())
     save_checkpoint(model, trained, out / "checkpoint", recipe.to_dict(), recipe.lora,
-                    extra_files={"trainer_state.pt": state})
+                    extra_files={"trainer_state.pt": state}, state=tensors)

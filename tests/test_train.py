@@ -63,11 +63,30 @@ def test_four_stage_freeze_policy(tmp_path):
                   progress=False)
     after = _snapshot(load_model(str(final)))
     changed = {n for n in before if not torch.equal(before[n], after[n])}
-    assert changed == {"body.embed_tokens.weight"} | {n for n, _ in groups["adapter"]}
+    assert changed == {"body.embed_tokens.weight", "special"} | {n for n, _ in groups["adapter"]}
     saved = json.loads((final / "model.json").read_text())["trained"]
     assert set(saved) == changed  # only trained parameters are stored
     m = metrics(out)
     assert {"lm", "stream", "acc", "resp_recall", "sil_recall"} <= set(m[0])
+
+
+def test_tokens_group_trains_only_the_added_rows(tmp_path):
+    """The "tokens" group changes the added tokens' table alone; the checkpoint holds only it
+    (a few KB, not the tied 49k-row matrix of `mini`), and the decision depends on it."""
+    stages = [StageConfig(name="format", trainable=["tokens"], data="synthetic:beep?n=4&chunks=4", lr=1e-1,
+                          steps=2, batch_size=2)]
+    before = _snapshot(build_model("tiny"))
+    final = train(Recipe(model=ModelConfig(backend="tiny"), out=str(tmp_path / "run"), stages=stages,
+                         save_every=100), progress=False)
+    model = load_model(str(final))
+    after = _snapshot(model)
+    assert {n for n in before if not torch.equal(before[n], after[n])} == {"special"}
+    assert json.loads((final / "model.json").read_text())["trained"] == ["special"]
+    h = torch.randn(3, model.special.shape[1])
+    tok = model.tokenizer
+    full = model.logits(h)
+    assert torch.allclose(full[:, [tok.silent_id, tok.response_id]], model.control_logits(h))
+    assert torch.allclose(model.embed_ids([tok.response_id])[0], model.special[tok.response_id - model.n_base_vocab])
 
 
 def test_untied_head_stage1_trains_only_new_embedding_rows():
@@ -123,6 +142,25 @@ def test_kill9_and_resume_gives_the_same_loss_curve(tmp_path):
     got = [m["loss"] for m in metrics(out)]
     assert len(got) == 12
     assert got == pytest.approx(want, rel=1e-5, abs=1e-6)
+
+
+def test_single_process_checkpoint_of_the_old_format_resumes(tmp_path):
+    """A run's checkpoint as the single-process trainer wrote it before multi-process support
+    (trainer_state: stage, step, trained, log_lines, optimizer, scheduler; no data cursor)
+    resumes mid-stage to the loss curve of an uninterrupted run."""
+    ref = train(load_recipe(_recipe_file(tmp_path, tmp_path / "ref")), progress=False)
+    want = [m["loss"] for m in metrics(ref.parent)]
+    out = tmp_path / "old"
+    rec = _recipe_file(tmp_path, out)
+    train(load_recipe(rec), progress=False, stop_after=11)  # last checkpoint: stage 2, step 4
+    path = out / "checkpoint" / "trainer_state.pt"
+    st = torch.load(path, weights_only=False)
+    assert (st["stage"], st["step"]) == (1, 4)
+    old = {k: st[k] for k in ("stage", "step", "trained", "log_lines", "optimizer", "scheduler")}
+    torch.save(old, path)
+    train(load_recipe(rec), resume=True, progress=False)
+    got = [m["loss"] for m in metrics(out)]
+    assert got == want  # the same process count and code path: bit for bit
 
 
 def test_lora_option_and_toml_recipe(tmp_path):
