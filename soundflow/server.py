@@ -11,6 +11,14 @@ Authentication (only when the server has a token): `Authorization: Bearer TOKEN`
 request, or `?token=TOKEN` in the URL (browsers cannot set headers on a WebSocket). A missing or
 wrong token refuses the upgrade (HTTP 403) before any message is exchanged.
 
+Origin and Host (checked before the token, HTTP 403 on refusal): a browser page may open a
+stream only from the server's own origin (`Origin` equal to the request's `Host`) or from an
+origin given with `--allow-origin` (`*`: any); a request without `Origin` (not a browser page)
+is let through to the token check. On a loopback bind, the `Host` header (of the upgrade and of
+every HTTP request) must be a loopback name (`localhost`, `127.x.x.x`, `[::1]`): a rebound DNS
+name pointing at 127.0.0.1 is refused. A non-loopback `--host` needs a token; without one the
+server refuses to start unless `--insecure` is given.
+
 1. Client → server, first message, a JSON text frame (within 10 s):
 
        {"type": "hello", "version": 1, "sample_rate": 16000, "chunk_ms": 400,
@@ -23,16 +31,26 @@ wrong token refuses the upgrade (HTTP 403) before any message is exchanged.
         "format": "f32le", "max_frame_samples": 16000, "max_queue_chunks": 16, "threshold": 0.5}
 
    or `{"type": "error", "code": CODE, "message": "…"}` and closes the connection (close code
-   1008, or 1013 for `busy`). Handshake codes: `bad_json`, `bad_handshake`,
-   `unsupported_version`, `unsupported_sample_rate`, `unsupported_chunk_ms`,
-   `unsupported_format`, `handshake_timeout`, `busy` (the server is at `max_sessions`).
-   A handshake error concerns that connection only; other sessions are not touched.
+   1008, or 1013 for `busy`). Handshake codes: `bad_json`, `bad_handshake` (not a hello object,
+   a field of the wrong type), `unsupported_version`, `unsupported_sample_rate`,
+   `unsupported_chunk_ms`, `unsupported_format` (each must be exactly the JSON integer /
+   string expected: `true` is not version 1), `instruction_too_long` (over 4000 characters, or
+   over the engine's `max_instruction_tokens`, 1024 by default), `handshake_timeout`, `busy`
+   (the server is at `max_sessions`). Any malformed hello gets an error event, never a dropped
+   socket. A handshake error concerns that connection only; other sessions are not touched.
 
 2. Client → server, after `ready`:
    - binary frames: mono 16 kHz PCM in the negotiated format (little-endian float32 in [-1, 1]
      or int16), any length from 1 sample to `max_frame_samples` (1 s). Frames need not align
-     with chunks; the server cuts the stream into `chunk_ms` chunks.
-   - `{"type": "instruction", "text": "…"}` — replace the instruction from now on.
+     with chunks; the server cuts the stream into `chunk_ms` chunks. Float samples slightly
+     outside [-1, 1] (up to ±2: resampler ringing, gain) are clipped to [-1, 1]; a frame with
+     NaN/inf or any |sample| > 2 (int16 values sent as float, garbage) is refused whole.
+   - `{"type": "instruction", "text": "…"}` — replace the instruction from now on. At most
+     4000 characters and `max_instruction_tokens` tokens; a burst of 4, then one per 2 s
+     (`rate_limited` beyond). Instructions replace each other: the newest one costs context
+     room like audio (its tokens counted in chunks of 11 positions) and, when it does not fit,
+     becomes the cache's prefix in a rebuild that drops the superseded ones — so the KV cache
+     stays within instruction + window however many are sent.
    - `{"type": "end"}` — no more audio: the last partial chunk is flushed (zero-padded), every
      remaining event is sent, then `{"type": "end", "chunks": N}` and a normal close (1000).
 
@@ -45,14 +63,24 @@ wrong token refuses the upgrade (HTTP 403) before any message is exchanged.
    - `{"type": "response", "chunk": k, "t": seconds, "text": "…"}` — the complete reply;
    - `{"type": "error", "code": CODE, "message": "…"}` — a frame or message was refused; the
      session goes on. Codes: `malformed_frame` (byte count not a whole number of samples,
-     NaN/inf samples), `frame_too_large` (more than `max_frame_samples`), `bad_message`
-     (unparsable or unknown text frame), `engine_error` (the engine reported a failure).
-     A refused frame is dropped whole: the stream continues as if it was never sent. If the
-     engine session itself fails, `engine_error` is the last event and the server closes the
-     connection with 1011.
+     NaN/inf or out-of-range samples), `frame_too_large` (more than `max_frame_samples`),
+     `bad_message` (unparsable or unknown text frame, instruction not a string),
+     `instruction_too_long`, `rate_limited`, `engine_error` (the engine reported a failure).
+     A refused frame is dropped whole: the stream continues as if it was never sent. After 100
+     refusals the server sends `too_many_errors` and closes (1008). If the engine session
+     itself fails — before or after `end` — `engine_error` is the last event (no `end`) and the
+     server closes the connection with 1011. A session that sends nothing for `--idle-timeout`
+     (60 s) gets `idle_timeout` and a 1008 close.
+   Every number is finite: the engine ends a session whose model output is not (an
+   `engine_error`) rather than send NaN, which is not JSON.
+
+Isolation: one session's input cannot fail another's. Input is validated at this edge (above)
+and again in the engine; with batching (batching.py) a batched forward that raises is re-run
+request by request, so only the session whose input fails on its own gets `engine_error`.
 
 Backpressure: the server reads audio only while fewer than `max_queue_chunks` chunks are
-waiting for their decision to be *sent* to the client. Beyond that it stops reading the socket,
+waiting for their decision to be *sent* to the client, and fewer than 64 events of any kind
+(refusals included) are queued for it. Beyond that it stops reading the socket,
 so the client's sends block through ordinary WebSocket/TCP flow control; nothing is dropped and
 no error is sent. A client may therefore stream a file as fast as it likes (the page's "fast"
 mode does) and will be paced by the model, and a client that stops reading its events stops
@@ -60,14 +88,16 @@ being read. Frames larger than 4 MiB are refused at the WebSocket layer (close 1
 
 A client that disappears (socket closed or reset, even in the middle of a reply) has its engine
 session aborted (queued audio dropped; a reply in progress stops at its token cap) and its slot
-freed; the other sessions keep running.
+freed; the other sessions keep running. A half-open connection (the peer vanished without a
+FIN) is found by WebSocket pings (20 s interval, 20 s timeout); an HTTP connection that has not
+finished its request headers within 10 s, or sits idle between requests, is closed.
 
 Threads: the event loop never runs torch. Each session has the engine's own threads plus one
 pump thread that blocks on `get_event` and hands events to the loop (`call_soon_threadsafe`);
 blocking engine calls (session start, close) run in a pool sized to `max_sessions`.
 
 Binds 127.0.0.1 unless told otherwise; give a token (`--token` or `SOUNDFLOW_TOKEN`) before
-binding anything else.
+binding anything else (the server refuses to start without one unless `--insecure`).
 """
 
 from __future__ import annotations

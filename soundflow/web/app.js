@@ -101,6 +101,11 @@ class Stream {
       this.backlog.push(pcm);
       return;
     }
+    // the server refuses frames with |sample| > 2 and clips the rest; clip here so a hot file
+    // (decoded float audio can exceed full scale) is never refused
+    let hot = false;
+    for (let i = 0; i < pcm.length; i++) if (pcm[i] > 1 || pcm[i] < -1) { hot = true; break; }
+    if (hot) pcm = pcm.map((x) => Math.max(-1, Math.min(1, x)));
     this.ws.send(pcm.buffer.byteLength === pcm.byteLength ? pcm.buffer : pcm.slice().buffer);
     this.sentSamples += pcm.length;
     ui.heard.textContent = (this.sentSamples / SR).toFixed(1) + " s";
