@@ -97,3 +97,8 @@ def test_analyze_cli(tmp_path, capsys):
     assert line["n_streams"] == 2 and line["top_heads"][0]["head"].startswith("L")
     assert (tmp_path / "heads.png").exists() and (tmp_path / "continuity.png").exists()
     assert main(["analyze", "heads", "tiny-qwen", DATA, "--out", str(tmp_path)]) == 2  # body not supported: one line
+    capsys.readouterr()
+    # continuity reads layer outputs through hooks: the paper's Qwen2.5-Omni architecture works
+    assert main(["analyze", "continuity", "tiny-qwen", DATA, "--max-chunks", "4", "--out", str(tmp_path / "q")]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["model"]["backend"] == "tiny-qwen" and set(line["ratio"]) == {"encoder", "adapter", "layer_0", "layer_1"}
