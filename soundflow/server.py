@@ -36,7 +36,8 @@ server refuses to start unless `--insecure` is given.
    `unsupported_chunk_ms`, `unsupported_format` (each must be exactly the JSON integer /
    string expected: `true` is not version 1), `instruction_too_long` (over 4000 characters, or
    over the engine's `max_instruction_tokens`, 1024 by default), `handshake_timeout`, `busy`
-   (the server is at `max_sessions`). Any malformed hello gets an error event, never a dropped
+   (the server is at `max_sessions`), `rate_limited` (1013: too many instructions server-wide,
+   see below). Any malformed hello gets an error event, never a dropped
    socket. A handshake error concerns that connection only; other sessions are not touched.
 
 2. Client → server, after `ready`:
@@ -46,8 +47,9 @@ server refuses to start unless `--insecure` is given.
      outside [-1, 1] (up to ±2: resampler ringing, gain) are clipped to [-1, 1]; a frame with
      NaN/inf or any |sample| > 2 (int16 values sent as float, garbage) is refused whole.
    - `{"type": "instruction", "text": "…"}` — replace the instruction from now on. At most
-     4000 characters and `max_instruction_tokens` tokens; a burst of 4, then one per 2 s
-     (`rate_limited` beyond). Instructions replace each other: the newest one costs context
+     4000 characters and `max_instruction_tokens` tokens; a burst of 4, then one per 2 s per
+     session, and a burst of 8, then one per second for all sessions together, hello
+     instructions included, so reconnecting buys no more (`rate_limited` beyond). Instructions replace each other: the newest one costs context
      room like audio (its tokens counted in chunks of 11 positions) and, when it does not fit,
      becomes the cache's prefix in a rebuild that drops the superseded ones — so the KV cache
      stays within instruction + window however many are sent.
@@ -133,12 +135,31 @@ MAX_INSTRUCTION_CHARS = 4000  # cheap first cut before tokenising; the real boun
 MAX_OUT_EVENTS = 64  # events queued for a client that is not reading before the server stops reading it
 MAX_REFUSALS = 100  # refused frames/messages per session before the server gives up on the client
 INSTRUCTION_BURST, INSTRUCTION_PER_S = 4, 0.5  # instruction messages: a burst of 4, then one per 2 s
+# all sessions together (hello instructions included): reconnecting does not buy more prefills
+SERVER_INSTRUCTION_BURST, SERVER_INSTRUCTION_PER_S = 8, 1.0
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 WEB_DIR = Path(__file__).with_name("web")
 
 log = logging.getLogger("soundflow.server")
 
 _DONE = object()  # pump → writer: the engine session has delivered its last event
+
+
+class _Bucket:
+    """Token bucket: `take()` is True when an action is within `burst` and `per_s` per second."""
+
+    def __init__(self, burst: float, per_s: float):
+        self.burst, self.per_s = float(burst), float(per_s)
+        self.level, self.t = float(burst), time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.level = min(self.burst, self.level + (now - self.t) * self.per_s)
+        self.t = now
+        if self.level < 1:
+            return False
+        self.level -= 1
+        return True
 
 
 class _HandshakeError(Exception):
@@ -270,7 +291,7 @@ class _Connection:
         self.closed = threading.Event()  # engine session closed: the pump may stop when drained
         self.engine_failed = False  # the engine session reported a failure (engine_error, close 1011)
         self.refusals = 0
-        self.bucket, self.bucket_t = float(app_state.instruction_rate[0]), time.monotonic()  # instruction rate
+        self.bucket = _Bucket(*app_state.instruction_rate)  # this session's instruction messages
         self.pump = threading.Thread(target=self._pump, name=f"soundflow-ws-{session_id}", daemon=True)
 
     # -- engine events → asyncio (a thread per session; get_event blocks) ------------------------
@@ -396,15 +417,16 @@ class _Connection:
             if len(instr) > MAX_INSTRUCTION_CHARS:
                 await self.error("instruction_too_long", f"instruction longer than {MAX_INSTRUCTION_CHARS} characters; ignored")
                 return False
-            burst, per_s = self.st.instruction_rate
-            now = time.monotonic()  # token bucket: each instruction may cost the decoder a prefill
-            self.bucket = min(float(burst), self.bucket + (now - self.bucket_t) * per_s)
-            self.bucket_t = now
-            if self.bucket < 1:
-                await self.error("rate_limited", f"more than {burst} instructions in a burst, or more than "
-                                                 f"{per_s:g} per second; ignored")
+            # each applied instruction may cost the decoder a prefill (shared by all sessions)
+            if not self.bucket.take():
+                b = self.bucket
+                await self.error("rate_limited", f"more than {b.burst:g} instructions in a burst, or more than "
+                                                 f"{b.per_s:g} per second; ignored")
                 return False
-            self.bucket -= 1
+            if not self.st.instruction_bucket.take():
+                await self.error("rate_limited", "the server is taking too many instructions from all sessions; "
+                                                 "ignored, retry in a second")
+                return False
             try:
                 await self.loop.run_in_executor(self.st.executor, self.sess.set_instruction, instr)
             except ValueError as e:  # longer than the engine's max_instruction_tokens
@@ -476,7 +498,8 @@ class _Connection:
 class _State:
     def __init__(self, engine, *, token, chunk_ms, max_sessions, max_queue_chunks, max_frame_samples,
                  handshake_timeout, threshold, model_name, idle_timeout=60.0, allowed_origins=(),
-                 allowed_hosts=None, instruction_rate=(INSTRUCTION_BURST, INSTRUCTION_PER_S)):
+                 allowed_hosts=None, instruction_rate=(INSTRUCTION_BURST, INSTRUCTION_PER_S),
+                 server_instruction_rate=(SERVER_INSTRUCTION_BURST, SERVER_INSTRUCTION_PER_S)):
         from .audio import chunk_samples
 
         self.engine, self.token, self.chunk_ms = engine, token, chunk_ms
@@ -485,6 +508,7 @@ class _State:
         self.max_frame_samples, self.handshake_timeout = max_frame_samples, handshake_timeout
         self.threshold, self.model_name = threshold, model_name
         self.idle_timeout, self.instruction_rate = idle_timeout, instruction_rate
+        self.instruction_bucket = _Bucket(*server_instruction_rate)
         self.allowed_origins = {o.strip().lower().rstrip("/") for o in allowed_origins}
         self.allowed_hosts = None if allowed_hosts is None else {h.strip().lower() for h in allowed_hosts}
         self.sessions: set[str] = set()
@@ -497,7 +521,8 @@ def create_app(model=None, token: str | None = None, options=None, max_sessions:
                max_queue_chunks: int = 16, *, engine=None, max_frame_ms: int = 1000,
                handshake_timeout: float = 10.0, idle_timeout: float = 60.0,
                allowed_origins=(), allowed_hosts=("loopback",),
-               instruction_rate: tuple[int, float] = (INSTRUCTION_BURST, INSTRUCTION_PER_S)):
+               instruction_rate: tuple[int, float] = (INSTRUCTION_BURST, INSTRUCTION_PER_S),
+               server_instruction_rate: tuple[int, float] = (SERVER_INSTRUCTION_BURST, SERVER_INSTRUCTION_PER_S)):
     """The FastAPI app: `/` (page), `/v1/stream` (WebSocket, see the module docstring), `/healthz`.
 
     `model` is an `AudioLM`; `options` an `EngineOptions`. `engine` may be passed instead of
@@ -505,7 +530,8 @@ def create_app(model=None, token: str | None = None, options=None, max_sessions:
     origins besides the server's own that may open a stream (`"*"`: any). `allowed_hosts`:
     Host names answered besides the loopback ones (`None` or `"*"`: any — for a server bound
     to a public address, where the token is the guard). `instruction_rate`: (burst, per
-    second) of instruction messages a session may send."""
+    second) of instruction messages a session may send; `server_instruction_rate`: the same
+    for all sessions together, hello instructions included."""
     if engine is None:
         if model is None:
             raise ValueError("create_app needs a model or an engine")
@@ -524,6 +550,7 @@ def create_app(model=None, token: str | None = None, options=None, max_sessions:
                 handshake_timeout=handshake_timeout, threshold=threshold,
                 model_name=getattr(cfg, "backend", None), idle_timeout=idle_timeout,
                 allowed_origins=allowed_origins, instruction_rate=instruction_rate,
+                server_instruction_rate=server_instruction_rate,
                 allowed_hosts=None if allowed_hosts is None else [h for h in allowed_hosts if h != "loopback"])
 
     @asynccontextmanager
@@ -596,6 +623,8 @@ def create_app(model=None, token: str | None = None, options=None, max_sessions:
                 raise _HandshakeError("bad_handshake", f"malformed hello ({type(e).__name__})") from None
             if len(st.sessions) >= st.max_sessions:
                 raise _HandshakeError("busy", f"the server is at its limit of {st.max_sessions} sessions; retry later", 1013)
+            if hello["instruction"] and not st.instruction_bucket.take():
+                raise _HandshakeError("rate_limited", "the server is taking too many instructions; retry in a second", 1013)
         except _HandshakeError as e:
             try:
                 await ws.send_text(_dumps({"type": "error", "code": e.code, "message": e.message}))

@@ -130,3 +130,73 @@ def test_microphone_without_device_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda cmd: None)
     with pytest.raises(AudioError, match="microphone"):
         iter_microphone()
+
+
+def test_check_pcm_clips_mild_overshoot_and_refuses_garbage():
+    from soundflow.audio import MAX_PEAK, check_pcm
+
+    x = np.array([0.5, -1.5, 1.9, -0.2], np.float32)
+    assert check_pcm(x).tolist() == pytest.approx([0.5, -1.0, 1.0, -0.2])
+    inside = tone()
+    assert check_pcm(inside) is not None and np.array_equal(check_pcm(inside), inside)
+    for bad, what in ((np.full(4, 1e20, np.float32), "peak amplitude"), (np.array([0, np.nan], np.float32), "NaN"),
+                      (np.array([MAX_PEAK * 1.01], np.float32), "peak amplitude"), (np.array([-np.inf], np.float32), "NaN")):
+        with pytest.raises(AudioError, match=what):
+            check_pcm(bad)
+
+
+def test_truncated_and_huge_amplitude_wav_are_clear_errors(tmp_path):
+    from soundflow.audio import iter_audio_file
+
+    p = tmp_path / "cut.wav"
+    sf.write(p, tone(sec=3.0), SAMPLE_RATE, subtype="PCM_16")
+    data = p.read_bytes()
+    p.write_bytes(data[: len(data) // 2])  # an interrupted copy
+    for read in (load_audio, lambda q: list(iter_audio_file(q))):
+        with pytest.raises(AudioError, match="truncated WAV"):
+            read(p)
+    h = tmp_path / "huge.wav"
+    sf.write(h, np.full(SAMPLE_RATE, 1e20, np.float32), SAMPLE_RATE, subtype="FLOAT")
+    for read in (load_audio, lambda q: list(iter_audio_file(q))):
+        with pytest.raises(AudioError, match="peak amplitude 1e\\+20"):
+            read(h)
+    full = tmp_path / "ok.wav"
+    sf.write(full, tone(sec=3.0), SAMPLE_RATE, subtype="PCM_16")
+    assert len(load_audio(full)) == 3 * SAMPLE_RATE  # a complete file passes the check
+
+
+@pytest.mark.parametrize("sr,channels", [(SAMPLE_RATE, 1), (44_100, 2)])
+def test_iter_audio_file_streams_what_load_audio_reads(tmp_path, sr, channels):
+    from soundflow.audio import iter_audio_file
+
+    rng = np.random.default_rng(1)
+    w = (0.2 * rng.standard_normal((int(sr * 3.3), channels))).astype(np.float32)
+    p = tmp_path / "x.wav"
+    sf.write(p, w, sr, subtype="FLOAT")
+    streamed = list(iter_audio_file(p, block_s=0.7))  # several blocks, not aligned with chunks
+    whole = list(iter_chunks(load_audio(p)))
+    assert len(streamed) == len(whole)
+    assert np.allclose(np.concatenate(streamed), np.concatenate(whole), atol=1e-6)
+
+
+def test_listen_stops_cleanly_when_a_file_turns_bad_part_way(tmp_path, capsys):
+    from soundflow.listen import listen
+    from soundflow.model import build_model
+
+    w = tone(sec=60.0)
+    w[50 * SAMPLE_RATE] = 1e20  # bad sample 50 s in: found in a later block, after decisions were made
+    p = tmp_path / "late.wav"
+    sf.write(p, w, SAMPLE_RATE, subtype="FLOAT")
+    rc = listen(str(p), model=build_model("tiny"), jsonl=True, quant=None)
+    out, err = capsys.readouterr()
+    assert rc == 2 and "peak amplitude" in err and "Traceback" not in err
+    assert 0 < sum(1 for line in out.splitlines() if '"decision"' in line) < 150
+
+
+def test_cli_overlong_instruction_is_one_line(tmp_path):
+    p = tmp_path / "t.wav"
+    sf.write(p, tone(), SAMPLE_RATE)
+    r = subprocess.run([sys.executable, "-m", "soundflow.cli", "listen", str(p), "--model", "tiny", "--quant", "none",
+                        "--instruction", "x" * 100_000], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "longer than" in r.stderr and "tokens" in r.stderr

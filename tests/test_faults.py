@@ -228,7 +228,8 @@ def test_forty_long_instructions_keep_the_cache_and_latency_bounded(model):
         assert events[-1] == {"type": "end", "chunks": 52}
         return before, after, cache, grew
 
-    with running_server(model, engine=engine, app_kw={"instruction_rate": (1000, 1000.0)}) as srv:
+    with running_server(model, engine=engine, app_kw={"instruction_rate": (1000, 1000.0),
+                                                              "server_instruction_rate": (1000, 1000.0)}) as srv:
         before, after, cache, grew = asyncio.run(asyncio.wait_for(main(srv), 240))
     assert max(cache) <= 4096 + window + 64, max(cache)
     assert sessions[0].instruction.startswith("39 ")  # the last one is in force

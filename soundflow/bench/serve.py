@@ -119,10 +119,8 @@ async def _honest(i: int, url: str, wave: np.ndarray, t_end: float, chunk_n: int
             n += 1
             if n % per_chunk == 0:
                 sent_at[n // per_chunk - 1] = time.perf_counter()
-        r["sent_chunks"] = n // per_chunk
-        n_left = n % per_chunk
+            r["sent_chunks"] = -(-n // per_chunk)  # the partial last chunk is flushed at end
         await ws.send(_json.dumps({"type": "end"}))
-        r["sent_chunks"] += 1 if n_left else 0
         await asyncio.wait_for(rt, 300)
         if rt.exception():
             raise rt.exception()
@@ -151,8 +149,9 @@ async def _abuser(kind: str, url: str, port: int, wave: np.ndarray, t_end: float
         await ws.send(_hello())
         ready = _json.loads(await asyncio.wait_for(ws.recv(), 60))
         if ready.get("type") != "ready":
-            told(ready.get("code"))  # busy, when the honest sessions fill the server
+            told(ready.get("code"))  # busy, when the server is full
             await ws.close()
+            await asyncio.sleep(1.0)  # an abuser, not a handshake flood
             return None
         return ws
 
@@ -178,6 +177,7 @@ async def _abuser(kind: str, url: str, port: int, wave: np.ndarray, t_end: float
                         await asyncio.sleep(0.1)
                     await drain(ws, 1.0)
                     await ws.close()
+                await asyncio.sleep(0.5)
             elif kind == "instructions":
                 ws = await session()
                 if ws:
@@ -187,6 +187,7 @@ async def _abuser(kind: str, url: str, port: int, wave: np.ndarray, t_end: float
                         await asyncio.sleep(0.1)
                     await drain(ws, 1.0)
                     await ws.close()
+                await asyncio.sleep(0.5)
             elif kind == "sprayer":
                 ws = await session()
                 if ws:
@@ -194,7 +195,7 @@ async def _abuser(kind: str, url: str, port: int, wave: np.ndarray, t_end: float
                     with contextlib.suppress(ConnectionClosed):
                         while time.perf_counter() - t0 < 60 and time.perf_counter() < t_end:
                             await ws.send(b"\x00")
-                            await asyncio.sleep(0.001)
+                            await asyncio.sleep(0.002)
                     st["closed"][str(ws.close_code)] = st["closed"].get(str(ws.close_code), 0) + 1
                     await asyncio.sleep(1.0)
             elif kind == "hellos":
@@ -300,6 +301,15 @@ def bench_serve(model: str = "mini", sessions: int = 24, minutes: float = 30.0, 
             bad = [asyncio.create_task(_abuser(k, url, port, waves[0], t_end)) for k in kinds]
             res = await asyncio.gather(*honest)
             ab = await asyncio.gather(*bad)
+            # every client has left: the server must free every session (a leak check)
+            deadline = time.perf_counter() + 120
+            while True:
+                hh = await asyncio.to_thread(lambda: _json.loads(urllib.request.urlopen(health_url, timeout=10).read()))
+                if hh["sessions"] == 0 or time.perf_counter() > deadline:
+                    result["sessions_left_after_clients"] = hh["sessions"]
+                    result["drain_s"] = round(time.perf_counter() - t_end, 1)
+                    break
+                await asyncio.sleep(0.5)
             samp.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await samp
@@ -337,6 +347,8 @@ def bench_serve(model: str = "mini", sessions: int = 24, minutes: float = 30.0, 
                             f"end {r['end']}, close {r['close_code']}")
     if not alive:
         failures.append("the server was not running at the end")
+    if result.get("sessions_left_after_clients"):
+        failures.append(f"{result['sessions_left_after_clients']} sessions still held 120 s after every client left")
     for a in ab:
         if a["surprises"]:
             failures.append(f"abuser {a['kind']}: {a['surprises']}")
@@ -378,4 +390,6 @@ def _print(r: dict) -> None:
     for a in r.get("abusers_report", []):
         print(f"abuser {a['kind']:<12} rounds {a['rounds']:>4}  told {a['told']}  closed {a['closed']}"
               + (f"  SURPRISES {a['surprises']}" if a["surprises"] else ""))
+    print(f"sessions held after every client left: {r.get('sessions_left_after_clients')} "
+          f"(after {r.get('drain_s')} s)")
     print("OK" if r["ok"] else "FAILED: " + "; ".join(r["failures"]))
