@@ -302,12 +302,13 @@ def bench_serve(model: str = "mini", sessions: int = 24, minutes: float = 30.0, 
             res = await asyncio.gather(*honest)
             ab = await asyncio.gather(*bad)
             # every client has left: the server must free every session (a leak check)
-            deadline = time.perf_counter() + 120
+            t_left = time.perf_counter()
+            deadline = t_left + 120
             while True:
                 hh = await asyncio.to_thread(lambda: _json.loads(urllib.request.urlopen(health_url, timeout=10).read()))
                 if hh["sessions"] == 0 or time.perf_counter() > deadline:
                     result["sessions_left_after_clients"] = hh["sessions"]
-                    result["drain_s"] = round(time.perf_counter() - t_end, 1)
+                    result["drain_s"] = round(time.perf_counter() - t_left, 1)
                     break
                 await asyncio.sleep(0.5)
             samp.cancel()
