@@ -148,6 +148,7 @@ def test_single_process_checkpoint_of_the_old_format_resumes(tmp_path):
     """A run's checkpoint as the single-process trainer wrote it before multi-process support
     (trainer_state: stage, step, trained, log_lines, optimizer, scheduler; no data cursor)
     resumes mid-stage to the loss curve of an uninterrupted run."""
+    torch.set_num_threads(1)  # much faster on the shared 2 cores (restored by conftest)
     ref = train(load_recipe(_recipe_file(tmp_path, tmp_path / "ref")), progress=False)
     want = [m["loss"] for m in metrics(ref.parent)]
     out = tmp_path / "old"
