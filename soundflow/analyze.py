@@ -309,11 +309,7 @@ def run_layers(model, x: torch.Tensor, start: int = 0, head_mask: torch.Tensor |
 
 def _logodds(model, hidden: torch.Tensor) -> torch.Tensor:
     """log P(<response>) / P(<silent>) from final hidden states (..., d)."""
-    tok = model.tokenizer
-    w = model.head.weight[[tok.silent_id, tok.response_id]].float()
-    two = hidden.float() @ w.T
-    if model.head.bias is not None:
-        two = two + model.head.bias[[tok.silent_id, tok.response_id]].float()
+    two = model.control_logits(hidden)
     return two[..., 1] - two[..., 0]
 
 
@@ -330,9 +326,13 @@ def analyze_heads(model, data, *, max_chunks: int = 20, limit: int | None = None
     threshold = default_threshold(model) if threshold is None else float(threshold)
     cut = math.log(threshold / (1 - threshold))  # respond iff log-odds ≥ this (P ≥ threshold)
     L, H = len(model.body.layers), int(model.body.config.num_attention_heads)
-    sums = {k: torch.zeros(L, H, dtype=torch.float64) for k in
-            ("attn_current_chunk", "attn_past_audio", "attn_text", "output_share", "delta_logodds", "flips",
-             "match_ablated")}
+    # Fresh control tokens start from one shared row (model._add_special_tokens): with a tied or
+    # untouched head their logits are equal, the log-odds is 0 for every input and no ablation can
+    # move it. Say so instead of spending L x H forwards per stream on zeros.
+    ablate = not _control_rows_equal(model)
+    keys = ["attn_current_chunk", "attn_past_audio", "attn_text", "output_share"]
+    keys += ["delta_logodds", "flips", "match_ablated"] if ablate else []
+    sums = {k: torch.zeros(L, H, dtype=torch.float64) for k in keys}
     n_dec = 0
     base_match = 0
     base_respond = 0
@@ -373,7 +373,7 @@ def analyze_heads(model, data, *, max_chunks: int = 20, limit: int | None = None
             sums["output_share"][layer] += (nrm / nrm.sum(0, keepdim=True).clamp_min(1e-12)).sum(-1)
         # single-head ablation: one batch per layer, row h has head h zeroed
         mask = 1.0 - torch.eye(H, device=x.embeds.device, dtype=x.embeds.dtype)
-        for layer in range(L):
+        for layer in range(L if ablate else 0):
             xin = cap.layer_inputs[layer][None].expand(H, -1, -1)
             abl = _logodds(model, run_layers(model, xin, start=layer, head_mask=mask)[:, qpos])  # (H, Q)
             sums["delta_logodds"][layer] += (abl - base[None]).abs().sum(-1).double().cpu()
@@ -387,30 +387,42 @@ def analyze_heads(model, data, *, max_chunks: int = 20, limit: int | None = None
         raise ValueError("no decisions to analyse")
     per = {k: (v / n_dec) for k, v in sums.items()}
     base_tm = base_match / n_dec
-    per["token_match_drop"] = base_tm - per.pop("match_ablated")
-    per["flip_rate"] = per.pop("flips")
-    effect = per["delta_logodds"]
-    order = torch.argsort(effect.flatten(), descending=True)
-    top = []
-    for j in order[:10].tolist():
-        layer, head = divmod(j, H)
-        top.append({"head": f"L{layer}H{head}", "layer": layer, "index": head,
-                    **{k: round(float(v[layer, head]), 4) for k, v in per.items()}})
-    flat = effect.flatten()
-    total = float(flat.sum()) or 1.0
+    top, dominance, note = [], None, None
+    if ablate:
+        per["token_match_drop"] = base_tm - per.pop("match_ablated")
+        per["flip_rate"] = per.pop("flips")
+        flat = per["delta_logodds"].flatten()
+        order = torch.argsort(flat, descending=True)
+        for j in order[:10].tolist():
+            layer, head = divmod(j, H)
+            top.append({"head": f"L{layer}H{head}", "layer": layer, "index": head,
+                        **{k: round(float(v[layer, head]), 4) for k, v in per.items()}})
+        total = float(flat.sum()) or 1.0
+        dominance = {"top1_over_top2": round(float(flat[order[0]] / max(float(flat[order[1]]), 1e-12)), 3)
+                     if len(flat) > 1 else None,
+                     "top1_share_of_total_effect": round(float(flat[order[0]]) / total, 4),
+                     "median_head_effect": round(float(flat.median()), 5)}
+    else:
+        note = ("the <silent> and <response> output rows are identical (control tokens never trained): the decision "
+                "log-odds is 0 for every input, so single-head ablation cannot change it and was not run")
     return {
         "analysis": "heads", "model": _model_info(model), "data": data if isinstance(data, str) else None,
         "max_chunks": max_chunks, "n_streams": len(samples), "n_decisions": n_dec, "threshold": threshold,
         "base": {"token_match": round(base_tm, 4), "respond_rate": round(base_respond / n_dec, 4),
                  "gold_respond_rate": round(gold_respond / n_dec, 4)},
-        "top_heads": top,
-        "dominance": {"top1_over_top2": round(float(flat[order[0]] / max(float(flat[order[1]]), 1e-12)), 3)
-                      if len(flat) > 1 else None,
-                      "top1_share_of_total_effect": round(float(flat[order[0]]) / total, 4),
-                      "median_head_effect": round(float(flat.median()), 5)},
+        "ablation": ablate, "note": note, "top_heads": top, "dominance": dominance,
         "per_head": {k: [[round(float(x), 5) for x in row] for row in v] for k, v in per.items()},
         "forward_check_max_abs_err": max_err, "paper": PAPER["heads"], "wall_s": round(time.perf_counter() - t0, 1),
     }
+
+
+def _control_rows_equal(model) -> bool:
+    tok = model.tokenizer
+    w = model.head.weight
+    same = torch.equal(w[tok.silent_id], w[tok.response_id])
+    if model.head.bias is not None:
+        same = same and bool(model.head.bias[tok.silent_id] == model.head.bias[tok.response_id])
+    return same
 
 
 def plot_heads(result: dict, path: str | Path) -> None:
@@ -418,7 +430,8 @@ def plot_heads(result: dict, path: str | Path) -> None:
     panels = [("delta_logodds", "ablation: mean |Δ log-odds| of the decision"),
               ("attn_current_chunk", "attention on the chunk just heard"),
               ("output_share", "share of the layer's attention output")]
-    L = len(result["per_head"]["delta_logodds"])
+    panels = [p for p in panels if p[0] in result["per_head"]]
+    L = len(result["per_head"]["attn_current_chunk"])
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), max(3.0, 0.16 * L + 1.5)))
     for ax, (key, title) in zip(axes, panels):
         mat = np.asarray(result["per_head"][key])
@@ -427,11 +440,16 @@ def plot_heads(result: dict, path: str | Path) -> None:
         ax.set_ylabel("layer")
         ax.set_title(title, fontsize=8)
         fig.colorbar(im, ax=ax, fraction=0.046)
-    best = result["top_heads"][0]
-    axes[0].plot(best["index"], best["layer"], "r+", ms=12)
     m = result["model"]
-    fig.suptitle(f"Obs. 2 decision heads — {m['backend']}{'' if m['trained'] else ' (untrained)'}, "
-                 f"{result['n_decisions']} decisions; top {best['head']}", fontsize=9)
+    title = (f"Obs. 2 decision heads — {m['backend']}{'' if m['trained'] else ' (untrained)'}, "
+             f"{result['n_decisions']} decisions")
+    if result["top_heads"]:
+        best = result["top_heads"][0]
+        axes[0].plot(best["index"], best["layer"], "r+", ms=12)
+        title += f"; top {best['head']}"
+    else:
+        title += "; no ablation (control tokens untrained)"
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -465,7 +483,7 @@ def headline(result: dict) -> dict:
     if result["analysis"] == "continuity":
         keys = ("analysis", "model", "n_streams", "ratio", "centered", "encoder_to_layer0", "adapter_shift", "paper")
     else:
-        keys = ("analysis", "model", "n_streams", "n_decisions", "base", "top_heads", "dominance", "paper")
+        keys = ("analysis", "model", "n_streams", "n_decisions", "base", "note", "top_heads", "dominance", "paper")
     out = {k: result[k] for k in keys}
     if result["analysis"] == "heads":
         out["top_heads"] = out["top_heads"][:3]

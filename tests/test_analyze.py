@@ -102,3 +102,18 @@ def test_analyze_cli(tmp_path, capsys):
     assert main(["analyze", "continuity", "tiny-qwen", DATA, "--max-chunks", "4", "--out", str(tmp_path / "q")]) == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert line["model"]["backend"] == "tiny-qwen" and set(line["ratio"]) == {"encoder", "adapter", "layer_0", "layer_1"}
+
+
+def test_heads_says_so_when_the_control_tokens_are_untrained(tmp_path):
+    """Fresh control tokens share one output row (as `mini` before training): P(<response>) is
+    0.5 everywhere (up to round-off), ablation cannot move it, and the result says that."""
+    m = build_model("tiny")
+    tok = m.tokenizer
+    with torch.no_grad():
+        m.head.weight[tok.response_id] = m.head.weight[tok.silent_id]
+    r = analyze.analyze_heads(m, DATA, max_chunks=4, progress=False)
+    assert r["ablation"] is False and "identical" in r["note"]
+    assert r["top_heads"] == [] and r["dominance"] is None and "delta_logodds" not in r["per_head"]
+    np.testing.assert_allclose(np.asarray(r["per_head"]["output_share"]).sum(1), 1.0, atol=1e-5)
+    _, png = analyze.write_result(r, tmp_path)
+    assert png.stat().st_size > 1000
