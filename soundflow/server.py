@@ -86,7 +86,9 @@ waiting for their decision to be *sent* to the client, and fewer than 64 events 
 so the client's sends block through ordinary WebSocket/TCP flow control; nothing is dropped and
 no error is sent. A client may therefore stream a file as fast as it likes (the page's "fast"
 mode does) and will be paced by the model, and a client that stops reading its events stops
-being read. Frames larger than 4 MiB are refused at the WebSocket layer (close 1009).
+being read. Messages larger than 256 KiB (4 s of float32 audio) are refused at the WebSocket
+layer (close 1009): with at most 32 messages buffered below the application, a client that is
+not being read can make the server hold at most 8 MiB for it.
 
 A client that disappears (socket closed or reset, even in the middle of a reply) has its engine
 session aborted (queued audio dropped; a reply in progress stops at its token cap) and its slot
@@ -130,7 +132,8 @@ from .audio import check_pcm
 PROTOCOL_VERSION = 1
 SAMPLE_RATE = 16_000
 FORMATS = {"f32le": np.dtype("<f4"), "s16le": np.dtype("<i2")}
-WS_MAX_SIZE = 4 * 1024 * 1024  # protocol-level cap on one WebSocket message
+WS_MAX_SIZE = 256 * 1024  # protocol-level cap on one WebSocket message (a 1 s frame is 64 KB)
+WS_MAX_QUEUE = 32  # messages the WebSocket layer buffers for a session the server is not reading
 MAX_INSTRUCTION_CHARS = 4000  # cheap first cut before tokenising; the real bound is in tokens
 MAX_OUT_EVENTS = 64  # events queued for a client that is not reading before the server stops reading it
 MAX_REFUSALS = 100  # refused frames/messages per session before the server gives up on the client
@@ -723,12 +726,12 @@ def _reaping_h11(header_timeout: float):
 
 def uvicorn_config(app, header_timeout: float = 10.0, ws_ping_interval: float = 20.0,
                    ws_ping_timeout: float = 20.0, **kw):
-    """uvicorn settings of `soundflow serve` (tests use them too): the 4 MiB message cap,
+    """uvicorn settings of `soundflow serve` (tests use them too): the message size and queue caps,
     reaping of half-sent requests, and WebSocket pings that drop half-open connections
     (a peer that vanished without a FIN) after ws_ping_interval + ws_ping_timeout."""
     import uvicorn
 
-    return uvicorn.Config(app, ws_max_size=WS_MAX_SIZE, http=_reaping_h11(header_timeout),
+    return uvicorn.Config(app, ws_max_size=WS_MAX_SIZE, ws_max_queue=WS_MAX_QUEUE, http=_reaping_h11(header_timeout),
                           ws_ping_interval=ws_ping_interval, ws_ping_timeout=ws_ping_timeout,
                           timeout_keep_alive=5, **kw)
 
