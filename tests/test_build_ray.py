@@ -34,7 +34,7 @@ def _shard_workers() -> dict[int, str]:
 def test_ray_two_workers_one_killed_midway_same_bytes(tmp_path):
     pytest.importorskip("ray")
     rec = _recipe(tmp_path, n=4)  # 2 shards of 2 samples, one per worker
-    build.build(rec, tmp_path / "pool", workers=2, quiet=True)
+    build.build(rec, tmp_path / "pool", workers=1, quiet=True)  # in-process: no spawn start-up
     out = tmp_path / "ray"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     p = subprocess.Popen([sys.executable, "-m", "soundflow.build", str(rec), "--out", str(out), "--ray", "local"],
