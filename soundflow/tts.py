@@ -60,8 +60,9 @@ ESPEAK_RETRY_SPEED = (0.85, 1.05)  # re-render speed range of espeak-ng voices
 KOKORO_SPEED = (0.85, 1.2)  # first-draw speed range of Kokoro voices (its `speed` input)
 KOKORO_RETRY_SPEED = (0.9, 1.05)  # re-render: nearer the rate Kokoro was trained at
 FAMILIES = ("piper", "espeak", "kokoro")  # real TTS families ("tone" is a test stand-in)
-# Blends kept as extra Kokoro speakers: even mixes of two style vectors of one accent, each kept
-# only at a measured ASR-gate pass rate (BENCHMARKS.md, `soundflow bench voices`).
+# Blends kept as extra Kokoro speakers: even mixes of two style vectors (the first voice's accent
+# is spoken), each kept only if its ASR-gate pass rate is at least the base voices' (measured
+# 2026-11-30 with `soundflow bench voices`: all 8 passed 48/48 dry vs 167/168; BENCHMARKS.md).
 KOKORO_BLENDS = ("af_heart+af_bella", "af_nicole+af_sarah", "am_adam+am_michael", "am_echo+am_liam",
                  "bf_emma+bf_isabella", "bm_george+bm_lewis", "af_heart+am_michael", "bf_alice+bm_daniel")
 
