@@ -244,6 +244,16 @@ def test_kokoro_render_deterministic_for_a_seed(kokoro_cache, monkeypatch):
         tts.parse_voice("kokoro:af_nobody")
 
 
+def test_gate_drops_a_failing_kokoro_instance(kokoro_cache, monkeypatch):
+    _fake_kokoro(kokoro_cache, monkeypatch)
+    gate = _FakeGate()
+    sp = tts.Speaker(tts.Voice("kokoro", "af_test", 1.1), np.random.default_rng(0), gate)
+    with pytest.raises(tts.Dropped) as e:
+        sp.say(["Lock the front door."])
+    assert e.value.family == "kokoro" and e.value.voice == "af_test" and e.value.attempts == tts.RETRIES + 1
+    assert gate.stats.dropped_by_family == {"kokoro": 1} and gate.stats.renderings == 1 + tts.RETRIES
+
+
 def test_kokoro_long_text_split_into_model_sized_runs(kokoro_cache, monkeypatch):
     from soundflow import kokoro
 
