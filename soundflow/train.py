@@ -586,7 +586,7 @@ def _save_resume(acc, model, trained, out, recipe, opt, sched, stage, step, log_
         return
     n_lines = len(log_path.read_text().splitlines()) if log_path.exists() else 0
     state = {"stage": stage, "step": step, "trained": sorted(trained), "log_lines": n_lines,
-             "cursor": cursor, "world_size": world_size}
+             "cursor": cursor, "world_size": world_size, "distributed": acc.distributed_type.value}
     if step:  # mid-stage: the next run continues this optimizer; at a stage boundary a new one starts
         state.update(optimizer=optim, scheduler=sched.state_dict())
     save_checkpoint(model, trained, out / "checkpoint", recipe.to_dict(), recipe.lora,

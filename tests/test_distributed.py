@@ -177,6 +177,32 @@ def test_zero2_equals_one_process(work, single):
 
 
 @pytest.mark.slow
+def test_fsdp2_equals_one_process_and_resumes(work, single):
+    """The shipped FSDP2 config (2 processes, fp32) through Accelerate's FSDP2 prepare, on CPU
+    over gloo (tests/fsdp_cpu.py lifts Accelerate's GPU-only gate): the model sharded once, the
+    second stage unfreezing the LM inside the shards. Stopped mid stage 2 and resumed from its
+    gathered checkpoint (optimizer state re-sharded), it ends where one process does."""
+    out = work / "fsdp2"
+    cfg, rec = cpu_config(work, "fsdp.yaml"), write(work, recipe(out, save_every=1), "fsdp2")
+    script = str(Path(__file__).with_name("fsdp_cpu.py"))
+
+    def run(*extra):
+        cmd = launch_cmd(cfg, rec)
+        cmd = cmd[: cmd.index("-m")] + [script, str(rec), *extra]
+        r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=400)
+        assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-5000:])
+
+    run("--stop-after", "5")
+    st = torch.load(out / "checkpoint" / "trainer_state.pt", weights_only=False)
+    assert (st["distributed"], st["stage"], st["step"]) == ("FSDP", 1, 2) and st["optimizer"]["state"]
+    assert not (out / "model").exists()
+    run("--resume")
+    ref_out, final = single
+    assert_same_params(params(out / "model"), params(final))
+    assert losses(out) == pytest.approx(losses(ref_out), rel=1e-5)
+
+
+@pytest.mark.slow
 def test_kill9_of_two_processes_then_resume(work, ddp, tmp_path):
     """kill -9 of a 2-process run mid stage 2; resumed with 2 processes it continues the same
     loss curve, and the checkpoint (full tensors, data cursor) resumes in one process as well."""
