@@ -263,7 +263,7 @@ def test_malformed_hello_gets_an_error_event(model):
 
     async def main(srv):
         await asyncio.gather(*(one(srv.ws, f, c) for f, c in cases))
-        ws, ready = await open_session(srv.ws, instruction="y" * 1000)  # within the limit
+        ws, _ = await open_session(srv.ws, instruction="y" * 1000)  # within the limit
         await send_audio(ws, audio(1, 1))
         assert (await finish(ws))[-1] == {"type": "end", "chunks": 1}
 

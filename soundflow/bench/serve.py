@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json as _json
-import os
 import socket
 import subprocess
 import sys
