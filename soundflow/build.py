@@ -287,12 +287,13 @@ def _count_speech(events: list[dict], stats: dict) -> None:
     ("speech:george"), and the distinct texts spoken, as sorted lists in the shard's stats."""
     voices, texts = set(stats.get("voices", [])), set(stats.get("texts", []))
     for e in events:
-        if e.get("type") == "tts":
-            voices.add(f'{e["tts"]["family"]}:{e["tts"]["name"]}')
-            texts.add(e.get("text", ""))
-        elif e.get("type") == "speech":
-            voices.add(f'speech:{e.get("speaker", "?")}')
-            texts.add(e.get("text", ""))
+        p = e.get("provenance") or e  # composed events carry their provenance inside
+        if p.get("type") == "tts":
+            voices.add(f'{p["tts"]["family"]}:{p["tts"]["name"]}')
+            texts.add(p.get("text", ""))
+        elif p.get("type") == "speech":
+            voices.add(f'speech:{p.get("speaker", "?")}')
+            texts.add(p.get("text", ""))
     stats["voices"], stats["texts"] = sorted(voices), sorted(texts)
 
 

@@ -80,7 +80,8 @@ def test_build_summary_counts_speakers_families_sentences():
     tts_ev = lambda fam, name, text: {"type": "tts", "text": text, "tts": {"family": fam, "name": name}}
     _count_speech([tts_ev("kokoro", "af_heart", "Hello there."), tts_ev("piper", "en_US-joe-medium", "Hi."),
                    {"type": "clip", "id": "x"}], a)
-    _count_speech([{"type": "speech", "speaker": "george", "text": "zero"}, tts_ev("kokoro", "af_heart", "Hi.")], b)
+    _count_speech([{"role": "foreground", "provenance": {"type": "speech", "speaker": "george", "text": "zero"}},
+                   {"role": "foreground", "provenance": tts_ev("kokoro", "af_heart", "Hi.")}], b)  # as composed
     base = {"seconds": 1.0, "chunks": 3, "reply_chunks": 1, "replies": 1, "per_task": {}, "dropped": 0, "failed": 0,
             "samples": 1}
     out = summarize([{**base, **a}, {**base, **b}])
