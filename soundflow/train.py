@@ -283,10 +283,10 @@ def train(recipe: Recipe, resume: bool = False, progress: bool = True, stop_afte
     out.mkdir(parents=True, exist_ok=True)
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     handlers, cpu = [], False
-    if launched > 1 and not torch.cuda.is_available():
-        # Without a GPU, Accelerate 1.x finds no process-group backend for processes that
-        # torchrun started and leaves each to train alone. DeepSpeed's CPU accelerator talks
-        # gloo; everything else becomes DDP over gloo (Accelerate's MULTI_CPU).
+    if launched > 1 and not torch.accelerator.is_available():
+        # Without a GPU (or other accelerator), Accelerate 1.x finds no process-group backend
+        # for processes that torchrun started and leaves each to train alone. DeepSpeed's CPU
+        # accelerator talks gloo; everything else becomes DDP over gloo (Accelerate's MULTI_CPU).
         if os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true":
             handlers.append(InitProcessGroupKwargs(backend="gloo"))
         else:
