@@ -463,14 +463,6 @@ def _mask_rows_(model: AudioLM, mask: torch.Tensor) -> None:
         g.mul_(mask.to(g.device, g.dtype))
 
 
-class _nullctx:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
-
-
 def _merge_logs(logs) -> dict:
     n_s = sum(o.n_stream for o in logs)
     n_l = sum(o.n_lm for o in logs)
