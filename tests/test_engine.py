@@ -266,3 +266,42 @@ def test_fifo_takes_input_in_while_replying(model):
         assert all(0 <= e["input_ms"] <= e["latency_ms"] + 1e-6 for e in d)
         worst[mode] = max(e["input_ms"] for e in d)
     assert worst["fifo"] < worst["sequential"] / 2
+
+
+@pytest.mark.parametrize("policy", ["shift", "rebuild"])
+def test_instructions_replace_each_other_within_the_context_budget(model, policy):
+    """An instruction every 3 chunks used to be appended to the cache for good (outside the
+    window's count): now each costs window room like audio and the newest becomes the prefix
+    when old ones leave, so the cache stays within instruction + window."""
+    cap = 12
+    sess = Engine(model, EngineOptions(threshold=1.01, max_context_chunks=cap, context_policy=policy)).session(
+        instruction="start")
+    chunk = _wave(0.4, seed=4)
+    lens, texts = [], []
+    for k in range(90):
+        if k % 3 == 0:
+            texts.append(f"instruction {k:03d}: " + "listen for the doorbell " * 3)
+            sess.set_instruction(texts[-1])
+        sess.feed(chunk)
+        assert sess.wait_idle(timeout=30)
+        lens.append(sess.cache_len)
+    sess.close()
+    evs = list(sess.events())
+    assert [e["chunk"] for e in _decisions(evs)] == list(range(90))
+    assert not [e for e in evs if e["type"] == "error"]
+    longest = max(len(t) for t in texts)  # byte tokenizer: one token per character
+    assert max(lens) <= longest + cap * 11 + 2, max(lens)  # uncounted, they sat on top of the window
+    assert sess.instruction == texts[-1]
+    assert sess._state.pos == sess.cache_len
+
+
+def test_overlong_instruction_is_refused_before_the_session_starts(model):
+    eng = Engine(model, EngineOptions(max_instruction_tokens=64))
+    with pytest.raises(ValueError, match="longer than"):
+        eng.session(instruction="x" * 65)
+    sess = eng.session(instruction="x" * 64)
+    with pytest.raises(ValueError, match="longer than"):
+        sess.set_instruction("y" * 10_000_000)  # refused without tokenising 10 MB
+    sess.set_instruction("fine")
+    sess.close()
+    assert sess.instruction == "fine"  # set before close: applied at the decoder's next turn
