@@ -81,18 +81,15 @@ class Turn:
                    extra={k: v for k, v in d.items() if k not in known})
 
     def to_json(self, path_key: str = "audio_path", fmt: str = "online") -> dict:
-        d: dict = {}
-        if fmt == "streamaudio":
-            d["user"] = self.user if self.user is not None else ""
-        d.update({path_key: self.audio_path, "assistant": self.assistant} if fmt == "online" else
-                 {"assistant": self.assistant})
-        if self.emotion is not None or fmt == "streamaudio":
-            d["emotion"] = self.emotion or DEFAULT_EMOTION
-        if fmt == "streamaudio":
-            d["scene_type"] = self.scene_type if self.scene_type is not None else ""
-            d["audio_path"] = self.audio_path
-        elif self.user is not None:
-            d["user"] = self.user
+        if fmt == "streamaudio":  # every field present, as in the dataset
+            d = {"user": self.user or "", "assistant": self.assistant, "emotion": self.emotion or DEFAULT_EMOTION,
+                 "scene_type": self.scene_type or "", "audio_path": self.audio_path}
+        else:  # only what the line had
+            d = {path_key: self.audio_path, "assistant": self.assistant}
+            if self.emotion is not None:
+                d["emotion"] = self.emotion
+            if self.user is not None:
+                d["user"] = self.user
         d.update(self.extra)
         return d
 
