@@ -350,6 +350,7 @@ def analyze_heads(model, data, *, max_chunks: int = 20, limit: int | None = None
     n_dec = 0
     base_match = 0
     base_respond = 0
+    base_abs = 0.0  # Σ |log-odds|: how far decisions sit from the 50/50 point, to read Δ against
     gold_respond = 0
     max_err = 0.0
     t0 = time.perf_counter()
@@ -369,6 +370,7 @@ def analyze_heads(model, data, *, max_chunks: int = 20, limit: int | None = None
         gold = x.gold
         base_match += int((base_dec == gold).sum())
         base_respond += int(base_dec.sum())
+        base_abs += float(base.abs().sum())
         gold_respond += int(gold.sum())
         n_dec += len(gold)
         # where each head looks from the decision position
@@ -423,7 +425,7 @@ def analyze_heads(model, data, *, max_chunks: int = 20, limit: int | None = None
         "analysis": "heads", "model": _model_info(model), "data": data if isinstance(data, str) else None,
         "max_chunks": max_chunks, "n_streams": len(samples), "n_decisions": n_dec, "threshold": threshold,
         "base": {"token_match": round(base_tm, 4), "respond_rate": round(base_respond / n_dec, 4),
-                 "gold_respond_rate": round(gold_respond / n_dec, 4)},
+                 "gold_respond_rate": round(gold_respond / n_dec, 4), "mean_abs_logodds": round(base_abs / n_dec, 4)},
         "ablation": ablate, "note": note, "top_heads": top, "dominance": dominance,
         "per_head": {k: [[round(float(x), 5) for x in row] for row in v] for k, v in per.items()},
         "forward_check_max_abs_err": max_err, "paper": PAPER["heads"], "wall_s": round(time.perf_counter() - t0, 1),
