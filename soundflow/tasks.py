@@ -8,7 +8,8 @@ with fades, two noise tracks at SNR ~ U(5, 20) dB).
 
 | family        | audio                                        | replies at                               |
 |---------------|----------------------------------------------|------------------------------------------|
-| asr           | FSDD digits (real speech) or TTS word groups | the end of every word group / digit      |
+| asr           | FSDD digits, Asterisk prompts (real speech)  | the end of every word group / recording  |
+|               | or TTS word groups of dictation sentences    |                                          |
 | translation   | TTS source sentences (parallel manifest)     | each sentence end: its translation       |
 | chat          | TTS user turns (template exchanges)          | each user-turn end: the reply            |
 | understanding | catalog event clips (+ a spoken question)    | after the question / each event          |
