@@ -113,7 +113,9 @@ def _resources(cfg: dict):
             max_chunks=int(cfg["max_chunks"]), chunk_ms=int(cfg["chunk_ms"]),
             use_tfjp=bool(cfg.get("tfjp", True)), use_curate=bool(cfg.get("curate", False)),
             curate_embedder=str(cfg.get("curate_embedder", "minilm")),
-            asr_gate_unit=str(t.get("asr_gate_unit", "sentence")))
+            asr_gate_unit=str(t.get("asr_gate_unit", "sentence")),
+            instruction_dropout=float(cfg.get("instruction_dropout", 0.5)),
+            curator=str(cfg.get("curator", "offline")), split=cfg.get("split", "train"))
     return _RES_CACHE[key]
 
 

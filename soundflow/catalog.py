@@ -15,6 +15,7 @@ Catalog JSONL row (DESIGN.md, /work/shared/data/README.md):
 from __future__ import annotations
 
 import hashlib
+from collections import defaultdict
 import importlib.util
 import os
 import re
@@ -31,6 +32,7 @@ from soundflow.data import ClipRow, read_jsonl
 FAISS_MIN_ROWS = 20_000  # above this (and when faiss imports) search goes through a faiss index
 PREFILTER = 256  # a predicate filter is first tried on this many best rows (catalogs > 4x this)
 CACHE_ENV = "SOUNDFLOW_CACHE"  # overrides ~/.cache/soundflow
+DEV_FRACTION = 0.2  # share of each class's clips (by recording group) held out for evaluation
 
 
 # --------------------------------------------------------------------------- embedders
@@ -389,3 +391,58 @@ class Catalog:
         sc, idx = self._index.search(q[None, :], min(len(self.rows), k * over))
         pairs = [(int(i), float(s)) for i, s in zip(idx[0], sc[0]) if i >= 0 and (mask is None or mask[i])]
         return [i for i, _ in pairs], [s for _, s in pairs]
+
+
+# --------------------------------------------------------------------------- train / dev split
+
+
+def split_by_group(rows: Sequence[dict], dev_fraction: float = DEV_FRACTION) -> dict[str, str]:
+    """Group → "train"|"dev", so clips cut from one recording never straddle the split.
+
+    Per class (or category), groups are ordered by a stable hash and taken into dev until the
+    class's dev share reaches `dev_fraction`; every class with ≥ 2 groups lands in both splits.
+    """
+    def h(s: str) -> str:
+        return hashlib.md5(s.encode()).hexdigest()
+
+    by_class: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for r in rows:
+        by_class[str(r.get("class") or r.get("category"))][str(r.get("group") or r["id"])] += 1
+    split: dict[str, str] = {}
+    for cls in sorted(by_class):
+        groups = by_class[cls]
+        total = sum(groups.values())
+        taken = 0
+        ordered = sorted(groups, key=h)
+        for i, g in enumerate(ordered):
+            if g in split:
+                continue
+            if taken < dev_fraction * total and i < len(ordered) - 1:
+                split[g] = "dev"
+                taken += groups[g]
+            else:
+                split[g] = "train"
+    return split
+
+
+def labelled_catalog_rows(catalog: str | Path, split: str | None = None, dev_fraction: float = DEV_FRACTION) -> list[dict]:
+    """Catalog rows with a RESPOND/IGNORE decision, optionally one side of `split_by_group`.
+
+    The bench's held-out clips are `split="dev"`; training data builds take `split="train"`
+    (`tasks.Resources`), so no recording group is ever on both sides."""
+    rows = [r for r in read_jsonl(catalog) if str(r.get("decision", "")).upper() in ("RESPOND", "IGNORE")]
+    if split:
+        sp = split_by_group(rows, dev_fraction)
+        rows = [r for r in rows if sp[str(r.get("group") or r["id"])] == split]
+    return rows
+
+
+def held_out_ids(catalog: str | Path, split: str | None, dev_fraction: float = DEV_FRACTION) -> set[str]:
+    """Ids of the labelled clips *not* on `split`'s side (None / "all": none), so a build for
+    "train" can never draw a dev clip; unlabelled rows belong to neither side and stay usable."""
+    if not split or split == "all":
+        return set()
+    if split not in ("train", "dev"):
+        raise ValueError(f"split must be 'train', 'dev' or 'all', not {split!r}")
+    other = "dev" if split == "train" else "train"
+    return {r["id"] for r in labelled_catalog_rows(catalog, other, dev_fraction)}

@@ -40,6 +40,7 @@ class Event:
     duration: float | None = None
     response: str | None = None
     provenance: dict = field(default_factory=dict)
+    preprocess: bool = True  # TFJP applies when compose is given it (False: pauses, speech)
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -123,7 +124,7 @@ def compose(
     gains = {**DEFAULT_ROLE_GAIN_DB, **(role_gain_db or {})}
     chunk = int(round(chunk_ms * sr / 1000))
     # w_i <- Phi(w_i): TFJP re-applied at every clip boundary, before the role split (Alg. 3 line 3).
-    clips = [tfjp(e.waveform) if tfjp is not None else e.waveform for e in events]
+    clips = [tfjp(e.waveform) if tfjp is not None and e.preprocess and len(e.waveform) else e.waveform for e in events]
 
     # Foreground: Concat(y_main, Fade(w_i, omega)); reply at ceil((offset + d_i) / c).
     fg_parts, timeline, records, fg_len = [], [], [], []

@@ -168,6 +168,11 @@ class AudioLM(nn.Module):
         self.tokenizer = tokenizer
         self.n_base_vocab = n_base_vocab  # ids ≥ this are the added special tokens
         self.n_mels = encoder.n_mels
+        # The added tokens' rows (<silent>, <response>, <eos>, <audio>) live in their own small table,
+        # used for both their input embeddings and their output logits. Training them alone (the
+        # "tokens" group) then costs a few KB of state instead of the whole tied 49k-row matrix.
+        emb = self.embed_tokens.weight
+        self.special = nn.Parameter(emb[n_base_vocab:tokenizer.vocab_size].detach().clone())
 
     @property
     def device(self) -> torch.device:
@@ -198,14 +203,24 @@ class AudioLM(nn.Module):
     def embed_tokens(self) -> nn.Embedding:
         return self.body.get_input_embeddings()
 
+    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Base-vocabulary rows from the LM's table, added tokens from `special`."""
+        n = self.n_base_vocab
+        is_new = ids >= n
+        x = self.embed_tokens(ids.clamp(max=n - 1) if is_new.any() else ids)
+        if is_new.any():
+            rows = self.special.to(x.dtype)[(ids - n).clamp(min=0)]
+            x = torch.where(is_new.unsqueeze(-1), rows, x)
+        return x
+
     def embed_ids(self, ids: list[int]) -> torch.Tensor:
         """(L,) token ids → (L, d) embeddings, on the model's device."""
-        return self.embed_tokens(torch.tensor(ids, device=self.embed_tokens.weight.device))
+        return self._embed(torch.tensor(ids, device=self.embed_tokens.weight.device))
 
     def embed(self, input_ids: torch.Tensor, audio_mask: torch.Tensor | None = None,
               audio_embeds: torch.Tensor | None = None) -> torch.Tensor:
         """Token embeddings with audio slots (audio_mask) filled, in order, by audio_embeds."""
-        x = self.embed_tokens(input_ids)
+        x = self._embed(input_ids)
         if audio_mask is not None and audio_embeds is not None and audio_mask.any():
             x = x.masked_scatter(audio_mask.unsqueeze(-1), audio_embeds.to(x.dtype).reshape(-1, x.shape[-1]))
         return x
@@ -267,16 +282,20 @@ class AudioLM(nn.Module):
         return [x[0, e - 1] for _, e in bounds]
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.head(hidden).float()
+        """Logits over the whole vocabulary: the LM head's base rows, then the added tokens'."""
+        base = self.head(hidden)[..., : self.n_base_vocab]
+        new = hidden.to(self.special.dtype) @ self.special.T
+        return torch.cat([base.float(), new.float()], dim=-1)
+
+    def control_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(..., 2) logits of <silent>, <response> (the decision, Alg. 2/4) without the vocabulary."""
+        tok = self.tokenizer
+        w = self.special[[tok.silent_id - self.n_base_vocab, tok.response_id - self.n_base_vocab]]
+        return (hidden.to(w.dtype) @ w.T).float()
 
     def control_probs(self, hidden_last: torch.Tensor) -> torch.Tensor:
         """P(<response>) renormalised over the two control tokens, from the last hidden state."""
-        tok = self.tokenizer
-        w = self.head.weight[[tok.silent_id, tok.response_id]]
-        two = (hidden_last.to(w.dtype) @ w.T).float()
-        if self.head.bias is not None:
-            two = two + self.head.bias[[tok.silent_id, tok.response_id]].float()
-        return two.softmax(-1)[..., 1]
+        return self.control_logits(hidden_last).softmax(-1)[..., 1]
 
     def new_cache(self):
         return GrowableCache()
@@ -308,11 +327,13 @@ class AudioLM(nn.Module):
     def param_groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
         named = dict(self.named_parameters(remove_duplicate=True))
         emb = self.embed_tokens.weight
-        head_names = {n for n, p in named.items() if p is self.head.weight or p is emb}
+        head_names = {n for n, p in named.items() if p is self.head.weight or p is emb} | {"special"}
         return {
             "head": [(n, named[n]) for n in sorted(head_names)],
+            "tokens": [("special", self.special)],  # only the added tokens' rows
             "adapter": [(n, p) for n, p in named.items() if n.startswith("adapter.")],
-            "lm": [(n, p) for n, p in named.items() if n.startswith("body.") or n.startswith("head.")],
+            "lm": [(n, p) for n, p in named.items()
+                   if n.startswith("body.") or n.startswith("head.") or n == "special"],
         }
 
     def new_token_grad_mask(self) -> torch.Tensor:

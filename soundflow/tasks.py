@@ -51,25 +51,26 @@ RECIPES_DIR = Path(__file__).parent / "recipes"
 FAMILIES = ("asr", "translation", "chat", "understanding", "music", "proactive", "agent")
 MIXIN_P = {"history": 0.3, "silence": 0.4, "proactive": 0.3}  # paper: p_hr, p_sil, p_pro
 MAX_EVENT_S = 6.0
+TFJP_TYPES = ("clip", "synthetic", "music")  # provenance types TFJP re-applies to at composition
 ASR_GROUP_GAP_S = 0.05  # silence between word groups of one sentence (real-time ASR family)
 LANGS = {"fr": "French", "es": "Spanish"}
 ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth")
 
 # ----------------------------------------------------------------------------- reply texts
 
-PROACTIVE_REPLIES = {
-    "smoke_alarm": "The smoke alarm is going off. Please check for fire and get to safety.",
-    "alarm_clock": "Your alarm clock is ringing.",
-    "baby_cry": "The baby is crying. You may want to check on them.",
-    "car_horn": "A car horn just sounded nearby. Please watch out.",
-    "chainsaw": "I hear a chainsaw close by. Be careful.",
-    "cough_multiple": "That's a lot of coughing. Are you feeling all right?",
-    "door_knock": "Someone is knocking at the door.",
-    "glass_break": "I heard glass breaking. Is everyone okay?",
-    "phone_ring": "Your phone is ringing.",
-    "siren": "I hear a siren. An emergency vehicle may be approaching.",
-    "sneeze": "Bless you!",
-    "thunder": "That was thunder. A storm may be coming.",
+PROACTIVE_REPLIES = {  # what was heard, then what to do about it
+    "smoke_alarm": "The smoke alarm is going off. Check for smoke or fire, and leave the house if you see any.",
+    "alarm_clock": "Your alarm clock is ringing. Time to get up, or turn it off.",
+    "baby_cry": "The baby is crying. Please go and check on them.",
+    "car_horn": "A car horn just honked nearby. Watch out for traffic.",
+    "chainsaw": "A chainsaw is running close by. Keep your distance and protect your ears.",
+    "cough_multiple": "You have been coughing a lot. Drink some water, and see a doctor if it goes on.",
+    "door_knock": "Someone is knocking at the door. You may want to answer it.",
+    "glass_break": "I heard glass breaking. Watch your step and check whether anyone is hurt.",
+    "phone_ring": "Your phone is ringing. You may want to answer it.",
+    "siren": "I hear a siren. An emergency vehicle may be coming, so keep the road clear.",
+    "sneeze": "Bless you! Do you need a tissue?",
+    "thunder": "That was thunder. A storm is coming, so stay indoors and unplug sensitive devices.",
 }
 TOOL_CALLS = {  # class -> tool call for the audio-agent family
     "smoke_alarm": {"tool": "call_emergency", "reason": "smoke alarm"},
@@ -199,6 +200,8 @@ class Resources:
     use_curate: bool = False
     curate_embedder: str = "minilm"  # catalog retrieval for curation: "minilm" or "hash"
     asr_gate_unit: str = "sentence"  # real-time ASR: gate whole sentences ("group": each word group, slow)
+    instruction_dropout: float = 0.5  # P(no instruction) where the replies need none (always-on use)
+    curator: str = "offline"  # proactive curation: "offline" (templates) or "llm" (SOUNDFLOW_LLM_BASE_URL)
     split: str | None = "train"  # catalog side by recording group; the bench holds out "dev"
 
     @property
@@ -223,6 +226,11 @@ class Resources:
             return out, p
 
         events, cat = rows("events")
+        if events:
+            from .catalog import held_out_ids
+
+            out = held_out_ids(cat, kw.get("split", cls.split))
+            events = [r for r in events if r["id"] not in out]
         noise, _ = rows("noise")
         music, _ = rows("music")
         speech, _ = rows("speech")
@@ -404,13 +412,27 @@ def _noise_tracks(rng: np.random.Generator, res: Resources) -> tuple[np.ndarray 
 
 
 def finish(task: str, turns: list[Turn], instruction: str, rng: np.random.Generator, res: Resources,
-           mix: Mix, speaker: tts.Speaker | None, extra: dict | None = None):
+           mix: Mix, speaker: tts.Speaker | None, extra: dict | None = None, optional_instruction: bool = False):
     """Generator (`yield from`): mix-ins, compose with two noise tracks, enforce L_max; returns
-    one `StreamSample` (wave in memory)."""
+    one `StreamSample` (wave in memory).
+
+    optional_instruction: the replies follow from the audio alone (a sound that needs attention,
+    a spoken question or turn), so with P = `res.instruction_dropout` the stream carries no
+    instruction — as `listen` and `serve` run always-on. TFJP is re-applied to every clip at
+    composition (Alg. 3 line 3), not to pauses or synthesised speech (core_locate could cut words
+    the transcript names)."""
     turns, applied = yield from _apply_mixins(turns, mix, rng, res, speaker, res.max_seconds, task)
+    dropped = bool(rng.random() < res.instruction_dropout) if optional_instruction else False
+    if dropped:
+        instruction = ""
     events = [e for t in turns for e in t.events]
+    for e in events:
+        e.preprocess = e.provenance.get("type") in TFJP_TYPES
     n_ev, n_amb, noise_prov = _noise_tracks(rng, res)
-    y, timeline, info = compose(events, n_ev, n_amb, rng, chunk_ms=res.chunk_ms)
+    tfjp_fn = None
+    if res.use_tfjp:
+        from .tfjp import tfjp as tfjp_fn
+    y, timeline, info = compose(events, n_ev, n_amb, rng, chunk_ms=res.chunk_ms, tfjp=tfjp_fn)
     max_n = int(res.max_chunks * res.chunk_ms * SAMPLE_RATE // 1000)
     if len(y) > max_n:  # never expected (planning keeps to the budget), but L_max is a hard limit
         y = y[:max_n]
@@ -424,6 +446,7 @@ def finish(task: str, turns: list[Turn], instruction: str, rng: np.random.Genera
     prov += [{**p, **({"snr_db": round(info[k]["snr_db"], 2)} if k in info else {})}
              for p, k in zip(noise_prov, ("noise_event", "noise_ambient"))]
     prov.append({"type": "meta", "mixins": applied, "peak_scale": round(info["peak_scale"], 4),
+                 **({"instruction_dropped": True} if dropped else {}),
                  **({"voice": speaker.voice.to_json()} if speaker is not None else {}), **(extra or {})})
     return StreamSample(id="", task=task, sample_rate=SAMPLE_RATE, chunk_ms=res.chunk_ms, instruction=instruction,
                         timeline=timeline, events=prov, wave=y.astype(np.float32))
@@ -528,7 +551,7 @@ def steps_chat(rng: np.random.Generator, res: Resources):
     if not turns:
         raise ValueError("chat: nothing fits the budget")
     return (yield from finish("chat", turns, "You are a helpful voice assistant. Answer the user each time they finish speaking.",
-                              rng, res, mix, speaker))
+                              rng, res, mix, speaker, optional_instruction=True))
 
 
 def steps_understanding(rng: np.random.Generator, res: Resources):
@@ -569,7 +592,8 @@ def steps_understanding(rng: np.random.Generator, res: Resources):
         instr = "Listen to the sounds around you and answer my questions about them."
     else:
         instr = "After each sound, say briefly what it was."
-    return (yield from finish("understanding", turns, instr, rng, res, mix, speaker, {"spoken_questions": spoken_q}))
+    return (yield from finish("understanding", turns, instr, rng, res, mix, speaker, {"spoken_questions": spoken_q},
+                              optional_instruction=spoken_q))
 
 
 def steps_music(rng: np.random.Generator, res: Resources):
@@ -593,17 +617,38 @@ def steps_music(rng: np.random.Generator, res: Resources):
                                                   "Can you describe this music?"], rng)])
         turns.append(Turn([_silence(0.3), Event(waves[0], response=f"It sounds like {desc}.", provenance=pr[0])]))
         instr = "Listen along and answer questions about the music."
-    return (yield from finish("music", turns, instr, rng, res, mix, speaker, {"subtask": sub}))
+    return (yield from finish("music", turns, instr, rng, res, mix, speaker, {"subtask": sub},
+                              optional_instruction=sub == "describe"))
 
 
 @functools.lru_cache(maxsize=4)
-def _catalog(path: str, embedder: str = "minilm"):
+def _catalog(path: str, embedder: str = "minilm", split: str | None = "train"):
     """The event catalog for curation, one per process (its text embeddings are cached on disk).
     embedder: "minilm" (the shared MiniLM, as the paper's retrieval) or "hash" (`HashEmbedder`:
-    instant, no weights; tests and smoke builds)."""
-    from .catalog import Catalog, HashEmbedder
+    instant, no weights; tests and smoke builds). split: the side of the recording-group split
+    whose clips may be drawn (None / "all": every row)."""
+    from .catalog import Catalog, HashEmbedder, held_out_ids
 
-    return Catalog.load(path, embedder=HashEmbedder() if embedder == "hash" else None)
+    cat = Catalog.load(path, embedder=HashEmbedder() if embedder == "hash" else None)
+    out = held_out_ids(path, split)
+    cat.rows = [r for r in cat.rows if r.id not in out]
+    return cat
+
+
+def _curator(name: str):
+    """The recipe's `curator`: "offline" templates, or "llm" — an OpenAI-compatible endpoint named
+    by SOUNDFLOW_LLM_BASE_URL / SOUNDFLOW_LLM_MODEL (an error when it is not set)."""
+    from .curate import LLMCurator, OfflineCurator
+    from .llm import LLMClient
+
+    if name == "offline":
+        return OfflineCurator()
+    if name == "llm":
+        client = LLMClient.from_env()
+        if client is None:
+            raise ValueError("recipe curator: llm needs SOUNDFLOW_LLM_BASE_URL (an OpenAI-compatible endpoint)")
+        return LLMCurator(client)
+    raise ValueError(f"recipe curator must be 'offline' or 'llm', not {name!r}")
 
 
 def proactive_events(rng: np.random.Generator, res: Resources, budget: float) -> tuple[list[Turn], dict]:
@@ -616,14 +661,15 @@ def proactive_events(rng: np.random.Generator, res: Resources, budget: float) ->
     ambient sub-events are mixed under the foreground by `compose`. A scenario that cannot be
     grounded raises ValueError (the builder draws again)."""
     if res.use_curate and res.catalog_path is not None:
-        from .curate import CurationError, OfflineCurator, curate_stream
+        from .curate import CurationError, curate_stream
 
         tfjp_fn = None
         if res.use_tfjp:
             from .tfjp import tfjp as tfjp_fn
         gaps = [float(g) for g in rng.uniform(0.2, 1.2, size=6)]
         try:
-            events, prov = curate_stream(_catalog(str(res.catalog_path), res.curate_embedder), rng, OfflineCurator(),
+            events, prov = curate_stream(_catalog(str(res.catalog_path), res.curate_embedder, res.split), rng,
+                                         _curator(res.curator),
                                          max_seconds=max(1.0, budget - sum(gaps)), respond_reply=proactive_reply,
                                          tfjp_fn=tfjp_fn)
         except CurationError as e:
@@ -663,7 +709,8 @@ def steps_proactive(rng: np.random.Generator, res: Resources):
     turns, extra = proactive_events(rng, res, budget)
     if not turns:
         raise ValueError("proactive: nothing fits the budget")
-    return (yield from finish("proactive", turns, "Let me know if anything needs my attention.", rng, res, mix, speaker, extra))
+    return (yield from finish("proactive", turns, "Let me know if anything needs my attention.", rng, res, mix, speaker, extra,
+                              optional_instruction=True))
 
 
 def steps_agent(rng: np.random.Generator, res: Resources):

@@ -115,3 +115,24 @@ def test_proactive_curated_hierarchical(res):
     a = tasks.task_proactive(np.random.default_rng(3), res0)
     b = tasks.task_proactive(np.random.default_rng(3), res0)
     assert a.timeline == b.timeline and np.array_equal(a.wave, b.wave)
+
+
+def test_training_resources_never_hold_a_dev_recording_group(tmp_path):
+    """A build for "train" draws no clip of a group the bench holds out as "dev" (and vice versa)."""
+    import json
+
+    from soundflow.catalog import labelled_catalog_rows
+    from soundflow.tasks import Resources
+
+    rows = [{"id": f"{c}-{g}-{k}", "audio": f"{c}/{g}-{k}.ogg", "caption": c, "class": c, "category": "A/B",
+             "decision": d, "group": f"{c}:{g}"}
+            for c, d in (("siren", "RESPOND"), ("rain", "IGNORE")) for g in range(6) for k in range(2)]
+    cat = tmp_path / "catalog.jsonl"
+    cat.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    dev_groups = {r["group"] for r in labelled_catalog_rows(cat, "dev")}
+    assert dev_groups
+    train = Resources.from_config({"events": str(cat)}, tmp_path, tts_families=())
+    assert train.events and not {r["group"] for r in train.events} & dev_groups
+    dev = Resources.from_config({"events": str(cat)}, tmp_path, tts_families=(), split="dev")
+    assert {r["group"] for r in dev.events} == dev_groups
+    assert len(Resources.from_config({"events": str(cat)}, tmp_path, tts_families=(), split="all").events) == len(rows)

@@ -13,7 +13,6 @@ from the event start to the end of the counted chunk, the earliest moment the mo
 
 from __future__ import annotations
 
-import hashlib
 import os
 import statistics
 import sys
@@ -25,6 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from ..audio import AudioError, load_audio
+from ..catalog import DEV_FRACTION, labelled_catalog_rows, split_by_group  # noqa: F401 (re-exported)
 from ..data import write_jsonl
 from .common import (
     SAMPLE_RATE,
@@ -502,49 +502,11 @@ def score_predictions(
 # ---------------------------------------------------------------- catalog → public layout
 
 
-def split_by_group(rows: Sequence[dict], dev_fraction: float = 0.2) -> dict[str, str]:
-    """Group → "train"|"dev", so clips cut from one recording never straddle the split.
-
-    Per class (or category), groups are ordered by a stable hash and taken into dev until the
-    class's dev share reaches `dev_fraction`; every class with ≥ 2 groups lands in both splits.
-    """
-    def h(s: str) -> str:
-        return hashlib.md5(s.encode()).hexdigest()
-
-    by_class: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    for r in rows:
-        by_class[str(r.get("class") or r.get("category"))][str(r.get("group") or r["id"])] += 1
-    split: dict[str, str] = {}
-    for cls in sorted(by_class):
-        groups = by_class[cls]
-        total = sum(groups.values())
-        taken = 0
-        ordered = sorted(groups, key=h)
-        for i, g in enumerate(ordered):
-            if g in split:
-                continue
-            if taken < dev_fraction * total and i < len(ordered) - 1:
-                split[g] = "dev"
-                taken += groups[g]
-            else:
-                split[g] = "train"
-    return split
-
-
-def labelled_catalog_rows(catalog: str | Path, split: str | None = None, dev_fraction: float = 0.2) -> list[dict]:
-    """Catalog rows with a RESPOND/IGNORE decision, optionally one side of `split_by_group`."""
-    rows = [r for r in read_jsonl(catalog) if str(r.get("decision", "")).upper() in ("RESPOND", "IGNORE")]
-    if split:
-        sp = split_by_group(rows, dev_fraction)
-        rows = [r for r in rows if sp[str(r.get("group") or r["id"])] == split]
-    return rows
-
-
 def catalog_to_bench_manifest(
     catalog: str | Path,
     out_dir: str | Path,
     split: str | None = None,
-    dev_fraction: float = 0.2,
+    dev_fraction: float = DEV_FRACTION,
 ) -> Path:
     """Write `labels.jsonl` in the public layout (symlinks to the catalog's audio) under out_dir.
 
