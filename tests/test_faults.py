@@ -21,6 +21,7 @@ import urllib.request
 import numpy as np
 import pytest
 import torch
+from helpers import QueueEngine, QueueSession
 from test_server import CHUNK, FRAME, audio, finish, hello, make_engine, open_session, recv_json, running_server, send_audio
 
 from soundflow.server import MAX_REFUSALS, _dumps, _RedactTokens
@@ -341,46 +342,14 @@ def test_half_sent_requests_and_idle_sessions_are_reaped(model):
         asyncio.run(asyncio.wait_for(main(srv), 60))
 
 
-class _FailsAtEnd:
-    """Engine whose sessions decide chunk 0, then fail while flushing at close (after `end`)."""
+class _CrashesAtFlush(QueueSession):
+    """Decides chunk 0, then fails while flushing at close (after `end`)."""
 
-    from soundflow.engine import EngineOptions
+    def feed(self, pcm):
+        pass
 
-    options = EngineOptions()
-
-    class Session:
-        def __init__(self):
-            import queue
-
-            self.q, self.finished = queue.Queue(), False
-
-        def feed(self, pcm):
-            pass
-
-        def set_instruction(self, text):
-            pass
-
-        def close(self):
-            self.q.put({"type": "decision", "chunk": 0, "t": 0.4, "decision": "silent", "p_response": 0.1,
-                        "latency_ms": 1.0})
-            self.q.put({"type": "error", "message": "RuntimeError: boom at flush"})
-            self.q.put(None)
-
-        def get_event(self, timeout=None):
-            import queue
-
-            if self.finished:
-                return None
-            try:
-                ev = self.q.get(timeout=timeout)
-            except queue.Empty:
-                return None
-            if ev is None:
-                self.finished = True
-            return ev
-
-    def session(self, instruction=None):
-        return self.Session()
+    def close(self):
+        self.crash("RuntimeError: boom at flush")
 
 
 def test_engine_failure_after_end_closes_1011_without_end(model):
@@ -395,7 +364,7 @@ def test_engine_failure_after_end_closes_1011_without_end(model):
         assert [e["type"] for e in got] == ["decision", "error"] and got[-1]["code"] == "engine_error"
         assert ws.close_code == 1011
 
-    with running_server(model, engine=_FailsAtEnd()) as srv:
+    with running_server(model, engine=QueueEngine(_CrashesAtFlush)) as srv:
         asyncio.run(asyncio.wait_for(main(srv), 60))
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import queue
 import socket
 import threading
 import time
@@ -17,6 +16,7 @@ import urllib.request
 
 import numpy as np
 import pytest
+from helpers import QueueEngine, QueueSession
 
 from soundflow.engine import Engine, EngineOptions
 from soundflow.model import build_model
@@ -459,43 +459,14 @@ def test_handshake_timeout(model):
         asyncio.run(main(srv))
 
 
-class _FailingEngine:
-    """Engine whose sessions fail on the second chunk, as the real engine reports a crash:
-    an error event, then the session is over (get_event → None, finished)."""
+class _CrashesOnSecondChunk(QueueSession):
+    """Fails on the second chunk, as the real engine reports a crash: an error event, then the
+    session is over (get_event → None, finished)."""
 
-    options = EngineOptions()
-
-    class Session:
-        def __init__(self):
-            self.q, self.n, self.finished = queue.Queue(), 0, False
-
-        def feed(self, pcm):
-            self.n += len(pcm)
-            if self.n >= 2 * CHUNK and not self.finished:
-                self.q.put({"type": "decision", "chunk": 0, "t": 0.4, "decision": "silent", "p_response": 0.1,
-                            "latency_ms": 1.0})
-                self.q.put({"type": "error", "message": "RuntimeError: boom"})
-                self.q.put(None)
-
-        def set_instruction(self, text):
-            pass
-
-        def close(self):
-            self.q.put(None)
-
-        def get_event(self, timeout=None):
-            if self.finished:
-                return None
-            try:
-                ev = self.q.get(timeout=timeout)
-            except queue.Empty:
-                return None
-            if ev is None:
-                self.finished = True
-            return ev
-
-    def session(self, instruction=None):
-        return self.Session()
+    def feed(self, pcm):
+        super().feed(pcm)
+        if self.n >= 2 * CHUNK and not self.finished:
+            self.crash("RuntimeError: boom")
 
 
 def test_engine_failure_is_reported_and_closes_only_that_session(model):
@@ -512,7 +483,7 @@ def test_engine_failure_is_reported_and_closes_only_that_session(model):
         assert h["sessions"] == 1  # the other session is still open
         await good.close()
 
-    with running_server(model, engine=_FailingEngine()) as srv:
+    with running_server(model, engine=QueueEngine(_CrashesOnSecondChunk)) as srv:
         asyncio.run(main(srv))
 
 
