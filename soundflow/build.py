@@ -401,20 +401,3 @@ def build(recipe_path: str | Path, out: str | Path, ray: str | None = None, work
     if not quiet:
         print(json.dumps(summary, indent=2, sort_keys=True))
     return summary
-
-
-def main(argv: list[str] | None = None) -> int:  # python -m soundflow.build RECIPE --out DIR
-    import argparse
-
-    p = argparse.ArgumentParser(prog="soundflow data build")
-    p.add_argument("recipe")
-    p.add_argument("--out", required=True)
-    p.add_argument("--ray", default=None, help="'local' or a Ray cluster address")
-    p.add_argument("--workers", type=int, default=None)
-    a = p.parse_args(argv)
-    build(a.recipe, a.out, ray=a.ray, workers=a.workers)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,4 +1,7 @@
-"""`soundflow` command line (the stable contract in DESIGN.md)."""
+"""`soundflow` command line: the one command line of the project (its contract: docs/cli.md).
+
+Every subcommand and flag lives here; modules keep no argparse of their own (`python -m soundflow`
+runs this too)."""
 
 from __future__ import annotations
 
@@ -55,19 +58,22 @@ def _serve(a) -> int:
 
 
 def _bench_proactive(a) -> int:
-    from .bench.baselines import make_baseline
     from .bench.proactive import bench_proactive
 
-    runner = (make_baseline(a.baseline, catalog=a.catalog, seed=a.seed) if a.baseline
-              else _engine_runner(a.model, a.threshold))
-    bench_proactive(a.manifest, runner, tier=a.tier, window_chunks=a.window, seed=a.seed, out=a.out, json=a.json)
+    bench_proactive(a.manifest, _bench_runner(a), tier=a.tier, window_chunks=a.window, seed=a.seed, out=a.out,
+                    json=a.json)
     return 0
 
 
-def _engine_runner(model: str, threshold: float):
-    from .bench.common import engine_runner
+def _bench_runner(a):
+    """The system a proactive-style bench measures: `--baseline` when given, else `--model`."""
+    from .bench.common import make_runner
 
-    return engine_runner(model, threshold=threshold)
+    if a.baseline:
+        from .bench.baselines import make_baseline
+
+        return make_baseline(a.baseline, catalog=a.catalog, seed=a.seed)
+    return make_runner(a.model, threshold=a.threshold)
 
 
 def _data_build(a) -> int:
@@ -147,8 +153,17 @@ def _bench_asr(a) -> int:
 
     from .bench.layouts import with_layout
 
-    bench_asr(with_layout(a.manifest, a.layout), model=a.model, json=a.json, out=a.out, baseline=not a.no_baseline,
-              limit=a.limit)
+    from .bench.report import num
+
+    r = bench_asr(with_layout(a.manifest, a.layout), model=None if a.model == "none" else a.model, json=a.json,
+                  out=a.out, baseline=not a.no_baseline, threshold=a.threshold, chunk_ms=a.chunk_ms, limit=a.limit,
+                  group=a.group, pad_s=a.pad_s, **({"instruction": a.instruction} if a.instruction else {}))
+    if not a.json:
+        for side in ("streaming", "offline"):
+            if side in r:
+                print(f"{side}: WER {num(r[side]['wer'], 4)} over {r[side].get('ref_words')} words")
+        if "wer_ratio" in r:
+            print(f"streaming / offline WER ratio: {num(r['wer_ratio'], 3)}")
     return 0
 
 
@@ -166,10 +181,14 @@ def _bench_task(a) -> int:
 
 
 def _bench_stability(a) -> int:
+    from .bench.report import num, pct
     from .bench.stability import bench_stability
 
-    runner = _engine_runner(a.model, a.threshold)
-    bench_stability(a.manifest, runner, max_segments=a.max_segments, seed=a.seed, out=a.out, json=a.json)
+    r = bench_stability(a.manifest, _bench_runner(a), max_segments=a.max_segments, seed=a.seed, window_chunks=a.window,
+                        out=a.out, json=a.json)
+    if not a.json:
+        for c in r["curve"]:
+            print(f"{c['segments']} segments: accuracy {pct(c['accuracy'])} %  (× {num(c['ratio_to_1'], 3)} of 1)")
     return 0
 
 
@@ -202,7 +221,10 @@ def _bench_serve(a) -> int:
 def _bench_data(a) -> int:
     from .bench.speed_data import bench_data_speed
 
-    bench_data_speed(seconds=a.seconds, json=a.json)
+    res = bench_data_speed(seconds=a.seconds, json=a.json, repeats=a.repeats, seed=a.seed)
+    if not a.json:
+        for k, v in res.items():
+            print(f"{k:28s} {v}")
     return 0
 
 
@@ -353,9 +375,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = b.add_parser("asr", help="streaming WER next to offline Whisper-base WER on the same audio")
     s.add_argument("manifest")
-    s.add_argument("--model", default="mini")
+    s.add_argument("--model", default="mini", help="backend name or checkpoint folder; 'none' skips streaming")
     s.add_argument("--no-baseline", action="store_true", help="skip the offline Whisper-base run")
+    s.add_argument("--instruction", default=None, help="the streaming model's instruction (default: \"Transcribe what you hear.\")")
+    s.add_argument("--threshold", type=float, default=0.5)
+    s.add_argument("--chunk-ms", type=int, default=400)
     s.add_argument("--limit", type=int, default=None, help="evaluate N rows spread over the manifest")
+    s.add_argument("--group", type=int, default=1, help="utterances per stream (joined by 0.4 s of silence)")
+    s.add_argument("--pad-s", type=float, default=1.0, help="silence added before and after every utterance")
     s.add_argument("--out", default=None)
     s.add_argument("--json", action="store_true")
     s.add_argument("--layout", choices=LAYOUT_CHOICES, default="auto", help=LAYOUT_HELP)
@@ -377,8 +404,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = b.add_parser("stability", help="proactive accuracy as the stream grows from 1 to N segments")
     s.add_argument("manifest")
     s.add_argument("--model", default="mini")
+    s.add_argument("--baseline", choices=["silent", "respond", "classifier"], default=None)
+    s.add_argument("--catalog", default=None, help="clip catalog the classifier baseline trains on")
     s.add_argument("--threshold", type=float, default=0.5)
     s.add_argument("--max-segments", type=int, default=5)
+    s.add_argument("--window", type=int, default=2, help="chunks after an event in which a reply still counts")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", default=None)
     s.add_argument("--json", action="store_true")
@@ -423,7 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_bench_serve)
 
     s = b.add_parser("data", help="TFJP and composition speed (× real time per core)")
-    s.add_argument("--seconds", type=float, default=10.0)
+    s.add_argument("--seconds", type=float, default=10.0, help="seconds of event audio measured")
+    s.add_argument("--repeats", type=int, default=3, help="best of this many timed runs")
+    s.add_argument("--seed", type=int, default=0)
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=_bench_data)
 

@@ -15,7 +15,8 @@ Here:
   input; assets from `soundflow data voices`). A voice id is "family:name" (`kokoro:af_heart`);
   a recipe may hold some ids out (`draw_voice(..., allow=...)`) so a dev split hears other voices;
 - gate: faster-whisper on the offline Whisper-base CTranslate2 weights (int8), both sides
-  normalised by whisper-normalizer's EnglishTextNormalizer before jiwer.
+  normalised by `soundflow.wer.normalize_for_wer` (whisper-normalizer's EnglishTextNormalizer
+  plus time fixes; the benchmarks use the same one) before jiwer.
 
 The gate packs several renderings (with 0.6 s gaps) into one 30 s Whisper window (first-fit
 decreasing, `pack_windows`; the data builder fills windows with the units of all instances of a
@@ -47,6 +48,7 @@ from typing import Sequence
 import numpy as np
 
 from .audio import SAMPLE_RATE
+from .wer import normalize_for_wer, wer  # noqa: F401 (tts.wer / tts.normalize_for_wer: the gate's scorer)
 
 WER_THRESHOLD = 0.10  # tau_wer
 RETRIES = 2  # R
@@ -520,32 +522,6 @@ def asr_model(threads: int | None = None):
 
     return WhisperModel(str(whisper_base_ct2_dir()), device="cpu", compute_type="int8",
                         cpu_threads=threads or _threads(), num_workers=1)
-
-
-@functools.lru_cache(maxsize=1)
-def _normalizer():
-    from whisper_normalizer.english import EnglishTextNormalizer
-
-    return EnglishTextNormalizer()
-
-
-def normalize_for_wer(text: str) -> str:
-    """Whisper's EnglishTextNormalizer plus two fixes for its quirks on times: "3 .30 pm" and
-    "three thirty p m" (→ "330 p m") both become "330 pm"."""
-    t = _normalizer()(text)
-    t = re.sub(r"(\d)\s*[.:]\s*(?=\d)", r"\1", t)
-    t = re.sub(r"\b([ap])\s+m\b", r"\1m", t)
-    return re.sub(r"\s+", " ", t).strip()
-
-
-def wer(reference: str, hypothesis: str) -> float:
-    """Word error rate after Whisper's English normaliser on both sides ("8" vs "eight" is a match)."""
-    import jiwer
-
-    ref, hyp = normalize_for_wer(reference), normalize_for_wer(hypothesis)
-    if not ref:
-        return 0.0 if not hyp else 1.0
-    return float(jiwer.wer(ref, hyp or "<empty>"))
 
 
 _DECODE = dict(language="en", task="transcribe", beam_size=1, temperature=0.0, vad_filter=False,

@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 
 from soundflow.bench.asr import bench_asr, wer_counts
-from soundflow.bench.common import BenchItem, ChunkResult, EngineRunner, engine_runner, events_to_results, reply_text
+from soundflow.bench.common import BenchItem, ChunkResult, EngineRunner, SystemFailed, events_to_results, make_runner, reply_text
 from soundflow.bench.proactive import StreamConfig
 from soundflow.bench.stability import bench_stability, stability_groups
 from soundflow.bench.tasks import (
@@ -24,10 +24,11 @@ from soundflow.bench.tasks import (
     resolve_answer,
     token_f1,
 )
+from soundflow.data import shared_data_dir
 
 SR = 16_000
 C = 6400  # samples per 400 ms chunk
-FSDD = Path("/work/shared/data/speech/manifest.jsonl")
+FSDD = (shared_data_dir() or Path("/nonexistent")) / "speech" / "manifest.jsonl"
 
 
 def _tone(seconds: float, freq: float = 440.0, amp: float = 0.3) -> np.ndarray:
@@ -273,16 +274,39 @@ def test_engine_runner_tiny():
     from soundflow.model import build_model
 
     model = build_model("tiny")
-    runner = engine_runner(model, threshold=0.0, instruction="Transcribe what you hear.")
+    runner = make_runner(model, threshold=0.0, instruction="Transcribe what you hear.")
     assert isinstance(runner, EngineRunner)
     wave = _tone(1.0)  # 2.5 chunks → 3 (last zero-padded)
     res = runner(wave, 400)
     assert [r.chunk for r in res] == [0, 1, 2]
     assert all(r.decision == "response" for r in res)  # threshold 0 → always respond
     assert all(r.latency_ms is not None for r in res)
-    never = engine_runner(model, threshold=1.01)
+    never = make_runner(model, threshold=1.01)
     res = never(wave, 400, instruction="x")
     assert all(r.decision == "silent" and r.text == "" for r in res)
+
+
+def test_engine_runner_fails_loudly_naming_the_system(monkeypatch):
+    """A benchmark never reports figures for another system: an engine error is raised, naming the model."""
+    from soundflow.engine import Session
+    from soundflow.model import build_model
+
+    runner = make_runner(build_model("tiny"), threshold=0.5)
+
+    def broken(self, chunks, realtime=True, **kw):
+        yield {"type": "error", "message": "RuntimeError: boom"}
+
+    monkeypatch.setattr(Session, "run", broken)
+    with pytest.raises(SystemFailed, match=r"tiny.*\(engine\).*boom"):
+        runner(_tone(1.0), 400)
+
+    def crash(self, chunks, realtime=True, **kw):
+        raise RuntimeError("kaput")
+        yield
+
+    monkeypatch.setattr(Session, "run", crash)
+    with pytest.raises(SystemFailed, match=r"tiny.*\(engine\) failed: RuntimeError: kaput"):
+        runner(_tone(1.0), 400)
 
 
 # ---------------------------------------------------------------- real offline Whisper-base

@@ -88,7 +88,7 @@ def test_kill_and_resume(tmp_path):
     build.build(rec, tmp_path / "ref", workers=1, quiet=True)
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    p = subprocess.Popen([sys.executable, "-m", "soundflow.build", str(rec), "--out", str(out), "--workers", "1"],
+    p = subprocess.Popen([sys.executable, "-m", "soundflow", "data", "build", str(rec), "--out", str(out), "--workers", "1"],
                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     t0 = time.time()
     while not list(out.glob("*.tar")) and time.time() - t0 < 120:

@@ -37,7 +37,7 @@ def test_ray_two_workers_one_killed_midway_same_bytes(tmp_path):
     build.build(rec, tmp_path / "pool", workers=1, quiet=True)  # in-process: no spawn start-up
     out = tmp_path / "ray"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    p = subprocess.Popen([sys.executable, "-m", "soundflow.build", str(rec), "--out", str(out), "--ray", "local"],
+    p = subprocess.Popen([sys.executable, "-m", "soundflow", "data", "build", str(rec), "--out", str(out), "--ray", "local"],
                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     killed, seen, deadline = None, set(), time.time() + 240
     try:

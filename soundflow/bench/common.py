@@ -15,9 +15,9 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from ..audio import SAMPLE_RATE  # noqa: F401 (bench modules import it from here)
 from ..data import read_jsonl  # bench modules import it from here
 
-SAMPLE_RATE = 16_000
 DECISIONS = ("RESPOND", "IGNORE")
 # Audio the public manifest names as .wav may have been converted; try these before giving up.
 _AUDIO_EXTS = (".wav", ".flac", ".ogg", ".opus", ".mp3")
@@ -208,6 +208,11 @@ def set_rms(x: np.ndarray, dbfs: float) -> np.ndarray:
 # ---------------------------------------------------------------- the model as a runner
 
 
+class SystemFailed(RuntimeError):
+    """The system a benchmark measures failed: the benchmark stops and names it, rather than
+    report figures for another system."""
+
+
 class EngineRunner:
     """A model as a `Runner`: each call is one fresh session of the streaming engine.
 
@@ -216,35 +221,33 @@ class EngineRunner:
     `realtime=False`: the next chunk goes in once the previous one is decided and its reply
     finished, so every chunk gets its own decision and results are deterministic. Reply text of
     a chunk is attached to that chunk's `ChunkResult`; `last_events` keeps the raw events of the
-    latest call. Uses `soundflow.engine` when it imports and runs, else the sequential reference
-    decoder `soundflow.decoding.decode_stream` (same events, no `latency_ms` from the engine:
-    the fallback measures wall time per decision itself).
+    latest call. The runner measures `soundflow.engine` and nothing else: when the engine cannot
+    start, raises, or reports an error event, it raises `SystemFailed` naming the model.
     """
 
     def __init__(self, model, threshold: float = 0.5, instruction: str | None = None, chunk_ms: int = 400,
                  max_reply_tokens: int = 48, mode: str = "fifo"):
-        if isinstance(model, (str, Path)):
+        spec = str(model) if isinstance(model, (str, Path)) else None
+        if spec is not None:
             from ..model import load_model
 
-            model = load_model(str(model))
+            model = load_model(spec)
         self.model = model.eval()
+        self.name = spec or (self.model.cfg.backend if hasattr(self.model, "cfg") else type(self.model).__name__)
         self.threshold = float(threshold)
         self.instruction = instruction
         self.chunk_ms = int(chunk_ms)
         self.max_reply_tokens = int(max_reply_tokens)
         self.mode = mode
-        self.backend = "engine"
         self.last_events: list[dict] = []
-        try:
-            from ..engine import Engine, EngineOptions
+        from ..engine import Engine, EngineOptions
 
+        try:
             self._engine = Engine(self.model, EngineOptions(
                 mode=mode, threshold=self.threshold, max_reply_tokens=self.max_reply_tokens,
                 chunk_ms=self.chunk_ms, instruction=instruction))
-        except Exception as e:  # noqa: BLE001 — engine absent or broken: the reference decoder
-            print(f"[bench] engine unavailable ({type(e).__name__}: {e}); using decoding.decode_stream", file=sys.stderr)
-            self._engine = None
-            self.backend = "decode_stream"
+        except Exception as e:  # noqa: BLE001 — re-raised, naming the system
+            raise SystemFailed(f"{self.name} (engine) failed to start: {type(e).__name__}: {e}") from e
 
     _DEFAULT = object()
 
@@ -254,40 +257,17 @@ class EngineRunner:
         from ..audio import iter_chunks
 
         chunks = list(iter_chunks(np.asarray(wave, dtype=np.float32), chunk_ms))
-        events = None
-        if self._engine is not None:
-            try:
-                over = {"chunk_ms": chunk_ms} if chunk_ms != self._engine.options.chunk_ms else {}
-                sess = self._engine.session(instruction=instr, **over)
-                events = list(sess.run(chunks, realtime=False))
-                err = next((e for e in events if e.get("type") == "error"), None)
-                if err is not None:
-                    raise RuntimeError(err.get("message", "engine error"))
-            except Exception as e:  # noqa: BLE001
-                print(f"[bench] engine failed ({type(e).__name__}: {e}); using decoding.decode_stream", file=sys.stderr)
-                self._engine = None
-                self.backend = "decode_stream"
-                events = None
-        if events is None:
-            events = self._decode_stream(chunks, chunk_ms, instr)
+        try:
+            over = {"chunk_ms": chunk_ms} if chunk_ms != self._engine.options.chunk_ms else {}
+            sess = self._engine.session(instruction=instr, **over)
+            events = list(sess.run(chunks, realtime=False))
+        except Exception as e:  # noqa: BLE001 — re-raised, naming the system
+            raise SystemFailed(f"{self.name} (engine) failed: {type(e).__name__}: {e}") from e
+        err = next((e for e in events if e.get("type") == "error"), None)
+        if err is not None:
+            raise SystemFailed(f"{self.name} (engine) reported an error: {err.get('message', 'engine error')}")
         self.last_events = events
         return events_to_results(events, len(chunks))
-
-    def _decode_stream(self, chunks: list[np.ndarray], chunk_ms: int, instruction: str | None) -> list[dict]:
-        import time
-
-        from ..decoding import DecodeOptions, decode_stream
-
-        opts = DecodeOptions(instruction=instruction, threshold=self.threshold, max_reply_tokens=self.max_reply_tokens)
-        events = []
-        t0 = time.perf_counter()
-        for ev in decode_stream(self.model, chunks, opts, chunk_ms=chunk_ms):
-            now = time.perf_counter()
-            if ev.get("type") == "decision" and "latency_ms" not in ev:
-                ev = {**ev, "latency_ms": round((now - t0) * 1000, 2)}
-            events.append(ev)
-            t0 = time.perf_counter()
-        return events
 
 
 def events_to_results(events: Iterable[dict], n_chunks: int | None = None) -> list[ChunkResult]:
@@ -311,16 +291,6 @@ def events_to_results(events: Iterable[dict], n_chunks: int | None = None) -> li
             r.text = f"{r.text} {text}".strip() if r.text else text
     n = max([n_chunks or 0, *(k + 1 for k in by_chunk)])
     return [by_chunk.get(k) or ChunkResult(k, "silent") for k in range(n)]
-
-
-def engine_runner(model, threshold: float = 0.5, instruction: str | None = None, chunk_ms: int = 400, *,
-                  max_reply_tokens: int = 48, mode: str = "fifo") -> EngineRunner:
-    """A `Runner` over a model (a backend name, a checkpoint folder or an `AudioLM`).
-
-    See `EngineRunner`: one fresh engine session per call, deterministic (`realtime=False`),
-    falls back to `decoding.decode_stream` when the engine is missing or fails."""
-    return EngineRunner(model, threshold=threshold, instruction=instruction, chunk_ms=chunk_ms,
-                        max_reply_tokens=max_reply_tokens, mode=mode)
 
 
 def reply_text(results: Iterable[ChunkResult]) -> str:
@@ -349,10 +319,14 @@ def accepts_instruction(runner) -> bool:
     return "instruction" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
-def as_runner(model, threshold: float = 0.5, chunk_ms: int = 400, **kw):
-    """A backend name / folder / AudioLM → `engine_runner(...)`; a callable runner is returned as is."""
+def make_runner(model, threshold: float = 0.5, chunk_ms: int = 400, *, instruction: str | None = None,
+                max_reply_tokens: int = 48, mode: str = "fifo") -> Runner:
+    """The one runner factory: a backend name, a checkpoint folder or an `AudioLM` becomes an
+    `EngineRunner` (one fresh engine session per call, deterministic, fails loudly); a callable
+    runner (a baseline, a test stub) is returned as is. Baselines: `baselines.make_baseline`."""
     if isinstance(model, (str, Path)) or hasattr(model, "tokenizer") and hasattr(model, "encode"):
-        return engine_runner(model, threshold=threshold, chunk_ms=chunk_ms, **kw)
+        return EngineRunner(model, threshold=threshold, instruction=instruction, chunk_ms=chunk_ms,
+                            max_reply_tokens=max_reply_tokens, mode=mode)
     if callable(model):
         return model
     raise TypeError(f"expected a model name, checkpoint folder, AudioLM or runner, not {type(model).__name__}")
@@ -360,5 +334,5 @@ def as_runner(model, threshold: float = 0.5, chunk_ms: int = 400, **kw):
 
 def runner_name(runner) -> str:
     if isinstance(runner, EngineRunner):
-        return f"{runner.model.cfg.backend if hasattr(runner.model, 'cfg') else type(runner.model).__name__} ({runner.backend})"
+        return f"{runner.model.cfg.backend if hasattr(runner.model, 'cfg') else type(runner.model).__name__} (engine)"
     return getattr(runner, "__name__", type(runner).__name__)

@@ -1,7 +1,8 @@
 """`soundflow bench latency`: streaming-engine latency, stalls, long-stream stability, capacity.
 
-All in ONE run, on real audio from /work/shared/data (speech digits, sound events, background
-noise stitched into one stream), FIFO vs sequential side by side:
+All in ONE run, on real audio from the shared data folder (`soundflow.data.shared_data_dir()`:
+speech digits, sound events, background noise stitched into one stream), FIFO vs sequential
+side by side:
 
 1. decision latency after a chunk's last sample (p50/p99) and stall rate at 1x real time, FIFO,
    listening only (goal <= 50 / 120 ms, 0 % stalls). A stall: the decision comes after the next
@@ -34,30 +35,32 @@ import json as _json
 import os
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-DATA = Path(os.environ.get("SOUNDFLOW_DATA", "/work/shared/data"))
+from ..audio import SAMPLE_RATE
 
 
 def real_stream(seconds: float, seed: int = 0) -> np.ndarray:
-    """Speech, events and noise from DATA stitched (with short gaps) into one 16 kHz stream."""
+    """Speech, events and noise from the shared data folder stitched (with short gaps) into one
+    16 kHz stream; seeded noise when there is no shared data folder."""
     from ..audio import load_audio
+    from ..data import shared_data_dir
 
     rng = np.random.default_rng(seed)
+    data = shared_data_dir()
     files = []
     for manifest, key in (("speech/manifest.jsonl", "audio"), ("events/catalog.jsonl", "audio"),
                           ("noise/manifest.jsonl", "audio")):
-        p = DATA / manifest
-        if p.exists():
+        p = data / manifest if data is not None else None
+        if p is not None and p.exists():
             rows = [_json.loads(line) for line in p.read_text().splitlines() if line.strip()]
             files.append([p.parent / r[key] for r in rows])
     if not any(files):
-        return (rng.standard_normal(int(seconds * 16000)) * 0.05).astype(np.float32)
+        return (rng.standard_normal(int(seconds * SAMPLE_RATE)) * 0.05).astype(np.float32)
     parts, total, i = [], 0, 0
-    need = int(seconds * 16000)
+    need = int(seconds * SAMPLE_RATE)
     while total < need:
         group = files[i % len(files)]
         i += 1
@@ -67,7 +70,7 @@ def real_stream(seconds: float, seed: int = 0) -> np.ndarray:
             w = load_audio(group[int(rng.integers(len(group)))])
         except Exception:  # noqa: BLE001 — skip unreadable files
             continue
-        w = w[: 16000 * 8]
+        w = w[: SAMPLE_RATE * 8]
         gap = np.zeros(int(rng.integers(1600, 8000)), np.float32)
         parts += [w, gap]
         total += len(w) + len(gap)
@@ -384,16 +387,3 @@ def _print_table(r: dict) -> None:
     w = max(len(a) for a, _, _ in rows) if rows else 10
     for a, b, c in rows:
         print(f"  {a:<{w}}  {b:<34}" + (f" goal {c}" if c else ""))
-
-
-def main(argv=None) -> int:
-    """`python -m soundflow.bench.latency ...` = `soundflow bench latency ...`."""
-    import sys
-
-    from ..cli import main as cli_main
-
-    return cli_main(["bench", "latency", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -39,6 +39,7 @@ from .common import (
     read_jsonl,
     set_rms,
 )
+from .report import print_json, progress_bar, write_report
 
 TIERS = ("single", "multi")
 
@@ -161,7 +162,10 @@ class ClipLoader:
         return self.cache[item.id]
 
 
-def _compose(parts: list[tuple[BenchItem, np.ndarray]], gaps: list[int], cfg: StreamConfig, ambient: Ambient, sid: str, tier: str) -> Stream:
+def compose_stream(parts: list[tuple[BenchItem, np.ndarray]], gaps: list[int], cfg: StreamConfig, ambient: Ambient,
+                   sid: str, tier: str) -> Stream:
+    """One bench stream: an ambient lead-in, the clips over the ambient bed with `gaps[i]`
+    samples after clip i, and a tail long enough for the last event's scoring window."""
     lead = int(round(cfg.lead_in_s * SAMPLE_RATE))
     tail = cfg.min_gap_samples  # room for the last event's whole scoring window
     total = lead + sum(len(w) for _, w in parts) + sum(gaps) + tail
@@ -183,7 +187,7 @@ def build_single_streams(items: Sequence[BenchItem], cfg: StreamConfig, seed: in
     for item in items:
         w = loader(item)
         if w is not None:
-            out.append(_compose([(item, w)], [], cfg, ambient, f"single-{item.id}", "single"))
+            out.append(compose_stream([(item, w)], [], cfg, ambient, f"single-{item.id}", "single"))
     return out
 
 
@@ -231,7 +235,7 @@ def build_multi_streams(items: Sequence[BenchItem], cfg: StreamConfig, seed: int
         if not parts:
             continue
         gaps = [int(rng.integers(lo, hi + 1)) for _ in range(len(parts) - 1)]
-        out.append(_compose(parts, gaps, cfg, ambient, f"multi-{gi:04d}", "multi"))
+        out.append(compose_stream(parts, gaps, cfg, ambient, f"multi-{gi:04d}", "multi"))
     return out
 
 
@@ -383,10 +387,8 @@ def add_semantic(records: Sequence[EventResult], items: dict[str, BenchItem], ma
 
 def run_streams(streams: Sequence[Stream], runner: Runner, cfg: StreamConfig, progress: bool = True, desc: str = "") -> list[EventResult]:
     """Feed each stream to the runner and score it; progress on stderr."""
-    from tqdm import tqdm
-
     records = []
-    for s in tqdm(streams, desc=desc or "proactive", file=sys.stderr, disable=not progress or None, leave=False):
+    for s in progress_bar(streams, desc or "proactive", progress):
         results = runner(s.wave, cfg.chunk_ms)
         records.extend(score_stream(s, results, cfg))
     return records
@@ -413,8 +415,6 @@ def bench_proactive(
     `tier` is "single", "multi" or "both"; `out` writes a Markdown report with plots; `json`
     prints the metrics (without per-event rows) as one JSON object on the last stdout line.
     """
-    from .report import print_json_last, summary, write_report
-
     cfg = config or StreamConfig()
     cfg.window_chunks = window_chunks
     items = list(manifest) if not isinstance(manifest, (str, Path)) else load_manifest(manifest)
@@ -450,7 +450,7 @@ def bench_proactive(
     if out:
         write_report(result, out)
     if json:
-        print_json_last(summary(result))
+        print_json(result)
     return result
 
 

@@ -1,10 +1,18 @@
-"""Reports for bench results: Markdown tables, PNG plots (Agg backend), one-line JSON for CLIs."""
+"""The report harness of every benchmark: number formatting, progress bars, latency statistics,
+Markdown tables, PNG plots (Agg backend), metrics.json + rows JSONL, one-line JSON for CLIs.
+
+The benchmark modules (`proactive`, `tasks`, `asr`, `stability`, ...) measure; this module only
+formats and writes what they measured.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
 
 
 def summary(result: dict) -> dict:
@@ -16,6 +24,49 @@ def print_json_last(metrics: dict) -> None:
     """Print `metrics` as one JSON object on one line; callers print nothing after it."""
     sys.stdout.flush()
     print(json.dumps(metrics, default=str, ensure_ascii=False), flush=True)
+
+
+def print_json(result: dict) -> None:
+    """`print_json_last` of the result's `summary` (what every benchmark's `json=True` prints)."""
+    print_json_last(summary(result))
+
+
+def pct(x) -> str:
+    """A fraction as a percentage with one decimal, "–" for None."""
+    return "–" if x is None else f"{100 * x:.1f}"
+
+
+def num(x, nd: int = 2) -> str:
+    """A number with `nd` decimals, "–" for None."""
+    return "–" if x is None else f"{x:.{nd}f}"
+
+
+def progress_bar(it, desc: str, show: bool = True):
+    """A tqdm progress bar on stderr (hidden when `show` is false or stderr is not a terminal)."""
+    from tqdm import tqdm
+
+    return tqdm(it, desc=desc, file=sys.stderr, disable=not show or None, leave=False)
+
+
+def latency_stats(values: Sequence[float]) -> dict | None:
+    """n, mean, median, p90, p99 and max of latencies in ms (None values dropped; None if empty)."""
+    v = [float(x) for x in values if x is not None]
+    if not v:
+        return None
+    a = np.asarray(v)
+    return {"n": len(v), "mean": round(float(a.mean()), 2), "median": round(float(np.median(a)), 2),
+            "p90": round(float(np.percentile(a, 90)), 2), "p99": round(float(np.percentile(a, 99)), 2),
+            "max": round(float(a.max()), 2)}
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _fmt(x, pct: bool = True) -> str:
@@ -71,12 +122,7 @@ def markdown(result: dict) -> str:
 
 
 def plot_categories(result: dict, path: Path, level: str = "per_macro") -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
+    plt = pyplot()
     tiers = result["tiers"]
     cats = sorted({c for m in tiers.values() for c in m.get(level, {})})
     fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(cats) * max(1, len(tiers))), 4.5))
@@ -96,23 +142,42 @@ def plot_categories(result: dict, path: Path, level: str = "per_macro") -> None:
 
 
 def plot_confusion(m: dict, tier: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
+    """The RESPOND/IGNORE confusion of one Proactive-Sound-Bench tier (`m["confusion"]`)."""
     c = m["confusion"]
-    mat = np.array([[c["tp"], c["fn"]], [c["fp"], c["tn"]]])
-    fig, ax = plt.subplots(figsize=(3.8, 3.4))
-    ax.imshow(mat, cmap="Blues")
+    plot_confusion_matrix([[c["tp"], c["fn"]], [c["fp"], c["tn"]]], ["RESPOND", "IGNORE"], ["responded", "silent"],
+                          path, tier, xlabel="model")
+
+
+def plot_confusion_matrix(matrix, rows: Sequence[str], cols: Sequence[str], path: str | Path, title: str = "",
+                          xlabel: str = "predicted", ylabel: str = "gold") -> None:
+    """A count matrix (gold rows × predicted columns) as a labelled heat map."""
+    plt = pyplot()
+    mat = np.asarray(matrix)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * max(2, len(cols)), 1.0 + 0.6 * max(2, len(rows))))
+    ax.imshow(mat, cmap="Blues", vmin=0, vmax=max(1, mat.max()) if mat.size else 1)
     for (i, j), v in np.ndenumerate(mat):
-        ax.text(j, i, str(v), ha="center", va="center", color="white" if v > mat.max() / 2 else "black")
-    ax.set_xticks([0, 1], ["responded", "silent"])
-    ax.set_yticks([0, 1], ["RESPOND", "IGNORE"])
-    ax.set_xlabel("model")
-    ax.set_ylabel("gold")
-    ax.set_title(f"{tier}")
+        ax.text(j, i, str(v), ha="center", va="center", color="white" if mat.size and v > mat.max() / 2 else "black")
+    ax.set_xticks(range(len(cols)), cols)
+    ax.set_yticks(range(len(rows)), rows)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_latency_hist(latencies: Sequence[float], path: str | Path, title: str = "decision latency") -> None:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    v = np.asarray([x for x in latencies if x is not None], dtype=float)
+    ax.hist(v, bins=min(50, max(5, len(v) // 5)) if len(v) else 5, color="tab:blue")
+    if len(v):
+        ax.axvline(np.median(v), color="k", ls="--", lw=1, label=f"median {np.median(v):.1f} ms")
+        ax.legend()
+    ax.set_xlabel("latency_ms (chunk available → decision)")
+    ax.set_ylabel("chunks")
+    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -140,5 +205,29 @@ def write_report(result: dict, out: str | Path) -> Path:
         for t, m in result["tiers"].items():
             plot_confusion(m, t, out / f"confusion_{t}.png")
             md += f"\n![confusion {t}](confusion_{t}.png)\n"
+    (out / "report.md").write_text(md)
+    return out / "report.md"
+
+
+def write_task_report(result: dict, out: str | Path, md: str, plots: dict[str, Callable[[Path], None]] | None = None,
+                      latencies: Sequence[float] | None = None) -> Path:
+    """report.md (with `md` + plots), metrics.json (`summary`), items.jsonl; returns report.md.
+
+    `plots` maps a PNG file name to a function drawing it; a latency histogram is added when
+    `latencies` (or the result's `latency_ms` stats with a `_latencies` list) are given."""
+    out = write_metrics_and_rows(result, out, "items")
+    plots = dict(plots or {})
+    if latencies:
+        plots["latency_hist.png"] = lambda p: plot_latency_hist(latencies, p)
+    lat = result.get("latency_ms")
+    if lat:
+        md += (f"\nDecision latency (ms, {lat['n']} chunks): mean {lat['mean']}, median {lat['median']}, "
+               f"p90 {lat['p90']}, p99 {lat['p99']}, max {lat['max']}\n")
+    for name, draw in plots.items():
+        draw(out / name)
+        md += f"\n![{Path(name).stem}]({name})\n"
+    if result.get("skipped"):
+        md += f"\nSkipped {len(result['skipped'])} unreadable clips:\n\n" + "".join(
+            f"- `{s['id']}`: {s['error']}\n" for s in result["skipped"])
     (out / "report.md").write_text(md)
     return out / "report.md"

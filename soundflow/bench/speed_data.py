@@ -1,16 +1,16 @@
 """Data-construction speed: TFJP (Alg. 1) and composition (Alg. 3) in x real time per core.
 
-Runs on real clips from /work/shared/data (events, noise), single-threaded (threadpoolctl caps
+Runs on real clips from the shared data folder (`soundflow.data.shared_data_dir()`: events,
+noise), single-threaded (threadpoolctl caps
 BLAS/OpenMP at one thread; the STFTs are single-threaded scipy.fft). x real time per core =
 seconds of audio processed / CPU seconds of this process; wall-clock figures are reported too
 (they drop when other processes share the cores). Goals (issue): TFJP >= 1000x, compose >= 300x.
 
-    python -m soundflow.bench.speed_data [--seconds 300] [--json]
+    soundflow bench data [--seconds 300] [--repeats 3] [--json]
 """
 
 from __future__ import annotations
 
-import argparse
 import json as _json
 import os
 import time
@@ -18,12 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-DATA = Path(os.environ.get("SOUNDFLOW_DATA", "/work/shared/data"))
+from ..audio import SAMPLE_RATE
+
 GOALS = {"tfjp_x_rt": 1000.0, "compose_x_rt": 300.0}
 
 
 def _load_clips(folder: Path, manifest: str, seconds: float, rng: np.random.Generator) -> list[np.ndarray]:
-    from soundflow.audio import load_audio
+    from ..audio import load_audio
 
     rows = [_json.loads(line) for line in (folder / manifest).read_text().splitlines() if line.strip()]
     rng.shuffle(rows)
@@ -31,7 +32,7 @@ def _load_clips(folder: Path, manifest: str, seconds: float, rng: np.random.Gene
     for r in rows:
         x = load_audio(folder / r["audio"])
         clips.append(x)
-        total += len(x) / 16000
+        total += len(x) / SAMPLE_RATE
         if total >= seconds:
             break
     return clips
@@ -52,16 +53,19 @@ def bench_data_speed(seconds: float = 300.0, json: bool = False, repeats: int = 
     except ImportError:  # env variables only work before numpy starts its pools: best effort
         os.environ.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
         limiter = None
-    from soundflow.compose import Event, compose
-    from soundflow.tfjp import tfjp
+    from ..audio import load_audio
+    from ..compose import Event, compose
+    from ..data import shared_data_dir
+    from ..tfjp import tfjp
 
+    data = shared_data_dir()
+    if data is None:
+        raise FileNotFoundError("no shared data folder (set SOUNDFLOW_DATA): the data-speed bench runs on real clips")
     rng = np.random.default_rng(seed)
-    clips = _load_clips(DATA / "events", "catalog.jsonl", seconds, rng)
-    noise_rows = [_json.loads(line) for line in (DATA / "noise" / "manifest.jsonl").read_text().splitlines() if line.strip()]
-    from soundflow.audio import load_audio
-
-    noise = {k: [load_audio(DATA / "noise" / r["audio"]) for r in noise_rows if r["kind"] == k][:8] for k in ("event", "ambient")}
-    audio_s = sum(len(x) for x in clips) / 16000
+    clips = _load_clips(data / "events", "catalog.jsonl", seconds, rng)
+    noise_rows = [_json.loads(line) for line in (data / "noise" / "manifest.jsonl").read_text().splitlines() if line.strip()]
+    noise = {k: [load_audio(data / "noise" / r["audio"]) for r in noise_rows if r["kind"] == k][:8] for k in ("event", "ambient")}
+    audio_s = sum(len(x) for x in clips) / SAMPLE_RATE
 
     tfjp(clips[0])  # warm-up (scipy.fft plans, imports)
     t_cpu, t_wall = min(_timed(lambda: [tfjp(x) for x in clips]) for _ in range(repeats))
@@ -84,7 +88,7 @@ def bench_data_speed(seconds: float = 300.0, json: bool = False, repeats: int = 
         out_s.clear()
         for evs in scenes:
             y, _, _ = compose(evs, noise["event"], noise["ambient"], r, tfjp=tf)
-            out_s.append(len(y) / 16000)
+            out_s.append(len(y) / SAMPLE_RATE)
 
     run_compose()
     c_cpu, c_wall = min(_timed(run_compose) for _ in range(repeats))
@@ -116,19 +120,3 @@ def bench_data_speed(seconds: float = 300.0, json: bool = False, repeats: int = 
     if json:
         print(_json.dumps(res))
     return res
-
-
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seconds", type=float, default=300.0)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--json", action="store_true")
-    a = ap.parse_args(argv)
-    res = bench_data_speed(a.seconds, json=a.json, repeats=a.repeats)
-    if not a.json:
-        for k, v in res.items():
-            print(f"{k:28s} {v}")
-
-
-if __name__ == "__main__":
-    main()

@@ -11,14 +11,12 @@ and every stream of length L really holds L clips: accuracies across lengths are
 events. The curve reports accuracy (and balanced accuracy, recall, FPR) per length, its ratio
 to length 1, and accuracy by position inside the stream.
 
-    python -m soundflow.bench.stability MANIFEST [--model mini|DIR] [--baseline silent|respond|classifier]
-        [--max-segments 5] [--out DIR] [--json]
+    soundflow bench stability MANIFEST [--model mini|DIR] [--baseline silent|respond|classifier]
+        [--max-segments 5] [--window 2] [--out DIR] [--json]
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections import defaultdict
 from dataclasses import asdict
 from pathlib import Path
@@ -26,9 +24,9 @@ from typing import Sequence
 
 import numpy as np
 
-from .common import SAMPLE_RATE, BenchItem, as_runner, load_manifest, runner_name
-from .proactive import Ambient, ClipLoader, StreamConfig, _compose, compute_metrics, score_stream
-from .tasks import _num, _pct, _plt, _print_json, _progress, latency_stats, write_task_report
+from .common import SAMPLE_RATE, BenchItem, load_manifest, make_runner, runner_name
+from .proactive import Ambient, ClipLoader, StreamConfig, compose_stream, compute_metrics, score_stream
+from .report import latency_stats, num, pct, print_json, progress_bar, pyplot, write_task_report
 
 PAPER_RETENTION = 0.91
 
@@ -60,11 +58,11 @@ def bench_stability(
     name: str = "",
 ) -> dict:
     """Proactive accuracy per stream length 1..max_segments (`runner`: a Runner, or a model
-    name / folder / AudioLM run through `engine_runner`).
+    name / folder / AudioLM run through `make_runner`).
 
     Returns {"curve": [{"segments", "n", "accuracy", "ratio_to_1", ...}], "retention_at_max",
     "meets_paper_retention", "by_position", "latency_ms", "events": [...]}."""
-    runner = as_runner(runner)
+    runner = make_runner(runner)
     cfg = config or StreamConfig()
     cfg.window_chunks = window_chunks
     items = list(manifest) if not isinstance(manifest, (str, Path)) else load_manifest(manifest)
@@ -83,10 +81,10 @@ def bench_stability(
         ambient = Ambient(cfg, rng)
         records, pos_acc, audio_s = [], defaultdict(lambda: [0, 0]), 0.0
         groups = stability_groups(n, L, order) if n else []
-        for gi, (idx, n_scored) in enumerate(_progress(groups, f"stability/{L}", progress)):
+        for gi, (idx, n_scored) in enumerate(progress_bar(groups, f"stability/{L}", progress)):
             parts = [clips[i] for i in idx]
             gaps = [int(rng.integers(lo, hi + 1)) for _ in range(len(parts) - 1)]
-            stream = _compose(parts, gaps, cfg, ambient, f"len{L}-{gi:04d}", f"len{L}")
+            stream = compose_stream(parts, gaps, cfg, ambient, f"len{L}-{gi:04d}", f"len{L}")
             results = runner(stream.wave, cfg.chunk_ms)
             latencies += [r.latency_ms for r in results if r.latency_ms is not None]
             audio_s += stream.duration
@@ -124,12 +122,12 @@ def bench_stability(
     if out:
         write_stability_report(result, out, latencies)
     if json:
-        _print_json(result)
+        print_json(result)
     return result
 
 
 def plot_stability(result: dict, path: str | Path) -> None:
-    plt = _plt()
+    plt = pyplot()
     curve = result["curve"]
     x = [c["segments"] for c in curve]
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
@@ -153,47 +151,16 @@ def write_stability_report(result: dict, out: str | Path, latencies: Sequence[fl
           "| segments | events | streams | mean stream s | accuracy % | balanced % | recall % | FPR % | × 1-segment |",
           "|---|---|---|---|---|---|---|---|---|"]
     for c in result["curve"]:
-        md.append(f"| {c['segments']} | {c['n']} | {c['streams']} | {c['mean_stream_s']} | {_pct(c['accuracy'])} "
-                  f"| {_pct(c['balanced_accuracy'])} | {_pct(c['respond_recall'])} | {_pct(c['false_positive_rate'])} "
-                  f"| {_num(c['ratio_to_1'], 3)} |")
-    md += ["", f"Retention at {len(result['curve'])} segments: {_num(result['retention_at_max'], 3)} "
+        md.append(f"| {c['segments']} | {c['n']} | {c['streams']} | {c['mean_stream_s']} | {pct(c['accuracy'])} "
+                  f"| {pct(c['balanced_accuracy'])} | {pct(c['respond_recall'])} | {pct(c['false_positive_rate'])} "
+                  f"| {num(c['ratio_to_1'], 3)} |")
+    md += ["", f"Retention at {len(result['curve'])} segments: {num(result['retention_at_max'], 3)} "
            f"(paper: > {PAPER_RETENTION})", "", "Accuracy % by position in the stream:", "",
            "| segments | " + " | ".join(f"pos {p}" for p in range(1, len(result["curve"]) + 1)) + " |",
            "|---|" + "---|" * len(result["curve"])]
     for L, rows in result["by_position"].items():
-        cells = [f"{_pct(r['accuracy'])} ({r['n']})" for r in rows]
+        cells = [f"{pct(r['accuracy'])} ({r['n']})" for r in rows]
         md.append(f"| {L} | " + " | ".join(cells + ["–"] * (len(result["curve"]) - len(cells))) + " |")
     result = {**result, "items": result.get("events", [])}
     return write_task_report(result, out, "\n".join(md) + "\n",
                              {"stability.png": lambda p: plot_stability(result, p)}, latencies=latencies)
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m soundflow.bench.stability", description=__doc__.split("\n")[0])
-    p.add_argument("manifest")
-    p.add_argument("--model", default="mini")
-    p.add_argument("--baseline", choices=["silent", "respond", "classifier"], default=None)
-    p.add_argument("--threshold", type=float, default=0.5)
-    p.add_argument("--max-segments", type=int, default=5)
-    p.add_argument("--window", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None)
-    p.add_argument("--json", action="store_true")
-    a = p.parse_args(argv)
-    if a.baseline:
-        from .baselines import make_baseline
-
-        runner = make_baseline(a.baseline)
-    else:
-        from .common import engine_runner
-
-        runner = engine_runner(a.model, threshold=a.threshold)
-    r = bench_stability(a.manifest, runner, a.max_segments, seed=a.seed, window_chunks=a.window, out=a.out, json=a.json)
-    if not a.json:
-        for c in r["curve"]:
-            print(f"{c['segments']} segments: accuracy {_pct(c['accuracy'])} %  (× {_num(c['ratio_to_1'], 3)} of 1)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

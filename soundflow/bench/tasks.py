@@ -13,8 +13,7 @@ Manifests are JSONL, `audio` (or `path`) relative to the manifest's folder:
   "category"?}` (`task` / `sub-category` also read as the category).
 - Spoken QA: `{"id", "audio", "reference"?, "question"? | "prompt"?}`.
 
-Shared report helpers (Markdown + PNG + metrics.json + items.jsonl) live here too; `asr.py` and
-`stability.py` use them.
+Reports (Markdown + PNG + metrics.json + items.jsonl) are written by `report.py`.
 """
 
 from __future__ import annotations
@@ -32,9 +31,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..audio import AudioError, load_audio
-from .common import ChunkResult, as_runner, call_runner, read_jsonl, reply_text, resolve_audio, runner_name
-from .report import summary, write_metrics_and_rows
+from ..audio import SAMPLE_RATE, AudioError, load_audio
+from .common import ChunkResult, call_runner, make_runner, read_jsonl, reply_text, resolve_audio, runner_name
+from .report import latency_stats, num, pct, plot_confusion_matrix, print_json, progress_bar, write_task_report
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 LANGUAGES = {"fr": "French", "de": "German", "es": "Spanish", "it": "Italian", "pt": "Portuguese", "zh": "Chinese",
@@ -86,7 +85,7 @@ class TaskRun:
     """Runs items through a runner with per-item instructions; collects latencies and skips."""
 
     def __init__(self, model, threshold: float = 0.5, chunk_ms: int = 400, **runner_kw):
-        self.runner = as_runner(model, threshold=threshold, chunk_ms=chunk_ms, **runner_kw) if model is not None else None
+        self.runner = make_runner(model, threshold=threshold, chunk_ms=chunk_ms, **runner_kw) if model is not None else None
         self.chunk_ms = chunk_ms
         self.latencies: list[float] = []
         self.skipped: list[dict] = []
@@ -105,7 +104,7 @@ class TaskRun:
         t0 = time.perf_counter()
         results = call_runner(self.runner, wave, self.chunk_ms, instruction)
         self.wall_s += time.perf_counter() - t0
-        self.audio_s += len(wave) / 16000
+        self.audio_s += len(wave) / SAMPLE_RATE
         self.latencies += [r.latency_ms for r in results if r.latency_ms is not None]
         return reply_text(results), results
 
@@ -117,22 +116,6 @@ class TaskRun:
             "rtf": round(self.wall_s / self.audio_s, 4) if self.audio_s else None,
             "latency_ms": latency_stats(self.latencies),
         }
-
-
-def latency_stats(values: Sequence[float]) -> dict | None:
-    v = [float(x) for x in values if x is not None]
-    if not v:
-        return None
-    a = np.asarray(v)
-    return {"n": len(v), "mean": round(float(a.mean()), 2), "median": round(float(np.median(a)), 2),
-            "p90": round(float(np.percentile(a, 90)), 2), "p99": round(float(np.percentile(a, 99)), 2),
-            "max": round(float(a.max()), 2)}
-
-
-def _progress(it, desc: str, progress: bool):
-    from tqdm import tqdm
-
-    return tqdm(it, desc=desc, file=sys.stderr, disable=not progress or None, leave=False)
 
 
 # ---------------------------------------------------------------- S2TT (BLEU)
@@ -181,7 +164,7 @@ def bench_s2tt(
     items = load_task_manifest(manifest, limit)
     run = TaskRun(model, threshold, chunk_ms)
     hyps, refs, rows = [], [], []
-    for it in _progress(items, "s2tt", progress):
+    for it in progress_bar(items, "s2tt", progress):
         ref = it.row.get("references") or it.row.get("reference")
         ref = [str(x) for x in ref] if isinstance(ref, list) else ([str(ref)] if ref else [])
         if not ref:
@@ -201,11 +184,11 @@ def bench_s2tt(
     if out:
         md = [f"# Speech translation (→ {lang})", "", f"Manifest: `{manifest}`  ", f"Instruction: \"{instruction}\"", "",
               "| n | BLEU | chrF | empty replies | tokenizer |", "|---|---|---|---|---|",
-              f"| {result['n']} | {_num(result['bleu'])} | {_num(result['chrf'])} | {result['n_empty']} | {scores.get('tokenize', '–')} |",
+              f"| {result['n']} | {num(result['bleu'])} | {num(result['chrf'])} | {result['n_empty']} | {scores.get('tokenize', '–')} |",
               "", f"sacrebleu: `{scores.get('signature', '')}`"]
         write_task_report(result, out, "\n".join(md) + "\n", latencies=run.latencies)
     if json:
-        _print_json(result)
+        print_json(result)
     return result
 
 
@@ -329,7 +312,7 @@ def bench_mcq(
     items = load_task_manifest(manifest, limit)
     run = TaskRun(model, threshold, chunk_ms)
     records = []
-    for it in _progress(items, "mcq", progress):
+    for it in progress_bar(items, "mcq", progress):
         choices = [str(c) for c in it.row.get("choices") or []]
         gold = resolve_answer(it.row.get("answer"), choices) if choices else None
         if gold is None:
@@ -349,15 +332,15 @@ def bench_mcq(
     if out:
         md = ["# Multiple-choice audio QA", "", f"Manifest: `{manifest}`", "",
               "| n | accuracy % | parsed % | chance % |", "|---|---|---|---|",
-              f"| {result['n']} | {_pct(result['accuracy'])} | {_pct(result['parsed_rate'])} | {_pct(result['chance'])} |",
+              f"| {result['n']} | {pct(result['accuracy'])} | {pct(result['parsed_rate'])} | {pct(result['chance'])} |",
               "", "| category | n | accuracy % |", "|---|---|---|"]
-        md += [f"| {c} | {v['n']} | {_pct(v['accuracy'])} |" for c, v in result["per_category"].items()]
+        md += [f"| {c} | {v['n']} | {pct(v['accuracy'])} |" for c, v in result["per_category"].items()]
         conf = result["confusion"]
         plots = {"confusion.png": lambda p: plot_confusion_matrix(
             conf["matrix"], conf["labels"], [*conf["labels"], "none"], p, "MCQ: gold (rows) vs parsed answer")}
         write_task_report(result, out, "\n".join(md) + "\n", plots, latencies=run.latencies)
     if json:
-        _print_json(result)
+        print_json(result)
     return result
 
 
@@ -365,10 +348,9 @@ def bench_mcq(
 
 
 def token_f1(prediction: str, references: str | Sequence[str]) -> float:
-    """SQuAD-style token F1 after Whisper's EnglishTextNormalizer, best over references."""
-    from whisper_normalizer.english import EnglishTextNormalizer
+    """SQuAD-style token F1 after `wer.normalize_for_wer` (the WER normaliser), best over references."""
+    from ..wer import normalize_for_wer as norm
 
-    norm = EnglishTextNormalizer()
     refs = [references] if isinstance(references, str) else list(references)
     p = norm(prediction or "").split()
     best = 0.0
@@ -456,7 +438,7 @@ def bench_spoken_qa(
     items = load_task_manifest(manifest, limit)
     run = TaskRun(model, threshold, chunk_ms)
     rows = []
-    for it in _progress(items, "spoken-qa", progress):
+    for it in progress_bar(items, "spoken-qa", progress):
         w = run.load(it)
         if w is None:
             continue
@@ -483,91 +465,8 @@ def bench_spoken_qa(
         head = "mean token F1" if kind == "f1" else "mean judge score (1–5)"
         md = ["# Spoken QA", "", f"Manifest: `{manifest}`  ", f"Scorer: {result['scorer']}", "",
               f"| n | scored | empty replies | {head} |", "|---|---|---|---|",
-              f"| {result['n']} | {result['n_scored']} | {result['n_empty']} | {_num(mean, 3)} |"]
+              f"| {result['n']} | {result['n_scored']} | {result['n_empty']} | {num(mean, 3)} |"]
         write_task_report(result, out, "\n".join(md) + "\n", latencies=run.latencies)
     if json:
-        _print_json(result)
+        print_json(result)
     return result
-
-
-# ---------------------------------------------------------------- reports
-
-
-def _pct(x) -> str:
-    return "–" if x is None else f"{100 * x:.1f}"
-
-
-def _num(x, nd: int = 2) -> str:
-    return "–" if x is None else f"{x:.{nd}f}"
-
-
-def _print_json(result: dict) -> None:
-    from .report import print_json_last
-
-    print_json_last(summary(result))
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_latency_hist(latencies: Sequence[float], path: str | Path, title: str = "decision latency") -> None:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    v = np.asarray([x for x in latencies if x is not None], dtype=float)
-    ax.hist(v, bins=min(50, max(5, len(v) // 5)) if len(v) else 5, color="tab:blue")
-    if len(v):
-        ax.axvline(np.median(v), color="k", ls="--", lw=1, label=f"median {np.median(v):.1f} ms")
-        ax.legend()
-    ax.set_xlabel("latency_ms (chunk available → decision)")
-    ax.set_ylabel("chunks")
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_confusion_matrix(matrix, rows: Sequence[str], cols: Sequence[str], path: str | Path, title: str = "") -> None:
-    plt = _plt()
-    mat = np.asarray(matrix)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * max(2, len(cols)), 1.0 + 0.6 * max(2, len(rows))))
-    ax.imshow(mat, cmap="Blues", vmin=0, vmax=max(1, mat.max()) if mat.size else 1)
-    for (i, j), v in np.ndenumerate(mat):
-        ax.text(j, i, str(v), ha="center", va="center", color="white" if mat.size and v > mat.max() / 2 else "black")
-    ax.set_xticks(range(len(cols)), cols)
-    ax.set_yticks(range(len(rows)), rows)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("gold")
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def write_task_report(result: dict, out: str | Path, md: str, plots: dict[str, Callable[[Path], None]] | None = None,
-                      latencies: Sequence[float] | None = None) -> Path:
-    """report.md (with `md` + plots), metrics.json (`summary`), items.jsonl; returns report.md.
-
-    `plots` maps a PNG file name to a function drawing it; a latency histogram is added when
-    `latencies` (or the result's `latency_ms` stats with a `_latencies` list) are given."""
-    out = write_metrics_and_rows(result, out, "items")
-    plots = dict(plots or {})
-    if latencies:
-        plots["latency_hist.png"] = lambda p: plot_latency_hist(latencies, p)
-    lat = result.get("latency_ms")
-    if lat:
-        md += (f"\nDecision latency (ms, {lat['n']} chunks): mean {lat['mean']}, median {lat['median']}, "
-               f"p90 {lat['p90']}, p99 {lat['p99']}, max {lat['max']}\n")
-    for name, draw in plots.items():
-        draw(out / name)
-        md += f"\n![{Path(name).stem}]({name})\n"
-    if result.get("skipped"):
-        md += f"\nSkipped {len(result['skipped'])} unreadable clips:\n\n" + "".join(
-            f"- `{s['id']}`: {s['error']}\n" for s in result["skipped"])
-    (out / "report.md").write_text(md)
-    return out / "report.md"

@@ -32,6 +32,7 @@ def bench_voices(families: tuple[str, ...] = ("kokoro", "piper", "espeak"), sent
                  augment: tuple[str, ...] = ("none",), voices: tuple[str, ...] | None = None,
                  json: bool = False) -> dict:
     from soundflow import tts
+    from soundflow.audio import SAMPLE_RATE
     from soundflow.augment import only
     from soundflow.tasks import RECIPES_DIR, read_sentences
 
@@ -54,7 +55,7 @@ def bench_voices(families: tuple[str, ...] = ("kokoro", "piper", "espeak"), sent
             c0 = time.process_time()
             waves = [voice.render(s, speed=sp) for s, sp in zip(spoken, speeds)]
             render_cpu = time.process_time() - c0
-            audio_s = sum(len(w) for w in waves) / 16000
+            audio_s = sum(len(w) for w in waves) / SAMPLE_RATE
             for cond in augment:
                 fx = None if cond == "none" else only(cond).draw(np.random.default_rng([seed, vi, 7]))
                 ws = [fx.apply(w) for w in waves] if fx is not None else waves
