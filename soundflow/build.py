@@ -68,7 +68,9 @@ class RecipeError(ValueError):
     """A recipe its sources cannot satisfy: a user error, reported in one line by the CLI."""
 
 
-def load_recipe(path: str | Path) -> dict:
+def load_data_recipe(path: str | Path) -> dict:
+    """A data recipe (YAML, above) as a dict with its defaults filled; `train.load_recipe` reads
+    training recipes."""
     import yaml
 
     path = Path(path)
@@ -363,7 +365,7 @@ def build(recipe_path: str | Path, out: str | Path, ray: str | None = None, work
     local 2-CPU Ray instance; an address → that cluster. Finished shards are skipped."""
     from tqdm import tqdm
 
-    cfg = load_recipe(recipe_path)
+    cfg = load_data_recipe(recipe_path)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     n_shards = -(-int(cfg["samples"]) // int(cfg["samples_per_shard"]))

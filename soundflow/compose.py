@@ -62,6 +62,16 @@ def reply_chunk(end_sample: int, chunk: int) -> int:
     return max(0, -(-int(end_sample) // int(chunk)) - 1)
 
 
+def crop(x: np.ndarray, seconds: float, rng: np.random.Generator | None = None, fade_s: float = 0.0) -> np.ndarray:
+    """At most `seconds` of x: a random excerpt (`rng`) or the head; with `fade_s` > 0, Hann
+    fades of that length at both ends (`spec_smooth`, on a copy). Shorter clips come back as is."""
+    n = int(round(seconds * SAMPLE_RATE))
+    if len(x) <= n:
+        return x
+    s = int(rng.integers(0, len(x) - n + 1)) if rng is not None else 0
+    return spec_smooth(x[s : s + n].copy(), fade_s) if fade_s > 0 else x[s : s + n]
+
+
 def tile_crossfade(
     noise: np.ndarray, length: int, xfade: int, rng: np.random.Generator | None = None
 ) -> tuple[np.ndarray, int]:

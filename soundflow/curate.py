@@ -33,8 +33,9 @@ import numpy as np
 
 from soundflow.audio import SAMPLE_RATE, AudioError
 from soundflow.catalog import Catalog, CatalogRow
-from soundflow.compose import ROLES, Event
+from soundflow.compose import ROLES, Event, crop
 from soundflow.llm import LLMClient
+from soundflow.replies import default_reply
 from soundflow.tfjp import TFJPConfig, spec_smooth
 
 MIN_EVENTS, MAX_EVENTS = 3, 15  # Appendix: "emits 3-15 sub-events"
@@ -709,54 +710,7 @@ class ToneGenerator:
         return x.astype(np.float32)
 
 
-# --------------------------------------------------------------------------- replies
-
-REPLIES = {
-    "glass_break": "I heard glass breaking — is everyone okay? Careful with the pieces.",
-    "smoke_alarm": "The smoke alarm is going off — please check for smoke or fire and get to safety if needed.",
-    "alarm_clock": "Your alarm is ringing — it's time.",
-    "baby_cry": "The baby is crying — they may need you.",
-    "door_knock": "Someone is knocking at the door.",
-    "doorbell": "Someone just rang the doorbell.",
-    "phone_ring": "Your phone is ringing — do you want to answer it?",
-    "car_horn": "A car is honking nearby — please be careful.",
-    "siren": "I hear a siren — an emergency vehicle may be coming; please keep clear.",
-    "chainsaw": "A chainsaw is running close by — keep a safe distance.",
-    "cough_multiple": "That's a lot of coughing — are you alright? Maybe have some water.",
-    "sneeze": "Bless you! Do you need a tissue?",
-    "thunder": "That was thunder — a storm may be coming; you might want to head inside.",
-    "beep": "Something is beeping — a timer or an appliance may need your attention.",
-    "whistle": "I hear a whistle — someone may be signalling.",
-}
-CATEGORY_REPLIES = {
-    "Traffic": "Watch out — there's traffic that may need your attention.",
-    "Human Sound Signals": "Someone nearby may need your attention.",
-    "Equipment": "An appliance or device seems to need your attention.",
-    "Daily Living Sounds": "Something just happened nearby that may need your attention.",
-    "Nature & Environment": "Something outside may need your attention.",
-}
-
-
-def default_reply(cls: str, caption: str, category: str = "") -> str:
-    """Short assistant reply for a RESPOND event: per class, else per macro category, else generic."""
-    if cls in REPLIES:
-        return REPLIES[cls]
-    macro = category.split("/")[0] if category else ""
-    if macro in CATEGORY_REPLIES:
-        return CATEGORY_REPLIES[macro]
-    return f"I heard {caption.strip() or 'something'} — do you need anything?"
-
-
 # --------------------------------------------------------------------------- grounding + loop
-
-
-def _crop(x: np.ndarray, seconds: float, rng: np.random.Generator | None = None) -> np.ndarray:
-    """At most `seconds` of x: a random excerpt (rng) or the head, with 20 ms fades."""
-    n = int(round(seconds * SAMPLE_RATE))
-    if len(x) <= n:
-        return x
-    s = int(rng.integers(0, len(x) - n + 1)) if rng is not None else 0
-    return spec_smooth(x[s : s + n].copy(), 0.02)
 
 
 def ground(
@@ -832,7 +786,7 @@ def ground(
             rec["tried"][-1]["reason"] += "; no foreground time left"
             return None, rec
         rec["cropped_from_s"] = round(len(chosen.waveform) / SAMPLE_RATE, 3)
-        chosen.waveform = _crop(chosen.waveform, limit, None if fg else rng)
+        chosen.waveform = crop(chosen.waveform, limit, None if fg else rng, fade_s=0.02)
     return chosen, rec
 
 

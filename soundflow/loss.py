@@ -35,8 +35,9 @@ class LossOutput:
                 "resp_recall": self.respond_recall, "sil_recall": self.silent_recall}
 
 
-def _ratio(a: int, b: int) -> float:
-    return a / b if b else float("nan")
+def ratio(a: float, b: float, empty: float | None = None) -> float | None:
+    """a / b, or `empty` when b is 0 (None for JSON reports; training metrics pass NaN)."""
+    return a / b if b else empty
 
 
 def dual_loss(model, hidden: torch.Tensor, y_stream: torch.Tensor, y_lm: torch.Tensor, lam: float = 1.0) -> LossOutput:
@@ -61,8 +62,9 @@ def dual_loss(model, hidden: torch.Tensor, y_stream: torch.Tensor, y_lm: torch.T
             "tp": int((pred_resp & gold_resp).sum()), "fn": int((~pred_resp & gold_resp).sum()),
             "tn": int((~pred_resp & ~gold_resp).sum()), "fp": int((pred_resp & ~gold_resp).sum()),
         }
+    nan = float("nan")
     return LossOutput(
         loss=loss, lm=nll_l.item() / max(n_l, 1), stream=nll_s.item() / max(n_s, 1), n_lm=n_l, n_stream=n_s,
-        decision_acc=_ratio(c["tp"] + c["tn"], n_s), respond_recall=_ratio(c["tp"], c["tp"] + c["fn"]),
-        silent_recall=_ratio(c["tn"], c["tn"] + c["fp"]), counts=c,
+        decision_acc=ratio(c["tp"] + c["tn"], n_s, nan), respond_recall=ratio(c["tp"], c["tp"] + c["fn"], nan),
+        silent_recall=ratio(c["tn"], c["tn"] + c["fp"], nan), counts=c,
     )

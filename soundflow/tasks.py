@@ -44,8 +44,9 @@ import numpy as np
 
 from . import tts
 from .audio import SAMPLE_RATE, load_audio
-from .compose import Event, compose
+from .compose import Event, compose, crop
 from .data import StreamSample, read_jsonl
+from .replies import PROACTIVE_REPLIES, proactive_reply  # noqa: F401 (the one reply table: replies.py)
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 FAMILIES = ("asr", "translation", "chat", "understanding", "music", "proactive", "agent")
@@ -58,20 +59,6 @@ ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "
 
 # ----------------------------------------------------------------------------- reply texts
 
-PROACTIVE_REPLIES = {  # what was heard, then what to do about it
-    "smoke_alarm": "The smoke alarm is going off. Check for smoke or fire, and leave the house if you see any.",
-    "alarm_clock": "Your alarm clock is ringing. Time to get up, or turn it off.",
-    "baby_cry": "The baby is crying. Please go and check on them.",
-    "car_horn": "A car horn just honked nearby. Watch out for traffic.",
-    "chainsaw": "A chainsaw is running close by. Keep your distance and protect your ears.",
-    "cough_multiple": "You have been coughing a lot. Drink some water, and see a doctor if it goes on.",
-    "door_knock": "Someone is knocking at the door. You may want to answer it.",
-    "glass_break": "I heard glass breaking. Watch your step and check whether anyone is hurt.",
-    "phone_ring": "Your phone is ringing. You may want to answer it.",
-    "siren": "I hear a siren. An emergency vehicle may be coming, so keep the road clear.",
-    "sneeze": "Bless you! Do you need a tissue?",
-    "thunder": "That was thunder. A storm is coming, so stay indoors and unplug sensitive devices.",
-}
 TOOL_CALLS = {  # class -> tool call for the audio-agent family
     "smoke_alarm": {"tool": "call_emergency", "reason": "smoke alarm"},
     "glass_break": {"tool": "security_alert", "reason": "glass breaking"},
@@ -106,10 +93,6 @@ MUSIC_DESCRIPTIONS = {  # from the manifest's titles/credits only: nothing claim
     "cinematic": "cinematic background music",
 }
 NOT_MUSIC = {"pibble"}  # a dog howling in its sleep: in the music folder, not music
-
-
-def proactive_reply(cls: str, caption: str, category: str = "") -> str:
-    return PROACTIVE_REPLIES.get(cls) or f"I heard {caption or 'something'}. Do you need anything?"
 
 
 def _article(caption: str) -> str:
@@ -294,14 +277,6 @@ def _silence(seconds: float, response: str | None = None, **prov) -> Event:
                  provenance={"type": "pause", "seconds": round(seconds, 3), **prov})
 
 
-def _crop(x: np.ndarray, seconds: float, rng: np.random.Generator) -> np.ndarray:
-    n = int(round(seconds * SAMPLE_RATE))
-    if len(x) <= n:
-        return x
-    s = int(rng.integers(0, len(x) - n + 1))
-    return x[s : s + n]
-
-
 @functools.lru_cache(maxsize=160)
 def _load_tfjp(path: str) -> np.ndarray:
     """A clip after TFJP (deterministic), once per process: clips recur across instances. Shared:
@@ -313,7 +288,7 @@ def _load_tfjp(path: str) -> np.ndarray:
 
 def _event_clip(row: dict, res: Resources, rng: np.random.Generator, max_s: float = MAX_EVENT_S) -> np.ndarray:
     x = _load_tfjp(row["path"]) if res.use_tfjp else res.audio(row)
-    return _crop(x, float(rng.uniform(min(2.0, max_s), max_s)), rng).astype(np.float32)
+    return crop(x, float(rng.uniform(min(2.0, max_s), max_s)), rng).astype(np.float32)
 
 
 def _event_prov(row: dict, **extra) -> dict:
@@ -601,7 +576,7 @@ def steps_music(rng: np.random.Generator, res: Resources):
     mix, speaker, budget = _begin(rng, res, "music")
     row = _pick(res.music, rng)
     desc = MUSIC_DESCRIPTIONS.get(row["id"], "a piece of music")
-    x = _crop(res.audio(row), float(rng.uniform(5.0, min(12.0, budget - 4.0))), rng)
+    x = crop(res.audio(row), float(rng.uniform(5.0, min(12.0, budget - 4.0))), rng)
     fade = min(len(x) // 4, int(0.3 * SAMPLE_RATE))
     x = x.copy()
     x[-fade:] *= np.linspace(1, 0, fade, dtype=np.float32)

@@ -83,7 +83,9 @@ def test_load_manifest_public_layout(bench: Path):
 
 
 def test_public_labels_load():
-    labels = Path("/work/shared/proactive-sound-bench/labels.jsonl")
+    from soundflow.data import shared_data_dir
+
+    labels = (shared_data_dir() or Path("/nonexistent")).parent / "proactive-sound-bench" / "labels.jsonl"
     if not labels.exists():
         pytest.skip("public labels not present")
     items = load_manifest(labels)

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from soundflow import build
-from soundflow.data import read_shards
+from soundflow.data import read_shards, shared_data_dir
 
-DATA = Path("/work/shared/data")
+DATA = shared_data_dir() or Path("/nonexistent")
 pytestmark = pytest.mark.skipif(not (DATA / "events" / "catalog.jsonl").exists(), reason="shared data not present")
 
 RECIPE = """
@@ -130,7 +130,7 @@ def test_gate_across_instances_same_corpus_fewer_checks(tmp_path):
 
     from soundflow import tasks, tts
 
-    cfg = build.load_recipe(_recipe(tmp_path, n=8))
+    cfg = build.load_data_recipe(_recipe(tmp_path, n=8))
     names = sorted(cfg["tasks"])
     w = np.ones(len(names)) / len(names)
 

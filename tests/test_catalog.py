@@ -9,8 +9,9 @@ import pytest
 import soundfile as sf
 
 from soundflow.catalog import Catalog, CatalogRow, HashEmbedder, MiniLMEmbedder, minilm_folder
+from soundflow.data import shared_data_dir
 
-EVENTS = Path("/work/shared/data/events/catalog.jsonl")
+EVENTS = (shared_data_dir() or Path("/nonexistent")) / "events" / "catalog.jsonl"
 
 ROWS = [
     ("glass-0", "glass break", "glass_break", "Daily Living Sounds/Daily Affairs", "RESPOND", "g0"),

@@ -21,9 +21,10 @@ from soundflow.curate import (
     TEMPLATES, AcousticVerifier, Candidate, GroundingContext, LLMCurator, OfflineCurator, Scenario, SubEvent,
     ToneGenerator, curate_stream, default_curator, default_reply, matches, measure,
 )
+from soundflow.data import shared_data_dir
 from soundflow.llm import LLMClient, LLMError, parse_json_object
 
-EVENTS = Path("/work/shared/data/events/catalog.jsonl")
+EVENTS = (shared_data_dir() or Path("/nonexistent")) / "events" / "catalog.jsonl"
 DAILY = "Daily Living Sounds/Daily Affairs"
 
 

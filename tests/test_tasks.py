@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from soundflow import tasks
-from soundflow.data import StreamSample
+from soundflow.data import StreamSample, shared_data_dir
 
-DATA = Path("/work/shared/data")
+DATA = shared_data_dir() or Path("/nonexistent")
 pytestmark = pytest.mark.skipif(not (DATA / "events" / "catalog.jsonl").exists(), reason="shared data not present")
 
 

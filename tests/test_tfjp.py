@@ -8,8 +8,9 @@ import pytest
 
 from soundflow import tfjp as T
 from soundflow.audio import SAMPLE_RATE as SR
+from soundflow.data import shared_data_dir
 
-EVENTS = Path("/work/shared/data/events")
+EVENTS = (shared_data_dir() or Path("/nonexistent")) / "events"
 
 
 def burst(seconds: float, f0: float = 180.0, amp: float = 0.3) -> np.ndarray:

@@ -17,8 +17,9 @@ import pytest
 import torch
 
 from soundflow import weights as W
+from soundflow.data import shared_data_dir
 
-SPEECH = Path("/work/shared/data/speech")
+SPEECH = (shared_data_dir() or Path("/nonexistent")) / "speech"
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ def _speech_window(seconds: float = 30.0) -> np.ndarray:
     from soundflow.audio import load_audio
 
     if not (SPEECH / "manifest.jsonl").is_file():
-        pytest.skip("no speech data in /work/shared/data/speech")
+        pytest.skip(f"no speech data in {SPEECH}")
     rows = [json.loads(line) for line in (SPEECH / "manifest.jsonl").read_text().splitlines() if line.strip()]
     window = np.zeros(int(seconds * 16_000), np.float32)
     pos = 0

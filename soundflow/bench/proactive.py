@@ -26,6 +26,7 @@ import numpy as np
 from ..audio import AudioError, load_audio
 from ..catalog import DEV_FRACTION, labelled_catalog_rows, split_by_group  # noqa: F401 (re-exported)
 from ..data import write_jsonl
+from ..loss import ratio
 from .common import (
     SAMPLE_RATE,
     BenchItem,
@@ -275,10 +276,6 @@ def _is_response(decision: str) -> bool:
     return str(decision).strip().strip("<>").lower() == "response"
 
 
-def _ratio(a: int, b: int) -> float | None:
-    return a / b if b else None
-
-
 def compute_metrics(records: Sequence[EventResult], semantic_threshold: float | None = None) -> dict:
     """Accuracy, balanced accuracy, recall, FPR, per-category accuracy, time to trigger.
 
@@ -292,15 +289,15 @@ def compute_metrics(records: Sequence[EventResult], semantic_threshold: float | 
     tn = sum(r.gold == "IGNORE" and r.decision == "IGNORE" for r in records)
     n_resp = sum(r.gold == "RESPOND" for r in records)
     n_ign = sum(r.gold == "IGNORE" for r in records)  # unparsable offline rows count as neither fp nor tn
-    recall, fpr = _ratio(tp, n_resp), _ratio(fp, n_ign)
-    tnr = _ratio(tn, n_ign)
+    recall, fpr = ratio(tp, n_resp), ratio(fp, n_ign)
+    tnr = ratio(tn, n_ign)
     bal = [x for x in (recall, tnr) if x is not None]
     m = {
         "n": len(records),
         "n_respond": n_resp,
         "n_ignore": n_ign,
         "correct": sum(r.correct for r in records),
-        "accuracy": _ratio(sum(r.correct for r in records), len(records)),
+        "accuracy": ratio(sum(r.correct for r in records), len(records)),
         "balanced_accuracy": sum(bal) / len(bal) if bal else None,
         "respond_recall": recall,
         "false_positive_rate": fpr,
@@ -324,8 +321,8 @@ def compute_metrics(records: Sequence[EventResult], semantic_threshold: float | 
         m["semantic"] = {
             "threshold": semantic_threshold,
             "n_scored": len(scored),
-            "reply_match_rate": _ratio(len(match), len(scored)),
-            "semantic_accuracy": _ratio(sem_correct, len(records)),
+            "reply_match_rate": ratio(len(match), len(scored)),
+            "semantic_accuracy": ratio(sem_correct, len(records)),
             "mean_similarity": statistics.fmean(r.semantic for r in scored) if scored else None,
         }
     return m
@@ -490,7 +487,7 @@ def score_predictions(
     m = compute_metrics(records, semantic_threshold if semantic else None)
     bad = set(unparsable) | set(missing) | set(errors)
     valid = [r for r in records if r.id not in bad]
-    m["accuracy_public"] = _ratio(sum(r.correct for r in valid), len(valid))
+    m["accuracy_public"] = ratio(sum(r.correct for r in valid), len(valid))
     m["n_valid"] = len(valid)
     m["n_unparsable"], m["unparsable_ids"] = len(unparsable), unparsable
     m["n_missing"], m["missing_ids"] = len(missing), missing
