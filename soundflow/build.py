@@ -24,6 +24,9 @@ Recipe (YAML):
           asr_gate_unit: sentence,  # real-time ASR gates whole sentences ("group": each word group, slow)
           gate_across: true}        # gate a shard's instances together (false: one instance at a time)
     tfjp: true
+    instruction_dropout: 0.5    # P(no instruction) for always-on families (replies follow from the audio)
+    instruction_audio: 0.3      # P(an instructed stream's instruction is spoken by its TTS voice, before
+                                # the stream: the paper's A^ins; ASR-gated; default 0: all text)
     curate: false               # proactive family through curate.curate_stream (else catalog rows)
     curate_embedder: minilm     # catalog retrieval for curation: minilm or hash (HashEmbedder, instant)
 
@@ -117,6 +120,7 @@ def _resources(cfg: dict):
             curate_embedder=str(cfg.get("curate_embedder", "minilm")),
             asr_gate_unit=str(t.get("asr_gate_unit", "sentence")),
             instruction_dropout=float(cfg.get("instruction_dropout", 0.5)),
+            instruction_audio=float(cfg.get("instruction_audio", 0.0)),
             curator=str(cfg.get("curator", "offline")), split=cfg.get("split", "train"))
     return _RES_CACHE[key]
 
@@ -262,6 +266,12 @@ def build_shard(cfg: dict, index: int, out: str) -> dict:
             s.audio = f"{s.id}.flac"
             n_chunks = -(-len(s.wave) // (s.chunk_ms * SAMPLE_RATE // 1000))
             _add(tar, s.audio, _flac_bytes(s.wave))
+            if s.instruction_wave is not None:  # the spoken instruction, heard before the stream
+                s.instruction_audio = f"{s.id}.instruction.flac"
+                _add(tar, s.instruction_audio, _flac_bytes(s.instruction_wave))
+                stats["instruction_audio"] = stats.get("instruction_audio", 0) + 1
+                stats["instruction_audio_s"] = round(stats.get("instruction_audio_s", 0.0)
+                                                     + len(s.instruction_wave) / SAMPLE_RATE, 3)
             _add(tar, f"{s.id}.json", json.dumps(s.to_json(), ensure_ascii=False, sort_keys=True).encode())
             stats["samples"] += 1
             stats["seconds"] += len(s.wave) / SAMPLE_RATE
@@ -292,7 +302,7 @@ def _count_speech(events: list[dict], stats: dict) -> None:
     voices, texts = set(stats.get("voices", [])), set(stats.get("texts", []))
     for e in events:
         p = e.get("provenance") or e  # composed events carry their provenance inside
-        if p.get("type") == "tts":
+        if p.get("type") in ("tts", "instruction_audio"):
             voices.add(f'{p["tts"]["family"]}:{p["tts"]["name"]}')
             texts.add(p.get("text", ""))
         elif p.get("type") == "speech":
@@ -325,6 +335,8 @@ def summarize(stats: list[dict], wall_s: float | None = None, workers: int | Non
         "voice_families": sorted({v.split(":")[0] for s in stats for v in s.get("voices", [])}),
         "sentences": len(set().union(*(s.get("texts", []) for s in stats))),  # distinct spoken texts
         "mixins": dict(sorted(mix.items())),
+        "spoken_instructions": sum(s.get("instruction_audio", 0) for s in stats),  # samples with one
+        "spoken_instruction_s": round(sum(s.get("instruction_audio_s", 0.0) for s in stats), 2),
         "shard_wall_s": round(sum(s.get("wall_s", 0) for s in stats), 2),
         "xrt_per_core": round(sec / sum(s.get("wall_s", 0) for s in stats), 2) if any(s.get("wall_s") for s in stats) else None,
         "shard_cpu_s": round(sum(s.get("cpu_s", 0) for s in stats), 2),

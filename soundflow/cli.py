@@ -15,7 +15,7 @@ def _listen(a) -> int:
 
     return listen(a.audio, model=a.model, instruction=a.instruction, chunk_ms=a.chunk_ms, realtime=a.realtime,
                   jsonl=a.jsonl, plot=a.plot, threshold=a.threshold, mode=a.mode, quant=_quant(a.quant),
-                  device=a.device)
+                  device=a.device, instruction_audio=a.instruction_audio)
 
 
 def _quant(q: str) -> str | None:
@@ -275,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (int8 becomes bf16 on a GPU)")
     s.set_defaults(fn=_listen)
 
+    s.add_argument("--instruction-audio", default=None, metavar="FILE",
+                   help="a spoken instruction (any audio file), heard before the stream (after --instruction's text)")
     s = sub.add_parser("train", help="run a training recipe (YAML or TOML)")
     s.add_argument("recipe")
     s.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")

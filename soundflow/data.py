@@ -3,8 +3,17 @@
 Formats (DESIGN.md, stable):
 - clip catalog row: {"id", "audio", "duration", "caption", "category", "decision"?, "source", "license"}
 - stream sample:    {"id", "task", "audio", "sample_rate", "chunk_ms", "instruction",
-                     "timeline": [{"chunk": k, "text": "..."}], "events": [...provenance...]}
-`audio` paths are relative to the manifest's folder. Tar shards hold `<id>.flac` + `<id>.json`.
+                     "timeline": [{"chunk": k, "text": "..."}], "events": [...provenance...],
+                     "instruction_audio"?: "spoken instruction clip"}
+`audio` paths are relative to the manifest's folder. Tar shards hold `<id>.flac` + `<id>.json`
+(+ `<id>.instruction.flac` for a spoken instruction).
+
+Spoken instructions (the paper's A^ins, "audio instruction"): `instruction_audio` names a clip
+that is heard *before* the stream, encoded by the same audio encoder into the instruction slot
+of the Alg. 2 sequence (`[text instruction] [instruction audio × 10 per chunk] (stream…)`), its
+last chunk zero-padded. Such a sample normally has no text `instruction`; the spoken words are
+kept in an `{"type": "instruction_audio", "text", ...}` record of `events`. The key is written
+only when set, so samples without one read and write exactly as before.
 """
 
 from __future__ import annotations
@@ -68,17 +77,24 @@ class StreamSample:
     instruction: str | None = None
     timeline: list[dict] = field(default_factory=list)
     events: list[dict] = field(default_factory=list)
+    instruction_audio: str | None = None  # spoken instruction clip (relative to `root`), before the stream
     wave: np.ndarray | None = field(default=None, repr=False, compare=False)
     root: str = field(default="", repr=False, compare=False)
+    instruction_wave: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    _MEMORY = ("wave", "root", "instruction_wave")  # in-memory fields, never serialised
 
     def to_json(self) -> dict:
         d = asdict(self)
-        d.pop("wave"), d.pop("root")
+        for k in self._MEMORY:
+            d.pop(k)
+        if d.get("instruction_audio") is None:  # samples without one: the format as before
+            d.pop("instruction_audio", None)
         return d
 
     @classmethod
     def from_json(cls, d: dict, root: str | Path = "") -> "StreamSample":
-        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d and k not in ("wave", "root")}
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d and k not in cls._MEMORY}
         return cls(**known, root=str(root))
 
     def load(self) -> np.ndarray:
@@ -86,20 +102,39 @@ class StreamSample:
             self.wave = load_audio(Path(self.root) / self.audio)
         return self.wave
 
+    @property
+    def has_instruction_audio(self) -> bool:
+        return self.instruction_wave is not None or bool(self.instruction_audio)
+
+    def load_instruction(self) -> np.ndarray | None:
+        """The spoken instruction's waveform (16 kHz mono float32), or None when it has none."""
+        if self.instruction_wave is None and self.instruction_audio:
+            self.instruction_wave = load_audio(Path(self.root) / self.instruction_audio)
+        return self.instruction_wave
+
+    def instruction_chunks(self) -> np.ndarray:
+        """(m, samples) chunks of the spoken instruction (m = 0 without one); last one zero-padded."""
+        w = self.load_instruction()
+        return split_chunks(w if w is not None else np.zeros(0, np.float32), self.chunk_ms)
+
     def chunks(self, max_chunks: int | None = None) -> np.ndarray:
         """(T, samples) chunk matrix; the last partial chunk is zero-padded."""
-        w = self.load()
-        n = chunk_samples(self.chunk_ms)
-        T = math.ceil(len(w) / n)
-        if max_chunks:
-            T = min(T, max_chunks)
-        out = np.zeros((T, n), dtype=np.float32)
-        flat = w[: T * n]
-        out.reshape(-1)[: len(flat)] = flat
-        return out
+        return split_chunks(self.load(), self.chunk_ms, max_chunks)
 
     def timeline_within(self, n_chunks: int) -> list[dict]:
         return [e for e in self.timeline if e["chunk"] < n_chunks]
+
+
+def split_chunks(w: np.ndarray, chunk_ms: int = CHUNK_MS, max_chunks: int | None = None) -> np.ndarray:
+    """A waveform as a (T, samples) chunk matrix; the last partial chunk is zero-padded."""
+    n = chunk_samples(chunk_ms)
+    T = math.ceil(len(w) / n)
+    if max_chunks:
+        T = min(T, max_chunks)
+    out = np.zeros((T, n), dtype=np.float32)
+    flat = w[: T * n]
+    out.reshape(-1)[: len(flat)] = flat
+    return out
 
 
 def read_shards(folder: str | Path) -> Iterator[StreamSample]:
@@ -114,11 +149,17 @@ def read_shards(folder: str | Path) -> Iterator[StreamSample]:
                 base = name[: -len(".json")]
                 audio_name = next((base + ext for ext in (".flac", ".wav") if base + ext in members), None)
                 s = StreamSample.from_json(meta)
+                from .audio import to_mono_16k
+
                 if audio_name:
                     wave, sr = sf.read(io.BytesIO(tar.extractfile(members[audio_name]).read()), dtype="float32")
-                    from .audio import to_mono_16k
-
                     s.wave = to_mono_16k(wave, sr, name=f"{shard}:{audio_name}")
+                if s.instruction_audio:
+                    if s.instruction_audio not in members:
+                        raise ValueError(f"{shard}: {name} names instruction audio {s.instruction_audio!r}, "
+                                         "which the shard does not hold")
+                    wave, sr = sf.read(io.BytesIO(tar.extractfile(members[s.instruction_audio]).read()), dtype="float32")
+                    s.instruction_wave = to_mono_16k(wave, sr, name=f"{shard}:{s.instruction_audio}")
                 yield s
 
 

@@ -24,6 +24,7 @@ from .audio import CHUNK_MS
 @dataclass
 class DecodeOptions:
     instruction: str | None = None
+    instruction_audio: np.ndarray | None = None  # spoken instruction (16 kHz mono float32), heard first
     max_reply_tokens: int = 48
     threshold: float = 0.5  # respond when P(<response>) ≥ threshold (calibrate on held-out data)
 
@@ -57,17 +58,37 @@ def _pending_embeds(model, state: DecoderState) -> list[torch.Tensor]:
 
 
 @torch.inference_mode()
+def encode_instruction_audio(model, wave: np.ndarray, chunk_ms: int = CHUNK_MS, encode=None) -> torch.Tensor:
+    """A spoken instruction (16 kHz mono float32) → adapted features (m, slots, d): cut into
+    `chunk_ms` chunks (the last zero-padded) and encoded by the stream's own encoder, exactly as
+    training encodes a sample's `instruction_audio`. `encode(pcm) -> (1, slots, d)` replaces the
+    model's encoder (a session's batch worker); empty audio gives m = 0."""
+    from .audio import check_pcm
+    from .data import split_chunks
+
+    chunks = split_chunks(check_pcm(wave, "instruction audio"), chunk_ms)
+    if not len(chunks):
+        return torch.zeros(0, 0, 0)
+    if encode is not None:
+        return torch.cat([encode(c) for c in chunks])
+    return model.encode(model.features(torch.from_numpy(chunks)))
+
+
+@torch.inference_mode()
 def start(model, instruction: str | None = None, instruction_audio: torch.Tensor | None = None,
           batcher=None) -> DecoderState:
-    """New state with the instruction prefix (text, and/or adapted audio chunks) in the cache."""
+    """New state with the instruction prefix in the cache: the text, then the spoken instruction
+    (`instruction_audio`: adapted chunks (m, slots, d), see `encode_instruction_audio`) — the
+    order of Alg. 2's instruction slot."""
     state = DecoderState(cache=model.new_cache(), batcher=batcher)
     parts = []
     if instruction:
         ids = model.tokenizer.encode(instruction)
         if ids:
             parts.append(model.embed_ids(ids))
-    if instruction_audio is not None:
-        parts.append(instruction_audio.reshape(-1, instruction_audio.shape[-1]))
+    if instruction_audio is not None and instruction_audio.numel():
+        ref = parts[0] if parts else model.embed_ids([model.tokenizer.silent_id])
+        parts.append(instruction_audio.reshape(-1, instruction_audio.shape[-1]).to(ref.dtype))
     if parts:
         _forward(model, state, torch.cat(parts).unsqueeze(0))
     state.prefix_len = state.pos
@@ -120,7 +141,10 @@ def decode_stream(model, chunks: Iterable[np.ndarray], opts: DecodeOptions | Non
 
     Yields `{"type": "decision", ...}` per chunk and `{"type": "response", ...}` per reply."""
     opts = opts or DecodeOptions()
-    state = start(model, opts.instruction)
+    spoken = None
+    if opts.instruction_audio is not None:
+        spoken = encode_instruction_audio(model, opts.instruction_audio, chunk_ms)
+    state = start(model, opts.instruction, spoken)
     for k, chunk in enumerate(chunks):
         with torch.inference_mode():
             audio = model.encode(model.features(torch.as_tensor(chunk)[None]))

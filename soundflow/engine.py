@@ -4,7 +4,7 @@ One `Engine` holds a model; every stream/connection gets its own `Session` (mosh
 state: nothing is shared between sessions but the read-only model weights).
 
     engine = Engine(model, EngineOptions(...))
-    sess = engine.session(instruction=None)
+    sess = engine.session(instruction=None, instruction_audio=None)  # text and/or spoken (16 kHz float32)
     sess.feed(pcm)                 # float32 mono 16 kHz, any length; non-blocking
     sess.set_instruction(text)     # new instruction mid-stream (barge-in if configured)
     sess.close()                   # flush the partial last chunk, finish, stop the threads
@@ -104,7 +104,8 @@ class EngineOptions:
     max_reply_tokens: int = 48
     instruction: str | None = None  # default instruction of new sessions
     # longest instruction accepted (tokens): it sits in the KV cache next to the audio window,
-    # so it is bounded like the window (a longer one raises ValueError at the caller)
+    # so it is bounded like the window (a longer one raises ValueError at the caller). A spoken
+    # instruction counts its audio slots (10 per 400 ms chunk): 1024 positions = 40.8 s of speech
     max_instruction_tokens: int = 1024
     chunk_ms: int = CHUNK_MS
     max_context_chunks: int | None = 75  # recent window kept in the KV cache (None: unbounded)
@@ -163,13 +164,18 @@ class Engine:
                 self._batcher = Batcher(self.model, decoder_threads=n)
             return self._batcher
 
-    def session(self, instruction: str | None = None, **overrides) -> "Session":
-        """A new independent stream. `overrides` replace EngineOptions fields for this session."""
+    def session(self, instruction: str | None = None, instruction_audio: np.ndarray | None = None,
+                **overrides) -> "Session":
+        """A new independent stream. `overrides` replace EngineOptions fields for this session.
+        `instruction_audio`: a spoken instruction (16 kHz mono float32), heard before the stream
+        (after the text `instruction` when both are given); ValueError when it is not valid
+        audio or, with the text, longer than `max_instruction_tokens` positions."""
         opts = self.options
         if overrides:
             opts = EngineOptions(**{**opts.__dict__, **overrides})
         return Session(self.model, opts, instruction if instruction is not None else opts.instruction,
-                       name=f"sf-session-{next(self._ids)}", batcher=self.batcher if opts.batch else None)
+                       name=f"sf-session-{next(self._ids)}", batcher=self.batcher if opts.batch else None,
+                       instruction_audio=instruction_audio)
 
     def close(self) -> None:
         """Stop the shared batch workers (sessions still running get an error event)."""
@@ -206,12 +212,15 @@ class Session:
     """One stream's state and threads. Thread-safe `feed` / `set_instruction` / `close`."""
 
     def __init__(self, model, opts: EngineOptions, instruction: str | None, name: str = "sf-session",
-                 batcher=None):
+                 batcher=None, instruction_audio: np.ndarray | None = None):
         self.model = model
         self.opts = opts
         self._batcher = batcher
         self.instruction = instruction
-        self._instruction_ids(instruction)  # ValueError before any thread starts
+        # the spoken instruction (A^ins): its PCM until the decoder thread encodes it, then its
+        # adapted chunks (kept: a context rebuild puts them back in the prefix)
+        self.instruction_audio = self._check_instruction_audio(instruction_audio, self._instruction_ids(instruction))
+        self._instruction_audio_feats: torch.Tensor | None = None  # ValueError above, before any thread starts
         self._chunk_s = opts.chunk_ms / 1000
         self._chunker = Chunker(opts.chunk_ms)
         self._k = 0  # chunks fed
@@ -261,6 +270,25 @@ class Session:
         with self._lock:
             self._new_instruction = text or ""
             self._lock.notify_all()
+
+    def _check_instruction_audio(self, wave, text_ids: list[int]) -> np.ndarray | None:
+        """Validated spoken instruction (None when absent or empty). It costs its audio slots
+        in the prefix, bounded with the text by `max_instruction_tokens`."""
+        if wave is None:
+            return None
+        wave = check_pcm(wave, "instruction audio")  # AudioError (a ValueError): NaN/inf, |x| > 2
+        if not len(wave):
+            return None
+        n = chunk_samples(self.opts.chunk_ms)
+        chunks = -(-len(wave) // n)
+        slots = AUDIO_SLOTS * self.opts.chunk_ms // CHUNK_MS
+        cap = self.opts.max_instruction_tokens
+        if chunks * slots + len(text_ids) > cap:
+            most = (cap - len(text_ids)) // slots * n / 16000
+            raise ValueError(f"instruction audio of {len(wave) / 16000:.1f} s takes {chunks * slots} positions"
+                             + (f" (with the text's {len(text_ids)})" if text_ids else "")
+                             + f", over the limit of {cap}: at most {max(0.0, most):.1f} s")
+        return wave
 
     def _instruction_ids(self, text: str | None) -> list[int]:
         if not text:
@@ -443,7 +471,11 @@ class Session:
 
     # ---- decoder side (shared by both modes)
     def _start(self) -> None:
-        self._state = decoding.start(self.model, self.instruction, batcher=self._batcher)
+        if self.instruction_audio is not None:  # encoded here, in the decoder's thread, once
+            enc = self._batcher.encode if self._batcher is not None else None
+            self._instruction_audio_feats = decoding.encode_instruction_audio(
+                self.model, self.instruction_audio, self.opts.chunk_ms, encode=enc)
+        self._state = decoding.start(self.model, self.instruction, self._instruction_audio_feats, batcher=self._batcher)
         self.stats["forwards"] += 1 if self._state.pos else 0
 
     def _decide(self, k: int, p: float) -> bool:
@@ -484,6 +516,7 @@ class Session:
         turns are evicted and the cache rebuilt with it as the prefix (superseded instructions
         are dropped), so any number of instructions leaves the cache bounded."""
         self.instruction = text or None
+        self.instruction_audio = self._instruction_audio_feats = None  # a spoken one is superseded too
         ids = self._instruction_ids(text)
         if not ids:
             return
@@ -613,6 +646,9 @@ class Session:
             ids = m.tokenizer.encode(self.instruction)
             if ids:
                 parts.append(m.embed_ids(ids))
+        spoken = self._instruction_audio_feats
+        if spoken is not None and spoken.numel():  # the spoken instruction stays in the prefix
+            parts.append(spoken.reshape(-1, spoken.shape[-1]).to(m.embed_ids([m.tokenizer.silent_id]).dtype))
         prefix_len = sum(p.shape[0] for p in parts)
         silent = m.embed_ids([m.tokenizer.silent_id])
         kept = deque()

@@ -103,12 +103,14 @@ def _plot(path: str, wave: np.ndarray, decisions: list[dict], responses: list[di
 def listen(audio, model="mini", instruction: str | None = None, chunk_ms: int = CHUNK_MS, realtime: bool = False,
            jsonl: bool = False, plot: str | None = None, threshold: float | None = None, mode: str = "fifo",
            max_reply_tokens: int = 48, tokens: bool = False, quant: str | None = "int8",
-           device: str | None = None) -> int:
+           device: str | None = None, instruction_audio=None) -> int:
     """Stream `audio` (a path, `-` for raw 16 kHz s16le PCM on stdin, `mic` for the microphone,
     or a float32 array)
     through the engine and print the timeline (or JSON lines). Returns an exit code.
 
-    `model`: a backend name, a checkpoint folder, or an AudioLM. `tokens`: also print token
+    `model`: a backend name, a checkpoint folder, or an AudioLM. `instruction_audio`: a spoken
+    instruction (a path, or a 16 kHz float32 array) heard before the stream — the paper's
+    audio-instruction setting; with `instruction` too, the text comes first. `tokens`: also print token
     events in JSON lines. `quant="int8"`: optimise the model in place first (see fast.py);
     `device`: "cpu" (default), "cuda", "auto"."""
     from .engine import Engine, EngineOptions
@@ -126,6 +128,12 @@ def listen(audio, model="mini", instruction: str | None = None, chunk_ms: int = 
         else:  # read block by block: a 2-hour file does not have to fit in memory
             wave = None
             chunks = iter_audio_file(audio, chunk_ms)
+        spoken = None
+        if instruction_audio is not None:
+            from .audio import check_pcm, load_audio
+
+            spoken = (check_pcm(instruction_audio, "instruction audio") if isinstance(instruction_audio, np.ndarray)
+                      else load_audio(instruction_audio))
     except AudioError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -156,7 +164,11 @@ def listen(audio, model="mini", instruction: str | None = None, chunk_ms: int = 
         threshold = default_threshold(m)
     engine = Engine(m, EngineOptions(mode=mode, threshold=threshold, chunk_ms=chunk_ms, instruction=instruction,
                                      max_reply_tokens=max_reply_tokens))
-    sess = engine.session()
+    try:
+        sess = engine.session(instruction_audio=spoken)
+    except ValueError as e:  # an instruction over max_instruction_tokens (text and audio together)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     timeline = None if jsonl else _Timeline(chunk_ms)
     decisions: list[dict] = []
     responses: list[dict] = []

@@ -22,10 +22,23 @@ server refuses to start unless `--insecure` is given.
 1. Client → server, first message, a JSON text frame (within 10 s):
 
        {"type": "hello", "version": 1, "sample_rate": 16000, "chunk_ms": 400,
-        "format": "f32le" | "s16le", "instruction": "optional text"}
+        "format": "f32le" | "s16le", "instruction": "optional text",
+        "instruction_audio": "base64…" | {"samples": N}}
 
    `chunk_ms` may be omitted (it must equal the server's when present); `format` defaults to
-   `f32le`. The server answers
+   `f32le`. `instruction_audio` (optional) is a spoken instruction, heard before the stream (the
+   paper's audio-instruction setting; after the text when both are given), in one of two forms:
+   - `{"samples": N}`: the next N samples the client sends, as ordinary binary frames in the
+     negotiated format (each at most `max_frame_samples`, validated like stream frames), are the
+     instruction; the server answers `ready` once it has all N (within the handshake timeout).
+     Samples past the N-th in the last of those frames are the start of the stream. This is
+     what the page sends, and the form for anything longer than a few seconds.
+   - a string: base64 of an audio file (WAV, FLAC, Ogg: any rate and channels, downmixed and
+     resampled) or of raw 16 kHz mono PCM in the negotiated format. The whole hello must fit in
+     one WebSocket message (256 KiB): about 6 s of s16le or 3 s of f32le.
+   At most `max_instruction_audio_s` (20 s) and, with the text, `max_instruction_tokens`
+   positions (a 400 ms chunk takes 10): longer gets `instruction_too_long` — for the
+   `{"samples": N}` form before any audio is sent. The server answers
 
        {"type": "ready", "version": 1, "session": "3f9c…", "sample_rate": 16000, "chunk_ms": 400,
         "format": "f32le", "max_frame_samples": 16000, "max_queue_chunks": 16, "threshold": 0.5}
@@ -35,9 +48,12 @@ server refuses to start unless `--insecure` is given.
    a field of the wrong type), `unsupported_version`, `unsupported_sample_rate`,
    `unsupported_chunk_ms`, `unsupported_format` (each must be exactly the JSON integer /
    string expected: `true` is not version 1), `instruction_too_long` (over 4000 characters, or
-   over the engine's `max_instruction_tokens`, 1024 by default), `handshake_timeout`, `busy`
+   over the engine's `max_instruction_tokens`, 1024 by default; instruction audio over
+   `max_instruction_audio_s`), `malformed_frame` (instruction audio with NaN/inf or
+   out-of-range samples, or a frame of it too large or not whole samples), `handshake_timeout`, `busy`
    (the server is at `max_sessions`), `rate_limited` (1013: too many instructions server-wide,
-   see below). Any malformed hello gets an error event, never a dropped
+   see below). A malformed `instruction_audio` (not base64, an undecodable file, a text frame
+   where its frames were due) is a `bad_handshake`. Any malformed hello gets an error event, never a dropped
    socket. A handshake error concerns that connection only; other sessions are not touched.
 
 2. Client → server, after `ready`:
@@ -135,6 +151,7 @@ FORMATS = {"f32le": np.dtype("<f4"), "s16le": np.dtype("<i2")}
 WS_MAX_SIZE = 256 * 1024  # protocol-level cap on one WebSocket message (a 1 s frame is 64 KB)
 WS_MAX_QUEUE = 32  # messages the WebSocket layer buffers for a session the server is not reading
 MAX_INSTRUCTION_CHARS = 4000  # cheap first cut before tokenising; the real bound is in tokens
+MAX_INSTRUCTION_AUDIO_S = 20.0  # a spoken instruction in the hello (50 chunks, 500 prefix positions)
 MAX_OUT_EVENTS = 64  # events queued for a client that is not reading before the server stops reading it
 MAX_REFUSALS = 100  # refused frames/messages per session before the server gives up on the client
 INSTRUCTION_BURST, INSTRUCTION_PER_S = 4, 0.5  # instruction messages: a burst of 4, then one per 2 s
@@ -244,6 +261,84 @@ def _origin_ok(allowed_origins, host_header: str, origin: str | None) -> bool:
     return scheme in ("http", "https") and netloc == (host_header or "").strip().lower()
 
 
+class _FrameError(ValueError):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def _frame_pcm(data: bytes, fmt: str, max_samples: int) -> np.ndarray:
+    """One binary frame → float32 PCM, validated (the stream's frames and an instruction's alike);
+    `_FrameError` ("malformed_frame" | "frame_too_large") otherwise."""
+    dtype = FORMATS[fmt]
+    if len(data) % dtype.itemsize:
+        raise _FrameError("malformed_frame", f"{len(data)} bytes is not a whole number of {fmt} samples")
+    n = len(data) // dtype.itemsize
+    if n > max_samples:
+        raise _FrameError("frame_too_large",
+                          f"{n} samples in one frame; at most {max_samples} ({max_samples / SAMPLE_RATE:g} s)")
+    pcm = np.frombuffer(data, dtype=dtype)
+    if fmt == "s16le":
+        return pcm.astype(np.float32) / 32768.0
+    try:  # finite and within ±MAX_PEAK, else refused; mild overshoot clipped to [-1, 1]
+        return check_pcm(pcm, "frame")
+    except ValueError as e:  # soundflow.audio.AudioError
+        raise _FrameError("malformed_frame", str(e)) from None
+
+
+def _instruction_audio_spec(v) -> dict | None:
+    """The hello's `instruction_audio`: {"data": base64 str} | {"samples": N} | None."""
+    if v is None:
+        return None
+    if isinstance(v, str):
+        return {"data": v} if v else None
+    if isinstance(v, dict) and set(v) == {"samples"}:
+        n = v["samples"]
+        if isinstance(n, int) and not isinstance(n, bool) and n > 0:
+            return {"samples": n}
+    raise _HandshakeError("bad_handshake", 'instruction_audio must be a base64 string or {"samples": N} with N > 0')
+
+
+def _too_long_audio(seconds: float, max_s: float) -> _HandshakeError:
+    return _HandshakeError("instruction_too_long",
+                           f"instruction audio of {seconds:.1f} s is longer than the limit of {max_s:g} s")
+
+
+def _decode_instruction_audio(data: str, fmt: str, max_s: float) -> np.ndarray:
+    """The string form of `instruction_audio` → 16 kHz mono float32 (blocking: run off the loop).
+    An audio file is measured (`soundfile.info`) before it is decoded: a small compressed file
+    cannot make the server decode minutes of audio."""
+    import base64
+    import binascii
+    import io
+
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise _HandshakeError("bad_handshake", "instruction_audio is not valid base64") from None
+    if raw[:4] in (b"RIFF", b"RIFX", b"fLaC", b"OggS", b"FORM"):
+        import soundfile as sf
+
+        from .audio import AudioError, load_audio
+
+        try:
+            info = sf.info(io.BytesIO(raw))
+        except Exception:  # noqa: BLE001 — libsndfile's errors vary by container
+            raise _HandshakeError("bad_handshake", "instruction_audio: cannot read the audio file") from None
+        if info.frames / max(1, info.samplerate) > max_s:
+            raise _too_long_audio(info.frames / max(1, info.samplerate), max_s)
+        try:
+            return load_audio(io.BytesIO(raw))
+        except AudioError as e:  # corrupt, NaN, out-of-range samples
+            raise _HandshakeError("malformed_frame", f"instruction_audio: {e}") from None
+    if len(raw) // FORMATS[fmt].itemsize > max_s * SAMPLE_RATE:
+        raise _too_long_audio(len(raw) / FORMATS[fmt].itemsize / SAMPLE_RATE, max_s)
+    try:
+        return _frame_pcm(raw, fmt, len(raw))
+    except _FrameError as e:
+        raise _HandshakeError(e.code, f"instruction_audio: {e.message}") from None
+
+
 def _parse_hello(text: str | None, chunk_ms: int) -> dict:
     if text is None:
         raise _HandshakeError("bad_handshake", "the first message must be a JSON text frame {\"type\": \"hello\", ...}")
@@ -273,7 +368,8 @@ def _parse_hello(text: str | None, chunk_ms: int) -> dict:
         raise _HandshakeError("bad_handshake", "instruction must be a string")
     if instruction and len(instruction) > MAX_INSTRUCTION_CHARS:
         raise _HandshakeError("instruction_too_long", f"instruction longer than {MAX_INSTRUCTION_CHARS} characters")
-    return {"format": fmt, "instruction": instruction or None}
+    return {"format": fmt, "instruction": instruction or None,
+            "instruction_audio": _instruction_audio_spec(hello.get("instruction_audio"))}
 
 
 class _Refused(Exception):
@@ -381,26 +477,20 @@ class _Connection:
     async def on_audio(self, data: bytes) -> None:
         if not data:
             return
-        size = self.dtype.itemsize
-        if len(data) % size:
-            await self.error("malformed_frame", f"{len(data)} bytes is not a whole number of {self.fmt} samples; frame dropped")
-            return
-        n = len(data) // size
-        if n > self.st.max_frame_samples:
-            await self.error("frame_too_large",
-                             f"{n} samples in one frame; at most {self.st.max_frame_samples} ({self.st.max_frame_samples / SAMPLE_RATE:g} s); frame dropped")
-            return
-        pcm = np.frombuffer(data, dtype=self.dtype)
         try:
-            if self.fmt == "s16le":
-                pcm = pcm.astype(np.float32) / 32768.0
-            else:  # finite and within ±MAX_PEAK, else refused; mild overshoot clipped to [-1, 1]
-                pcm = check_pcm(pcm, "frame")
+            pcm = _frame_pcm(data, self.fmt, self.st.max_frame_samples)
+        except _FrameError as e:
+            await self.error(e.code, f"{e.message}; frame dropped")
+            return
+        await self.feed(pcm)
+
+    async def feed(self, pcm: np.ndarray) -> None:
+        try:
             self.sess.feed(pcm)
-        except ValueError as e:  # soundflow.audio.AudioError
+        except ValueError as e:  # soundflow.audio.AudioError (the engine validates again)
             await self.error("malformed_frame", f"{e}; frame dropped")
             return
-        self.fed_samples += n
+        self.fed_samples += len(pcm)
 
     async def on_text(self, text: str) -> bool:
         """Handle a control message; True when the client ended the stream."""
@@ -502,9 +592,11 @@ class _State:
     def __init__(self, engine, *, token, chunk_ms, max_sessions, max_queue_chunks, max_frame_samples,
                  handshake_timeout, threshold, model_name, idle_timeout=60.0, allowed_origins=(),
                  allowed_hosts=None, instruction_rate=(INSTRUCTION_BURST, INSTRUCTION_PER_S),
-                 server_instruction_rate=(SERVER_INSTRUCTION_BURST, SERVER_INSTRUCTION_PER_S)):
+                 server_instruction_rate=(SERVER_INSTRUCTION_BURST, SERVER_INSTRUCTION_PER_S),
+                 max_instruction_audio_s=MAX_INSTRUCTION_AUDIO_S):
         from .audio import chunk_samples
 
+        self.max_instruction_audio_s = float(max_instruction_audio_s)
         self.engine, self.token, self.chunk_ms = engine, token, chunk_ms
         self.chunk_n = chunk_samples(chunk_ms)
         self.max_sessions, self.max_queue_chunks = max_sessions, max_queue_chunks
@@ -520,12 +612,45 @@ class _State:
         self.executor = ThreadPoolExecutor(max_workers=max(8, max_sessions), thread_name_prefix="soundflow-engine")
 
 
+async def _receive_instruction_audio(ws, st, fmt: str, n: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The `{"samples": N}` form: N samples of binary frames, validated like stream frames, all
+    within the handshake timeout. Returns (instruction, samples past it), or None if the client
+    left; `_HandshakeError` for a text frame, a bad frame or the timeout."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + st.handshake_timeout
+    parts, got = [], 0
+    while got < n:
+        rest = deadline - loop.time()
+        try:
+            if rest <= 0:
+                raise asyncio.TimeoutError
+            msg = await asyncio.wait_for(ws.receive(), timeout=rest)
+        except asyncio.TimeoutError:
+            raise _HandshakeError("handshake_timeout", f"instruction audio: {got} of {n} samples within "
+                                                       f"{st.handshake_timeout:g} s") from None
+        if msg["type"] == "websocket.disconnect":
+            return None
+        data = msg.get("bytes")
+        if data is None:
+            raise _HandshakeError("bad_handshake", f"instruction audio: a text frame after {got} of the {n} "
+                                                   "announced samples; send them as binary frames first")
+        try:
+            pcm = _frame_pcm(data, fmt, st.max_frame_samples)
+        except _FrameError as e:
+            raise _HandshakeError(e.code, f"instruction audio: {e.message}") from None
+        parts.append(pcm)
+        got += len(pcm)
+    pcm = np.concatenate(parts) if len(parts) > 1 else parts[0]
+    return pcm[:n], pcm[n:]
+
+
 def create_app(model=None, token: str | None = None, options=None, max_sessions: int = 32,
                max_queue_chunks: int = 16, *, engine=None, max_frame_ms: int = 1000,
                handshake_timeout: float = 10.0, idle_timeout: float = 60.0,
                allowed_origins=(), allowed_hosts=("loopback",),
                instruction_rate: tuple[int, float] = (INSTRUCTION_BURST, INSTRUCTION_PER_S),
-               server_instruction_rate: tuple[int, float] = (SERVER_INSTRUCTION_BURST, SERVER_INSTRUCTION_PER_S)):
+               server_instruction_rate: tuple[int, float] = (SERVER_INSTRUCTION_BURST, SERVER_INSTRUCTION_PER_S),
+               max_instruction_audio_s: float = MAX_INSTRUCTION_AUDIO_S):
     """The FastAPI app: `/` (page), `/v1/stream` (WebSocket, see the module docstring), `/healthz`.
 
     `model` is an `AudioLM`; `options` an `EngineOptions`. `engine` may be passed instead of
@@ -534,7 +659,8 @@ def create_app(model=None, token: str | None = None, options=None, max_sessions:
     Host names answered besides the loopback ones (`None` or `"*"`: any — for a server bound
     to a public address, where the token is the guard). `instruction_rate`: (burst, per
     second) of instruction messages a session may send; `server_instruction_rate`: the same
-    for all sessions together, hello instructions included."""
+    for all sessions together, hello instructions included. `max_instruction_audio_s`: the
+    longest spoken instruction a hello may carry."""
     if engine is None:
         if model is None:
             raise ValueError("create_app needs a model or an engine")
@@ -553,7 +679,7 @@ def create_app(model=None, token: str | None = None, options=None, max_sessions:
                 handshake_timeout=handshake_timeout, threshold=threshold,
                 model_name=getattr(cfg, "backend", None), idle_timeout=idle_timeout,
                 allowed_origins=allowed_origins, instruction_rate=instruction_rate,
-                server_instruction_rate=server_instruction_rate,
+                server_instruction_rate=server_instruction_rate, max_instruction_audio_s=max_instruction_audio_s,
                 allowed_hosts=None if allowed_hosts is None else [h for h in allowed_hosts if h != "loopback"])
 
     @asynccontextmanager
@@ -611,36 +737,54 @@ def create_app(model=None, token: str | None = None, options=None, max_sessions:
             return
         await ws.accept()
         loop = asyncio.get_running_loop()
+        session_id = None
         try:
             try:
-                msg = await asyncio.wait_for(ws.receive(), timeout=st.handshake_timeout)
-            except asyncio.TimeoutError:
-                raise _HandshakeError("handshake_timeout", f"no hello within {st.handshake_timeout:g} s") from None
-            if msg["type"] == "websocket.disconnect":
+                try:
+                    msg = await asyncio.wait_for(ws.receive(), timeout=st.handshake_timeout)
+                except asyncio.TimeoutError:
+                    raise _HandshakeError("handshake_timeout", f"no hello within {st.handshake_timeout:g} s") from None
+                if msg["type"] == "websocket.disconnect":
+                    return
+                try:
+                    hello = _parse_hello(msg.get("text"), st.chunk_ms)
+                except _HandshakeError:
+                    raise
+                except Exception as e:  # noqa: BLE001 — any odd hello is the client's error, not a crash
+                    raise _HandshakeError("bad_handshake", f"malformed hello ({type(e).__name__})") from None
+                spec = hello["instruction_audio"]
+                if spec is not None and "samples" in spec and spec["samples"] > st.max_instruction_audio_s * SAMPLE_RATE:
+                    raise _too_long_audio(spec["samples"] / SAMPLE_RATE, st.max_instruction_audio_s)  # before any audio
+                if len(st.sessions) >= st.max_sessions:
+                    raise _HandshakeError("busy", f"the server is at its limit of {st.max_sessions} sessions; retry later", 1013)
+                if (hello["instruction"] or spec is not None) and not st.instruction_bucket.take():
+                    raise _HandshakeError("rate_limited", "the server is taking too many instructions; retry in a second", 1013)
+                session_id = secrets.token_hex(6)
+                st.sessions.add(session_id)  # reserve the slot before reading instruction audio / starting
+                spoken, rest = None, None
+                if spec is not None and "samples" in spec:
+                    got = await _receive_instruction_audio(ws, st, hello["format"], spec["samples"])
+                    if got is None:  # the client left
+                        return
+                    spoken, rest = got
+                elif spec is not None:
+                    spoken = await loop.run_in_executor(st.executor, _decode_instruction_audio, spec["data"],
+                                                        hello["format"], st.max_instruction_audio_s)
+                    if len(spoken) > st.max_instruction_audio_s * SAMPLE_RATE:  # resampling rounds
+                        raise _too_long_audio(len(spoken) / SAMPLE_RATE, st.max_instruction_audio_s)
+            except _HandshakeError as e:
+                try:
+                    await ws.send_text(_dumps({"type": "error", "code": e.code, "message": e.message}))
+                    await ws.close(e.close_code)
+                except Exception:  # noqa: BLE001 — the client left already
+                    pass
                 return
-            try:
-                hello = _parse_hello(msg.get("text"), st.chunk_ms)
-            except _HandshakeError:
-                raise
-            except Exception as e:  # noqa: BLE001 — any odd hello is the client's error, not a crash
-                raise _HandshakeError("bad_handshake", f"malformed hello ({type(e).__name__})") from None
-            if len(st.sessions) >= st.max_sessions:
-                raise _HandshakeError("busy", f"the server is at its limit of {st.max_sessions} sessions; retry later", 1013)
-            if hello["instruction"] and not st.instruction_bucket.take():
-                raise _HandshakeError("rate_limited", "the server is taking too many instructions; retry in a second", 1013)
-        except _HandshakeError as e:
-            try:
-                await ws.send_text(_dumps({"type": "error", "code": e.code, "message": e.message}))
-                await ws.close(e.close_code)
-            except Exception:  # noqa: BLE001 — the client left already
-                pass
-            return
 
-        session_id = secrets.token_hex(6)
-        st.sessions.add(session_id)  # reserve the slot before the (blocking) session start
-        try:
+            kw = {"instruction": hello["instruction"]}
+            if spoken is not None:  # only then: an engine need not know the keyword otherwise
+                kw["instruction_audio"] = spoken
             try:
-                sess = await loop.run_in_executor(st.executor, lambda: engine.session(instruction=hello["instruction"]))
+                sess = await loop.run_in_executor(st.executor, lambda: engine.session(**kw))
             except Exception as e:  # noqa: BLE001
                 too_long = isinstance(e, ValueError)  # the instruction is over max_instruction_tokens
                 if not too_long:
@@ -663,9 +807,12 @@ def create_app(model=None, token: str | None = None, options=None, max_sessions:
             except Exception:  # noqa: BLE001
                 await loop.run_in_executor(st.executor, sess.close)
                 return
+            if rest is not None and len(rest):  # the stream's first samples, sent with the instruction's last
+                await conn.feed(rest)
             await conn.run()
         finally:
-            st.sessions.discard(session_id)
+            if session_id is not None:
+                st.sessions.discard(session_id)
 
     return app
 

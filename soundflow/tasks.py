@@ -17,6 +17,14 @@ with fades, two noise tracks at SNR ~ U(5, 20) dB).
 | proactive     | catalog events (curate_stream or direct)     | RESPOND events only, IGNORE stay silent  |
 | agent         | catalog events + spoken commands             | a JSON tool call when one is called for  |
 
+Spoken instructions (the paper's A^ins, its "audio instruction" setting): with P = recipe key
+`instruction_audio` (`Resources.instruction_audio`, default 0), an instructed stream's
+instruction is rendered by the stream's own TTS speaker — through the ASR gate like any other
+speech (a rendering that keeps failing drops the instance) — and carried as audio heard before
+the stream (`StreamSample.instruction_wave`, text `instruction` empty) instead of as text. Only
+instructions a user would say qualify (`speakable`: at most 24 words, no markup — the agent
+family's tool list stays text); without TTS there is nothing to speak them with.
+
 Stage-4 mix-ins (Bernoulli, paper hyper-parameter table): history review p = 0.3 (a spoken
 question answerable only from a turn >= 3 turns back; needs TTS), silence p = 0.4 (a stretch of
 IGNORE clips or bare noise with no reply), proactive p = 0.3 (a RESPOND event and its reply
@@ -55,6 +63,7 @@ MAX_EVENT_S = 6.0
 TFJP_TYPES = ("clip", "synthetic", "music")  # provenance types TFJP re-applies to at composition
 ASR_GROUP_GAP_S = 0.05  # silence between word groups of one sentence (real-time ASR family)
 LANGS = {"fr": "French", "es": "Spanish"}
+MAX_SPOKEN_INSTRUCTION_WORDS = 24  # about 8 s of speech: a spoken instruction, not a system prompt
 ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth")
 
 # ----------------------------------------------------------------------------- reply texts
@@ -184,6 +193,7 @@ class Resources:
     curate_embedder: str = "minilm"  # catalog retrieval for curation: "minilm" or "hash"
     asr_gate_unit: str = "sentence"  # real-time ASR: gate whole sentences ("group": each word group, slow)
     instruction_dropout: float = 0.5  # P(no instruction) where the replies need none (always-on use)
+    instruction_audio: float = 0.0  # P(an instructed stream's instruction is spoken, before the stream)
     curator: str = "offline"  # proactive curation: "offline" (templates) or "llm" (SOUNDFLOW_LLM_BASE_URL)
     split: str | None = "train"  # catalog side by recording group; the bench holds out "dev"
 
@@ -372,6 +382,26 @@ def _apply_mixins(turns: list[Turn], mix: Mix, rng: np.random.Generator, res: Re
     return turns, applied
 
 
+def speakable(instruction: str) -> bool:
+    """An instruction a user would say aloud: plain words and punctuation, at most
+    MAX_SPOKEN_INSTRUCTION_WORDS words (JSON, brackets, tool lists stay text)."""
+    words = instruction.split()
+    return 0 < len(words) <= MAX_SPOKEN_INSTRUCTION_WORDS and re.fullmatch(r"[\w\s.,;:'!?\-]+", instruction) is not None
+
+
+def _speak_instruction(instruction: str, rng: np.random.Generator, res: Resources, speaker: tts.Speaker | None):
+    """Generator (`yield from`): (waveform, provenance) of the spoken instruction, or (None, None)
+    when this stream keeps it as text. Draws from `rng` only when `res.instruction_audio` > 0
+    (recipes without the key build the same corpus as before)."""
+    if res.instruction_audio <= 0 or speaker is None or not speakable(instruction):
+        return None, None
+    if not rng.random() < res.instruction_audio:
+        return None, None
+    waves, spoken, prov = yield from _say(speaker, [instruction])
+    wave = waves[0].astype(np.float32)
+    return wave, {**prov[0], "type": "instruction_audio", "seconds": round(len(wave) / SAMPLE_RATE, 3)}
+
+
 def _noise_tracks(rng: np.random.Generator, res: Resources) -> tuple[np.ndarray | None, np.ndarray | None, list[dict]]:
     ev = [r for r in res.noise if r.get("kind") != "ambient"]
     amb = [r for r in res.noise if r.get("kind") == "ambient"] or ev
@@ -400,6 +430,9 @@ def finish(task: str, turns: list[Turn], instruction: str, rng: np.random.Genera
     dropped = bool(rng.random() < res.instruction_dropout) if optional_instruction else False
     if dropped:
         instruction = ""
+    spoken, spoken_prov = (yield from _speak_instruction(instruction, rng, res, speaker)) if instruction else (None, None)
+    if spoken is not None:
+        instruction = ""  # heard, not read: the words stay in the provenance record
     events = [e for t in turns for e in t.events]
     for e in events:
         e.preprocess = e.provenance.get("type") in TFJP_TYPES
@@ -420,11 +453,13 @@ def finish(task: str, turns: list[Turn], instruction: str, rng: np.random.Genera
     prov = [{k: v for k, v in rec.items() if k != "index"} for rec in info["events"]]
     prov += [{**p, **({"snr_db": round(info[k]["snr_db"], 2)} if k in info else {})}
              for p, k in zip(noise_prov, ("noise_event", "noise_ambient"))]
+    if spoken_prov is not None:
+        prov.append(spoken_prov)
     prov.append({"type": "meta", "mixins": applied, "peak_scale": round(info["peak_scale"], 4),
                  **({"instruction_dropped": True} if dropped else {}),
                  **({"voice": speaker.voice.to_json()} if speaker is not None else {}), **(extra or {})})
     return StreamSample(id="", task=task, sample_rate=SAMPLE_RATE, chunk_ms=res.chunk_ms, instruction=instruction,
-                        timeline=timeline, events=prov, wave=y.astype(np.float32))
+                        timeline=timeline, events=prov, wave=y.astype(np.float32), instruction_wave=spoken)
 
 
 def _begin(rng: np.random.Generator, res: Resources, task: str, need_speaker: bool = False):

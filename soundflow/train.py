@@ -115,10 +115,11 @@ class FeatureCache:
     def __init__(self, model: AudioLM, size: int, encoder: torch.nn.Module | None = None):
         self.model, self.size, self.store, self.encoder = model, size, {}, encoder
 
-    def __call__(self, s: StreamSample, max_chunks: int) -> torch.Tensor:
+    def __call__(self, s: StreamSample, max_chunks: int | None) -> torch.Tensor:
         key = (s.id, max_chunks)
         if key not in self.store:
-            chunks = torch.from_numpy(s.chunks(max_chunks))
+            # max_chunks None: the spoken instruction's chunks (heard before the stream)
+            chunks = torch.from_numpy(s.chunks(max_chunks) if max_chunks is not None else s.instruction_chunks())
             mel = self.model.features(chunks)
             if self.encoder is None:
                 feats = self.model.encode_audio(mel)
@@ -133,13 +134,18 @@ class FeatureCache:
 
 
 def collate(model: AudioLM, samples: list[StreamSample], feats: FeatureCache, max_chunks: int) -> dict:
-    """Alg. 2 sequences, right-padded into a batch; audio features concatenated in order."""
+    """Alg. 2 sequences, right-padded into a batch; audio features concatenated in order (a
+    sample's spoken instruction, if any, then its stream: the order its audio slots are in)."""
     tok = model.tokenizer
     seqs, enc = [], []
     for s in samples:
         f = feats(s, max_chunks)
+        fi = feats(s, None) if s.has_instruction_audio else None
         seqs.append(build_sequence(tok, f.shape[0], s.timeline_within(f.shape[0]), s.instruction,
+                                   instruction_chunks=0 if fi is None else fi.shape[0],
                                    audio_slots=model.cfg.audio_slots))
+        if fi is not None and fi.shape[0]:
+            enc.append(fi)
         enc.append(f)
     L = max(len(q) for q in seqs)
     B = len(seqs)

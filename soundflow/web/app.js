@@ -5,6 +5,7 @@
 const SR = 16000;
 const FRAME = 1600; // 100 ms per binary frame
 const MAX_CELLS = 1500; // 10 minutes of 400 ms chunks kept on screen
+const MAX_INSTRUCTION_S = 20; // the server's max_instruction_audio_s
 
 const params = new URLSearchParams(location.search);
 const $ = (id) => document.getElementById(id);
@@ -14,11 +15,15 @@ const ui = {
   speak: $("speak"), level: $("level"), timeline: $("timeline"), axis: $("axis"), replies: $("replies"),
   empty: $("replies-empty"), log: $("log"), chunks: $("stat-chunks"), responses: $("stat-responses"),
   latency: $("stat-latency"), heard: $("stat-heard"), session: $("stat-session"), threshold: $("legend-threshold"),
-  source: $("source"), progress: $("progress"),
+  source: $("source"), progress: $("progress"), record: $("record-instruction"), clearRec: $("clear-instruction"),
+  spoken: $("spoken-instruction"),
 };
 
 // Public state, for people poking around in the console and for the browser test.
-const sf = (window.soundflow = { state: "idle", decisions: 0, responses: 0, tokens: 0, errors: [], session: null });
+const sf = (window.soundflow = { state: "idle", decisions: 0, responses: 0, tokens: 0, errors: [], session: null,
+  spokenInstruction: 0 /* seconds recorded, sent in the next session's hello */ });
+let spokenInstruction = null; // Float32Array, 16 kHz: the recorded instruction
+let recording = null; // {stop()} while recording one
 
 function setState(state, text) {
   sf.state = state;
@@ -29,6 +34,8 @@ function setState(state, text) {
   ui.mic.disabled = busy;
   ui.file.disabled = busy;
   ui.stop.disabled = !busy;
+  if (recording) ui.mic.disabled = ui.file.disabled = true; // one capture at a time
+  ui.record.disabled = busy;
   ui.mic.textContent = busy && ui.source.textContent === "microphone" ? "● Listening…" : "● Start microphone";
 }
 
@@ -81,7 +88,16 @@ class Stream {
       const hello = { type: "hello", version: 1, sample_rate: SR, chunk_ms: 400, format: "f32le" };
       const instr = ui.instruction.value.trim();
       if (instr) hello.instruction = instr;
+      const spoken = spokenInstruction;
+      // a spoken instruction: announced in the hello, its samples follow as ordinary binary frames
+      if (spoken) hello.instruction_audio = { samples: spoken.length };
       this.ws.send(JSON.stringify(hello));
+      if (spoken) {
+        for (let i = 0; i < spoken.length; i += FRAME) {
+          this.ws.send(spoken.slice(i, i + FRAME).map((x) => Math.max(-1, Math.min(1, x))).buffer);
+        }
+        log(`spoken instruction sent (${(spoken.length / SR).toFixed(1)} s)`);
+      }
     };
     this.ws.onmessage = (e) => this.onEvent(JSON.parse(e.data));
     this.ws.onerror = () => log("connection error", "error");
@@ -290,6 +306,82 @@ async function startMic() {
   current = { stream, stop: () => { stream.end(); stop(); } };
 }
 
+// ---------------------------------------------------------------- spoken instruction
+// Recorded through the same capture path as the stream (getUserMedia → the downsampling
+// worklet → 16 kHz float32 frames), kept here, and sent with the next session's hello.
+async function recordInstruction() {
+  if (recording) {
+    recording.stop();
+    return;
+  }
+  let media, ctx;
+  try {
+    media = await navigator.mediaDevices.getUserMedia({
+      audio: { channelCount: 1, echoCancellation: true, noiseSuppression: false, autoGainControl: false },
+    });
+    ctx = new AudioContext();
+    await ctx.audioWorklet.addModule("static/worklet.js");
+  } catch (e) {
+    log(`microphone unavailable: ${e.message || e}`, "error");
+    if (media) media.getTracks().forEach((t) => t.stop());
+    return;
+  }
+  const src = ctx.createMediaStreamSource(media);
+  const node = new AudioWorkletNode(ctx, "soundflow-downsampler", { processorOptions: { frameSamples: FRAME } });
+  const mute = ctx.createGain();
+  mute.gain.value = 0;
+  src.connect(node).connect(mute).connect(ctx.destination);
+  const frames = [];
+  let n = 0;
+  const max = MAX_INSTRUCTION_S * SR;
+  node.port.onmessage = (e) => {
+    if (!recording) return;
+    frames.push(e.data.pcm);
+    n += e.data.pcm.length;
+    meter(e.data.rms);
+    ui.spoken.textContent = `Recording… ${(n / SR).toFixed(1)} s (click Stop when done)`;
+    if (n >= max) recording.stop();
+  };
+  if (ctx.state !== "running") {
+    try { await ctx.resume(); } catch (_) { /* needs a click */ }
+  }
+  recording = {
+    stop: () => {
+      recording = null;
+      node.port.postMessage("stop");
+      media.getTracks().forEach((t) => t.stop());
+      ctx.close().catch(() => {});
+      meter(0);
+      const x = new Float32Array(Math.min(n, max));
+      let o = 0;
+      for (const f of frames) {
+        if (o >= x.length) break;
+        x.set(f.subarray(0, x.length - o), o);
+        o += f.length;
+      }
+      spokenInstruction = x.length ? x : null;
+      log(spokenInstruction ? `spoken instruction recorded (${(x.length / SR).toFixed(1)} s); it is heard when the next session starts`
+        : "nothing recorded");
+      showSpoken();
+    },
+  };
+  log("recording a spoken instruction…");
+  showSpoken();
+}
+
+function showSpoken() {
+  const secs = spokenInstruction ? spokenInstruction.length / SR : 0;
+  sf.spokenInstruction = secs;
+  ui.record.textContent = recording ? "■ Stop recording" : secs ? "🎙 Record again" : "🎙 Record spoken instruction";
+  ui.record.classList.toggle("recording", !!recording);
+  ui.clearRec.hidden = !secs || !!recording;
+  if (!recording) {
+    ui.spoken.textContent = secs ? `Spoken instruction: ${secs.toFixed(1)} s, heard before the stream of each new session.`
+      : "Or say it: a recorded instruction (up to 20 s) is heard before the stream, as the paper's audio instructions are.";
+  }
+  setState(sf.state, ui.statusText.textContent);
+}
+
 function meter(rms) {
   const db = rms > 0 ? 20 * Math.log10(rms) : -100;
   ui.level.style.width = `${Math.min(100, Math.max(0, (db + 60) / 60 * 100))}%`;
@@ -382,6 +474,12 @@ ui.setInstr.onclick = () => {
   } else {
     log("the instruction will be sent with the next session");
   }
+};
+ui.record.onclick = () => recordInstruction();
+ui.clearRec.onclick = () => {
+  spokenInstruction = null;
+  log("spoken instruction cleared");
+  showSpoken();
 };
 ui.instruction.onkeydown = (e) => {
   if (e.key === "Enter") ui.setInstr.click();
