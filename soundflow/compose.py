@@ -72,6 +72,25 @@ def crop(x: np.ndarray, seconds: float, rng: np.random.Generator | None = None, 
     return spec_smooth(x[s : s + n].copy(), fade_s) if fade_s > 0 else x[s : s + n]
 
 
+def dbfs_to_rms(dbfs: float) -> float:
+    return float(10.0 ** (dbfs / 20.0))
+
+
+def colored_noise(n: int, rng: np.random.Generator, color: str = "pink", dbfs: float = -40.0) -> np.ndarray:
+    """Seeded pink (1/f power), brown (1/f^2) or white noise scaled to an RMS of `dbfs` (the bench's
+    ambient bed, imported streams' gap noise)."""
+    if n <= 0:
+        return np.zeros(0, dtype=np.float32)
+    spec = rng.standard_normal(n // 2 + 1) + 1j * rng.standard_normal(n // 2 + 1)
+    f = np.fft.rfftfreq(n, 1.0 / SAMPLE_RATE)
+    f[0] = f[1] if n > 1 else 1.0
+    exponent = {"pink": 0.5, "brown": 1.0, "white": 0.0}[color]
+    x = np.fft.irfft(spec / f**exponent, n)
+    x -= x.mean()
+    rms = float(np.sqrt(np.mean(x**2))) or 1.0
+    return (x / rms * dbfs_to_rms(dbfs)).astype(np.float32)
+
+
 def tile_crossfade(
     noise: np.ndarray, length: int, xfade: int, rng: np.random.Generator | None = None
 ) -> tuple[np.ndarray, int]:

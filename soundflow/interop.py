@@ -39,7 +39,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from .audio import CHUNK_MS, SAMPLE_RATE, chunk_samples, load_audio, write_audio
-from .compose import reply_chunk, tile_crossfade
+from .compose import colored_noise, reply_chunk, tile_crossfade
 from .data import StreamSample, read_jsonl, write_jsonl
 
 NO_RESPONSE = "<no need to response>"  # the authors' marker for "stay silent on this turn"
@@ -175,8 +175,6 @@ def _gap_noise(n: int, source: str, seed: int, root: Path) -> np.ndarray:
     if n <= 0:
         return np.zeros(0, np.float32)
     if source == "pink":
-        from .bench.common import colored_noise
-
         return colored_noise(n, rng, "pink", PINK_DBFS)
     clip = load_audio(root / source if not os.path.isabs(source) else source)
     track, _ = tile_crossfade(clip, n, int(NOISE_XFADE_S * SAMPLE_RATE), rng)

@@ -16,6 +16,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from ..audio import SAMPLE_RATE  # noqa: F401 (bench modules import it from here)
+from ..compose import colored_noise, dbfs_to_rms  # noqa: F401 (bench modules import them from here)
 from ..data import read_jsonl  # bench modules import it from here
 
 DECISIONS = ("RESPOND", "IGNORE")
@@ -171,24 +172,6 @@ def load_predictions(path: str | Path) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------- ambient noise
-
-def dbfs_to_rms(dbfs: float) -> float:
-    return float(10.0 ** (dbfs / 20.0))
-
-
-def colored_noise(n: int, rng: np.random.Generator, color: str = "pink", dbfs: float = -40.0) -> np.ndarray:
-    """Seeded pink (1/f power) or brown (1/f^2) noise scaled to an RMS of `dbfs`."""
-    if n <= 0:
-        return np.zeros(0, dtype=np.float32)
-    spec = rng.standard_normal(n // 2 + 1) + 1j * rng.standard_normal(n // 2 + 1)
-    f = np.fft.rfftfreq(n, 1.0 / SAMPLE_RATE)
-    f[0] = f[1] if n > 1 else 1.0
-    exponent = {"pink": 0.5, "brown": 1.0, "white": 0.0}[color]
-    x = np.fft.irfft(spec / f**exponent, n)
-    x -= x.mean()
-    rms = float(np.sqrt(np.mean(x**2))) or 1.0
-    return (x / rms * dbfs_to_rms(dbfs)).astype(np.float32)
-
 
 def fit_length(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     """Tile (from a random offset) or crop `x` to exactly n samples."""
