@@ -31,7 +31,7 @@ Recipe (YAML):
     curate_embedder: minilm     # catalog retrieval for curation: minilm or hash (HashEmbedder, instant)
 
 Output: `shard-00000.tar` ... each holding `<id>.flac` + `<id>.json` per sample (the stream-sample
-format of DESIGN.md, read back by `data.read_shards`), `shard-00000.stats.json` beside each, and
+format of docs/formats.md, read back by `data.read_shards`), `shard-00000.stats.json` beside each, and
 `summary.json` (xrt_per_core: audio seconds / shard wall seconds; xrt_per_cpu_s: audio seconds /
 shard CPU seconds, the steadier figure on a shared machine; both include the per-process model
 loads). A shard is written to `.tmp` then renamed, so a finished `.tar` is always whole;

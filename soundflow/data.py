@@ -1,6 +1,6 @@
 """Typed manifests (JSONL, lhotse-style) and the training-side view of stream samples.
 
-Formats (DESIGN.md, stable):
+Formats (docs/formats.md, stable):
 - clip catalog row: {"id", "audio", "duration", "caption", "category", "decision"?, "source", "license"}
 - stream sample:    {"id", "task", "audio", "sample_rate", "chunk_ms", "instruction",
                      "timeline": [{"chunk": k, "text": "..."}], "events": [...provenance...],

@@ -1,4 +1,4 @@
-"""The command-line contract of DESIGN.md: commands exist and run end to end on small inputs."""
+"""The command-line contract of docs/cli.md: commands exist and run end to end on small inputs."""
 
 import json
 
