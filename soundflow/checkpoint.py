@@ -101,7 +101,26 @@ def inject_lora(model: AudioLM, lora: dict) -> None:
     inject_adapter_in_model(cfg, model.body)
 
 
-def load_checkpoint(folder: str | Path) -> AudioLM:
+def merge_lora(model: AudioLM) -> int:
+    """Fold every LoRA adapter into its base projection (W + BA·alpha/r) and drop the wrapper:
+    inference then costs what the base model costs, and int8 quantisation sees plain Linears.
+    Returns how many layers were merged."""
+    from peft.tuners.lora import LoraLayer
+
+    merged = 0
+    for name, module in list(model.body.named_modules()):
+        if isinstance(module, LoraLayer):
+            module.merge()
+            parent_name, _, child = name.rpartition(".")
+            parent = model.body.get_submodule(parent_name) if parent_name else model.body
+            setattr(parent, child, module.get_base_layer())
+            merged += 1
+    return merged
+
+
+def load_checkpoint(folder: str | Path, merge: bool = True) -> AudioLM:
+    """An inference model from a checkpoint folder; `merge=False` keeps LoRA as separate,
+    trainable adapters (to fine-tune further)."""
     folder = resolve_dir(Path(folder))
     if folder is None:
         raise FileNotFoundError("no soundflow checkpoint (model.json) there")
@@ -119,6 +138,8 @@ def load_checkpoint(folder: str | Path) -> AudioLM:
             if params[n].shape != t.shape:
                 raise ValueError(f"{n}: checkpoint shape {tuple(t.shape)} != model {tuple(params[n].shape)}")
             params[n].copy_(t)
+    if meta.get("lora") and merge:
+        merge_lora(model)
     model.checkpoint_dir = str(folder)
     model.trained = True  # listen and the server say plainly when a model is not
     model.calibration = meta.get("calibration", {})  # decision threshold picked on held-out data

@@ -61,7 +61,7 @@ def _bench_proactive(a) -> int:
     from .bench.proactive import bench_proactive
 
     bench_proactive(a.manifest, _bench_runner(a), tier=a.tier, window_chunks=a.window, seed=a.seed, out=a.out,
-                    json=a.json)
+                    json=a.json, semantic=a.semantic)
     return 0
 
 
@@ -256,6 +256,17 @@ LAYOUT_HELP = ("how MANIFEST is laid out: a JSONL task manifest, a LibriSpeech f
                "(default: detected from the path)")
 
 
+def _bench_probe(args) -> int:
+    from .bench.probe import main_probe
+    from .data import shared_data_dir
+
+    if args.catalog is None and shared_data_dir() is None:
+        raise ValueError("no --catalog given and no shared data folder found (set SOUNDFLOW_DATA)")
+    catalog = args.catalog or str(shared_data_dir() / "events" / "catalog.jsonl")
+    main_probe(catalog, args.out, seed=args.seed, C=args.C)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="soundflow", description="Always-on audio interaction models.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -264,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("audio")
     s.add_argument("--model", default="mini", help="backend name (mini, tiny, ...) or a checkpoint folder")
     s.add_argument("--instruction", default=None)
+    s.add_argument("--instruction-audio", default=None, metavar="FILE",
+                   help="a spoken instruction (any audio file), heard before the stream (after --instruction's text)")
     s.add_argument("--chunk-ms", type=int, default=400)
     s.add_argument("--realtime", action="store_true", help="pace input to the wall clock")
     s.add_argument("--jsonl", action="store_true", help="one JSON object per event")
@@ -275,8 +288,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (int8 becomes bf16 on a GPU)")
     s.set_defaults(fn=_listen)
 
-    s.add_argument("--instruction-audio", default=None, metavar="FILE",
-                   help="a spoken instruction (any audio file), heard before the stream (after --instruction's text)")
     s = sub.add_parser("train", help="run a training recipe (YAML or TOML)")
     s.add_argument("recipe")
     s.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
@@ -369,7 +380,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--catalog", default=None, help="clip catalog the classifier baseline trains on")
     s.add_argument("--tier", choices=["single", "multi", "both"], default="both")
     s.add_argument("--window", type=int, default=2, help="chunks after an event in which a reply still counts")
-    s.add_argument("--threshold", type=float, default=0.5)
+    s.add_argument("--threshold", type=float, default=None,
+                   help="P(<response>) decision threshold (default: the checkpoint's calibrated one, else 0.5)")
+    s.add_argument("--semantic", action="store_true",
+                   help="score replies against the manifest's standard answers (MiniLM cosine > 0.5)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", default=None, help="write a Markdown report with plots here")
     s.add_argument("--json", action="store_true")
@@ -380,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default="mini", help="backend name or checkpoint folder; 'none' skips streaming")
     s.add_argument("--no-baseline", action="store_true", help="skip the offline Whisper-base run")
     s.add_argument("--instruction", default=None, help="the streaming model's instruction (default: \"Transcribe what you hear.\")")
-    s.add_argument("--threshold", type=float, default=0.5)
+    s.add_argument("--threshold", type=float, default=None, help="default: the checkpoint's calibrated threshold, else 0.5")
     s.add_argument("--chunk-ms", type=int, default=400)
     s.add_argument("--limit", type=int, default=None, help="evaluate N rows spread over the manifest")
     s.add_argument("--group", type=int, default=1, help="utterances per stream (joined by 0.4 s of silence)")
@@ -408,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default="mini")
     s.add_argument("--baseline", choices=["silent", "respond", "classifier"], default=None)
     s.add_argument("--catalog", default=None, help="clip catalog the classifier baseline trains on")
-    s.add_argument("--threshold", type=float, default=0.5)
+    s.add_argument("--threshold", type=float, default=None, help="default: the checkpoint's calibrated threshold, else 0.5")
     s.add_argument("--max-segments", type=int, default=5)
     s.add_argument("--window", type=int, default=2, help="chunks after an event in which a reply still counts")
     s.add_argument("--seed", type=int, default=0)
@@ -460,6 +474,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=_bench_data)
+
+    s = b.add_parser("probe", help="the strong offline probe: logistic regression on whole-clip Whisper-base features, train → dev groups")
+    s.add_argument("--catalog", default=None, help="clip catalog JSONL (default: the shared data's events catalog)")
+    s.add_argument("--out", default=None, help="write the full JSON (per category, per clip) here")
+    s.add_argument("--C", type=float, default=0.1, help="inverse L2 strength")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(fn=_bench_probe)
 
     s = b.add_parser("train", help="one training step's time, tokens/s and peak memory per freeze mode")
     s.add_argument("--model", default="mini")

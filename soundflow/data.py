@@ -200,6 +200,11 @@ def load_streams(spec: str) -> list[StreamSample]:
         return synthetic_beeps(**{k: casts[k](v) for k, v in kw.items()})
     p = Path(spec)
     if p.is_dir():
+        if any(p.glob("shard-*.stats.json")) and not (p / "summary.json").exists():
+            # `data build` writes summary.json last: training on half a build would silently
+            # fix a different data order (and mix) than the recipe's
+            raise ValueError(f"{spec}: its data build has not finished (no summary.json); "
+                             "run or resume `soundflow data build` first")
         samples = list(read_shards(p))
         if not samples:
             raise ValueError(f"{spec}: no finished *.tar shards")

@@ -452,8 +452,21 @@ def build_model(cfg: ModelConfig | str = "mini") -> AudioLM:
     return model.to(getattr(torch, cfg.dtype)) if cfg.dtype != "float32" else model
 
 
+# Trained checkpoints shipped inside the package: `load_model(name)` uses them by default.
+PACKAGED = {"mini": Path(__file__).resolve().parent / "assets" / "mini"}
+
+
+def packaged_checkpoint(name: str) -> Path | None:
+    d = PACKAGED.get(name)
+    return d if d is not None and (d / "model.json").exists() else None
+
+
 def load_model(name: str = "mini") -> AudioLM:
-    """A backend name (untrained adapter) or a checkpoint folder written by `train.py`."""
+    """A checkpoint folder written by `train.py`; a backend name: its shipped trained checkpoint
+    when the package has one (`mini`), else the backend with an untrained adapter
+    (`build_model(name)` always gives the untrained one)."""
+    if name in PACKAGED and packaged_checkpoint(name) is not None:
+        name = str(packaged_checkpoint(name))
     p = Path(name)
     if p.is_dir() and not (p / "model.json").exists() and (p / "model" / "model.json").exists():
         p = p / "model"  # a training run's folder: its final model

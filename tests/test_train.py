@@ -14,6 +14,7 @@ import yaml
 
 from soundflow.data import synthetic_beeps
 from soundflow.decoding import decode_stream
+from soundflow.checkpoint import load_checkpoint
 from soundflow.model import ModelConfig, build_model, load_model
 from soundflow.train import Recipe, StageConfig, load_recipe, set_trainable, train
 
@@ -186,8 +187,14 @@ steps = 2
     meta = json.loads((final / "model.json").read_text())
     assert meta["lora"]["r"] == 4
     assert any("lora_A" in n for n in meta["trained"]) and not any("q_proj.weight" in n for n in meta["trained"])
-    m = load_model(str(final))
-    assert any("lora_" in n for n, _ in m.named_parameters())
+    kept = load_checkpoint(final, merge=False)
+    assert any("lora_" in n for n, _ in kept.named_parameters())
+    assert any(float(p.detach().abs().sum()) > 0 for n, p in kept.named_parameters() if "lora_B" in n)  # LoRA moved
+    m = load_model(str(final))  # inference: LoRA folded into q/v, plain Linears again
+    assert not any("lora_" in n for n, _ in m.named_parameters())
+    x = torch.randn(1, 5, m.body.config.hidden_size)
+    with torch.no_grad():
+        torch.testing.assert_close(m.hidden(x), kept.hidden(x), rtol=1e-4, atol=1e-5)
 
 
 def test_one_step_tiny_qwen_same_code_path(tmp_path):

@@ -43,14 +43,19 @@ def respond_runner(wave: np.ndarray, chunk_ms: int = 400) -> list[ChunkResult]:
 
 
 class WhisperEmbedder:
-    """Mean-pooled Whisper-base encoder output (512-d) of a short waveform, via CTranslate2.
+    """Pooled Whisper-base encoder output of a short waveform, via CTranslate2: the mean (512-d),
+    or mean and max concatenated (1024-d, `pool="mean+max"`, the whole-clip probe's features).
 
     CTranslate2 encodes inputs shorter than 30 s directly (positions from 0), so a 2 s window
     costs ~15 ms on 2 cores instead of a padded 30 s pass.
     """
 
-    def __init__(self, model_dir: str | Path | None = None, compute_type: str = "int8", threads: int = 0):
+    def __init__(self, model_dir: str | Path | None = None, compute_type: str = "int8", threads: int = 0, pool: str = "mean"):
         import ctranslate2
+
+        if pool not in ("mean", "mean+max"):
+            raise ValueError(f"pool must be 'mean' or 'mean+max', not {pool!r}")
+        self.pool = pool
         from faster_whisper.feature_extractor import FeatureExtractor
 
         self.model = ctranslate2.models.Whisper(
@@ -62,7 +67,7 @@ class WhisperEmbedder:
     def __call__(self, waves: Sequence[np.ndarray], batch: int = 16) -> np.ndarray:
         import ctranslate2
 
-        out = np.zeros((len(waves), 512), dtype=np.float32)
+        out = np.zeros((len(waves), 512 * (2 if self.pool == "mean+max" else 1)), dtype=np.float32)
         by_len: dict[int, list[int]] = {}
         for i, w in enumerate(waves):
             by_len.setdefault(len(w), []).append(i)
@@ -72,7 +77,8 @@ class WhisperEmbedder:
                 mel = np.stack([self.fe(np.asarray(waves[i], dtype=np.float32), padding=0) for i in ii])
                 mel = mel[..., : mel.shape[-1] // 2 * 2].astype(np.float32)  # even frame count for the stride-2 conv
                 enc = np.array(self.model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(mel))))
-                out[ii] = enc.mean(axis=1)
+                pooled = [enc.mean(axis=1)] + ([enc.max(axis=1)] if self.pool == "mean+max" else [])
+                out[ii] = np.concatenate(pooled, axis=1)
         return out
 
 

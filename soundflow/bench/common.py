@@ -208,7 +208,7 @@ class EngineRunner:
     start, raises, or reports an error event, it raises `SystemFailed` naming the model.
     """
 
-    def __init__(self, model, threshold: float = 0.5, instruction: str | None = None, chunk_ms: int = 400,
+    def __init__(self, model, threshold: float | None = None, instruction: str | None = None, chunk_ms: int = 400,
                  max_reply_tokens: int = 48, mode: str = "fifo"):
         spec = str(model) if isinstance(model, (str, Path)) else None
         if spec is not None:
@@ -217,6 +217,10 @@ class EngineRunner:
             model = load_model(spec)
         self.model = model.eval()
         self.name = spec or (self.model.cfg.backend if hasattr(self.model, "cfg") else type(self.model).__name__)
+        if threshold is None:  # a calibrated checkpoint carries its own (see calibrate.py)
+            from ..calibrate import default_threshold
+
+            threshold = default_threshold(self.model)
         self.threshold = float(threshold)
         self.instruction = instruction
         self.chunk_ms = int(chunk_ms)
@@ -302,7 +306,7 @@ def accepts_instruction(runner) -> bool:
     return "instruction" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
-def make_runner(model, threshold: float = 0.5, chunk_ms: int = 400, *, instruction: str | None = None,
+def make_runner(model, threshold: float | None = None, chunk_ms: int = 400, *, instruction: str | None = None,
                 max_reply_tokens: int = 48, mode: str = "fifo") -> Runner:
     """The one runner factory: a backend name, a checkpoint folder or an `AudioLM` becomes an
     `EngineRunner` (one fresh engine session per call, deterministic, fails loudly); a callable
