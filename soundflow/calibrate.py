@@ -4,7 +4,8 @@ The model's decision is P(<response>) (renormalised over the two control tokens,
 `AudioLM.control_probs`). Like VideoLLM-online's threshold on its stay-silent token, a threshold
 picked on held-out data trades missed replies against false triggers. Scores are read
 teacher-forced — one forward per stream, exactly the training sequence of Alg. 2 — and the
-threshold maximising balanced accuracy is written into the checkpoint's `model.json`, where
+threshold maximising event-level balanced accuracy (reply recall and streams free of false
+replies; `--objective chunks`: per-chunk balanced accuracy) is written into the checkpoint's `model.json`, where
 `listen`, `serve` and the engine pick it up as their default.
 
     soundflow calibrate runs/x/model DATA [--max-chunks 60]
@@ -24,6 +25,13 @@ from .data import load_streams
 @torch.inference_mode()
 def control_scores(model, samples, max_chunks: int = 60) -> tuple[np.ndarray, np.ndarray]:
     """(P(<response>) at every chunk's control position, 1 where the label is <response>)."""
+    ps, ys = stream_scores(model, samples, max_chunks)
+    return np.concatenate(ps), np.concatenate(ys)
+
+
+@torch.inference_mode()
+def stream_scores(model, samples, max_chunks: int = 60) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """`control_scores` kept per stream: one (P, label) pair of arrays per sample."""
     from .train import FeatureCache, collate
 
     feats = FeatureCache(model, 1)
@@ -35,8 +43,48 @@ def control_scores(model, samples, max_chunks: int = 60) -> tuple[np.ndarray, np
         y = b["y_stream"][0]
         pos = torch.nonzero(y != -100).flatten()
         ps.append(model.control_probs(h[pos - 1]).numpy())  # the state before the control token
-        ys.append((y[pos] == tok.response_id).numpy())
-    return np.concatenate(ps), np.concatenate(ys).astype(int)
+        ys.append((y[pos] == tok.response_id).numpy().astype(int))
+    return ps, ys
+
+
+WINDOW_CHUNKS = 2  # a reply within 2 chunks of its gold chunk counts (as `bench proactive` scores it)
+
+
+def event_outcomes(ps: list[np.ndarray], ys: list[np.ndarray], t: float, window: int = WINDOW_CHUNKS):
+    """(hits per gold reply, clean per stream) at threshold t. A gold reply is hit when P ≥ t at
+    some chunk within `window` of it; a stream is clean when P < t at every chunk farther than
+    `window` from all its gold replies — for a stream of an ignorable sound, no false reply."""
+    hits, clean = [], []
+    for p, y in zip(ps, ys):
+        gold = np.flatnonzero(y)
+        near = np.zeros(len(p), dtype=bool)
+        for g in gold:
+            near[max(0, g - window): g + window + 1] = True
+            hits.append(bool((p[max(0, g - window): g + window + 1] >= t).any()))
+        clean.append(not (p[~near] >= t).any())
+    return np.array(hits, dtype=bool), np.array(clean, dtype=bool)
+
+
+def best_threshold_events(ps: list[np.ndarray], ys: list[np.ndarray], window: int = WINDOW_CHUNKS) -> tuple[float, dict]:
+    """Threshold maximising event-level balanced accuracy: the mean of reply recall and the share
+    of streams without a false reply. Streaming decides at every chunk, so a chunk-level
+    objective lets a 2 % per-chunk false-alarm rate through, which over a 25-chunk stream is a
+    false reply in 40 % of streams; this objective counts what the user sees."""
+    if not any(y.any() for y in ys):
+        raise ValueError("held-out data needs streams with replies to calibrate")
+    allp = np.concatenate(ps)
+    cands = np.unique(np.concatenate([np.quantile(allp, np.linspace(0, 1, 401)), [0.5]]))
+    best = (-1.0, 0.5)
+    for t in cands:
+        hits, clean = event_outcomes(ps, ys, float(t), window)
+        bacc = 0.5 * (hits.mean() + clean.mean())
+        if bacc > best[0] + 1e-12:
+            best = (float(bacc), float(t))
+    hits, clean = event_outcomes(ps, ys, best[1], window)
+    h5, c5 = event_outcomes(ps, ys, 0.5, window)
+    return best[1], {"objective": "events", "balanced_acc": best[0], "reply_recall": float(hits.mean()),
+                     "clean_streams": float(clean.mean()), "n_replies": int(len(hits)), "n_streams": len(ps),
+                     "window_chunks": window, "balanced_acc_at_0.5": float(0.5 * (h5.mean() + c5.mean()))}
 
 
 def best_threshold(p: np.ndarray, y: np.ndarray) -> tuple[float, dict]:
@@ -57,13 +105,19 @@ def best_threshold(p: np.ndarray, y: np.ndarray) -> tuple[float, dict]:
                          0.5 * ((p >= 0.5)[y == 1].mean() + (p < 0.5)[y == 0].mean()))}
 
 
-def calibrate(checkpoint: str | Path, data: str, max_chunks: int = 60, write: bool = True) -> dict:
+def calibrate(checkpoint: str | Path, data: str, max_chunks: int = 60, write: bool = True,
+              objective: str = "events") -> dict:
     from .checkpoint import resolve_dir
     from .model import load_model
 
     model = load_model(str(checkpoint))
-    p, y = control_scores(model, load_streams(data), max_chunks)
-    thr, stats = best_threshold(p, y)
+    ps, ys = stream_scores(model, load_streams(data), max_chunks)
+    if objective == "events":
+        thr, stats = best_threshold_events(ps, ys)
+    elif objective == "chunks":
+        thr, stats = best_threshold(np.concatenate(ps), np.concatenate(ys))
+    else:
+        raise ValueError(f"objective must be events or chunks, not {objective!r}")
     res = {"threshold": thr, **stats, "data": data}
     folder = resolve_dir(Path(checkpoint))
     if write and folder is not None:

@@ -27,7 +27,7 @@ def _calibrate(a) -> int:
 
     from .calibrate import calibrate
 
-    print(json.dumps(calibrate(a.checkpoint, a.data, a.max_chunks, write=not a.dry_run)))
+    print(json.dumps(calibrate(a.checkpoint, a.data, a.max_chunks, write=not a.dry_run, objective=a.objective)))
     return 0
 
 
@@ -299,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("data", help="stream-sample JSONL, shard folder or synthetic:... spec")
     s.add_argument("--max-chunks", type=int, default=60)
     s.add_argument("--dry-run", action="store_true", help="print, do not write model.json")
+    s.add_argument("--objective", choices=["events", "chunks"], default="events",
+                   help="events: reply recall + streams without a false reply (default); chunks: per-chunk balanced accuracy")
     s.set_defaults(fn=_calibrate)
 
     s = sub.add_parser("tfjp", help="time-frequency joint preprocessing (Alg. 1) of a file or folder")

@@ -20,10 +20,13 @@ from .baselines import WhisperEmbedder, catalog_items
 from .common import BenchItem
 
 
-def _load(items: list[BenchItem]) -> list[np.ndarray]:
-    from ..audio import load_audio
+def _load(items: list[BenchItem]) -> tuple[list[BenchItem], list[np.ndarray]]:
+    """The clips `bench proactive` would use: unreadable ones are skipped, as it skips them."""
+    from .proactive import ClipLoader
 
-    return [load_audio(it.path) for it in items]
+    loader = ClipLoader()
+    pairs = [(it, w) for it in items if (w := loader(it)) is not None]
+    return [it for it, _ in pairs], [w for _, w in pairs]
 
 
 def _balanced(y: np.ndarray, p: np.ndarray) -> dict:
@@ -48,7 +51,9 @@ def run_probe(catalog: str | Path, seed: int = 0, C: float = 0.1, progress: bool
     t0 = time.perf_counter()
     if progress:
         print(f"[probe] embedding {len(train)} train + {len(dev)} dev clips", file=sys.stderr)
-    Xtr, Xdv = emb(_load(train)), emb(_load(dev))
+    train, wtr = _load(train)
+    dev, wdv = _load(dev)
+    Xtr, Xdv = emb(wtr), emb(wdv)
     ytr = np.array([it.decision == "RESPOND" for it in train], dtype=int)
     ydv = np.array([it.decision == "RESPOND" for it in dev], dtype=int)
     clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=5000, class_weight="balanced", random_state=seed))
