@@ -84,6 +84,7 @@ def best_threshold_events(ps: list[np.ndarray], ys: list[np.ndarray], window: in
     h5, c5 = event_outcomes(ps, ys, 0.5, window)
     return best[1], {"objective": "events", "balanced_acc": best[0], "reply_recall": float(hits.mean()),
                      "clean_streams": float(clean.mean()), "n_replies": int(len(hits)), "n_streams": len(ps),
+                     "n_chunks": int(sum(len(p) for p in ps)), "n_respond": int(sum(int(y.sum()) for y in ys)),
                      "window_chunks": window, "balanced_acc_at_0.5": float(0.5 * (h5.mean() + c5.mean()))}
 
 
