@@ -248,7 +248,7 @@ class _RecordingEngine(Engine):
 
 def test_server_hello_accepts_a_spoken_instruction_and_bounds_it(model):
     pytest.importorskip("websockets")
-    from test_server import FRAME, encode, finish, hello, recv_json, running_server, send_audio
+    from test_server import FRAME, encode, expect_refused, finish, hello, recv_json, running_server, send_audio
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed
 
@@ -257,16 +257,7 @@ def test_server_hello_accepts_a_spoken_instruction_and_bounds_it(model):
     stream = _wave(0.4 * 3, 12)
 
     async def refused(url, first, frames, code):
-        async with connect(url, max_size=None) as ws:
-            await ws.send(first)
-            for f in frames:
-                await ws.send(f)
-            ev = await recv_json(ws, 30)
-            assert ev["type"] == "error" and ev["code"] == code, ev
-            with pytest.raises(ConnectionClosed):
-                await recv_json(ws, 20)
-            assert ws.close_code == 1008
-            return ev
+        return await expect_refused(url, first, code, frames)
 
     async def main(srv):
         # 1. {"samples": N}, then the frames; the last of them also carries the stream's first samples

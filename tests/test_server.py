@@ -126,6 +126,20 @@ async def recv_json(ws, timeout=60):
     return json.loads(await asyncio.wait_for(ws.recv(), timeout))
 
 
+async def expect_refused(url, first, code, frames=()):
+    """Open a connection, send `first` (and `frames`): one error event `code`, then close 1008."""
+    async with connect(url, max_size=None) as ws:
+        await ws.send(first)
+        for f in frames:
+            await ws.send(f)
+        ev = await recv_json(ws, 30)
+        assert ev["type"] == "error" and ev["code"] == code, ev
+        with pytest.raises(ConnectionClosed):
+            await recv_json(ws, 20)
+        assert ws.close_code == 1008
+        return ev
+
+
 async def send_audio(ws, pcm: np.ndarray, fmt: str = "f32le", frame: int = FRAME):
     for i in range(0, len(pcm), frame):
         await ws.send(encode(pcm[i : i + frame], fmt))
@@ -310,15 +324,6 @@ def test_malformed_and_oversized_frames(model):
 
 
 def test_handshake_errors_reach_only_that_client(model):
-    async def bad_client(url, first, code):
-        async with connect(url, max_size=None) as ws:
-            await ws.send(first)
-            ev = await recv_json(ws, 20)
-            assert ev["type"] == "error" and ev["code"] == code, ev
-            with pytest.raises(ConnectionClosed):
-                await recv_json(ws, 20)
-            assert ws.close_code == 1008
-
     async def main(srv):
         ws, _ = await open_session(srv.ws)
         await send_audio(ws, audio(5, 1))
@@ -334,7 +339,7 @@ def test_handshake_errors_reach_only_that_client(model):
             (json.dumps({"type": "instruction", "text": "hi"}), "bad_handshake"),
             (np.zeros(FRAME, "<f4").tobytes(), "bad_handshake"),
         ]
-        await asyncio.gather(*(bad_client(srv.ws, first, code) for first, code in cases))
+        await asyncio.gather(*(expect_refused(srv.ws, first, code) for first, code in cases))
         # the good session never noticed
         await send_audio(ws, audio(6, 1))
         events = got + await finish(ws)

@@ -262,9 +262,9 @@ function resetView() {
 // ---------------------------------------------------------------- microphone
 let current = null; // {stream: Stream, stop()}
 
-async function startMic() {
-  resetView();
-  ui.source.textContent = "microphone";
+// The microphone through the downsampling worklet (16 kHz float32 frames on node.port), or
+// null (logged) when the browser gives none; the stream and the spoken instruction share it.
+async function openCapture() {
   let media, ctx;
   try {
     media = await navigator.mediaDevices.getUserMedia({
@@ -274,16 +274,27 @@ async function startMic() {
     await ctx.audioWorklet.addModule("static/worklet.js");
   } catch (e) {
     log(`microphone unavailable: ${e.message || e}`, "error");
-    setState("error", "no microphone");
     if (media) media.getTracks().forEach((t) => t.stop());
-    return;
+    return null;
   }
-  const stream = new Stream(`microphone · ${ctx.sampleRate / 1000} kHz → 16 kHz`);
   const src = ctx.createMediaStreamSource(media);
   const node = new AudioWorkletNode(ctx, "soundflow-downsampler", { processorOptions: { frameSamples: FRAME } });
   const mute = ctx.createGain();
   mute.gain.value = 0; // keep the graph pulled without echoing the mic to the speakers
   src.connect(node).connect(mute).connect(ctx.destination);
+  return { media, ctx, node };
+}
+
+async function startMic() {
+  resetView();
+  ui.source.textContent = "microphone";
+  const cap = await openCapture();
+  if (!cap) {
+    setState("error", "no microphone");
+    return;
+  }
+  const { media, ctx, node } = cap;
+  const stream = new Stream(`microphone · ${ctx.sampleRate / 1000} kHz → 16 kHz`);
   node.port.onmessage = (e) => {
     stream.sendPCM(e.data.pcm);
     meter(e.data.rms);
@@ -314,23 +325,9 @@ async function recordInstruction() {
     recording.stop();
     return;
   }
-  let media, ctx;
-  try {
-    media = await navigator.mediaDevices.getUserMedia({
-      audio: { channelCount: 1, echoCancellation: true, noiseSuppression: false, autoGainControl: false },
-    });
-    ctx = new AudioContext();
-    await ctx.audioWorklet.addModule("static/worklet.js");
-  } catch (e) {
-    log(`microphone unavailable: ${e.message || e}`, "error");
-    if (media) media.getTracks().forEach((t) => t.stop());
-    return;
-  }
-  const src = ctx.createMediaStreamSource(media);
-  const node = new AudioWorkletNode(ctx, "soundflow-downsampler", { processorOptions: { frameSamples: FRAME } });
-  const mute = ctx.createGain();
-  mute.gain.value = 0;
-  src.connect(node).connect(mute).connect(ctx.destination);
+  const cap = await openCapture();
+  if (!cap) return;
+  const { media, ctx, node } = cap;
   const frames = [];
   let n = 0;
   const max = MAX_INSTRUCTION_S * SR;
