@@ -192,6 +192,17 @@ def _bench_stability(a) -> int:
     return 0
 
 
+def _bench_ambient(a) -> int:
+    from .bench.ambient import bench_ambient
+
+    r = bench_ambient(a.noise_manifest, a.model, minutes=a.minutes, threshold=a.threshold,
+                      ignore_manifest=a.ignore_manifest, seed=a.seed, out=a.out, json=a.json)
+    if not a.json:
+        print(f"{r['false_replies']} false replies in {r['audio_h']} h of ambient audio "
+              f"({r['false_replies_per_hour']:.2f} per hour)")
+    return 0
+
+
 def _bench_latency(a) -> int:
     from .bench.latency import bench_latency
 
@@ -431,6 +442,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default=None)
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=_bench_stability)
+
+    s = b.add_parser("ambient", help="false replies per hour on long ambient, speech-free audio")
+    s.add_argument("noise_manifest", help="noise JSONL rows {audio, kind}; kinds ambient and event are used")
+    s.add_argument("--model", default="mini")
+    s.add_argument("--minutes", type=float, default=60.0)
+    s.add_argument("--ignore-manifest", default=None, help="a bench manifest whose IGNORE clips are laid over the bed")
+    s.add_argument("--threshold", type=float, default=None, help="default: the checkpoint's calibrated threshold, else 0.5")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", default=None)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=_bench_ambient)
 
     s = b.add_parser("latency", help="decision latency, stalls, FIFO vs sequential, long-stream stability")
     s.add_argument("--model", default="mini")

@@ -76,7 +76,7 @@ import numpy as np
 import torch
 
 from . import decoding
-from .audio import CHUNK_MS, Chunker, check_pcm, chunk_samples
+from .audio import CHUNK_MS, SAMPLE_RATE, Chunker, check_pcm, chunk_samples
 from .model import truncate_cache
 from .tokenize import AUDIO_SLOTS
 
@@ -284,8 +284,8 @@ class Session:
         slots = AUDIO_SLOTS * self.opts.chunk_ms // CHUNK_MS
         cap = self.opts.max_instruction_tokens
         if chunks * slots + len(text_ids) > cap:
-            most = (cap - len(text_ids)) // slots * n / 16000
-            raise ValueError(f"instruction audio of {len(wave) / 16000:.1f} s takes {chunks * slots} positions"
+            most = (cap - len(text_ids)) // slots * n / SAMPLE_RATE
+            raise ValueError(f"instruction audio of {len(wave) / SAMPLE_RATE:.1f} s takes {chunks * slots} positions"
                              + (f" (with the text's {len(text_ids)})" if text_ids else "")
                              + f", over the limit of {cap}: at most {max(0.0, most):.1f} s")
         return wave
@@ -373,7 +373,7 @@ class Session:
             for chunk in chunks:
                 chunk = np.asarray(chunk, dtype=np.float32).reshape(-1)
                 if realtime:
-                    end_s += len(chunk) / 16000 / speed
+                    end_s += len(chunk) / SAMPLE_RATE / speed
                     while True:
                         rest = t0 + end_s - time.perf_counter()
                         if rest <= 0:

