@@ -274,7 +274,7 @@ def _bench_probe(args) -> int:
     if args.catalog is None and shared_data_dir() is None:
         raise ValueError("no --catalog given and no shared data folder found (set SOUNDFLOW_DATA)")
     catalog = args.catalog or str(shared_data_dir() / "events" / "catalog.jsonl")
-    main_probe(catalog, args.out, seed=args.seed, C=args.C)
+    main_probe(catalog, args.out, seed=args.seed, C=args.C, features=args.features)
     return 0
 
 
@@ -503,6 +503,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--catalog", default=None, help="clip catalog JSONL (default: the shared data's events catalog)")
     s.add_argument("--out", default=None, help="write the full JSON (per category, per clip) here")
     s.add_argument("--C", type=float, default=0.1, help="inverse L2 strength")
+    s.add_argument("--features", choices=["clip", "chunk"], default="clip",
+                   help="clip: whole-clip Whisper-base (the strong probe); chunk: the mini model's own per-chunk encoder inputs")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(fn=_bench_probe)
 

@@ -40,14 +40,51 @@ def _balanced(y: np.ndarray, p: np.ndarray) -> dict:
             "recall": tpr, "specificity": tnr}
 
 
-def run_probe(catalog: str | Path, seed: int = 0, C: float = 0.1, progress: bool = True) -> dict:
-    """Fit on train-split clips, report clip-level metrics (overall and per category) on dev clips."""
+class ChunkEmbedder:
+    """What the streaming model reads: each 400 ms chunk through its own frozen encoder (chunks
+    encoded alone, `tokenize.AUDIO_SLOTS` slots each), mean + max pooled over all slots of the
+    clip. A probe on these bounds what the decision could learn from the model's own inputs."""
+
+    def __init__(self, model: str = "mini"):
+        from ..model import build_model
+
+        self.model = build_model(model).eval()  # the encoder is frozen: untrained == trained here
+
+    def __call__(self, waves: list[np.ndarray]) -> np.ndarray:
+        import torch
+
+        from ..audio import chunk_samples
+
+        n = chunk_samples(self.model.cfg.chunk_ms)
+        out = []
+        for w in waves:
+            w = np.pad(w, (0, (-len(w)) % n)).astype(np.float32)
+            with torch.inference_mode():
+                e = self.model.encode_audio(self.model.features(torch.from_numpy(w.reshape(-1, n))))
+            e = e.reshape(-1, e.shape[-1]).numpy()
+            out.append(np.concatenate([e.mean(0), e.max(0)]))
+        return np.stack(out)
+
+
+PROBES = {"clip": "logreg(mean+max Whisper-base encoder, whole clip)",
+          "chunk": "logreg(mean+max of the model's per-400 ms-chunk encoder slots)"}
+
+
+def run_probe(catalog: str | Path, seed: int = 0, C: float = 0.1, progress: bool = True, features: str = "clip",
+              model: str = "mini") -> dict:
+    """Fit on train-split clips, report clip-level metrics (overall and per category) on dev clips.
+
+    features: "clip" (whole-clip Whisper-base, the strong probe) or "chunk" (the `mini` model's
+    own per-chunk encoder inputs; `model` names the backend whose encoder is used)."""
     from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    if features not in PROBES:
+        raise ValueError(f"features must be one of {sorted(PROBES)}, got {features!r}")
     train, dev = catalog_items(catalog, split="train"), catalog_items(catalog, split="dev")
-    emb = WhisperEmbedder(pool="mean+max")
+    emb = WhisperEmbedder(pool="mean+max") if features == "clip" else ChunkEmbedder(model)
     t0 = time.perf_counter()
     if progress:
         print(f"[probe] embedding {len(train)} train + {len(dev)} dev clips", file=sys.stderr)
@@ -59,8 +96,8 @@ def run_probe(catalog: str | Path, seed: int = 0, C: float = 0.1, progress: bool
     clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=5000, class_weight="balanced", random_state=seed))
     clf.fit(Xtr, ytr)
     pred = clf.predict(Xdv)
-    out = {"probe": "logreg(mean+max Whisper-base encoder, whole clip)", "C": C,
-           "train_clips": len(train), "dev": _balanced(ydv, pred),
+    out = {"probe": PROBES[features], "features": features, "C": C,
+           "train_clips": len(train), "dev": {**_balanced(ydv, pred), "auc": float(roc_auc_score(ydv, clf.predict_proba(Xdv)[:, 1]))},
            "train_fit": _balanced(ytr, clf.predict(Xtr)), "wall_s": round(time.perf_counter() - t0, 1)}
     per = {}
     for cat in sorted({it.category for it in dev}):
@@ -71,8 +108,8 @@ def run_probe(catalog: str | Path, seed: int = 0, C: float = 0.1, progress: bool
     return out
 
 
-def main_probe(catalog: str, out: str | None, seed: int = 0, C: float = 0.1) -> dict:
-    res = run_probe(catalog, seed=seed, C=C)
+def main_probe(catalog: str, out: str | None, seed: int = 0, C: float = 0.1, features: str = "clip") -> dict:
+    res = run_probe(catalog, seed=seed, C=C, features=features)
     text = json.dumps(res, indent=2)
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
