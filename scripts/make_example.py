@@ -2,9 +2,15 @@
 
     python scripts/make_example.py [SHARED_DATA_DIR]
 
-keyboard typing (CC0, Freesound Rodzuz 393902) → jazz guitar (CC0, Freesound Sub-d 49658) →
-thunder (CC-BY, Freesound InspectorJ 360328), 6 s each after TFJP, over SpeechBrain test noise
-(Apache-2.0) at 20 dB SNR. Credits: `soundflow/assets/CREDITS.md`.
+A short scene, composed with Alg. 3 (`compose`, TFJP on the event clips) over SpeechBrain test
+noise (Apache-2.0) at 20 dB SNR:
+
+1. a spoken question (Kokoro-82M, Apache-2.0 weights, voice `QUESTION_VOICE`) — needs an answer;
+2. keyboard typing (CC0, Freesound Rodzuz 393902) — an everyday sound to ignore;
+3. thunder (CC-BY, Freesound InspectorJ 360328) — a sound that needs a warning.
+
+Both event clips come from held-out (dev) recording groups, so the default model never trained on
+them. Credits: `soundflow/assets/CREDITS.md`. Needs `soundflow data voices` once (Kokoro).
 """
 
 import json
@@ -14,21 +20,30 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from soundflow.audio import load_audio
+from soundflow.audio import SAMPLE_RATE, load_audio
 from soundflow.compose import Event, compose
 from soundflow.data import shared_data_dir
 from soundflow.tfjp import tfjp
+from soundflow.tts import Voice, normalize_text
+
+QUESTION = "Hi, how are you today?"
+QUESTION_VOICE = "bf_emma"  # a Kokoro voice
+CLIP_S = 5.0
 
 data = Path(sys.argv[1]) if len(sys.argv) > 1 else shared_data_dir()
-clips = [("keyboard_typing/ae577458.ogg", None), ("instrument/c79a0cbb.ogg", None),
-         ("thunder/cd4448ae.ogg", "I hear thunder; a storm may be close.")]
-events = []
-for rel, reply in clips:
-    w = load_audio(data / "events" / rel)[: 6 * 16000]
+speech = Voice("kokoro", QUESTION_VOICE).render(normalize_text(QUESTION))
+pause = np.zeros(int(1.2 * SAMPLE_RATE), np.float32)
+events = [Event(np.concatenate([speech, pause]), "foreground", response="(an answer)", preprocess=False,
+                provenance={"tts": f"kokoro:{QUESTION_VOICE}", "text": QUESTION})]
+for rel, reply in [("keyboard_typing/ae577458.ogg", None),
+                   ("thunder/cd4448ae.ogg", "(a warning about the storm)")]:
+    w = load_audio(data / "events" / rel)[: int(CLIP_S * SAMPLE_RATE)]
     events.append(Event(w, "foreground", response=reply, provenance={"audio": rel}))
+# two quiet seconds after the thunder: room for its reply, under the same noise bed
+events.append(Event(np.zeros(int(2.0 * SAMPLE_RATE), np.float32), "foreground", preprocess=False))
 noise = load_audio(data / "noise" / "sb_noise1.ogg")
 rng = np.random.default_rng(7)
 y, timeline, info = compose(events, noise, noise, rng, tfjp=tfjp, snr_db=(20, 20))
 out = Path(__file__).resolve().parents[1] / "soundflow" / "assets" / "example.ogg"
-sf.write(out, y, 16000, format="OGG", subtype="OPUS")
-print(out, f"{len(y) / 16000:.1f} s", json.dumps(timeline))
+sf.write(out, y, SAMPLE_RATE, format="OGG", subtype="OPUS")
+print(out, f"{len(y) / SAMPLE_RATE:.1f} s", json.dumps(timeline))

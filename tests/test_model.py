@@ -107,3 +107,20 @@ def test_shift_cache_equals_computing_at_lower_positions(model):
     for a, b in zip(ref.cache.layers, sh.cache.layers):
         assert torch.allclose(a.keys, b.keys, atol=1e-5) and torch.allclose(a.values, b.values, atol=1e-5)
     assert abs(decoding.feed_audio(model, ref, audio[:1]) - decoding.feed_audio(model, sh, audio[:1])) < 1e-5
+
+
+@pytest.mark.slow
+def test_packaged_mini_is_the_trained_calibrated_default():
+    """`load_model("mini")` is the shipped trained checkpoint (trained tensors, LoRA merged, a
+    calibrated threshold); `build_model("mini")` stays the untrained backend."""
+    from soundflow.calibrate import default_threshold
+    from soundflow.model import build_model, load_model, packaged_checkpoint
+
+    folder = packaged_checkpoint("mini")
+    assert folder is not None and (folder / "model.safetensors").stat().st_size < 50 * 2**20
+    trained, fresh = load_model("mini"), build_model("mini")
+    assert 0.0 < default_threshold(trained) < 1.0
+    x = torch.randn(2, 10, fresh.adapter.net[0].in_features)
+    with torch.no_grad():
+        assert not torch.allclose(trained.adapt(x), fresh.adapt(x))
+    assert not any("lora" in n for n, _ in trained.named_parameters())  # merged for inference
