@@ -60,6 +60,11 @@ RECIPES_DIR = Path(__file__).parent / "recipes"
 FAMILIES = ("asr", "translation", "chat", "understanding", "music", "proactive", "agent")
 MIXIN_P = {"history": 0.3, "silence": 0.4, "proactive": 0.3}  # paper: p_hr, p_sil, p_pro
 MAX_EVENT_S = 6.0
+# Every stream ends with this much ambient audio after its last event. Without it 57 % of streams
+# ended on their last reply's chunk, often zero-padded, and the model learnt "the audio stops ->
+# <response>" instead of the sound: it replied at the end of any file and stayed silent on bench
+# streams, which always have an ambient tail (measured 2026-12-01, BENCHMARKS.md).
+STREAM_TAIL_S = (0.8, 2.4)
 TFJP_TYPES = ("clip", "synthetic", "music")  # provenance types TFJP re-applies to at composition
 ASR_GROUP_GAP_S = 0.05  # silence between word groups of one sentence (real-time ASR family)
 LANGS = {"fr": "French", "es": "Spanish"}
@@ -427,6 +432,7 @@ def finish(task: str, turns: list[Turn], instruction: str, rng: np.random.Genera
     composition (Alg. 3 line 3), not to pauses or synthesised speech (core_locate could cut words
     the transcript names)."""
     turns, applied = yield from _apply_mixins(turns, mix, rng, res, speaker, res.max_seconds, task)
+    turns = [*turns, Turn([_silence(float(rng.uniform(*STREAM_TAIL_S)))])]  # never end on a reply (see STREAM_TAIL_S)
     dropped = bool(rng.random() < res.instruction_dropout) if optional_instruction else False
     if dropped:
         instruction = ""
@@ -467,7 +473,7 @@ def _begin(rng: np.random.Generator, res: Resources, task: str, need_speaker: bo
     speaker = res.speaker(rng)
     if need_speaker and speaker is None:
         raise ValueError(f"task {task!r} needs TTS (recipe tts.families is empty)")
-    return mix, speaker, res.max_seconds - mix.reserve
+    return mix, speaker, res.max_seconds - mix.reserve - STREAM_TAIL_S[1]
 
 
 # ----------------------------------------------------------------------------- the seven families

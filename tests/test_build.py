@@ -139,7 +139,7 @@ def test_gate_across_instances_same_corpus_fewer_checks(tmp_path):
         res = tasks.Resources.from_config(cfg["sources"], cfg["_base"], tts_families=("tone",), gate=gate,
                                           max_chunks=30, use_tfjp=False, use_curate=False)
         stats = {"dropped": 0, "dropped_by": {}, "failed": 0}
-        slots = [build._slot_steps(cfg, 3, j, res, names, w, stats) for j in range(8)]
+        slots = [build._slot_steps(cfg, 2, j, res, names, w, stats) for j in range(8)]
         out = build.run_slots(slots, gate) if across else [tts.run_steps(g, gate) for g in slots]
         return out, stats, gate
 

@@ -26,6 +26,10 @@ def _check(s: StreamSample, res):
     assert 0 < n_chunks <= res.max_chunks
     ks = [t["chunk"] for t in s.timeline]
     assert ks == sorted(set(ks)) and all(0 <= k < n_chunks for k in ks)
+    # an ambient tail follows the last event: no reply sits on the stream's last chunk, so "the
+    # audio stopped" never predicts <response> (tasks.STREAM_TAIL_S)
+    tail_chunks = int(tasks.STREAM_TAIL_S[0] * 1000) // s.chunk_ms
+    assert all(k < n_chunks - tail_chunks + 1 for k in ks), (ks, n_chunks)
     assert all(isinstance(t["text"], str) and t["text"] for t in s.timeline)
     assert np.isfinite(s.wave).all() and np.abs(s.wave).max() <= 1.0
     StreamSample.from_json(json.loads(json.dumps(s.to_json())))  # JSON-safe
