@@ -40,7 +40,10 @@ def test_listen_jsonl_on_bundled_example_tiny(capsys):
     assert main(["listen", str(example), "--model", "tiny", "--jsonl", "--quant", "none"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     dec = [r for r in rows if r["type"] == "decision"]
-    assert [r["chunk"] for r in dec] == list(range(41))  # 16.4 s → 41 chunks, one decision each
+    import soundfile as sf
+
+    n_chunks = -(-sf.info(example).frames // 6400)  # 400 ms chunks at 16 kHz, the last one padded
+    assert n_chunks >= 30 and [r["chunk"] for r in dec] == list(range(n_chunks))  # one decision each
     assert all("latency_ms" in r for r in dec)
 
 
