@@ -14,15 +14,14 @@ over the whole stream (flat latency over an hour is part of the claim).
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..audio import AudioError, load_audio
 from .common import SAMPLE_RATE, load_manifest, make_runner, read_jsonl, runner_name
+from .proactive import ClipLoader, is_response, load_noise_rows
 from .report import latency_stats, print_json, write_task_report
 
 SEGMENT_S = (5.0, 30.0)  # crop length range of one ambient segment
@@ -40,17 +39,8 @@ def ambient_stream(noise_manifest: str | Path, minutes: float, seed: int = 0, ki
                    ignore_items=(), ignore_every_s: float = 60.0) -> tuple[np.ndarray, list[Segment]]:
     """A `minutes`-long speech-free stream and what plays where. IGNORE clips (bench items), when
     given, are laid over the bed about every `ignore_every_s` seconds at their own level."""
-    root = Path(noise_manifest).parent
     rows = [r for r in read_jsonl(noise_manifest) if r.get("kind", "ambient") in kinds]
-    waves = []
-    for r in rows:
-        try:
-            w = load_audio(root / (r.get("audio") or r.get("path")))
-        except AudioError as e:
-            print(f"[bench] noise skipped: {e}", file=sys.stderr)
-            continue
-        if len(w) >= SAMPLE_RATE:
-            waves.append((r.get("id", r.get("audio")), w))
+    waves = [(sid, w) for sid, w in load_noise_rows(noise_manifest, rows) if len(w) >= SAMPLE_RATE]
     if not waves:
         raise ValueError(f"{noise_manifest}: no readable noise rows of kind {kinds}")
     rng = np.random.default_rng(seed)
@@ -71,14 +61,13 @@ def ambient_stream(noise_manifest: str | Path, minutes: float, seed: int = 0, ki
         segs.append(Segment(str(sid), pos / SAMPLE_RATE, (pos + n) / SAMPLE_RATE))
         pos += max(n - fade, 1)
     y = y[:total]
-    items = list(ignore_items)
+    items, loader = list(ignore_items), ClipLoader()
     if items:
         t = ignore_every_s * rng.uniform(0.5, 1.0)
         while t * SAMPLE_RATE < total:
             it = items[int(rng.integers(len(items)))]
-            try:
-                w = load_audio(it.path)
-            except AudioError:
+            w = loader(it)
+            if w is None:  # unreadable: reported once by the loader
                 t += ignore_every_s
                 continue
             a = int(t * SAMPLE_RATE)
@@ -106,7 +95,7 @@ def bench_ambient(noise_manifest: str | Path, model="mini", *, minutes: float = 
     hours = len(wave) / SAMPLE_RATE / 3600
     replies = []
     for r in results:
-        if str(r.decision).strip("<>").lower() == "response":
+        if is_response(r.decision):
             t = (r.chunk + 1) * chunk_ms / 1000
             replies.append({"chunk": r.chunk, "t": round(t, 1), "p_response": round(r.p_response, 3),
                             "under": _under(segs, t - chunk_ms / 2000), "text": r.text})

@@ -123,6 +123,22 @@ class EventResult:
 # ---------------------------------------------------------------- streams
 
 
+def load_noise_rows(manifest: str | Path, rows: Sequence[dict]) -> list[tuple[str, np.ndarray]]:
+    """(id, waveform) of noise-manifest rows (`audio`/`path` relative to the manifest); an
+    unreadable file is reported on stderr and skipped."""
+    root, out = Path(manifest).parent, []
+    for r in rows:
+        try:
+            out.append((str(r.get("id", r.get("audio"))), load_audio(root / (r.get("audio") or r.get("path")))))
+        except AudioError as e:
+            print(f"[bench] noise skipped: {e}", file=sys.stderr)
+    return out
+
+
+def is_response(decision: str) -> bool:
+    return str(decision).strip().strip("<>").lower() == "response"
+
+
 class Ambient:
     """Low-level ambient bed: tiles from a noise manifest if given, else seeded colored noise."""
 
@@ -130,14 +146,9 @@ class Ambient:
         self.cfg, self.rng = cfg, rng
         self.waves: list[np.ndarray] = []
         if cfg.noise_manifest:
-            root = Path(cfg.noise_manifest).parent
             rows = read_jsonl(cfg.noise_manifest)
             amb = [r for r in rows if r.get("kind", "ambient") == "ambient"] or rows
-            for r in amb:
-                try:
-                    self.waves.append(load_audio(root / (r.get("audio") or r.get("path"))))
-                except AudioError as e:
-                    print(f"[bench] noise skipped: {e}", file=sys.stderr)
+            self.waves = [w for _, w in load_noise_rows(cfg.noise_manifest, amb)]
 
     def make(self, n: int) -> np.ndarray:
         if self.waves:
@@ -254,7 +265,7 @@ def counted_chunk_range(start_sample: int, end_sample: int, chunk_samples: int, 
 def score_stream(stream: Stream, results: Sequence[ChunkResult], cfg: StreamConfig) -> list[EventResult]:
     """Match a runner's chunk results against the stream's events."""
     n = cfg.chunk_samples
-    responses = sorted((r for r in results if _is_response(r.decision)), key=lambda r: r.chunk)
+    responses = sorted((r for r in results if is_response(r.decision)), key=lambda r: r.chunk)
     out = []
     for ev in stream.events:
         lo, hi = counted_chunk_range(ev.start_sample, ev.end_sample, n, cfg.window_chunks)
@@ -273,10 +284,6 @@ def score_stream(stream: Stream, results: Sequence[ChunkResult], cfg: StreamConf
             )
         )
     return out
-
-
-def _is_response(decision: str) -> bool:
-    return str(decision).strip().strip("<>").lower() == "response"
 
 
 def compute_metrics(records: Sequence[EventResult], semantic_threshold: float | None = None) -> dict:

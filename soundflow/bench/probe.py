@@ -53,14 +53,12 @@ class ChunkEmbedder:
     def __call__(self, waves: list[np.ndarray]) -> np.ndarray:
         import torch
 
-        from ..audio import chunk_samples
+        from ..data import split_chunks
 
-        n = chunk_samples(self.model.cfg.chunk_ms)
         out = []
         for w in waves:
-            w = np.pad(w, (0, (-len(w)) % n)).astype(np.float32)
             with torch.inference_mode():
-                e = self.model.encode_audio(self.model.features(torch.from_numpy(w.reshape(-1, n))))
+                e = self.model.encode_audio(self.model.features(torch.from_numpy(split_chunks(w, self.model.cfg.chunk_ms))))
             e = e.reshape(-1, e.shape[-1]).numpy()
             out.append(np.concatenate([e.mean(0), e.max(0)]))
         return np.stack(out)
