@@ -617,7 +617,10 @@ def steps_music(rng: np.random.Generator, res: Resources):
     mix, speaker, budget = _begin(rng, res, "music")
     row = _pick(res.music, rng)
     desc = MUSIC_DESCRIPTIONS.get(row["id"], "a piece of music")
-    x = crop(res.audio(row), float(rng.uniform(5.0, min(12.0, budget - 4.0))), rng)
+    longest = min(12.0, budget - 4.0)  # room for the stop / question turn after it
+    if longest < 2.0:
+        raise ValueError(f"music needs a stream of at least {2.0 + 4.0 + STREAM_TAIL_S[1] + mix.reserve:.1f} s")
+    x = crop(res.audio(row), float(rng.uniform(min(5.0, longest), longest)), rng)
     fade = min(len(x) // 4, int(0.3 * SAMPLE_RATE))
     x = x.copy()
     x[-fade:] *= np.linspace(1, 0, fade, dtype=np.float32)

@@ -43,6 +43,24 @@ def test_family_valid(name, res):
         _check(s, res)
 
 
+@pytest.mark.parametrize("name", tasks.FAMILIES)
+def test_family_fits_short_streams(name, res):
+    """The shortest streams a shipped recipe asks for (default-format/-core: 25 chunks = 10 s,
+    with their mix-in rates) still leave room for every family once the ambient tail is reserved: most
+    draws succeed, and a draw that cannot fit says so with a ValueError (the build draws again)."""
+    short = tasks.Resources(**{**res.__dict__, "max_chunks": 25,
+                               "mixins": {"history": 0.0, "silence": 0.3, "proactive": 0.2}})
+    ok = 0
+    for seed in range(8):
+        try:
+            s = tasks.TASKS[name](np.random.default_rng(seed), short)
+        except ValueError:
+            continue
+        _check(s, short)
+        ok += 1
+    assert ok >= 4, f"{name}: only {ok}/8 draws fit a 10 s stream"
+
+
 def test_deterministic(res):
     a = tasks.task_chat(np.random.default_rng(7), res)
     b = tasks.task_chat(np.random.default_rng(7), res)
