@@ -1,14 +1,16 @@
 """Where the offline-to-streaming gap is bridged: the paper's two analyses (§Additional Analysis).
 
 Both run on a model (a checkpoint folder or a backend name) over stream samples (any data spec),
-teacher-forced: each stream becomes its Alg. 2 training sequence (instruction, then per chunk
-10 audio slots and the gold control token, with the gold reply after `<response>`) and goes
+teacher-forced: each stream becomes its Alg. 2 training sequence, built by training's own
+`train.collate` (text instruction, a spoken instruction's audio slots if the sample has one, then
+per chunk 10 audio slots and the gold control token, with the gold reply after `<response>`) and goes
 through the decoder in one causal forward — the same keys and values a KV-cache decoder sees
 chunk by chunk, so "cross-chunk KV-cache access" is exactly what the attention does here.
 
 **Obs. 1, continuity ratio.** "the cosine similarity of boundary pairs relative to intra-chunk
-pairs (1.0 denoting seamless continuity)". For a stage's audio-slot vectors x[t, s] (chunk t,
-slot s = 0..9, in time order):
+pairs (1.0 denoting seamless continuity)". For a stage's audio-slot vectors x[t, s] (chunk t
+of the stream — a spoken instruction's chunks are context, not pairs —, slot s = 0..9, in time
+order):
 
     intra    = mean cos(x[t, s], x[t, s+1])        over all chunks t and s = 0..8
     boundary = mean cos(x[t, 9], x[t+1, 0])         over all chunk boundaries
@@ -24,9 +26,9 @@ subtracted first (`centered`) is reported beside the paper's definition.
 hidden state predicts `<silent>` / `<response>`):
 
 - attention share: where each head's attention mass goes — the chunk just heard
-  (`attn_current_chunk`), earlier audio, text (instruction, control and reply tokens) — and the
-  head's share of its layer's attention output there (`output_share`: the norm of its slice of
-  o_proj's output over the sum of all heads' norms);
+  (`attn_current_chunk`), earlier audio (a spoken instruction's too), text (instruction,
+  control and reply tokens) — and the head's share of its layer's attention output there
+  (`output_share`: the norm of its slice of o_proj's output over the sum of all heads' norms);
 - single-head ablation ("we zero each attention head in turn and measure the degradation in
   streaming-control-token generation"): the head's output is zeroed before o_proj at every
   position, and the decision is read again. Reported: the mean absolute change of the decision
@@ -55,7 +57,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import StreamSample, load_streams
-from .tokenize import MASK, build_sequence
+from .tokenize import MASK
 
 PAPER = {
     "continuity": {"encoder": 0.25, "adapter_shift_below": 0.02, "layer_0": 0.80, "layer_0_real_recordings": 0.78},
@@ -74,34 +76,40 @@ class StreamInputs:
 
     id: str
     task: str
-    enc: torch.Tensor  # (N, S, d_enc) frozen encoder output per chunk
-    adapted: torch.Tensor  # (N, S, d) adapter (projector) output
+    enc: torch.Tensor  # (N, S, d_enc) frozen encoder output per chunk of the stream
+    adapted: torch.Tensor  # (N, S, d) adapter (projector) output of the stream
     embeds: torch.Tensor  # (T, d) decoder input: token embeddings with the audio slots filled
-    audio_pos: torch.Tensor  # (N, S) sequence positions of the audio slots
+    audio_pos: torch.Tensor  # (N, S) sequence positions of the stream's audio slots
     decision_pos: torch.Tensor  # (N,) the position whose hidden state predicts chunk t's control token
     gold: torch.Tensor  # (N,) 1 where the gold control token is <response>
     text_mask: torch.Tensor  # (T,) positions that are not audio slots
+    audio_mask: torch.Tensor  # (T,) every audio slot: a spoken instruction's (before the stream), then the stream's
+    instruction_chunks: int = 0  # chunks of spoken instruction (A^ins) heard before the stream
 
 
 @torch.no_grad()
 def prepare(model, sample: StreamSample, max_chunks: int) -> StreamInputs:
+    """The sample's teacher-forced sequence, built by training's own `collate` (a batch of one):
+    text instruction, spoken instruction (if any), then the stream — the inputs the model was
+    trained on and is served with."""
+    from .train import FeatureCache, collate
+
     tok = model.tokenizer
-    chunks = torch.from_numpy(sample.chunks(max_chunks))
-    enc = model.encode_audio(model.features(chunks))
-    adapted = model.adapt(enc).float()
-    n, s = enc.shape[:2]
-    seq = build_sequence(tok, n, sample.timeline_within(n), sample.instruction, audio_slots=s)
-    ids = torch.tensor(seq.input_ids, device=model.device)
-    am = torch.tensor(seq.audio_mask, device=model.device)
-    embeds = model.embed(ids[None], am[None], adapted)[0].float()
-    ys = torch.tensor(seq.y_stream)
+    b = collate(model, [sample], FeatureCache(model, 2), max_chunks)
+    ids, am, ys = b["input_ids"][0], b["audio_mask"][0], b["y_stream"][0]
     ctrl = (ys != MASK).nonzero().flatten()
-    audio_pos = am.nonzero().flatten().cpu().view(n, s)
+    n = len(ctrl)  # one control token per chunk of the stream
+    enc_all = b["enc"].to(model.device)
+    adapted_all = model.adapt(enc_all).float()
+    m, s = enc_all.shape[0] - n, enc_all.shape[1]
+    embeds = model.embed(ids[None].to(model.device), am[None].to(model.device), adapted_all)[0].float()
+    audio_pos = am.nonzero().flatten()[m * s :].view(n, s)
     if not torch.equal(ctrl - 1, audio_pos[:, -1]):
         raise AssertionError("Alg. 2 layout: a control token must follow each chunk's last audio slot")
-    return StreamInputs(id=sample.id, task=sample.task, enc=enc.float().cpu(), adapted=adapted.cpu(), embeds=embeds,
-                        audio_pos=audio_pos, decision_pos=ctrl - 1, gold=(ys[ctrl] == tok.response_id).long(),
-                        text_mask=~am.cpu())
+    return StreamInputs(id=sample.id, task=sample.task, enc=enc_all[m:].float().cpu(), adapted=adapted_all[m:].cpu(),
+                        embeds=embeds, audio_pos=audio_pos, decision_pos=ctrl - 1,
+                        gold=(ys[ctrl] == tok.response_id).long(), text_mask=~am, audio_mask=am.clone(),
+                        instruction_chunks=m)
 
 
 def _samples(data: str | Sequence[StreamSample], limit: int | None) -> list[StreamSample]:
@@ -374,8 +382,7 @@ def analyze_heads(model, data, *, max_chunks: int = 20, limit: int | None = None
         gold_respond += int(gold.sum())
         n_dec += len(gold)
         # where each head looks from the decision position
-        audio = torch.zeros(T, dtype=torch.bool)
-        audio[x.audio_pos.flatten()] = True
+        audio = x.audio_mask  # a spoken instruction's slots are earlier audio too
         cur = torch.zeros(len(qpos), T, dtype=torch.bool)
         for t in range(len(qpos)):
             cur[t, x.audio_pos[t]] = True

@@ -120,3 +120,41 @@ def test_heads_says_so_when_the_control_tokens_are_untrained(tmp_path):
     np.testing.assert_allclose(np.asarray(r["per_head"]["output_share"]).sum(1), 1.0, atol=1e-5)
     _, png = analyze.write_result(r, tmp_path)
     assert png.stat().st_size > 1000
+
+
+def test_analysed_sequence_is_trainings_with_the_spoken_instruction(model):
+    """A sample with a spoken instruction (A^ins) is analysed on exactly the sequence `collate`
+    trains on: text instruction, the instruction's audio slots, then the stream."""
+    from soundflow.data import StreamSample
+    from soundflow.train import FeatureCache, collate
+
+    rng = np.random.default_rng(7)
+    wave = (0.1 * rng.standard_normal(int(16000 * 0.4 * 4))).astype(np.float32)  # 4 chunks
+    instr = (0.1 * rng.standard_normal(int(16000 * 1.0))).astype(np.float32)  # 2.5 → 3 chunks
+    s = StreamSample(id="spoken", task="chat", instruction="hi", timeline=[{"chunk": 2, "text": "ok"}],
+                     wave=wave, instruction_wave=instr)
+    x = analyze.prepare(model, s, 4)
+    b = collate(model, [s], FeatureCache(model, 4), 4)
+    with torch.no_grad():
+        ref = model.embed(b["input_ids"], b["audio_mask"], model.adapt(b["enc"]))[0].float()
+    torch.testing.assert_close(x.embeds, ref)  # the same tokens, the same audio in the same slots
+    assert torch.equal(x.audio_mask, b["audio_mask"][0])
+    slots = model.cfg.audio_slots
+    n_text = len(model.tokenizer.encode("hi"))
+    assert x.instruction_chunks == 3 and int(x.audio_mask.sum()) == (3 + 4) * slots
+    assert x.audio_mask[n_text : n_text + 3 * slots].all()  # the instruction's slots, before the stream
+    assert int(x.audio_pos.min()) == n_text + 3 * slots  # the stream's slots come after them
+    assert x.enc.shape[0] == x.adapted.shape[0] == 4  # the stream's chunks only (continuity pairs)
+    torch.testing.assert_close(x.enc, b["enc"][3:])
+    assert x.gold.tolist() == [0, 0, 1, 0]
+    # the spoken instruction is heard: the stream's hidden states differ without it
+    plain = analyze.prepare(model, StreamSample(id="plain", task="chat", instruction="hi",
+                                                timeline=s.timeline, wave=wave), 4)
+    assert plain.instruction_chunks == 0 and plain.embeds.shape[0] == x.embeds.shape[0] - 3 * slots
+    h = analyze.layer_outputs(model, x.embeds)[-1][x.audio_pos]
+    h0 = analyze.layer_outputs(model, plain.embeds)[-1][plain.audio_pos]
+    assert not torch.allclose(h, h0, atol=1e-4)
+    # heads: every key is audio (instruction or stream) or text
+    r = analyze.analyze_heads(model, [s], max_chunks=4, progress=False)
+    per = {k: np.asarray(v) for k, v in r["per_head"].items()}
+    np.testing.assert_allclose(per["attn_current_chunk"] + per["attn_past_audio"] + per["attn_text"], 1.0, atol=1e-5)
