@@ -11,6 +11,13 @@ Formats (the authors' public repository and dataset card, read 2026-11-30):
 In both, a turn whose `assistant` is `"<no need to response>"` wants no reply, and `emotion` is
 one of happy, sad, angry, surprise, normal, urgent (default normal).
 
+Spoken instructions (the paper's A^ins) have no field in the authors' lines; soundflow adds one
+key of its own, on the line itself, in either format: `"instruction_audio_path"`, the clip heard
+before the stream (relative to the line file's folder, or absolute). `export` writes a sample's
+spoken instruction as `<stem>_audio/<id>_instruction.wav` beside the exported JSONL and names it
+there (an imported sample names the clip its line named, as its turns do); `import` reads it back
+into `StreamSample.instruction_audio`. Lines without it are as before, byte for byte.
+
 A conversation becomes one `StreamSample` laid out as the authors' builder lays it out:
 
     [gap_1, turn_1, gap_2, turn_2, ..., gap_n, turn_n, tail]
@@ -50,6 +57,7 @@ GAP_FRAMES = (20, 60)  # noise before every turn and after the last: 0.8–2.4 s
 PINK_DBFS = -50.0  # gap level without a noise library: audible floor, far below speech
 NOISE_XFADE_S = 0.1  # crossfade when a short noise clip is looped to fill a gap
 AUDIO_EXTS = (".wav", ".flac", ".ogg", ".mp3", ".opus")
+INSTRUCTION_AUDIO_KEY = "instruction_audio_path"  # soundflow's own key: a spoken instruction (A^ins)
 FORMATS = ("online", "streamaudio")
 
 
@@ -104,6 +112,7 @@ class Conversation:
     kind: str = "online"
     scene: str | None = None  # StreamAudio-2M stream_scene_type
     extra: dict = field(default_factory=dict)
+    instruction_audio_path: str | None = None  # a spoken instruction (INSTRUCTION_AUDIO_KEY), heard first
 
     @property
     def format(self) -> str:
@@ -111,6 +120,13 @@ class Conversation:
 
     @classmethod
     def from_json(cls, d: dict, fallback_id: str) -> "Conversation":
+        conv = cls._from_json({k: v for k, v in d.items() if k != INSTRUCTION_AUDIO_KEY}, fallback_id)
+        if d.get(INSTRUCTION_AUDIO_KEY) is not None:
+            conv.instruction_audio_path = str(d[INSTRUCTION_AUDIO_KEY])
+        return conv
+
+    @classmethod
+    def _from_json(cls, d: dict, fallback_id: str) -> "Conversation":
         if "turns" in d:
             turns = [Turn.from_json(t) for t in d["turns"]]
             if "num_turns" in d and int(d["num_turns"]) != len(turns):
@@ -128,6 +144,12 @@ class Conversation:
 
     def to_json(self, fmt: str | None = None) -> dict:
         """The line in `fmt` ("online" | "streamaudio"; default: the format it came in)."""
+        d = self._to_json(fmt)
+        if self.instruction_audio_path is not None:  # only then: lines without one as before
+            d[INSTRUCTION_AUDIO_KEY] = self.instruction_audio_path
+        return d
+
+    def _to_json(self, fmt: str | None) -> dict:
         fmt = fmt or self.format
         if fmt not in FORMATS:
             raise ValueError(f"format must be one of {FORMATS}, not {fmt!r}")
@@ -212,6 +234,8 @@ def conversation_to_sample(conv: Conversation, root: str | Path, *, seed: int = 
     n_chunk = chunk_samples(chunk_ms)
     events: list[dict] = [{"type": "conversation", "format": conv.kind, "id": conv.id, "root": str(root),
                            "stream_scene_type": conv.scene, "extra": conv.extra}]
+    if conv.instruction_audio_path is not None:  # as the line named it, for export
+        events[0][INSTRUCTION_AUDIO_KEY] = conv.instruction_audio_path
     timeline: list[dict] = []
     pos = 0
 
@@ -240,7 +264,8 @@ def conversation_to_sample(conv: Conversation, root: str | Path, *, seed: int = 
     gap(tail, "tail")
     task = conv.id.rstrip("0123456789").rstrip("_-") if conv.kind == "streamaudio" else "conversation"
     return ConversationSample(id=conv.id, task=task or "conversation", chunk_ms=chunk_ms, instruction=instruction,
-                              timeline=timeline, events=events, root=str(root))
+                              timeline=timeline, events=events, root=str(root),
+                              instruction_audio=conv.instruction_audio_path)
 
 
 class ConversationSample(StreamSample):
@@ -275,7 +300,7 @@ def conversation_of(sample: StreamSample) -> Conversation | None:
                   scene_type=e.get("scene_type"), extra=dict(e.get("extra") or {}))
              for e in sorted((e for e in sample.events if e.get("type") == "turn"), key=lambda e: e["index"])]
     return Conversation(id=head["id"], turns=turns, kind=head["format"], scene=head.get("stream_scene_type"),
-                        extra=dict(head.get("extra") or {}))
+                        extra=dict(head.get("extra") or {}), instruction_audio_path=head.get(INSTRUCTION_AUDIO_KEY))
 
 
 def load_conversations(path: str | Path, *, seed: int = 0, noise: str | Path | None = None,
@@ -305,7 +330,8 @@ def load_spec(spec: str) -> list[ConversationSample]:
 
 def import_authors(inp: str | Path, out: str | Path, *, seed: int = 0, noise: str | Path | None = None,
                    instruction: str | None = None, chunk_ms: int = CHUNK_MS, progress: bool = True) -> Path:
-    """Authors' JSONL → `OUT/streams.jsonl` (stream samples) + `OUT/audio/<id>.flac`.
+    """Authors' JSONL → `OUT/streams.jsonl` (stream samples) + `OUT/audio/<id>.flac` (+
+    `OUT/audio/<id>.instruction.flac` for a spoken instruction).
 
     The rendered audio makes the manifest self-contained; the conversation and turn events keep
     what `export_authors` needs to write the original lines back."""
@@ -319,6 +345,10 @@ def import_authors(inp: str | Path, out: str | Path, *, seed: int = 0, noise: st
         rel = f"audio/{_safe(s.id)}.flac"
         write_audio(out / rel, s.load())
         s.audio = rel
+        if s.has_instruction_audio:  # copied beside the stream, as `data build` writes it
+            irel = f"audio/{_safe(s.id)}.instruction.flac"
+            write_audio(out / irel, s.load_instruction())
+            s.instruction_audio = irel
         rows.append(s.to_json())
     write_jsonl(out / "streams.jsonl", rows)
     return out / "streams.jsonl"
@@ -338,16 +368,30 @@ def _rel(path: str, src_root: Path, dst_root: Path) -> str:
 def sample_to_conversation(s: StreamSample, out_dir: Path, audio_dir: Path | None = None) -> Conversation:
     """A stream sample as a conversation. Imported samples give their original turns back;
     native samples are cut into turns at their replies (turn i = audio up to the end of reply
-    chunk k_i; what follows the last reply is a no-reply turn), written as WAV files."""
+    chunk k_i; what follows the last reply is a no-reply turn), written as WAV files. A spoken
+    instruction is named by the line's `instruction_audio_path`: an imported sample's original
+    clip (like its turns), else written as `<id>_instruction.wav` in `audio_dir`."""
+    audio_dir = audio_dir or out_dir / "audio"
+    conv = _turns_of(s, out_dir, audio_dir)
+    if s.has_instruction_audio and conv.instruction_audio_path is None:
+        audio_dir.mkdir(parents=True, exist_ok=True)
+        f = audio_dir / f"{_safe(s.id)}_instruction.wav"
+        write_audio(f, s.load_instruction())
+        conv.instruction_audio_path = os.path.relpath(f.resolve(), out_dir.resolve())
+    return conv
+
+
+def _turns_of(s: StreamSample, out_dir: Path, audio_dir: Path) -> Conversation:
     conv = conversation_of(s)
     if conv is not None:
         src = Path(next(e for e in s.events if e.get("type") == "conversation")["root"])
         for t in conv.turns:
             t.audio_path = _rel(t.audio_path, src, out_dir)
+        if conv.instruction_audio_path is not None:
+            conv.instruction_audio_path = _rel(conv.instruction_audio_path, src, out_dir)
         return conv
     wave = s.load()
     n = chunk_samples(s.chunk_ms)
-    audio_dir = audio_dir or out_dir / "audio"
     audio_dir.mkdir(parents=True, exist_ok=True)
     cuts = [(int(e["chunk"]) + 1) * n for e in sorted(s.timeline, key=lambda e: e["chunk"])]
     texts = [(e["text"], e.get("emotion")) for e in sorted(s.timeline, key=lambda e: e["chunk"])]

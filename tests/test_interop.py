@@ -180,3 +180,76 @@ def test_train_reads_the_authors_jsonl_directly(corpus):
     assert rows[0]["n_stream"] == chunks  # one decision label per chunk of both streams
     resp = rows[0]["resp_recall"]
     assert 0.0 <= resp <= 1.0 and rows[0]["n_lm"] > replies  # reply tokens are supervised
+
+
+# ----------------------------------------------------------------------------- spoken instructions (A^ins)
+
+
+def _spoken(n: int = 2) -> list:
+    """Native beep streams, the first with a spoken instruction held in memory (as `data build`
+    makes them), the others without."""
+    samples = synthetic_beeps(n=n, chunks=6, seed=4)
+    samples[0].instruction_wave = _tone(0.9, 440) * 0.5
+    return samples
+
+
+def test_export_then_import_keeps_the_spoken_instruction(corpus):
+    from soundflow.interop import INSTRUCTION_AUDIO_KEY
+    from soundflow.model import build_model
+    from soundflow.train import FeatureCache, collate
+
+    native = _spoken()
+    out = export_authors(native, corpus / "spoken/out.jsonl")
+    lines = read_jsonl(out)
+    key = INSTRUCTION_AUDIO_KEY
+    assert lines[0][key] == "out_audio/beep-4-0_instruction.wav"
+    assert (out.parent / lines[0][key]).exists() and key not in lines[1]
+    back = load_streams(str(out))  # `data import` reads the key back
+    assert back[0].has_instruction_audio and not back[1].has_instruction_audio
+    np.testing.assert_allclose(back[0].load_instruction(), native[0].instruction_wave, atol=1e-4)  # 16-bit WAV
+    np.testing.assert_allclose(back[0].instruction_chunks(), native[0].instruction_chunks(), atol=1e-4)
+    # training sees it: the re-imported stream's sequence has the instruction's audio slots first
+    model = build_model("tiny")
+    b = collate(model, back[:1], FeatureCache(model, 4), 60)
+    assert b["enc"].shape[0] == native[0].instruction_chunks().shape[0] + back[0].chunks(60).shape[0]
+    # export again: an imported sample names its clip as its line did (import → export is the identity)
+    again = export_authors(back, corpus / "spoken/again.jsonl")
+    assert read_jsonl(again) == lines
+    # data import → streams.jsonl copies it beside the stream; export still gives the lines back
+    manifest = import_authors(out, corpus / "spoken/imported", progress=False)
+    (row0, row1) = read_jsonl(manifest)
+    assert row0["instruction_audio"] == f"audio/{row0['id']}.instruction.flac" and "instruction_audio" not in row1
+    imported = load_streams(str(manifest))
+    np.testing.assert_allclose(imported[0].load_instruction(), native[0].instruction_wave, atol=1e-4)
+    assert read_jsonl(export_authors(imported, corpus / "spoken/back.jsonl")) == lines
+
+
+def test_lines_without_a_spoken_instruction_are_unchanged(corpus):
+    """Byte for byte: no key, no instruction file, for samples and lines without one."""
+    from soundflow.interop import INSTRUCTION_AUDIO_KEY
+
+    for name in ("online.jsonl", "stream2m.jsonl"):
+        out = export_authors(load_conversations(corpus / name), corpus / f"plain_{name}")
+        assert out.read_bytes() == (corpus / name).read_bytes()
+    native = _spoken(3)
+    out = export_authors(native, corpus / "mixed/out.jsonl")
+    plain = export_authors(native[1:], corpus / "plain/out.jsonl")
+    assert out.read_text().splitlines()[1:] == plain.read_text().splitlines()
+    assert INSTRUCTION_AUDIO_KEY not in plain.read_text()
+    assert not list((corpus / "plain").rglob("*_instruction.wav"))
+    assert len(list((corpus / "mixed").rglob("*_instruction.wav"))) == 1
+
+
+def test_cli_export_import_with_a_spoken_instruction(corpus):
+    (corpus / "ins").mkdir()
+    s = _spoken(1)[0]
+    from soundflow.audio import write_audio
+
+    write_audio(corpus / "ins/a.wav", s.wave)
+    write_audio(corpus / "ins/a.instruction.flac", s.instruction_wave)
+    row = {**s.to_json(), "audio": "a.wav", "instruction_audio": "a.instruction.flac"}
+    write_jsonl(corpus / "ins/streams.jsonl", [row])
+    assert main(["data", "export", str(corpus / "ins/streams.jsonl"), "--out", str(corpus / "ins/out.jsonl")]) == 0
+    assert main(["data", "import", str(corpus / "ins/out.jsonl"), "--out", str(corpus / "ins/back")]) == 0
+    (back,) = load_streams(str(corpus / "ins/back/streams.jsonl"))
+    np.testing.assert_allclose(back.load_instruction(), s.instruction_wave, atol=1e-4)
