@@ -126,7 +126,7 @@ class Conversation:
         return conv
 
     @classmethod
-    def _from_json(cls, d: dict, fallback_id: str) -> "Conversation":
+    def _from_json(cls, d: dict, fallback_id: str) -> Conversation:
         if "turns" in d:
             turns = [Turn.from_json(t) for t in d["turns"]]
             if "num_turns" in d and int(d["num_turns"]) != len(turns):
