@@ -19,9 +19,9 @@ Scheduling (mode="fifo", Alg. 4):
   under a lock; it never waits for the decoder.
 - decoder consumer thread: when its last token is `<silent>`/`<eos>` it waits until the queue
   is non-empty, flushes the WHOLE queue atomically and feeds all m chunks in one forward
-  (`decoding.feed_audio`, `<silent>` between them, the training format for chunks heard while
-  busy), then emits one control token. Mid-reply it only runs autoregressive text steps and
-  never touches the queue (unless barge-in is on, see below).
+  (`ContextWindow.feed`, in the layout of `tokenize.chunk_run`: `<silent>` between them, the
+  training format for chunks heard while busy), then emits one control token. Mid-reply it
+  only runs autoregressive text steps and never touches the queue (unless barge-in is on, see below).
 - every chunk gets exactly one decision event: in a drained batch the older chunks get
   `"silent"` with `"drained": true`, the newest gets the model's decision.
 - the KV cache is never reset after a reply (memory across replies), and the encoder keeps
@@ -32,22 +32,23 @@ reply for one chunk at a time; chunks heard during a reply wait and are then dec
 `drain=False` keeps the encoder thread and the queue but pops one chunk per decoder step (the
 paper's "pop-one-at-a-time", the contrast it gives for drain-on-trigger's resume latency).
 
-Context policy: the cache holds the instruction prefix plus a recent window of at most
-`max_context_chunks` chunks (75 = 30 s: about the 60-chunk streams the model is trained on).
-When the window overflows, the oldest turns are evicted a block at a time (`evict_chunks`,
+The stream's decoder state is one `decoding.ContextWindow` per session, made and driven by the
+decoder thread only; the session itself holds threads, queues and events (`events.py`).
+
+Context policy (`ContextWindow`): the cache holds the instruction prefix plus a recent window of
+at most `max_context_chunks` chunks (75 = 30 s: about the 60-chunk streams the model is trained
+on). When the window overflows, the oldest turns are evicted a block at a time (`evict_chunks`,
 default half the window), so positions never leave the trained range and per-chunk cost and
 memory stay flat over hours. The default `context_policy="shift"` drops the evicted turns' KV
-entries and re-rotates the remaining keys n positions down (RoPE is relative, so this equals
-having computed them at the lower positions; the kept entries still carry what they attended
-to, as in StreamingLLM with the instruction prefix as the attention sink): an elementwise pass,
-no stall. `"rebuild"` re-runs the LM over the kept window from its input embeddings — exact
-but a ~0.5 s prefill on 2 CPU cores that stalls one chunk step; it is also used when an
-instruction turn leaves the window (the instruction moves into the prefix).
+entries and re-rotates the remaining keys (an elementwise pass, no stall); `"rebuild"` re-runs
+the LM over the kept window — exact but a ~0.5 s prefill on 2 CPU cores that stalls one chunk
+step; it is also used when an instruction turn leaves the window (the instruction moves into
+the prefix).
 
 Barge-in (`barge_in=True`): a new instruction cuts the current reply at the next token; and
-mid-reply, whenever new chunks are queued, the decoder *probes* them (feeds `<eos>` + the
-queued chunks, reads P(<response>)) and rolls the cache back (`model.truncate_cache`) unless
-P ≥ `barge_in_threshold`, in which case the reply is cut there and a new reply starts.
+mid-reply, whenever new chunks are queued, the decoder *probes* them (`ContextWindow.probe`:
+feeds `<eos>` + the queued chunks, reads P(<response>), rolls the cache back) and cuts the
+reply there when P ≥ `barge_in_threshold`; a new reply can then start.
 
 Threads and torch: torch's intra-op pool is process-wide. On a small CPU (≤ 2 cores) the
 engine sets `torch.set_num_threads(1)` by default (`EngineOptions.torch_threads`): the encoder
@@ -69,7 +70,7 @@ import queue
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
@@ -77,21 +78,10 @@ import torch
 
 from . import decoding
 from .audio import CHUNK_MS, SAMPLE_RATE, Chunker, check_pcm, chunk_samples
-from .model import truncate_cache
+from .events import Decision, Error, Event, Response, Token
 from .tokenize import AUDIO_SLOTS
 
 _END = object()
-# Long prefills (an instruction, a context rebuild) run in blocks of this many positions: the
-# attention scores then take block × context memory instead of context² (a 4,800-position
-# rebuild of tiny went from ~370 MB of transient scores per layer to ~20 MB), and a batched
-# prefill no longer occupies a decoder worker alone for the whole length.
-PREFILL_BLOCK = 256
-
-
-def _prefill(model, state, embeds: torch.Tensor) -> None:
-    """Append (1, L, d) embeddings to the cache in blocks (causal attention: the same result)."""
-    for i in range(0, embeds.shape[1], PREFILL_BLOCK):
-        decoding._forward(model, state, embeds[:, i : i + PREFILL_BLOCK])
 
 
 @dataclass
@@ -124,7 +114,7 @@ class EngineOptions:
     policy: Callable[[int, float], bool] | None = None
 
     def __post_init__(self) -> None:
-        if self.context_policy not in ("shift", "rebuild"):
+        if self.context_policy not in decoding.CONTEXT_POLICIES:
             raise ValueError(f"context_policy must be 'shift' or 'rebuild', not {self.context_policy!r}")
         if self.mode not in ("fifo", "sequential"):
             raise ValueError(f"mode must be 'fifo' or 'sequential', not {self.mode!r}")
@@ -194,22 +184,10 @@ class _Chunk:
     pcm: np.ndarray | None = None
 
 
-@dataclass
-class _Turn:
-    """What one decoder turn fed into the cache, to rebuild it after eviction."""
-
-    items: list = field(default_factory=list)  # ("ids", [ints]) | ("audio", (m, slots, d))
-    chunks: int = 0
-    instruction: bool = False
-    # an instruction turn's own tokens (not in `items`: a rebuild moves the latest instruction
-    # to the prefix) — cache positions, and the same counted in window units (chunks) so that
-    # instructions are evicted like audio instead of piling up outside the budget
-    instr_positions: int = 0
-    cost: int = 0
-
-
 class Session:
-    """One stream's state and threads. Thread-safe `feed` / `set_instruction` / `close`."""
+    """One stream's threads, queues and events over its `decoding.ContextWindow` (the decoder
+    state, made and driven by the decoder thread). Thread-safe `feed` / `set_instruction` /
+    `close`."""
 
     def __init__(self, model, opts: EngineOptions, instruction: str | None, name: str = "sf-session",
                  batcher=None, instruction_audio: np.ndarray | None = None):
@@ -217,10 +195,9 @@ class Session:
         self.opts = opts
         self._batcher = batcher
         self.instruction = instruction
-        # the spoken instruction (A^ins): its PCM until the decoder thread encodes it, then its
-        # adapted chunks (kept: a context rebuild puts them back in the prefix)
+        # the spoken instruction (A^ins): its PCM until the decoder thread encodes it into the
+        # window's prefix (ValueError here, before any thread starts)
         self.instruction_audio = self._check_instruction_audio(instruction_audio, self._instruction_ids(instruction))
-        self._instruction_audio_feats: torch.Tensor | None = None  # ValueError above, before any thread starts
         self._chunk_s = opts.chunk_ms / 1000
         self._chunker = Chunker(opts.chunk_ms)
         self._k = 0  # chunks fed
@@ -235,18 +212,17 @@ class Session:
         self._decided = 0  # chunks with a decision
         self._busy = False  # decoder inside a step or reply
         self._new_instruction: str | None = None
-        self.stats = {"encoded": 0, "forwards": 0, "drains": 0, "rebuilds": 0, "shifts": 0, "barge_ins": 0}
+        self._counts = {"encoded": 0, "drains": 0, "barge_ins": 0}
         self._threads: list[threading.Thread] = []
         if opts.mode == "fifo":
             self._threads.append(threading.Thread(target=self._guard(self._encoder_loop), name=name + "-enc", daemon=True))
             self._threads.append(threading.Thread(target=self._guard(self._decoder_loop), name=name + "-dec", daemon=True))
         else:
             self._threads.append(threading.Thread(target=self._guard(self._sequential_loop), name=name + "-seq", daemon=True))
-        self._state: decoding.DecoderState | None = None
-        self._turns: deque[_Turn] = deque()
+        self._window: decoding.ContextWindow | None = None  # made by the decoder thread
+        self._barge = False  # the next decision's audio cut a reply (decoder thread only)
         if batcher is not None:
             batcher.attach()
-        self._window_chunks = 0
         for t in self._threads:
             t.start()
 
@@ -347,6 +323,33 @@ class Session:
     def finished(self) -> bool:
         return self._ended
 
+    @property
+    def context(self) -> decoding.ContextWindow | None:
+        """The stream's decoder state (None until the decoder thread has started it). Read it
+        only while the session is idle (`wait_idle`) or over: the decoder thread drives it."""
+        return self._window
+
+    @property
+    def cache_len(self) -> int:
+        """Positions currently in the KV cache (prefix + window + replies)."""
+        w = self._window
+        return 0 if w is None else w.cache_len
+
+    @property
+    def queued(self) -> int:
+        """Chunks encoded and waiting for the decoder (the FIFO)."""
+        with self._lock:
+            return len(self._fifo)
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters: chunks encoded, LM forwards, decoder steps (drains), evictions (rebuilds,
+        shifts), replies cut by audio (barge_ins)."""
+        w = self._window.stats if self._window is not None else {"forwards": 0, "rebuilds": 0, "shifts": 0}
+        c = self._counts
+        return {"encoded": c["encoded"], "forwards": w["forwards"], "drains": c["drains"],
+                "rebuilds": w["rebuilds"], "shifts": w["shifts"], "barge_ins": c["barge_ins"]}
+
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until every chunk fed so far has its decision and no reply is running."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -415,15 +418,15 @@ class Session:
                 self._k += 1
             self._lock.notify_all()
 
-    def _emit(self, ev: dict) -> None:
-        self._events.put(ev)
+    def _emit(self, ev: Event) -> None:
+        self._events.put(ev.to_dict())
 
     def _guard(self, fn):
         def run():
             try:
                 fn()
             except Exception as e:  # noqa: BLE001 — reported as an event, session ends
-                self._emit({"type": "error", "message": f"{type(e).__name__}: {e}"})
+                self._emit(Error(f"{type(e).__name__}: {e}"))
                 with self._lock:
                     self._aborted = True
                     self._lock.notify_all()
@@ -433,7 +436,7 @@ class Session:
                         t.join()
                     if self._batcher is not None:
                         self._batcher.detach()
-                    self._emit(_END)
+                    self._events.put(_END)
         return run
 
     def _encode(self, c: _Chunk) -> None:
@@ -444,7 +447,7 @@ class Session:
                 c.audio = self.model.encode(self.model.features(torch.as_tensor(c.pcm)[None]))
         c.pcm = None
         c.encoded = time.perf_counter()
-        self.stats["encoded"] += 1
+        self._counts["encoded"] += 1
 
     def _take_inbox(self) -> _Chunk | None:
         """Next raw chunk, or None when closed and empty (or aborted)."""
@@ -471,12 +474,14 @@ class Session:
 
     # ---- decoder side (shared by both modes)
     def _start(self) -> None:
+        spoken = None
         if self.instruction_audio is not None:  # encoded here, in the decoder's thread, once
             enc = self._batcher.encode if self._batcher is not None else None
-            self._instruction_audio_feats = decoding.encode_instruction_audio(
-                self.model, self.instruction_audio, self.opts.chunk_ms, encode=enc)
-        self._state = decoding.start(self.model, self.instruction, self._instruction_audio_feats, batcher=self._batcher)
-        self.stats["forwards"] += 1 if self._state.pos else 0
+            spoken = decoding.encode_instruction_audio(self.model, self.instruction_audio, self.opts.chunk_ms, encode=enc)
+        o = self.opts
+        self._window = decoding.ContextWindow(
+            self.model, self.instruction, spoken, max_chunks=o.max_context_chunks, evict_chunks=o.evict_chunks,
+            policy=o.context_policy, batcher=self._batcher)
 
     def _decide(self, k: int, p: float) -> bool:
         if self.opts.policy is not None:
@@ -484,86 +489,35 @@ class Session:
         return p >= self.opts.threshold
 
     def _t(self, k: int) -> float:
-        return round((k + 1) * self._chunk_s, 3)
+        return (k + 1) * self._chunk_s
 
-    def _decision(self, c: _Chunk, respond: bool, p: float, now: float, **extra) -> None:
-        ev = {"type": "decision", "chunk": c.k, "t": self._t(c.k), "decision": "response" if respond else "silent",
-              "p_response": round(float(p), 4), "latency_ms": round((now - c.avail) * 1000, 2),
-              # arrival → encoded: how long the input pipeline took to take this chunk in
-              "input_ms": round((c.encoded - c.avail) * 1000, 2)}
-        ev.update(extra)
-        self._emit(ev)
-
-    def _feed_chunks(self, batch: list[_Chunk], pre_ids: list[int] | None = None) -> float:
-        """Feed m encoded chunks in one forward (decoding.feed_audio) and record the turn."""
-        st = self._state
-        audio = torch.cat([c.audio for c in batch])
-        turn = _Turn(chunks=len(batch))
-        if pre_ids:
-            st.pending = st.pending + pre_ids
-        if st.pending:
-            turn.items.append(("ids", list(st.pending)))
-        turn.items.append(("audio", audio))
-        p = decoding.feed_audio(self.model, st, audio)
-        self.stats["forwards"] += 1
-        self._turns.append(turn)
-        self._window_chunks += len(batch)
-        return p
+    def _decision(self, c: _Chunk, respond: bool, p: float, now: float, **extra) -> Decision:
+        return Decision(chunk=c.k, t=self._t(c.k), respond=respond, p_response=p,
+                        latency_ms=(now - c.avail) * 1000, input_ms=(c.encoded - c.avail) * 1000, **extra)
 
     def _apply_instruction(self, text: str) -> None:
-        """Feed a mid-stream instruction at an interruption point. It replaces the previous one:
-        it costs window room like audio (len / positions-per-chunk chunks); when it does not fit,
-        turns are evicted and the cache rebuilt with it as the prefix (superseded instructions
-        are dropped), so any number of instructions leaves the cache bounded."""
+        """A mid-stream instruction at an interruption point: it replaces the previous one (a
+        spoken one too); the window fits it in its budget (`ContextWindow.set_instruction`)."""
         self.instruction = text or None
-        self.instruction_audio = self._instruction_audio_feats = None  # a spoken one is superseded too
-        ids = self._instruction_ids(text)
-        if not ids:
-            return
-        cost = -(-len(ids) // (AUDIO_SLOTS + 1))
-        cap = self.opts.max_context_chunks
-        if cap is not None and self._window_chunks + cost > cap:
-            self._rebuild()  # this instruction becomes the prefix (bounded by max_instruction_tokens)
-            return
-        st = self._state
-        # only the tokens before the instruction are recorded: a rebuild puts the latest
-        # instruction in the prefix and drops superseded ones
-        turn = _Turn(items=[("ids", list(st.pending))] if st.pending else [], instruction=True)
-        st.pending = st.pending + ids
-        with torch.inference_mode():
-            _prefill(self.model, st, torch.cat(decoding._pending_embeds(self.model, st)).unsqueeze(0))
-        self.stats["forwards"] += 1
-        turn.instr_positions, turn.cost = len(ids), cost
-        self._turns.append(turn)
-        self._window_chunks += cost
+        self.instruction_audio = None
+        self._window.set_instruction(text)
 
     def _reply(self, c: _Chunk) -> None:
         """Greedy reply after <response>; token events; barge-in checks between tokens."""
-        st, tok = self._state, self.model.tokenizer
+        win, tok = self._window, self.model.tokenizer
         ids: list[int] = []
         text = ""
-        gen = decoding.reply_tokens(self.model, st, self.opts.max_reply_tokens)
-        turn = self._turns[-1]
+        gen = win.reply(self.opts.max_reply_tokens)
         cut = None
         probed = 0
-        while True:
-            turn.items.append(("ids", list(st.pending)))  # what this step feeds
-            try:
-                nxt = next(gen)
-            except StopIteration:
-                if len(st.pending) > 1:  # stopped at the cap: no forward, pending = [last, <eos>]
-                    turn.items.pop()
-                else:  # predicted <eos>: the step fed the last token
-                    self.stats["forwards"] += 1
-                break
-            self.stats["forwards"] += 1
+        for nxt in gen:
             ids.append(nxt)
             if self._aborted:  # the client is gone: stop spending CPU on its reply
                 cut = "aborted"
                 break
             full = tok.decode(ids)  # incremental text: multi-byte pieces come out whole
             if full != text:
-                self._emit({"type": "token", "chunk": c.k, "text": full[len(text):] if full.startswith(text) else full})
+                self._emit(Token(c.k, full[len(text):] if full.startswith(text) else full))
                 text = full
             if self.opts.barge_in:
                 with self._lock:
@@ -578,117 +532,26 @@ class Session:
                     break
         gen.close()
         if cut:
-            st.pending.append(tok.eos_id)  # close the reply as training does
-        self._emit({"type": "response", "chunk": c.k, "t": self._t(c.k), "text": tok.decode(ids),
-                    **({"cut": cut} if cut else {})})
+            win.close_reply()
+        self._emit(Response(c.k, self._t(c.k), tok.decode(ids), cut))
         if cut == "audio":
-            self.stats["barge_ins"] += 1
+            self._counts["barge_ins"] += 1
             self._barge = True
 
     def _probe(self) -> bool:
-        """Tentatively feed <eos> + the queued chunks; keep them only if P >= barge-in threshold."""
-        st = self._state
+        """Would the queued chunks cut the reply? P(<response>) ≥ the barge-in threshold had the
+        reply ended here (the window rolls the tentative feed back)."""
         with self._lock:
             batch = list(self._fifo)
         if not batch:
             return False
         thr = self.opts.barge_in_threshold
         thr = max(self.opts.threshold, 0.5) if thr is None else thr
-        saved = (st.pos, list(st.pending), st.chunks)
-        st.pending = st.pending + [self.model.tokenizer.eos_id]
-        audio = torch.cat([c.audio for c in batch])
-        p = decoding.feed_audio(self.model, st, audio)
-        self.stats["forwards"] += 1
-        truncate_cache(st.cache, saved[0])  # roll back: a cut reply re-feeds these chunks for real
-        st.pos, st.pending, st.chunks = saved
-        return p >= thr
-
-    def _maybe_evict(self, incoming: int) -> None:
-        """Context policy: keep the prefix + at most max_context_chunks recent chunks. When the
-        `incoming` chunks would overflow the window, evict whole turns (oldest first) down to
-        cap - evict_chunks and rebuild once: amortised over evict_chunks chunks."""
-        cap = self.opts.max_context_chunks
-        if cap is None or self._window_chunks + incoming <= cap:
-            return
-        block = self.opts.evict_chunks or max(1, cap // 2)
-        target = max(0, cap - block)
-        evicted = []
-        while self._turns and self._window_chunks > target:
-            evicted.append(self._turns.popleft())
-            self._window_chunks -= evicted[-1].chunks + evicted[-1].cost
-        if self.opts.context_policy == "shift" and not any(t.instruction for t in evicted) and self._shift(evicted):
-            return
-        self._rebuild()  # also when an instruction turn leaves the window: it must move to the prefix
-
-    @staticmethod
-    def _turn_len(t: _Turn) -> int:
-        """Cache positions a turn occupies (feed_audio puts <silent> between drained chunks)."""
-        return t.instr_positions + sum(len(x) if kind == "ids" else x.shape[0] * x.shape[1] + x.shape[0] - 1 for kind, x in t.items)
-
-    def _shift(self, evicted: list[_Turn]) -> bool:
-        """StreamingLLM-style eviction: keep the prefix, drop the evicted turns' positions and
-        move the window down by re-rotating its keys (model.shift_cache). False if the cache
-        does not add up (then the caller rebuilds)."""
-        st = self._state
-        n = sum(self._turn_len(t) for t in evicted)
-        if st.prefix_len + n + sum(self._turn_len(t) for t in self._turns) != st.cache.get_seq_length():
-            return False
-        self.model.shift_cache(st.cache, st.prefix_len, n)
-        st.pos -= n
-        self.stats["shifts"] += 1
-        return True
-
-    @torch.inference_mode()
-    def _rebuild(self) -> None:
-        m, st = self.model, self._state
-        parts = []
-        if self.instruction:
-            ids = m.tokenizer.encode(self.instruction)
-            if ids:
-                parts.append(m.embed_ids(ids))
-        spoken = self._instruction_audio_feats
-        if spoken is not None and spoken.numel():  # the spoken instruction stays in the prefix
-            parts.append(spoken.reshape(-1, spoken.shape[-1]).to(m.embed_ids([m.tokenizer.silent_id]).dtype))
-        prefix_len = sum(p.shape[0] for p in parts)
-        silent = m.embed_ids([m.tokenizer.silent_id])
-        kept = deque()
-        for i, t in enumerate(self._turns):
-            kept.append(t)
-            if t.instr_positions:  # its instruction is superseded, or is the prefix now
-                self._window_chunks -= t.cost
-                t.instr_positions = t.cost = 0
-            items = t.items
-            if i == 0 and items and items[0][0] == "ids":
-                items = items[1:]  # the control token of an evicted chunk: start at audio
-            for kind, x in items:
-                if kind == "ids":
-                    if x:
-                        parts.append(m.embed_ids(x))
-                else:
-                    for j in range(x.shape[0]):
-                        if j:
-                            parts.append(silent)
-                        parts.append(x[j].to(silent.dtype))
-        self._turns = kept
-        new = decoding.DecoderState(cache=m.new_cache(), pending=list(st.pending), chunks=st.chunks,
-                                    batcher=st.batcher)
-        if parts:
-            _prefill(m, new, torch.cat(parts).unsqueeze(0))
-        new.prefix_len = prefix_len
-        self._state = new
-        self.stats["rebuilds"] += 1
-        self.stats["forwards"] += 1
-
-    @property
-    def cache_len(self) -> int:
-        """Positions currently in the KV cache (prefix + window + replies)."""
-        st = self._state
-        return 0 if st is None else int(st.cache.get_seq_length())
+        return self._window.probe(torch.cat([c.audio for c in batch])) >= thr
 
     # ---- Alg. 4 DecoderLoop: event-driven consumer
     def _decoder_loop(self) -> None:
         self._start()
-        self._barge = False
         while True:
             with self._lock:
                 # r* is <silent>/<eos> here: wait until Q is non-empty (idle otherwise)
@@ -715,27 +578,26 @@ class Session:
                     self._lock.notify_all()
 
     def _step(self, batch: list[_Chunk]) -> None:
-        self._maybe_evict(len(batch))
-        p = self._feed_chunks(batch)
+        """One decoder step: feed the batch (evicting first if the window is full), decide the
+        newest chunk, reply if it says so."""
+        p = self._window.feed(torch.cat([c.audio for c in batch]))
         if not math.isfinite(p):  # the state is poisoned: end this session (an error event), never emit NaN
             raise RuntimeError("the model produced a non-finite P(response); session state is corrupt")
         newest = batch[-1]
         respond = self._decide(newest.k, p)
-        decoding.decide(self.model, self._state, 1.0 if respond else 0.0, 0.5)
+        self._window.push_control(respond)
         now = time.perf_counter()
-        self.stats["drains"] += 1
+        self._counts["drains"] += 1
         for c in batch[:-1]:
-            self._decision(c, False, 0.0, now, drained=True)
-        extra = {"barge_in": True} if self._barge else {}
-        self._barge = False
-        self._decision(newest, respond, p, now, **extra)
+            self._emit(self._decision(c, False, 0.0, now, drained=True))
+        barge, self._barge = self._barge, False
+        self._emit(self._decision(newest, respond, p, now, barge_in=barge))
         if respond:
             self._reply(newest)
 
     # ---- ablation baseline: encode → decide → reply, one chunk at a time, no queue
     def _sequential_loop(self) -> None:
         self._start()
-        self._barge = False
         while True:
             c = self._take_inbox()
             if c is None:

@@ -135,6 +135,21 @@ def build_sequence(
     return seq
 
 
+def chunk_run(tokenizer: Tokenizer, n_chunks: int, audio_slots: int = AUDIO_SLOTS) -> list[int]:
+    """X for `n_chunks` consecutive chunks with no reply among them, up to the newest chunk's
+    control token (left to the decision): [audio × slots] (<silent> [audio × slots])*.
+
+    The one statement of the rule for chunks heard while busy: the FIFO decoder feeds every chunk
+    queued during a reply in one forward in this layout (Alg. 4), which in training terms
+    (`build_sequence`) is a run of silent chunks. `decoding` builds its inputs from it."""
+    ids: list[int] = []
+    for t in range(n_chunks):
+        if t:
+            ids.append(tokenizer.silent_id)
+        ids.extend([tokenizer.audio_id] * audio_slots)
+    return ids
+
+
 def parse_timeline(tokenizer: Tokenizer, ids: Sequence[int], audio_mask: Sequence[bool] | None = None) -> list[dict]:
     """Inverse of Alg. 2: a token sequence (labels or model output) → [{"chunk", "text"}].
 

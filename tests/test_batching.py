@@ -111,18 +111,14 @@ def test_probe_rolls_back_exactly(model):
     """The barge-in probe feeds queued chunks tentatively and truncates them away again."""
     sess = Engine(model, EngineOptions(threshold=1.01, barge_in=True, barge_in_threshold=1.01)).session()
     list(sess.run(iter_chunks(_wave(1.2))))  # 3 chunks in the cache
-    st = sess._state
-    before = (st.pos, list(st.pending), st.chunks, [layer.keys.clone() for layer in st.cache.layers])
-    c = sess._fifo
-    from soundflow.engine import _Chunk
+    win = sess.context
+    before = (win.pos, win.pending, win.chunks, [layer.keys.clone() for layer in win.cache.layers])
     with torch.inference_mode():
         audio = model.encode(model.features(torch.as_tensor(_wave(0.4, seed=9))[None]))
-    c.append(_Chunk(99, 0.0, audio=audio))
-    assert sess._probe() is False  # P < 1.01: rolled back
-    assert (st.pos, st.pending, st.chunks) == before[:3]
-    for layer, k in zip(st.cache.layers, before[3]):
+    assert not win.probe(audio) >= 1.01  # P < the barge-in threshold: rolled back
+    assert (win.pos, win.pending, win.chunks) == before[:3]
+    for layer, k in zip(win.cache.layers, before[3]):
         assert torch.equal(layer.keys, k)
-    c.clear()
 
 
 def test_audio_barge_in_cuts_reply(model):

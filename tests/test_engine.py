@@ -70,7 +70,7 @@ def test_drain_whole_queue_on_trigger(model):
             for c in chunks[1:]:
                 sess.feed(c)
             deadline = time.time() + 10
-            while len(sess._fifo) < 5 and time.time() < deadline:  # all 5 encoded AND queued
+            while sess.queued < 5 and time.time() < deadline:  # all 5 encoded AND queued
                 time.sleep(0.005)
             gate.set()
             sess.close()
@@ -128,8 +128,8 @@ def test_memory_across_replies(model):
     replies = [e for e in evs if e["type"] == "response"]
     assert len(replies) == n
     # every chunk (10 slots + control token) and the replies are still in the cache
-    assert sess.cache_len == sess._state.pos > n * 11 + n
-    assert sess._state.chunks == n
+    assert sess.cache_len == sess.context.pos > n * 11 + n
+    assert sess.context.chunks == n
     # the decision on the last chunk depends on the history: a fresh decoder gives another P
     fresh = list(decoding.decode_stream(model, list(iter_chunks(_wave(0.4 * n)))[-1:], decoding.DecodeOptions(threshold=0.0)))
     assert _decisions(fresh)[0]["p_response"] != pytest.approx(_decisions(evs)[-1]["p_response"], abs=1e-4)
@@ -162,7 +162,7 @@ def test_context_policy_bounds_cache_on_long_stream(model, policy):
     evictions = sess.stats["rebuilds"] + sess.stats["shifts"]
     assert evictions >= (n - cap) // (cap // 2) - 1
     assert sess.stats["shifts" if policy == "shift" else "rebuilds"] == evictions
-    assert sess._state.pos == sess.cache_len  # contiguous positions after every eviction
+    assert sess.context.pos == sess.cache_len  # contiguous positions after every eviction
 
 
 def test_rebuild_equals_fresh_decode_of_the_window(model):
@@ -292,7 +292,7 @@ def test_instructions_replace_each_other_within_the_context_budget(model, policy
     longest = max(len(t) for t in texts)  # byte tokenizer: one token per character
     assert max(lens) <= longest + cap * 11 + 2, max(lens)  # uncounted, they sat on top of the window
     assert sess.instruction == texts[-1]
-    assert sess._state.pos == sess.cache_len
+    assert sess.context.pos == sess.cache_len
 
 
 def test_overlong_instruction_is_refused_before_the_session_starts(model):
