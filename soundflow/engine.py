@@ -46,7 +46,7 @@ instruction turn leaves the window (the instruction moves into the prefix).
 
 Barge-in (`barge_in=True`): a new instruction cuts the current reply at the next token; and
 mid-reply, whenever new chunks are queued, the decoder *probes* them (feeds `<eos>` + the
-queued chunks, reads P(<response>)) and rolls the cache back (`model.truncate_cache`) unless
+queued chunks, reads P(<response>)) and rolls the cache back (`cache.truncate_cache`) unless
 P ≥ `barge_in_threshold`, in which case the reply is cut there and a new reply starts.
 
 Threads and torch: torch's intra-op pool is process-wide. On a small CPU (≤ 2 cores) the
@@ -77,7 +77,7 @@ import torch
 
 from . import decoding
 from .audio import CHUNK_MS, SAMPLE_RATE, Chunker, check_pcm, chunk_samples
-from .model import truncate_cache
+from .cache import shift_cache, truncate_cache
 from .tokenize import AUDIO_SLOTS
 
 _END = object()
@@ -627,13 +627,13 @@ class Session:
 
     def _shift(self, evicted: list[_Turn]) -> bool:
         """StreamingLLM-style eviction: keep the prefix, drop the evicted turns' positions and
-        move the window down by re-rotating its keys (model.shift_cache). False if the cache
+        move the window down by re-rotating its keys (cache.shift_cache). False if the cache
         does not add up (then the caller rebuilds)."""
         st = self._state
         n = sum(self._turn_len(t) for t in evicted)
         if st.prefix_len + n + sum(self._turn_len(t) for t in self._turns) != st.cache.get_seq_length():
             return False
-        self.model.shift_cache(st.cache, st.prefix_len, n)
+        shift_cache(st.cache, st.prefix_len, n, self.model.rotary_emb)
         st.pos -= n
         self.stats["shifts"] += 1
         return True
