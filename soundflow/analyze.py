@@ -121,7 +121,7 @@ def _samples(data: str | Sequence[StreamSample], limit: int | None) -> list[Stre
 
 def _load(model):
     if isinstance(model, (str, Path)):
-        from .model import load_model
+        from .loading import load_model
 
         model = load_model(str(model))
     return model.eval()
@@ -129,8 +129,8 @@ def _load(model):
 
 def _model_info(model) -> dict:
     cfg = model.body.config
-    return {"backend": model.cfg.backend, "checkpoint": getattr(model, "checkpoint_dir", None),
-            "trained": bool(getattr(model, "trained", False)), "layers": len(model.body.layers),
+    return {"backend": model.cfg.backend, "checkpoint": model.info.source,
+            "trained": model.info.trained, "layers": len(model.body.layers),
             "heads": int(cfg.num_attention_heads)}
 
 

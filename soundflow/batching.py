@@ -38,7 +38,7 @@ from typing import Callable
 
 import torch
 
-from .model import truncate_cache
+from .cache import truncate_cache
 
 
 class _Request:

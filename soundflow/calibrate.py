@@ -109,7 +109,7 @@ def best_threshold(p: np.ndarray, y: np.ndarray) -> tuple[float, dict]:
 def calibrate(checkpoint: str | Path, data: str, max_chunks: int = 60, write: bool = True,
               objective: str = "events") -> dict:
     from .checkpoint import resolve_dir
-    from .model import load_model
+    from .loading import load_model
 
     model = load_model(str(checkpoint))
     ps, ys = stream_scores(model, load_streams(data), max_chunks)
@@ -132,4 +132,4 @@ def calibrate(checkpoint: str | Path, data: str, max_chunks: int = 60, write: bo
 
 def default_threshold(model, fallback: float = 0.5) -> float:
     """The calibrated threshold stored with a checkpoint, else `fallback`."""
-    return float(getattr(model, "calibration", {}).get("threshold", fallback))
+    return float((model.info.calibration or {}).get("threshold", fallback))

@@ -1,9 +1,11 @@
-"""Checkpoints hold only trained parameters (safetensors) plus the model config and recipe.
+"""Checkpoint folders: write (`save_checkpoint`) and read (`load_checkpoint`), one format.
 
-A folder written here loads with `load_model(DIR)`: the backend is rebuilt from its base
-weights (offline packages or hub ids), LoRA is re-injected if the recipe used it, and the
-trained tensors are put back on top. Writes are atomic (temp folder, then rename), so a run
-killed mid-save never leaves a half checkpoint behind.
+A checkpoint holds only trained parameters (safetensors) plus the model config and recipe
+(docs/formats.md#checkpoint). Reading rebuilds the backend from its base weights (offline
+packages or hub ids), re-injects LoRA if the recipe used it, puts the trained tensors back on top
+and records what the folder says in `model.info`. Writes are atomic (temp folder, then rename),
+so a run killed mid-save never leaves a half checkpoint behind. `loading.load_model` resolves a
+name (a shipped checkpoint, a training run, a backend) to one of these folders or a fresh model.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -140,7 +142,7 @@ def load_checkpoint(folder: str | Path, merge: bool = True) -> AudioLM:
             params[n].copy_(t)
     if meta.get("lora") and merge:
         merge_lora(model)
-    model.checkpoint_dir = str(folder)
-    model.trained = True  # listen and the server say plainly when a model is not
-    model.calibration = meta.get("calibration", {})  # decision threshold picked on held-out data
+    # listen and the server say plainly when a model is not trained; the calibration is the
+    # decision threshold `soundflow calibrate` picked on held-out data
+    model.info = replace(model.info, trained=True, source=str(folder), calibration=meta.get("calibration"))
     return model.eval()

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from .audio import CHUNK_MS
-from .model import truncate_cache
+from .cache import shift_cache, truncate_cache
 from .tokenize import AUDIO_SLOTS, chunk_run
 
 # Long prefills (an instruction, a context rebuild) run in blocks of this many positions: the
@@ -222,7 +222,7 @@ class ContextWindow:
     never leave the trained range and per-chunk cost and memory stay flat over hours:
 
     - `policy="shift"` drops the evicted turns' KV entries and re-rotates the remaining keys n
-      positions down (`model.shift_cache`; RoPE is relative, so this equals having computed them
+      positions down (`cache.shift_cache`; RoPE is relative, so this equals having computed them
       at the lower positions; the kept entries still carry what they attended to, as in
       StreamingLLM with the instruction prefix as the attention sink): an elementwise pass.
     - `policy="rebuild"` `start`s a new cache and replays the kept turns from their inputs:
@@ -391,7 +391,7 @@ class ContextWindow:
         n = sum(t.positions() for t in evicted)
         if st.prefix_len + n + sum(t.positions() for t in self._turns) != st.cache.get_seq_length():
             return False
-        self.model.shift_cache(st.cache, st.prefix_len, n)
+        shift_cache(st.cache, st.prefix_len, n, self.model.rotary_emb)
         st.pos -= n
         self.stats["shifts"] += 1
         return True

@@ -18,6 +18,7 @@ It modifies `model` in place (and returns it). Training code must not use an opt
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import torch
@@ -43,7 +44,8 @@ def resolve_device(name: str | None) -> torch.device:
 
 def optimize_for_inference(model, quant: str | None = "int8", encoder: bool = False, device=None):
     """In place: eval, requires_grad off, onto `device`, optional int8/bf16 decoder body (see
-    module doc). int8 dynamic quantisation is a CPU kernel: on a GPU it becomes bf16."""
+    module doc). int8 dynamic quantisation is a CPU kernel: on a GPU it becomes bf16. The
+    precision applied is recorded as `model.info.optimized`."""
     model.eval()
     model.requires_grad_(False)
     if device is not None:
@@ -66,7 +68,7 @@ def optimize_for_inference(model, quant: str | None = "int8", encoder: bool = Fa
         model.body.to(torch.bfloat16)
     else:
         raise ValueError(f"quant must be None, 'int8' or 'bf16', not {quant!r}")
-    model.optimized = quant or "fp32"
+    model.info = dataclasses.replace(model.info, optimized=quant or "fp32")
     return model
 
 

@@ -22,12 +22,13 @@ _TRAINED_HINT = ("note: model {name!r} is an untrained backend (random adapter, 
 
 def _load(model):
     """(AudioLM, display name, trained?) from a name / checkpoint folder / AudioLM instance."""
-    from .model import AudioLM, load_model
+    from .loading import load_model
+    from .model import AudioLM
 
     if isinstance(model, AudioLM):
-        return model, model.cfg.backend, bool(getattr(model, "trained", False))
+        return model, model.cfg.backend, model.info.trained
     m = load_model(str(model))
-    return m, str(model), bool(getattr(m, "trained", False))  # load_checkpoint marks trained models
+    return m, str(model), m.info.trained
 
 
 def _fmt_t(t: float) -> str:

@@ -11,19 +11,23 @@ One interface over three backends (docs/architecture.md):
 Every 400 ms chunk is encoded on its own: positions restart at 0 and there is no cross-chunk
 encoder attention (paper §Additional Analysis, Obs. 1). Continuity is rebuilt by the decoder
 through its KV cache. 40 mel frames → 20 encoder frames → 10 audio slots per chunk.
+
+This file is the network and its builders only: the KV cache's operations are in `cache.py`,
+checkpoint folders in `checkpoint.py`, and `loading.load_model` turns a name or a folder into a
+model. What a model's weights are (trained? calibrated? quantised?) is its `info` (`ModelInfo`).
 """
 
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .audio import CHUNK_MS, log_mel
+from .cache import new_cache
 from .tokenize import AUDIO_SLOTS, ByteTokenizer, HFTokenizer, Tokenizer
 
 
@@ -41,6 +45,20 @@ class ModelConfig:
     @property
     def audio_slots(self) -> int:
         return AUDIO_SLOTS * self.chunk_ms // CHUNK_MS
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What is known about a model's weights and state, beyond its config: `AudioLM.info`.
+
+    A fresh `build_model` has the defaults; `checkpoint.load_checkpoint` fills in what its folder
+    says, `fast.optimize_for_inference` records the precision it chose (both replace the whole
+    value: `dataclasses.replace(model.info, ...)`)."""
+
+    trained: bool = False  # loaded from a trained checkpoint; listen and the server warn when not
+    source: str | None = None  # the checkpoint folder it was loaded from
+    calibration: dict | None = None  # `soundflow calibrate`'s result: {"threshold", ...} (docs/formats.md)
+    optimized: str | None = None  # None (trainable as built) or the inference precision: fp32, int8, bf16
 
 
 # --------------------------------------------------------------------------- encoders
@@ -99,63 +117,12 @@ class MLPAdapter(nn.Module):
         return self.net(x)
 
 
-# --------------------------------------------------------------------------- KV cache
-
-
-def _growable_layer_class():
-    from transformers.cache_utils import DynamicLayer
-
-    class GrowableLayer(DynamicLayer):
-        """A DynamicLayer whose keys/values live in a buffer with spare capacity.
-
-        DynamicLayer concatenates the whole cache on every step (O(cache) copies per chunk,
-        so per-chunk cost grows over a stream); here a step writes only its new tokens and the
-        buffer doubles when full. `keys`/`values` stay views, so crop() and readers just work."""
-
-        def update(self, key_states, value_states, *args, **kwargs):
-            if not self.is_initialized:
-                self.lazy_initialization(key_states, value_states)
-            n, L = self.get_seq_length(), key_states.shape[-2]
-            buf = getattr(self, "_kbuf", None)
-            if buf is None or n + L > buf.shape[-2] or buf.shape[:-2] != key_states.shape[:-2]:
-                cap = max(256, 2 * (n + L))
-                kb = key_states.new_empty(*key_states.shape[:-2], cap, key_states.shape[-1])
-                vb = value_states.new_empty(*value_states.shape[:-2], cap, value_states.shape[-1])
-                if n:
-                    kb[..., :n, :] = self.keys
-                    vb[..., :n, :] = self.values
-                self._kbuf, self._vbuf = kb, vb
-            self._kbuf[..., n : n + L, :] = key_states
-            self._vbuf[..., n : n + L, :] = value_states
-            self.keys, self.values = self._kbuf[..., : n + L, :], self._vbuf[..., : n + L, :]
-            return self.keys, self.values
-
-    return GrowableLayer
-
-
-def GrowableCache():
-    """A transformers Cache of `GrowableLayer`s (amortised O(new tokens) per step)."""
-    from transformers.cache_utils import Cache
-
-    return Cache(layer_class_to_replicate=_growable_layer_class())
-
-
-def truncate_cache(cache, length: int) -> None:
-    """Keep the first `length` positions of every layer (roll back a tentative forward).
-
-    `Cache.crop`'s argument changed meaning across transformers releases (a final length, then
-    a count to remove); this says what it means. Growable buffers stay: the next update
-    overwrites the stale tail."""
-    for layer in cache.layers:
-        if getattr(layer, "keys", None) is not None and layer.keys.shape[-2] > length:
-            layer.keys, layer.values = layer.keys[..., :length, :], layer.values[..., :length, :]
-
-
 # --------------------------------------------------------------------------- the model
 
 
 class AudioLM(nn.Module):
-    """encoder (always frozen) → adapter → LM body → LM head, plus the tokenizer."""
+    """encoder (always frozen) → adapter → LM body → LM head, plus the tokenizer; `info` says
+    where the weights came from (`ModelInfo`)."""
 
     def __init__(self, cfg: ModelConfig, encoder: nn.Module, adapter: nn.Module, body: nn.Module,
                  head: nn.Linear, tokenizer: Tokenizer, n_base_vocab: int):
@@ -168,6 +135,7 @@ class AudioLM(nn.Module):
         self.tokenizer = tokenizer
         self.n_base_vocab = n_base_vocab  # ids ≥ this are the added special tokens
         self.n_mels = encoder.n_mels
+        self.info = ModelInfo()
         # The added tokens' rows (<silent>, <response>, <eos>, <audio>) live in their own small table,
         # used for both their input embeddings and their output logits. Training them alone (the
         # "tokens" group) then costs a few KB of state instead of the whole tied 49k-row matrix.
@@ -237,6 +205,12 @@ class AudioLM(nn.Module):
         return self.hidden(embeds.unsqueeze(0), cache=cache, position_ids=p)[0, -1]
 
     @property
+    def rotary_emb(self) -> nn.Module:
+        """The LM body's RoPE, `(x, position_ids) -> (cos, sin)`; `cache.shift_cache` re-rotates
+        cached keys with it."""
+        return self.body.rotary_emb
+
+    @property
     def supports_ragged(self) -> bool:
         """Whether `hidden_ragged` can batch this LM body (Llama/Qwen2-style layers, 1-D RoPE)."""
         # a whitelist: other bodies (Qwen2.5-Omni's M-RoPE text model) differ in ways a
@@ -298,30 +272,8 @@ class AudioLM(nn.Module):
         return self.control_logits(hidden_last).softmax(-1)[..., 1]
 
     def new_cache(self):
-        return GrowableCache()
-
-    @torch.no_grad()
-    def shift_cache(self, cache, start: int, n: int) -> None:
-        """Drop cache positions [start, start + n) and move the later ones n positions down.
-
-        RoPE makes attention depend on relative positions only, and R(a)R(b) = R(a + b): keys
-        stored at position p become keys at p - n by one more rotation by -n, so evicting old
-        context costs an elementwise pass over the window instead of re-running the LM over it.
-        Values carry no position. (Qwen's M-RoPE reduces to plain RoPE here: all three position
-        axes are equal for audio and text.)"""
-        if n <= 0:
-            return
-        for layer in cache.layers:
-            k, v = layer.keys, layer.values
-            tail = k[..., start + n :, :]
-            pos = torch.full((1, tail.shape[-2]), -n, dtype=torch.long, device=tail.device)
-            cos, sin = self.body.rotary_emb(tail, pos)
-            cos, sin = cos.to(tail.dtype).unsqueeze(1), sin.to(tail.dtype).unsqueeze(1)
-            half = tail.shape[-1] // 2
-            rot = torch.cat([-tail[..., half:], tail[..., :half]], dim=-1)  # HF's rotate_half
-            layer.keys = torch.cat([k[..., :start, :], tail * cos + rot * sin], dim=-2)
-            layer.values = torch.cat([v[..., :start, :], v[..., start + n :, :]], dim=-2)
-            layer._kbuf = None  # a GrowableLayer re-buffers from keys/values on its next update
+        """An empty KV cache for one stream (cache.py: growable buffers, shift, roll back)."""
+        return new_cache()
 
     # ---- parameter groups for the four-stage freeze policy (paper Appendix, Streaming Training)
     def param_groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
@@ -451,33 +403,3 @@ def build_model(cfg: ModelConfig | str = "mini") -> AudioLM:
     model = BUILDERS[cfg.backend](cfg)
     return model.to(getattr(torch, cfg.dtype)) if cfg.dtype != "float32" else model
 
-
-# Trained checkpoints shipped inside the package: `load_model(name)` uses them by default.
-PACKAGED = {"mini": Path(__file__).resolve().parent / "assets" / "mini"}
-
-
-def packaged_checkpoint(name: str) -> Path | None:
-    d = PACKAGED.get(name)
-    return d if d is not None and (d / "model.json").exists() else None
-
-
-def load_model(name: str = "mini") -> AudioLM:
-    """A checkpoint folder written by `train.py`; a backend name: its shipped trained checkpoint
-    when the package has one (`mini`), else the backend with an untrained adapter
-    (`build_model(name)` always gives the untrained one)."""
-    if name in PACKAGED and packaged_checkpoint(name) is not None:
-        name = str(packaged_checkpoint(name))
-    p = Path(name)
-    if p.is_dir() and not (p / "model.json").exists() and (p / "model" / "model.json").exists():
-        p = p / "model"  # a training run's folder: its final model
-    if p.is_dir() and (p / "model.json").exists():
-        from .checkpoint import load_checkpoint
-
-        return load_checkpoint(p)
-    if p.exists() or "/" in name and name not in BUILDERS:
-        raise FileNotFoundError(f"{name}: not a soundflow checkpoint folder (no model.json)")
-    return build_model(name)
-
-
-def config_dict(model: AudioLM) -> dict:
-    return asdict(model.cfg)

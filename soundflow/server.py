@@ -904,7 +904,7 @@ def serve(host: str = "127.0.0.1", port: int = 8765, model="mini", token: str | 
             return 2
         log.warning("serving on %s without a token (--insecure): anyone who can reach it can use the model", host)
     if isinstance(model, str):
-        from .model import load_model
+        from .loading import load_model
 
         model = load_model(model)
     if quant or device:

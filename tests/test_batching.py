@@ -13,7 +13,7 @@ from soundflow import decoding
 from soundflow.audio import iter_chunks
 from soundflow.batching import BatchWorker
 from soundflow.engine import Engine, EngineOptions
-from soundflow.model import build_model, truncate_cache
+from soundflow.model import build_model
 
 
 def _wave(seconds: float, seed: int = 0) -> np.ndarray:
@@ -136,13 +136,6 @@ def test_audio_barge_in_cuts_reply(model):
     d = [e for e in evs if e["type"] == "decision"]
     assert [e["chunk"] for e in d] == [1] and d[0].get("barge_in")
     assert sess.stats["barge_ins"] >= 1
-
-
-def test_truncate_cache(model):
-    st = decoding.start(model, "hello world")
-    n = st.cache.get_seq_length()
-    truncate_cache(st.cache, 4)
-    assert st.cache.get_seq_length() == 4 and n > 4
 
 
 def test_engine_close_ends_running_batched_sessions(model):

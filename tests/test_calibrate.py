@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from soundflow.calibrate import best_threshold, calibrate, default_threshold
-from soundflow.model import ModelConfig, load_model
+from soundflow.loading import load_model
+from soundflow.model import ModelConfig
 from soundflow.train import Recipe, StageConfig, train
 
 

@@ -82,39 +82,13 @@ def test_inference_attention_and_cache_match_reference():
         assert np.allclose(probs[0], probs[1], atol=1e-5), name
 
 
-def test_shift_cache_equals_computing_at_lower_positions(model):
-    """Evicting n positions and re-rotating the rest equals having computed them n lower."""
-    from soundflow import decoding
-
-    torch.manual_seed(0)
-    audio = model.encode(model.features(torch.randn(4, 6400) * 0.1)).detach()
-    ref = decoding.start(model)  # chunks 2, 3 at positions 0..
-    for k in (2, 3):
-        decoding.feed_audio(model, ref, audio[k : k + 1])
-        decoding.decide(model, ref, 1.1)
-    n = 7
-    sh = decoding.start(model)
-    sh.pos = n  # the same chunks computed n positions higher, behind n positions to evict
-    for k in (2, 3):
-        decoding.feed_audio(model, sh, audio[k : k + 1])
-        decoding.decide(model, sh, 1.1)
-    for layer in sh.cache.layers:
-        pad = torch.zeros(*layer.keys.shape[:-2], n, layer.keys.shape[-1])
-        layer.keys, layer.values = torch.cat([pad, layer.keys], -2), torch.cat([pad, layer.values], -2)
-        layer._kbuf = None
-    model.shift_cache(sh.cache, 0, n)
-    sh.pos -= n
-    for a, b in zip(ref.cache.layers, sh.cache.layers):
-        assert torch.allclose(a.keys, b.keys, atol=1e-5) and torch.allclose(a.values, b.values, atol=1e-5)
-    assert abs(decoding.feed_audio(model, ref, audio[:1]) - decoding.feed_audio(model, sh, audio[:1])) < 1e-5
-
-
 @pytest.mark.slow
 def test_packaged_mini_is_the_trained_calibrated_default():
     """`load_model("mini")` is the shipped trained checkpoint (trained tensors, LoRA merged, a
     calibrated threshold); `build_model("mini")` stays the untrained backend."""
     from soundflow.calibrate import default_threshold
-    from soundflow.model import build_model, load_model, packaged_checkpoint
+    from soundflow.loading import load_model, packaged_checkpoint
+    from soundflow.model import build_model
 
     folder = packaged_checkpoint("mini")
     assert folder is not None and (folder / "model.safetensors").stat().st_size < 50 * 2**20

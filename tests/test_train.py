@@ -12,10 +12,11 @@ import pytest
 import torch
 import yaml
 
+from soundflow.checkpoint import load_checkpoint
 from soundflow.data import synthetic_beeps
 from soundflow.decoding import decode_stream
-from soundflow.checkpoint import load_checkpoint
-from soundflow.model import ModelConfig, build_model, load_model
+from soundflow.loading import load_model
+from soundflow.model import ModelConfig, build_model
 from soundflow.train import Recipe, StageConfig, load_recipe, set_trainable, train
 
 

@@ -212,7 +212,7 @@ class EngineRunner:
                  max_reply_tokens: int = 48, mode: str = "fifo"):
         spec = str(model) if isinstance(model, (str, Path)) else None
         if spec is not None:
-            from ..model import load_model
+            from ..loading import load_model
 
             model = load_model(spec)
         self.model = model.eval()

@@ -149,7 +149,8 @@ def bench_latency(model="mini", seconds: float = 60.0, minutes: float = 60.0, js
                   device: str | None = None) -> dict:
     from ..audio import iter_chunks
     from ..engine import Engine, EngineOptions
-    from ..model import AudioLM, load_model
+    from ..loading import load_model
+    from ..model import AudioLM
 
     def log(*a):
         if verbose:
@@ -165,7 +166,7 @@ def bench_latency(model="mini", seconds: float = 60.0, minutes: float = 60.0, js
     Engine(m, base)  # applies the thread policy
     chunk_s = base.chunk_ms / 1000
     todo = set(parts.split(","))
-    res: dict = {"model": name, "quant": getattr(m, "optimized", quant or "fp32"), "device": str(m.device),
+    res: dict = {"model": name, "quant": m.info.optimized or "fp32", "device": str(m.device),
                  "torch_threads": torch.get_num_threads(),
                  "cpu_count": os.cpu_count(), "load_avg_start": os.getloadavg()[0]}
     # warm up (first forwards allocate)
@@ -262,7 +263,7 @@ def _ragged_speed(m, sessions=(1, 4, 8, 16), context_chunks: int = 60, reps: int
     """Where batching pays: N sessions' steps (1 reply token, or one 11-token chunk step each,
     onto ~`context_chunks` chunks of cache) as N forwards vs one `hidden_ragged` forward."""
     from .. import decoding
-    from ..model import truncate_cache
+    from ..cache import truncate_cache
 
     if not m.supports_ragged:
         return {}
