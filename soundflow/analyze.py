@@ -56,7 +56,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import StreamSample, load_streams
+from .data import StreamSample
+from .dataspec import load_streams
 from .tokenize import MASK
 
 PAPER = {

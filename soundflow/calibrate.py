@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import load_streams
+from .dataspec import load_streams
 
 
 @torch.inference_mode()

@@ -92,7 +92,7 @@ def _data_import(a) -> int:
 
 
 def _data_export(a) -> int:
-    from .data import load_streams
+    from .dataspec import load_streams
     from .interop import export_authors
 
     out = export_authors(load_streams(a.data), a.out, a.format)

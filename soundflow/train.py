@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from .checkpoint import gather_trained_state, inject_lora, resolve_dir, save_checkpoint
-from .data import StreamSample, load_streams
+from .data import StreamSample
+from .dataspec import load_streams
 from .loss import dual_loss
 from .model import AudioLM, ModelConfig, build_model
 from .tokenize import MASK, build_sequence

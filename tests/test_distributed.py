@@ -125,7 +125,7 @@ def ddp(work):
 
 def test_recipe_samples_have_equal_token_counts():
     """The premise of comparing W·B in one process with B in each of W processes."""
-    from soundflow.data import load_streams
+    from soundflow.dataspec import load_streams
     from soundflow.model import build_model
     from soundflow.tokenize import MASK
     from soundflow.train import FeatureCache, collate

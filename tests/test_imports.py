@@ -12,10 +12,6 @@ import soundflow
 
 ROOT = Path(soundflow.__file__).resolve().parent
 
-# Pairs still known to import each other. Keep this empty when you can; each entry names
-# its reason. data.load_streams dispatches to interop.load_conversations, and interop reads and
-# writes data.StreamSample (issue 14, handled with the data module).
-ALLOWED_CYCLES = {frozenset({"soundflow.data", "soundflow.interop"})}
 
 
 def _module_name(path: Path) -> str:
@@ -103,19 +99,13 @@ def _cycles(g: dict[str, set[str]]) -> list[list[str]]:
 
 
 def test_no_import_cycles():
-    g = _graph()
-    for pair in ALLOWED_CYCLES:  # drop one edge of each known pair, then nothing else may loop
-        a, b = sorted(pair)
-        g[a].discard(b)
-    assert _cycles(g) == []
+    assert _cycles(_graph()) == []
 
 
-def test_allowed_cycles_are_still_cycles():
-    """An exception that no longer applies is removed from ALLOWED_CYCLES, not kept."""
-    g = _graph()
-    for pair in ALLOWED_CYCLES:
-        a, b = sorted(pair)
-        assert b in g[a] and a in g[b], f"{a} and {b} no longer import each other: drop the exception"
+def test_the_cycle_finder_finds_cycles():
+    """Guards the guard: a two-module loop and a three-module loop are reported, a chain is not."""
+    g = {"a": {"b"}, "b": {"a"}, "c": {"d"}, "d": {"e"}, "e": {"c"}, "f": {"c"}}
+    assert sorted(sorted(c) for c in _cycles(g)) == [["a", "b"], ["c", "d", "e"]]
 
 
 def test_no_private_names_across_modules():

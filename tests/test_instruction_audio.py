@@ -18,7 +18,8 @@ import torch
 
 from soundflow import decoding, tasks, tts
 from soundflow.audio import iter_chunks, write_audio
-from soundflow.data import StreamSample, load_streams, read_shards, write_jsonl
+from soundflow.data import StreamSample, read_shards, write_jsonl
+from soundflow.dataspec import load_streams
 from soundflow.engine import Engine, EngineOptions
 from soundflow.tokenize import MASK
 

@@ -9,7 +9,8 @@ import soundfile as sf
 
 from soundflow.audio import SAMPLE_RATE, load_audio
 from soundflow.cli import main
-from soundflow.data import load_streams, read_jsonl, synthetic_beeps, write_jsonl
+from soundflow.data import read_jsonl, synthetic_beeps, write_jsonl
+from soundflow.dataspec import load_streams
 from soundflow.interop import (GAP_FRAMES, FRAME_MS, NO_RESPONSE, export_authors, import_authors,
                                load_conversations)
 
