@@ -107,11 +107,17 @@ def best_threshold(p: np.ndarray, y: np.ndarray) -> tuple[float, dict]:
 
 
 def calibrate(checkpoint: str | Path, data: str, max_chunks: int = 60, write: bool = True,
-              objective: str = "events") -> dict:
+              objective: str = "events", quant: str | None = "int8") -> dict:
+    """The threshold for `checkpoint` on held-out `data`, scored at the precision it is served at
+    (`quant`, as `listen` / `serve` / the benches apply it: int8 moves P(response), see fast.py)."""
     from .checkpoint import resolve_dir
     from .loading import load_model
 
     model = load_model(str(checkpoint))
+    if quant:
+        from .fast import optimize_for_inference
+
+        optimize_for_inference(model, quant)
     ps, ys = stream_scores(model, load_streams(data), max_chunks)
     if objective == "events":
         thr, stats = best_threshold_events(ps, ys)
@@ -119,7 +125,7 @@ def calibrate(checkpoint: str | Path, data: str, max_chunks: int = 60, write: bo
         thr, stats = best_threshold(np.concatenate(ps), np.concatenate(ys))
     else:
         raise ValueError(f"objective must be events or chunks, not {objective!r}")
-    res = {"threshold": thr, **stats, "data": data}
+    res = {"threshold": thr, **stats, "data": data, "quant": quant or "fp32"}
     folder = resolve_dir(Path(checkpoint))
     if write and folder is not None:
         meta = json.loads((folder / "model.json").read_text())

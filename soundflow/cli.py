@@ -27,7 +27,8 @@ def _calibrate(a) -> int:
 
     from .calibrate import calibrate
 
-    print(json.dumps(calibrate(a.checkpoint, a.data, a.max_chunks, write=not a.dry_run, objective=a.objective)))
+    print(json.dumps(calibrate(a.checkpoint, a.data, a.max_chunks, write=not a.dry_run, objective=a.objective,
+                               quant=_quant(a.quant))))
     return 0
 
 
@@ -312,6 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dry-run", action="store_true", help="print, do not write model.json")
     s.add_argument("--objective", choices=["events", "chunks"], default="events",
                    help="events: reply recall + streams without a false reply (default); chunks: per-chunk balanced accuracy")
+    s.add_argument("--quant", choices=["int8", "bf16", "none"], default="int8",
+                   help="score at the precision the model is served at (listen/serve default: int8)")
     s.set_defaults(fn=_calibrate)
 
     s = sub.add_parser("tfjp", help="time-frequency joint preprocessing (Alg. 1) of a file or folder")

@@ -142,7 +142,7 @@ def listen(audio, model="mini", instruction: str | None = None, chunk_ms: int = 
     if quant or device:
         from .fast import optimize_for_inference
 
-        optimize_for_inference(m, quant, encoder=True, device=device)
+        optimize_for_inference(m, quant, device=device)
     if not trained:
         print(_TRAINED_HINT.format(name=name), file=sys.stderr, flush=True)
 

@@ -910,7 +910,7 @@ def serve(host: str = "127.0.0.1", port: int = 8765, model="mini", token: str | 
     if quant or device:
         from .fast import optimize_for_inference
 
-        optimize_for_inference(model, quant, encoder=True, device=device)
+        optimize_for_inference(model, quant, device=device)
     if options is None:
         from .calibrate import default_threshold
         from .engine import EngineOptions

@@ -161,7 +161,7 @@ def bench_latency(model="mini", seconds: float = 60.0, minutes: float = 60.0, js
     if quant or device:
         from ..fast import optimize_for_inference
 
-        optimize_for_inference(m, quant, encoder=True, device=device)
+        optimize_for_inference(m, quant, device=device)
     base = EngineOptions(torch_threads=threads)
     Engine(m, base)  # applies the thread policy
     chunk_s = base.chunk_ms / 1000
