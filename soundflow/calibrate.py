@@ -107,7 +107,7 @@ def best_threshold(p: np.ndarray, y: np.ndarray) -> tuple[float, dict]:
 
 
 def calibrate(checkpoint: str | Path, data: str, max_chunks: int = 60, write: bool = True,
-              objective: str = "events", quant: str | None = "int8") -> dict:
+              objective: str = "events", quant: str | None = None) -> dict:
     """The threshold for `checkpoint` on held-out `data`, scored at the precision it is served at
     (`quant`, as `listen` / `serve` / the benches apply it: int8 moves P(response), see fast.py)."""
     from .checkpoint import resolve_dir

@@ -296,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threshold", type=float, default=None,
                    help="respond when P(<response>) ≥ this (default: the checkpoint's calibrated value, else 0.5)")
     s.add_argument("--mode", choices=["fifo", "sequential"], default="fifo")
-    s.add_argument("--quant", choices=["int8", "bf16", "none"], default="int8", help="CPU inference precision of the LM")
+    s.add_argument("--quant", choices=["int8", "bf16", "none"], default="none", help="CPU inference precision of the LM")
     s.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (int8 becomes bf16 on a GPU)")
     s.set_defaults(fn=_listen)
 
@@ -313,8 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dry-run", action="store_true", help="print, do not write model.json")
     s.add_argument("--objective", choices=["events", "chunks"], default="events",
                    help="events: reply recall + streams without a false reply (default); chunks: per-chunk balanced accuracy")
-    s.add_argument("--quant", choices=["int8", "bf16", "none"], default="int8",
-                   help="score at the precision the model is served at (listen/serve default: int8)")
+    s.add_argument("--quant", choices=["int8", "bf16", "none"], default="none",
+                   help="score at the precision the model is served at (listen/serve default: none = fp32)")
     s.set_defaults(fn=_calibrate)
 
     s = sub.add_parser("tfjp", help="time-frequency joint preprocessing (Alg. 1) of a file or folder")
@@ -361,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8765)
     s.add_argument("--model", default="mini")
     s.add_argument("--token", default=None, help="require this bearer token (or set SOUNDFLOW_TOKEN)")
-    s.add_argument("--quant", choices=["int8", "bf16", "none"], default="int8")
+    s.add_argument("--quant", choices=["int8", "bf16", "none"], default="none")
     s.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (int8 becomes bf16 on a GPU)")
     s.add_argument("--no-batch", action="store_true",
                    help="run each connection's forwards on its own (default: batched across connections)")
@@ -468,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cap-seconds", type=float, default=20.0, help="audio per session in the capacity test")
     s.add_argument("--max-sessions", type=int, default=32, help="largest session count the capacity test tries")
     s.add_argument("--threads", type=int, default=None, help="torch threads (default: the engine's policy)")
-    s.add_argument("--quant", choices=["int8", "bf16", "none"], default="int8")
+    s.add_argument("--quant", choices=["int8", "bf16", "none"], default="none")
     s.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (int8 becomes bf16 on a GPU)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=_bench_latency)
@@ -488,7 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--minutes", type=float, default=30.0)
     s.add_argument("--abusers", default="huge,instructions,sprayer,hellos,slowloris,vanish",
                    help="abusive clients (comma-separated; '' for none)")
-    s.add_argument("--quant", choices=["int8", "bf16", "none"], default="int8")
+    s.add_argument("--quant", choices=["int8", "bf16", "none"], default="none")
     s.add_argument("--stall-ms", type=float, default=2000.0, help="a decision later than this (client-side) is a stall")
     s.add_argument("--sample-s", type=float, default=10.0, help="server RSS sampling period")
     s.add_argument("--warmup-s", type=float, default=60.0, help="RSS growth is measured from this point")

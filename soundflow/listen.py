@@ -103,7 +103,7 @@ def _plot(path: str, wave: np.ndarray, decisions: list[dict], responses: list[di
 
 def listen(audio, model="mini", instruction: str | None = None, chunk_ms: int = CHUNK_MS, realtime: bool = False,
            jsonl: bool = False, plot: str | None = None, threshold: float | None = None, mode: str = "fifo",
-           max_reply_tokens: int = 48, tokens: bool = False, quant: str | None = "int8",
+           max_reply_tokens: int = 48, tokens: bool = False, quant: str | None = None,
            device: str | None = None, instruction_audio=None) -> int:
     """Stream `audio` (a path, `-` for raw 16 kHz s16le PCM on stdin, `mic` for the microphone,
     or a float32 array)

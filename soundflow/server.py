@@ -886,7 +886,7 @@ def uvicorn_config(app, header_timeout: float = 10.0, ws_ping_interval: float = 
 
 
 def serve(host: str = "127.0.0.1", port: int = 8765, model="mini", token: str | None = None,
-          options=None, max_sessions: int = 32, log_level: str = "info", quant: str | None = "int8",
+          options=None, max_sessions: int = 32, log_level: str = "info", quant: str | None = None,
           batch: bool = True, device: str | None = None, allow_origins=(), insecure: bool = False,
           idle_timeout: float = 60.0) -> int:
     """Run the server until interrupted (the `soundflow serve` command). Returns an exit code."""

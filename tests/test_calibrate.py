@@ -36,14 +36,14 @@ def test_calibrate_writes_checkpoint_and_is_picked_up(tmp_path):
     meta = json.loads((final / "model.json").read_text())
     assert meta["calibration"]["threshold"] == res["threshold"]
     assert default_threshold(load_model(str(final))) == res["threshold"]
-    # scored at the precision it is served at: int8 by default (listen / serve), fp32 on request
-    assert res["quant"] == "int8"
-    fp32 = calibrate(final, "synthetic:beep?n=8&chunks=6&seed=1", write=False, quant=None)
-    assert fp32["quant"] == "fp32" and fp32["n_chunks"] == res["n_chunks"]
+    # scored at the precision it is served at: fp32 by default (listen / serve), int8 on request
+    assert res["quant"] == "fp32"
+    q = calibrate(final, "synthetic:beep?n=8&chunks=6&seed=1", write=False, quant="int8")
+    assert q["quant"] == "int8" and q["n_chunks"] == res["n_chunks"]
 
 
 def test_bench_runner_serves_a_named_model_as_listen_does(tmp_path):
     from soundflow.bench.common import EngineRunner
 
-    assert EngineRunner("tiny").model.info.optimized == "int8"
-    assert EngineRunner("tiny", quant=None).model.info.optimized in (None, "fp32")
+    assert EngineRunner("tiny", quant="int8").model.info.optimized == "int8"
+    assert EngineRunner("tiny").model.info.optimized in (None, "fp32")

@@ -143,7 +143,7 @@ def _analyse(evs, chunk_s):
 
 
 def bench_latency(model="mini", seconds: float = 60.0, minutes: float = 60.0, json: bool = False,
-                  quant: str | None = "int8", threads: int | None = None, reply_every: int = 20,
+                  quant: str | None = None, threads: int | None = None, reply_every: int = 20,
                   reply_tokens: tuple[int, ...] = (16, 48, 128), cap_seconds: float = 20.0, max_sessions: int = 16,
                   parts: str = "latency,fifo_vs_seq,long,capacity,capacity_batched", verbose: bool = True,
                   device: str | None = None) -> dict:
