@@ -31,7 +31,7 @@ class LossOutput:
     counts: dict  # tp/fn/tn/fp for aggregation over steps
 
     def log_dict(self) -> dict:
-        return {"loss": float(self.loss), "lm": self.lm, "stream": self.stream, "acc": self.decision_acc,
+        return {"loss": self.loss.item(), "lm": self.lm, "stream": self.stream, "acc": self.decision_acc,
                 "resp_recall": self.respond_recall, "sil_recall": self.silent_recall}
 
 
