@@ -67,6 +67,11 @@ MAX_EVENT_S = 6.0
 STREAM_TAIL_S = (0.8, 2.4)
 TFJP_TYPES = ("clip", "synthetic", "music")  # provenance types TFJP re-applies to at composition
 ASR_GROUP_GAP_S = 0.05  # silence between word groups of one sentence (real-time ASR family)
+ASR_PAUSE_S = (0.1, 1.5)  # before each recorded word (digits, prompts): quick runs and lone words
+# The ASR instruction in several wordings, `listen`'s and `bench asr`'s default among them: one
+# fixed string taught the model that exact sentence, not the request.
+ASR_INSTRUCTIONS = ("Transcribe the speech as you hear it.", "Transcribe what you hear.",
+                    "Write down everything that is said.", "Transcribe.", "Please transcribe the audio as it comes in.")
 LANGS = {"fr": "French", "es": "Spanish"}
 MAX_SPOKEN_INSTRUCTION_WORDS = 24  # about 8 s of speech: a spoken instruction, not a system prompt
 ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth")
@@ -484,14 +489,17 @@ def steps_asr(rng: np.random.Generator, res: Resources):
     mix, speaker, budget = _begin(rng, res, "asr")
     turns: list[Turn] = []
     use_digits = res.speech and (speaker is None or rng.random() < 0.3)
-    if use_digits:  # real speech (FSDD digits, Asterisk prompts): one speaker, 4-12 recordings
+    if use_digits:  # real speech (FSDD digits, Asterisk prompts): one speaker, 1-12 recordings
         spk = _pick(sorted({r.get("speaker", "") for r in res.speech}), rng)
         rows = [r for r in res.speech if r.get("speaker", "") == spk]
         used = 0.0
-        for _ in range(int(rng.integers(4, 13))):
+        # Isolated words with long pauses too, not only quick runs: a model trained on 4-12 digits
+        # 0.1-0.5 s apart answered a lone digit after 1 s of quiet with an event reply ("The car is
+        # going to break down.": 0 of 40 FSDD digits right, 2026-12-01).
+        for _ in range(int(rng.integers(1, 13))):
             row = _pick(rows, rng)
             w = res.audio(row)
-            gap = float(rng.uniform(0.1, 0.5))
+            gap = float(rng.uniform(*ASR_PAUSE_S))
             if used + len(w) / SAMPLE_RATE + gap > budget:
                 break
             turns.append(Turn([_silence(gap), Event(w, response=row["text"],
@@ -529,7 +537,8 @@ def steps_asr(rng: np.random.Generator, res: Resources):
         sub = "sentences"
     if not turns:
         raise ValueError("asr: nothing fits the budget")
-    return (yield from finish("asr", turns, "Transcribe the speech as you hear it.", rng, res, mix, speaker, {"subtask": sub}))
+    instruction = ASR_INSTRUCTIONS[int(rng.integers(len(ASR_INSTRUCTIONS)))]
+    return (yield from finish("asr", turns, instruction, rng, res, mix, speaker, {"subtask": sub}))
 
 
 def steps_translation(rng: np.random.Generator, res: Resources):

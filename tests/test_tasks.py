@@ -88,6 +88,23 @@ def test_asr_replies_at_word_group_ends(res):
         assert e["reply_chunk"] * 0.4 < end <= (e["reply_chunk"] + 1) * 0.4 + 1e-6
 
 
+def test_asr_recordings_include_lone_words_and_varied_instructions(res):
+    """Recorded-speech ASR streams hold single words after long pauses as well as quick runs, and
+    the instruction comes in several wordings (one fixed string was learnt as a password)."""
+    res0 = tasks.Resources(**{**res.__dict__, "mixins": {"history": 0, "silence": 0, "proactive": 0}})
+    counts, instructions, pauses = [], set(), []
+    for seed in range(40):
+        s = tasks.task_asr(np.random.default_rng(seed), res0)
+        instructions.add(s.instruction)
+        words = [e for e in s.events if e.get("provenance", {}).get("type") == "speech"]
+        if words:
+            counts.append(len(words))
+            pauses += [e["seconds"] for e in (p.get("provenance", {}) for p in s.events) if e.get("type") == "pause"]
+    assert counts and min(counts) <= 2 and max(counts) >= 4
+    assert max(pauses) > 1.0
+    assert len(instructions) >= 3 and instructions <= set(tasks.ASR_INSTRUCTIONS)
+
+
 def test_mixins_all_on(res):
     res1 = tasks.Resources(**{**res.__dict__, "mixins": {"history": 1.0, "silence": 1.0, "proactive": 1.0}})
     seen = set()
