@@ -65,6 +65,9 @@ MAX_EVENT_S = 6.0
 # <response>" instead of the sound: it replied at the end of any file and stayed silent on bench
 # streams, which always have an ambient tail (measured 2026-12-01, BENCHMARKS.md).
 STREAM_TAIL_S = (0.8, 2.4)
+# Streams composed without a noise bed: the model met digital silence only in inference (lone
+# FSDD digits padded with zeros were answered with event replies, 2026-12-01).
+CLEAN_P = 0.1
 TFJP_TYPES = ("clip", "synthetic", "music")  # provenance types TFJP re-applies to at composition
 ASR_GROUP_GAP_S = 0.05  # silence between word groups of one sentence (real-time ASR family)
 ASR_PAUSE_S = (0.1, 1.5)  # before each recorded word (digits, prompts): quick runs and lone words
@@ -448,6 +451,8 @@ def finish(task: str, turns: list[Turn], instruction: str, rng: np.random.Genera
     for e in events:
         e.preprocess = e.provenance.get("type") in TFJP_TYPES
     n_ev, n_amb, noise_prov = _noise_tracks(rng, res)
+    if rng.random() < CLEAN_P:  # no noise bed: files (and `bench asr`'s pads) hold digital silence
+        n_ev, n_amb, noise_prov = None, None, []
     tfjp_fn = None
     if res.use_tfjp:
         from .tfjp import tfjp as tfjp_fn

@@ -175,3 +175,12 @@ def test_training_resources_never_hold_a_dev_recording_group(tmp_path):
     dev = Resources.from_config({"events": str(cat)}, tmp_path, tts_families=(), split="dev")
     assert {r["group"] for r in dev.events} == dev_groups
     assert len(Resources.from_config({"events": str(cat)}, tmp_path, tts_families=(), split="all").events) == len(rows)
+
+
+def test_some_streams_have_no_noise_bed(res):
+    """About CLEAN_P of streams are composed without noise, so digital silence is seen in training."""
+    beds = []
+    for seed in range(40):
+        s = tasks.task_asr(np.random.default_rng(seed), res)
+        beds.append(any(e.get("type") == "noise" for e in s.events))
+    assert 0 < beds.count(False) < 20
