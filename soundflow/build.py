@@ -369,6 +369,22 @@ def _run_ray(cfg: dict, todo: list[int], out: str, address: str, bar) -> list[di
     return results
 
 
+def die_with_parent(parent_pid: int) -> None:
+    """Pool initializer: the worker is killed when the build process dies. A killed build's spawn
+    workers otherwise lived on and kept writing shards into the output folder, where a restarted
+    build (after a code change) then mixed their shards with its own (seen 2026-12-01)."""
+    import sys
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        os._exit(1)
+
+
 def build(recipe_path: str | Path, out: str | Path, ray: str | None = None, workers: int | None = None,
           quiet: bool = False) -> dict:
     """Build the corpus described by `recipe_path` into `out`; returns (and writes) the summary.
@@ -402,7 +418,8 @@ def build(recipe_path: str | Path, out: str | Path, ray: str | None = None, work
 
         # spawn, not fork: a forked child inherits the parent's OpenMP/torch thread state, which
         # made ctranslate2 and onnxruntime workers stall (measured 1.7x vs 8.7x real time per core).
-        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=mp.get_context("spawn")) as pool:
+        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=mp.get_context("spawn"),
+                                 initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
             futs = [pool.submit(build_shard, cfg, i, str(out)) for i in todo]
             for f in as_completed(futs):
                 stats.append(f.result())

@@ -1,3 +1,4 @@
+import contextlib
 import hashlib
 import json
 import os
@@ -103,6 +104,46 @@ def test_kill_and_resume(tmp_path):
     build.build(rec, out, workers=1, quiet=True)
     assert not list(out.glob("*.tmp"))
     assert _digest(out) == _digest(tmp_path / "ref")
+
+
+def _proc_state(pid: int) -> str | None:
+    """(ppid, state) fields from /proc; None once the process is gone or a zombie."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] == "Z" else fields[1]  # fields[1]: the parent pid
+
+
+def _pool_workers(pid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit() and _proc_state(int(d.name)) == str(pid):
+            with contextlib.suppress(OSError):
+                if b"spawn_main" in (d / "cmdline").read_bytes():
+                    out.append(int(d.name))
+    return out
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
+def test_killed_build_leaves_no_workers_behind(tmp_path):
+    """kill -9 of the build process ends its pool workers too: an orphan would keep writing
+    shards into the output folder of the next run."""
+    rec = _recipe(tmp_path, n=40)
+    p = subprocess.Popen([sys.executable, "-m", "soundflow", "data", "build", str(rec), "--out", str(tmp_path / "run"),
+                          "--workers", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0, workers = time.time(), []
+    while len(workers) < 2 and time.time() - t0 < 120 and p.poll() is None:
+        workers = _pool_workers(p.pid)
+        time.sleep(0.1)
+    assert len(workers) >= 2, "the pool never started"
+    time.sleep(1.0)  # each worker's initializer has run
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    t0 = time.time()
+    while any(_proc_state(w) for w in workers) and time.time() - t0 < 10:
+        time.sleep(0.1)
+    assert not [w for w in workers if _proc_state(w)], "pool workers outlived the killed build"
 
 
 class _AudioHashGate:
