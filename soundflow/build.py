@@ -103,7 +103,7 @@ def _resources(cfg: dict):
     """Per-process `Resources` (manifests read once per worker; models cached in soundflow.tts)."""
     from . import tts
     from .augment import Augment
-    from .tasks import Resources
+    from .tasks import MIXIN_P, Resources
 
     key = json.dumps({k: v for k, v in cfg.items() if k not in ("samples",)}, sort_keys=True, default=str)
     if key not in _RES_CACHE:
@@ -114,7 +114,7 @@ def _resources(cfg: dict):
             cfg["sources"], cfg["_base"], tts_families=tuple(t.get("families") or ()),
             tts_weights=tuple(t["weights"]) if t.get("weights") else None, gate=gate,
             tts_holdout=tuple(t.get("holdout") or ()), augment=Augment.from_config(t.get("augment")),
-            mixins={**{"history": 0.3, "silence": 0.4, "proactive": 0.3}, **(cfg.get("mixins") or {})},
+            mixins={**MIXIN_P, **(cfg.get("mixins") or {})},
             max_chunks=int(cfg["max_chunks"]), chunk_ms=int(cfg["chunk_ms"]),
             use_tfjp=bool(cfg.get("tfjp", True)), use_curate=bool(cfg.get("curate", False)),
             curate_embedder=str(cfg.get("curate_embedder", "minilm")),

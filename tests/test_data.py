@@ -11,7 +11,14 @@ import pytest
 import soundfile as sf
 
 from soundflow.audio import SAMPLE_RATE, chunk_samples
-from soundflow.data import StreamSample, read_jsonl, read_shards, split_chunks, synthetic_beeps, write_jsonl
+from soundflow.data import (
+    StreamSample,
+    read_jsonl,
+    read_shards,
+    split_chunks,
+    synthetic_beeps,
+    write_jsonl,
+)
 
 N = chunk_samples(400)
 
