@@ -566,11 +566,13 @@ def test_server_takes_spoken_instructions_mid_session(model):
         ws, _ = await open_session(srv.ws)
         await ws.send(instruction(audio={"samples": FRAME}))
         await send_audio(ws, instr2[:FRAME])
-        for form in ({"samples": FRAME}, b64(encode(instr2))):
+        for form, samples in (({"samples": FRAME}, instr1[:FRAME]), (b64(encode(instr1)), None)):
             await ws.send(instruction(audio=form))
+            if samples is not None:
+                await send_audio(ws, samples)
             ev = await recv_json(ws)
             assert ev["type"] == "error" and ev["code"] == "rate_limited", ev
-        await send_audio(ws, np.concatenate([instr1[:FRAME], chunks[0]]))
+        await send_audio(ws, chunks[0])
         events = await finish(ws)
         assert [e["chunk"] for e in events if e["type"] == "decision"] == [0]
         return events
