@@ -19,7 +19,7 @@ Two levels (moshi-style: a stream's state is one explicit object driven by a sma
   a window of recent chunks, evicting the oldest turns by `"shift"` (drop their KV entries and
   re-rotate the rest) or `"rebuild"` (`start` again and replay the kept turns: the cache a fresh
   decoder would build from the kept window). API: `feed(audio) -> P(<response>)`,
-  `push_control(respond)`, `reply(max_tokens)`, `close_reply()`, `set_instruction(text)`,
+  `push_control(respond)`, `reply(max_tokens)`, `close_reply()`, `set_instruction(text, audio)`,
   `probe(audio)` (a tentative feed, rolled back). One thread at a time drives a window.
 """
 
@@ -132,18 +132,27 @@ def start(model, instruction: str | None = None, instruction_audio: torch.Tensor
     (`instruction_audio`: adapted chunks (m, slots, d), see `encode_instruction_audio`) — the
     order of Alg. 2's instruction slot."""
     state = DecoderState(cache=model.new_cache(), batcher=batcher)
-    parts = []
-    if instruction:
-        ids = model.tokenizer.encode(instruction)
-        if ids:
-            parts.append(model.embed_ids(ids))
-    if instruction_audio is not None and instruction_audio.numel():
-        ref = parts[0] if parts else model.embed_ids([model.tokenizer.silent_id])
-        parts.append(instruction_audio.reshape(-1, instruction_audio.shape[-1]).to(ref.dtype))
-    if parts:
-        _prefill(model, state, torch.cat(parts).unsqueeze(0))
+    x = _instruction_embeds(model, instruction, instruction_audio)
+    if x is not None:
+        _prefill(model, state, x.unsqueeze(0))
     state.prefix_len = state.pos
     return state
+
+
+def _instruction_embeds(model, text: str | None, audio: torch.Tensor | None) -> torch.Tensor | None:
+    """(L, d) embeddings of an instruction slot — the text's tokens, then the spoken
+    instruction's adapted chunks (m, slots, d), slot after slot — or None when both are empty.
+    The one layout of an instruction, whether it is the prefix (`start`) or given mid-stream
+    (`ContextWindow.set_instruction`)."""
+    parts = []
+    if text:
+        ids = model.tokenizer.encode(text)
+        if ids:
+            parts.append(model.embed_ids(ids))
+    if audio is not None and audio.numel():
+        ref = parts[0] if parts else model.embed_ids([model.tokenizer.silent_id])
+        parts.append(audio.reshape(-1, audio.shape[-1]).to(ref.dtype))
+    return torch.cat(parts) if parts else None
 
 
 @torch.inference_mode()
@@ -340,17 +349,19 @@ class ContextWindow:
         return p
 
     @torch.inference_mode()
-    def set_instruction(self, text: str | None) -> None:
-        """A new instruction from now on; it replaces the previous one (and a spoken one). It costs
-        window room like audio (len / positions-per-chunk chunks); when it does not fit, turns
-        are evicted and the cache rebuilt with it as the prefix, so any number of instructions
-        leaves the cache bounded. Empty/None: no instruction from the next rebuild on."""
+    def set_instruction(self, text: str | None, audio: torch.Tensor | None = None) -> None:
+        """A new instruction from now on — text and/or a spoken one (`audio`: adapted chunks
+        (m, slots, d), see `encode_instruction_audio`), laid out as the prefix lays them out
+        (`start`); it replaces the previous one, text and spoken alike. It costs window room like
+        audio (its positions / positions-per-chunk, in chunks); when it does not fit, turns are
+        evicted and the cache rebuilt with it as the prefix, so any number of instructions leaves
+        the cache bounded. Empty/None: no instruction from the next rebuild on."""
         self.instruction = text or None
-        self.instruction_audio = None
-        ids = self.model.tokenizer.encode(text) if text else []
-        if not ids:
+        self.instruction_audio = audio if audio is not None and audio.numel() else None
+        x = _instruction_embeds(self.model, self.instruction, self.instruction_audio)
+        if x is None:
             return
-        cost = -(-len(ids) // (AUDIO_SLOTS + 1))
+        cost = -(-x.shape[0] // (AUDIO_SLOTS + 1))
         cap = self.max_chunks
         if cap is not None and self.window_chunks + cost > cap:
             self._rebuild()  # this instruction becomes the prefix
@@ -359,9 +370,8 @@ class ContextWindow:
         # only the tokens before the instruction are recorded: a rebuild puts the latest
         # instruction in the prefix and drops superseded ones
         turn = _Turn(segments=[(list(st.pending), None)] if st.pending else [], instruction=True,
-                     instr_positions=len(ids), cost=cost)
-        st.pending = st.pending + ids
-        _prefill(self.model, st, torch.cat(_pending_embeds(self.model, st)).unsqueeze(0))
+                     instr_positions=x.shape[0], cost=cost)
+        _prefill(self.model, st, torch.cat(_pending_embeds(self.model, st) + [x]).unsqueeze(0))
         self.stats["forwards"] += 1
         self._turns.append(turn)
         self.window_chunks += cost

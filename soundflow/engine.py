@@ -6,7 +6,7 @@ state: nothing is shared between sessions but the read-only model weights).
     engine = Engine(model, EngineOptions(...))
     sess = engine.session(instruction=None, instruction_audio=None)  # text and/or spoken (16 kHz float32)
     sess.feed(pcm)                 # float32 mono 16 kHz, any length; non-blocking
-    sess.set_instruction(text)     # new instruction mid-stream (barge-in if configured)
+    sess.set_instruction(text, audio=None)  # new instruction mid-stream, text and/or spoken (barge-in if configured)
     sess.close()                   # flush the partial last chunk, finish, stop the threads
     sess.get_event(timeout=None)   # next event dict, or None (timeout / session over)
     for ev in sess.events(): ...   # until closed and drained
@@ -211,7 +211,7 @@ class Session:
         self._encoder_done = False
         self._decided = 0  # chunks with a decision
         self._busy = False  # decoder inside a step or reply
-        self._new_instruction: str | None = None
+        self._new_instruction: tuple[str, np.ndarray | None] | None = None  # (text, spoken PCM) to apply
         self._counts = {"encoded": 0, "drains": 0, "barge_ins": 0}
         self._threads: list[threading.Thread] = []
         if opts.mode == "fifo":
@@ -238,13 +238,17 @@ class Session:
         self._enqueue(chunks, available_at)
         return len(chunks)
 
-    def set_instruction(self, text: str | None) -> None:
+    def set_instruction(self, text: str | None, audio: np.ndarray | None = None) -> None:
         """New instruction: fed at the next interruption point (cuts a reply if barge_in). It
-        replaces the previous one (several set before that point: only the last is fed).
-        ValueError when longer than `max_instruction_tokens`."""
-        self._instruction_ids(text)  # validate in the caller's thread: the decoder never sees a bad one
+        replaces the previous one, text or spoken (several set before that point: only the last
+        is fed). `audio`: a spoken instruction (16 kHz mono float32), after the text as at session
+        start, encoded and fed by the same code as a session-start one. ValueError (as at
+        session start) when the text, or text and audio together, are over
+        `max_instruction_tokens` positions, or the audio is not valid PCM (an AudioError)."""
+        # validate in the caller's thread: the decoder never sees a bad one
+        wave = self._check_instruction_audio(audio, self._instruction_ids(text))
         with self._lock:
-            self._new_instruction = text or ""
+            self._new_instruction = (text or "", wave)
             self._lock.notify_all()
 
     def _check_instruction_audio(self, wave, text_ids: list[int]) -> np.ndarray | None:
@@ -473,15 +477,19 @@ class Session:
             self._lock.notify_all()
 
     # ---- decoder side (shared by both modes)
+    def _encode_spoken(self, wave: np.ndarray | None) -> torch.Tensor | None:
+        """A spoken instruction's PCM → adapted chunks, in the decoder's thread (through the batch
+        workers when batching): at session start and for a mid-stream one alike."""
+        if wave is None:
+            return None
+        enc = self._batcher.encode if self._batcher is not None else None
+        return decoding.encode_instruction_audio(self.model, wave, self.opts.chunk_ms, encode=enc)
+
     def _start(self) -> None:
-        spoken = None
-        if self.instruction_audio is not None:  # encoded here, in the decoder's thread, once
-            enc = self._batcher.encode if self._batcher is not None else None
-            spoken = decoding.encode_instruction_audio(self.model, self.instruction_audio, self.opts.chunk_ms, encode=enc)
         o = self.opts
         self._window = decoding.ContextWindow(
-            self.model, self.instruction, spoken, max_chunks=o.max_context_chunks, evict_chunks=o.evict_chunks,
-            policy=o.context_policy, batcher=self._batcher)
+            self.model, self.instruction, self._encode_spoken(self.instruction_audio), max_chunks=o.max_context_chunks,
+            evict_chunks=o.evict_chunks, policy=o.context_policy, batcher=self._batcher)
 
     def _decide(self, k: int, p: float) -> bool:
         if self.opts.policy is not None:
@@ -495,12 +503,14 @@ class Session:
         return Decision(chunk=c.k, t=self._t(c.k), respond=respond, p_response=p,
                         latency_ms=(now - c.avail) * 1000, input_ms=(c.encoded - c.avail) * 1000, **extra)
 
-    def _apply_instruction(self, text: str) -> None:
-        """A mid-stream instruction at an interruption point: it replaces the previous one (a
-        spoken one too); the window fits it in its budget (`ContextWindow.set_instruction`)."""
+    def _apply_instruction(self, instr: tuple[str, np.ndarray | None]) -> None:
+        """A mid-stream instruction (text, spoken PCM or None) at an interruption point: it
+        replaces the previous one, text or spoken; encoded as a session-start one is
+        (`_encode_spoken`), and the window fits it in its budget (`ContextWindow.set_instruction`)."""
+        text, wave = instr
         self.instruction = text or None
-        self.instruction_audio = None
-        self._window.set_instruction(text)
+        self.instruction_audio = wave
+        self._window.set_instruction(text, self._encode_spoken(wave))
 
     def _reply(self, c: _Chunk) -> None:
         """Greedy reply after <response>; token events; barge-in checks between tokens."""

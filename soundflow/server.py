@@ -69,6 +69,19 @@ server refuses to start unless `--insecure` is given.
      room like audio (its tokens counted in chunks of 11 positions) and, when it does not fit,
      becomes the cache's prefix in a rebuild that drops the superseded ones — so the KV cache
      stays within instruction + window however many are sent.
+   - `{"type": "instruction", "text": "optional", "audio": "base64…" | {"samples": N}}` — a
+     spoken instruction mid-session (an addition within version 1), in the hello's two forms
+     and with its limits; it replaces the instruction, text or spoken, like a text one (the
+     same rate limits; text and audio together bounded by `max_instruction_tokens`).
+     `{"samples": N}`: the next N samples of binary frames, counted in whole samples, are the
+     instruction, not stream audio — the stream pauses meanwhile, and samples past the N-th in
+     the last frame continue the stream. A well-formed announcement claims its N samples even
+     when the instruction is refused (too long, rate limited, a bad frame among them): they are
+     read and dropped, so a client never waits for an answer and instruction audio never leaks
+     into the stream. A text frame before all N arrived drops that instruction (`bad_message`)
+     and is then handled as usual. Errors (the session goes on): `instruction_too_long`,
+     `malformed_frame` (NaN/inf, out of range), `frame_too_large`, `bad_message` (not base64,
+     not audio, a malformed `audio` or `text`), `rate_limited`.
    - `{"type": "end"}` — no more audio: the last partial chunk is flushed (zero-padded), every
      remaining event is sent, then `{"type": "end", "chunks": N}` and a normal close (1000).
 
@@ -143,7 +156,7 @@ from fastapi import FastAPI, WebSocket
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from .audio import SAMPLE_RATE, check_pcm
+from .audio import SAMPLE_RATE, AudioError, check_pcm
 
 PROTOCOL_VERSION = 1
 FORMATS = {"f32le": np.dtype("<f4"), "s16le": np.dtype("<i2")}
@@ -318,7 +331,7 @@ def _decode_instruction_audio(data: str, fmt: str, max_s: float) -> np.ndarray:
     if raw[:4] in (b"RIFF", b"RIFX", b"fLaC", b"OggS", b"FORM"):
         import soundfile as sf
 
-        from .audio import AudioError, load_audio
+        from .audio import load_audio
 
         try:
             info = sf.info(io.BytesIO(raw))
@@ -371,6 +384,15 @@ def _parse_hello(text: str | None, chunk_ms: int) -> dict:
             "instruction_audio": _instruction_audio_spec(hello.get("instruction_audio"))}
 
 
+class _SpokenInstruction:
+    """A mid-session instruction announced as `{"samples": n}`: the next n samples of binary
+    frames are its audio. `ok` turns False when it is refused (its samples are still read and
+    dropped); `text` is applied with it."""
+
+    def __init__(self, n: int):
+        self.n, self.got, self.parts, self.ok, self.text = n, 0, [], True, ""
+
+
 class _Refused(Exception):
     """A session refused MAX_REFUSALS frames/messages: the connection is closed."""
 
@@ -390,6 +412,7 @@ class _Connection:
         self.engine_failed = False  # the engine session reported a failure (engine_error, close 1011)
         self.refusals = 0
         self.bucket = _Bucket(*app_state.instruction_rate)  # this session's instruction messages
+        self.spoken: _SpokenInstruction | None = None  # a mid-session {"samples": N} being received
         self.pump = threading.Thread(target=self._pump, name=f"soundflow-ws-{session_id}", daemon=True)
 
     # -- engine events → asyncio (a thread per session; get_event blocks) ------------------------
@@ -476,6 +499,9 @@ class _Connection:
     async def on_audio(self, data: bytes) -> None:
         if not data:
             return
+        if self.spoken is not None:
+            await self.on_instruction_frame(data)
+            return
         try:
             pcm = _frame_pcm(data, self.fmt, self.st.max_frame_samples)
         except _FrameError as e:
@@ -493,6 +519,10 @@ class _Connection:
 
     async def on_text(self, text: str) -> bool:
         """Handle a control message; True when the client ended the stream."""
+        if self.spoken is not None:  # the announced instruction samples did not all come first
+            sp, self.spoken = self.spoken, None
+            await self.error("bad_message", f"a text frame after {sp.got} of the {sp.n} announced instruction "
+                                            "samples; instruction dropped (send its samples first)")
         try:
             msg = json.loads(text)
         except (ValueError, RecursionError):
@@ -502,32 +532,96 @@ class _Connection:
         if kind == "end":
             return True
         if kind == "instruction":
-            instr = msg.get("text")
-            if not isinstance(instr, str):
-                await self.error("bad_message", "instruction text must be a string")
-                return False
-            if len(instr) > MAX_INSTRUCTION_CHARS:
-                await self.error("instruction_too_long", f"instruction longer than {MAX_INSTRUCTION_CHARS} characters; ignored")
-                return False
-            # each applied instruction may cost the decoder a prefill (shared by all sessions)
-            if not self.bucket.take():
-                b = self.bucket
-                await self.error("rate_limited", f"more than {b.burst:g} instructions in a burst, or more than "
-                                                 f"{b.per_s:g} per second; ignored")
-                return False
-            if not self.st.instruction_bucket.take():
-                await self.error("rate_limited", "the server is taking too many instructions from all sessions; "
-                                                 "ignored, retry in a second")
-                return False
-            try:
-                await self.loop.run_in_executor(self.st.executor, self.sess.set_instruction, instr)
-            except ValueError as e:  # longer than the engine's max_instruction_tokens
-                await self.error("instruction_too_long", f"{e}; ignored")
-            except Exception as e:  # noqa: BLE001
-                await self.error("engine_error", f"set_instruction failed: {e}")
+            await self.on_instruction(msg)
             return False
         await self.error("bad_message", f"unknown message type {kind!r}; expected 'instruction' or 'end'")
         return False
+
+    async def on_instruction(self, msg: dict) -> None:
+        """`{"type": "instruction", "text"?: str, "audio"?: "base64…" | {"samples": N}}`: replace
+        the instruction. A well-formed `{"samples": N}` claims the next N samples of binary frames
+        whatever becomes of the instruction (refused messages included: the client need not wait
+        for an answer, and its instruction audio never leaks into the stream)."""
+        has_audio = msg.get("audio") not in (None, "")
+        try:
+            spec = _instruction_audio_spec(msg.get("audio"))
+        except _HandshakeError:
+            await self.error("bad_message", 'instruction audio must be a base64 string or {"samples": N} with N > 0')
+            return
+        sp = None
+        if spec is not None and "samples" in spec:
+            sp = self.spoken = _SpokenInstruction(spec["samples"])
+        instr = msg.get("text")
+        if has_audio and instr is None:
+            instr = ""  # a spoken instruction alone
+        problem = None
+        if not isinstance(instr, str):
+            problem = ("bad_message", "instruction text must be a string")
+        elif len(instr) > MAX_INSTRUCTION_CHARS:
+            problem = ("instruction_too_long", f"instruction longer than {MAX_INSTRUCTION_CHARS} characters")
+        elif sp is not None and sp.n > self.st.max_instruction_audio_s * SAMPLE_RATE:
+            problem = ("instruction_too_long", _too_long_audio(sp.n / SAMPLE_RATE, self.st.max_instruction_audio_s).message)
+        # each applied instruction may cost the decoder a prefill (shared by all sessions)
+        elif not self.bucket.take():
+            b = self.bucket
+            problem = ("rate_limited", f"more than {b.burst:g} instructions in a burst, or more than {b.per_s:g} per second")
+        elif not self.st.instruction_bucket.take():
+            problem = ("rate_limited", "the server is taking too many instructions from all sessions (retry in a second)")
+        if problem is not None:
+            if sp is not None:
+                sp.ok = False
+            await self.error(problem[0], problem[1] + ("; ignored (its announced samples are read and dropped)"
+                                                       if sp is not None else "; ignored"))
+            return
+        if sp is not None:
+            sp.text = instr  # applied once its samples are in (on_instruction_frame)
+            return
+        audio = None
+        if spec is not None:
+            try:
+                audio = await _decode_spoken(self.st, spec["data"], self.fmt)
+            except _HandshakeError as e:
+                code = "bad_message" if e.code == "bad_handshake" else e.code
+                await self.error(code, f"{e.message}; instruction ignored")
+                return
+        await self.apply_instruction(instr, audio)
+
+    async def apply_instruction(self, text: str, audio: np.ndarray | None) -> None:
+        """The engine's `set_instruction`, off the loop (validation and, mid-reply, a lock).
+        Text alone is passed as before, so an engine without spoken instructions still works."""
+        args = (text,) if audio is None else (text, audio)
+        try:
+            await self.loop.run_in_executor(self.st.executor, self.sess.set_instruction, *args)
+        except ValueError as e:  # over max_instruction_tokens; an AudioError: samples it cannot use
+            await self.error("malformed_frame" if isinstance(e, AudioError) else "instruction_too_long",
+                             f"{e}; ignored")
+        except Exception as e:  # noqa: BLE001
+            await self.error("engine_error", f"set_instruction failed: {e}")
+
+    async def on_instruction_frame(self, data: bytes) -> None:
+        """A binary frame while a `{"samples": N}` instruction is due: its samples (counted in
+        whole samples, refused frames too) go to the instruction until N are in; the rest of the
+        last frame is stream audio. A refused frame drops the instruction (and the frame whole)."""
+        sp = self.spoken
+        n = len(data) // self.dtype.itemsize
+        try:
+            pcm = _frame_pcm(data, self.fmt, self.st.max_frame_samples)
+        except _FrameError as e:
+            pcm = None
+            ok, sp.ok = sp.ok, False
+            await self.error(e.code, f"instruction audio: {e.message}; frame dropped"
+                                     + ("; instruction dropped" if ok else ""))
+        take = min(n, sp.n - sp.got)
+        sp.got += take
+        if pcm is not None and sp.ok:
+            sp.parts.append(pcm[:take])
+        if sp.got < sp.n:
+            return
+        self.spoken = None
+        if sp.ok:
+            await self.apply_instruction(sp.text, np.concatenate(sp.parts))
+        if pcm is not None and take < len(pcm):  # the stream's next samples, sent with the instruction's last
+            await self.feed(pcm[take:])
 
     async def writer(self) -> str:
         """Engine events → socket. Returns "done" (engine finished) or "gone" (send failed)."""
@@ -609,6 +703,17 @@ class _State:
         self.served = 0
         # Blocking engine calls (session start/close, set_instruction) run here, never on the loop.
         self.executor = ThreadPoolExecutor(max_workers=max(8, max_sessions), thread_name_prefix="soundflow-engine")
+
+
+async def _decode_spoken(st, data: str, fmt: str) -> np.ndarray:
+    """The base64 form of a spoken instruction (the hello's or a mid-session one) → 16 kHz mono
+    float32, decoded off the event loop; `_HandshakeError` (bad_handshake, instruction_too_long,
+    malformed_frame) otherwise."""
+    loop = asyncio.get_running_loop()
+    pcm = await loop.run_in_executor(st.executor, _decode_instruction_audio, data, fmt, st.max_instruction_audio_s)
+    if len(pcm) > st.max_instruction_audio_s * SAMPLE_RATE:  # resampling rounds
+        raise _too_long_audio(len(pcm) / SAMPLE_RATE, st.max_instruction_audio_s)
+    return pcm
 
 
 async def _receive_instruction_audio(ws, st, fmt: str, n: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -767,10 +872,7 @@ def create_app(model=None, token: str | None = None, options=None, max_sessions:
                         return
                     spoken, rest = got
                 elif spec is not None:
-                    spoken = await loop.run_in_executor(st.executor, _decode_instruction_audio, spec["data"],
-                                                        hello["format"], st.max_instruction_audio_s)
-                    if len(spoken) > st.max_instruction_audio_s * SAMPLE_RATE:  # resampling rounds
-                        raise _too_long_audio(len(spoken) / SAMPLE_RATE, st.max_instruction_audio_s)
+                    spoken = await _decode_spoken(st, spec["data"], hello["format"])
             except _HandshakeError as e:
                 try:
                     await ws.send_text(_dumps({"type": "error", "code": e.code, "message": e.message}))

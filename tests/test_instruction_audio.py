@@ -212,6 +212,120 @@ def test_engine_session_with_spoken_instruction_matches_the_reference_decoder(mo
         Engine(model).session(instruction_audio=np.full(SR, np.nan, np.float32))
 
 
+def _decisions_p(events) -> list[float]:
+    return [e["p_response"] for e in events if e["type"] == "decision"]
+
+
+def _lockstep(sess, chunks, instructions=None) -> list[dict]:
+    """Feed `chunks` one at a time, each once the previous is decided; `instructions[k]` (kwargs of
+    `set_instruction`) is set just before chunk k. Returns every event."""
+    events = []
+    for k, c in enumerate(chunks):
+        if instructions and k in instructions:
+            sess.set_instruction(**instructions[k])
+        sess.feed(c)
+        assert sess.wait_idle(timeout=60)
+        while (ev := sess.get_event(timeout=0)) is not None:  # what is ready, no waiting
+            events.append(ev)
+    sess.close()
+    return events + list(sess.events())
+
+
+def test_engine_applies_a_spoken_instruction_mid_session_as_at_start(model):
+    """A spoken instruction given mid-session is fed at the next interruption point, laid out
+    and encoded as at session start: it takes the positions a session-start one takes in the
+    prefix, costs the window those positions in chunks, and once a rebuild moves it into the
+    prefix the decoder is exactly a fresh one started with it on the kept window."""
+    instr = _wave(1.3, 21)  # 4 chunks: 40 audio positions, + 2 for "go"
+    chunks = list(iter_chunks(_wave(0.4 * 7, 22)))
+    start = Engine(model, EngineOptions(threshold=1.01)).session(instruction="go", instruction_audio=instr)
+    start.feed(chunks[0])
+    assert start.wait_idle(timeout=60)
+    positions = start.context.prefix_len
+    assert positions == len(model.tokenizer.encode("go")) + 40
+    start.close()
+
+    for policy in ("shift", "rebuild"):
+        sess = Engine(model, EngineOptions(threshold=1.01, max_context_chunks=8, evict_chunks=4,
+                                           context_policy=policy)).session()
+        for c in chunks[:2]:
+            sess.feed(c)
+            assert sess.wait_idle(timeout=60)
+        before = sess.cache_len
+        sess.set_instruction("go", audio=instr)
+        sess.feed(chunks[2])  # applied at this interruption point, before the chunk
+        assert sess.wait_idle(timeout=60)
+        win = sess.context
+        cost = -(-positions // 11)
+        assert win.window_chunks == 3 + cost  # counted like audio, in chunks of 11 positions
+        assert sess.cache_len - before == positions + 11  # the instruction, then <silent> + chunk 2
+        assert win.prefix_len == 0 and win.pos == sess.cache_len
+        assert sess.instruction == "go" and np.array_equal(sess.instruction_audio, instr)
+        # chunk 4 overflows the window (3 chunks + 4 + 1 > 8): chunks 0, 1 and the instruction
+        # leave it, the instruction moves into the prefix (a rebuild, whatever the policy)
+        events = _lockstep(sess, chunks[3:])
+        assert sess.stats["rebuilds"] == 1 and win.prefix_len == positions
+        assert [e["chunk"] for e in events if e["type"] == "decision"] == list(range(7))
+        fresh = _decisions_p(decoding.decode_stream(model, chunks[2:], decoding.DecodeOptions(
+            instruction="go", instruction_audio=instr, threshold=1.01)))
+        assert _decisions_p(events)[4:] == pytest.approx(fresh[2:], abs=1e-3), policy  # chunks 4..6
+
+    # the same mid-session instruction through the batch workers: the same numbers
+    ref = _lockstep(Engine(model, EngineOptions(threshold=1.01)).session(), chunks, {2: {"text": "go", "audio": instr}})
+    engine = Engine(model, EngineOptions(threshold=1.01, batch=True))
+    got = _lockstep(engine.session(), chunks, {2: {"text": "go", "audio": instr}})
+    engine.close()
+    assert _decisions_p(got) == pytest.approx(_decisions_p(ref), abs=1e-3)
+    assert _decisions_p(ref) != pytest.approx(_decisions_p(_lockstep(  # the instruction is heard
+        Engine(model, EngineOptions(threshold=1.01)).session(), chunks)), abs=1e-6)
+
+
+def test_mid_session_instructions_replace_each_other_spoken_or_text(model):
+    """Spoken and text instructions alternating: each replaces the last (a rebuild keeps only the
+    newest, in the prefix), the window never holds more than its budget, the cache stays within
+    instruction + window however many are given."""
+    spoken = decoding.encode_instruction_audio(model, _wave(1.3, 23))  # 40 positions: 4 chunks of room
+    alone = decoding.ContextWindow(model, None, spoken).prefix_len
+    assert alone == 40
+    win = decoding.ContextWindow(model, max_chunks=8, evict_chunks=4)
+    audio = model.encode(model.features(torch.from_numpy(np.stack(list(iter_chunks(_wave(0.4 * 4, 24)))))))
+    seen = []
+    for i in range(24):
+        if i % 3 == 0:
+            if (i // 3) % 2:
+                win.set_instruction("hi", spoken)
+                assert win.instruction == "hi" and win.instruction_audio is spoken
+            else:
+                win.set_instruction(f"text {i}")
+                assert win.instruction == f"text {i}" and win.instruction_audio is None
+        win.feed(audio[i % 4 : i % 4 + 1])
+        win.push_control(False)
+        seen.append((win.window_chunks, win.cache_len, win.prefix_len))
+        assert win.window_chunks <= 8 and win.pos == win.cache_len
+    assert win.stats["rebuilds"] >= 4
+    # a rebuild's prefix is the newest instruction alone: text ("text N": 6–7 tokens) or spoken
+    assert {p for _, _, p in seen} <= {0, 2 + alone, 6, 7}
+    assert max(c for _, c, _ in seen) <= 2 + alone + 8 * 11 + 1
+    # spoken → text → nothing: the text drops the audio, an empty one drops both at the next rebuild
+    win.set_instruction(None, spoken)
+    win.set_instruction("")
+    assert win.instruction is None and win.instruction_audio is None
+
+
+def test_mid_session_spoken_instruction_is_validated_like_at_start(model):
+    eng = Engine(model, EngineOptions(max_instruction_tokens=100))
+    sess = eng.session()
+    with pytest.raises(ValueError, match="instruction audio"):  # 5 s: 130 positions > 100
+        sess.set_instruction(None, audio=np.zeros(5 * SR, np.float32))
+    with pytest.raises(ValueError, match="with the text"):  # 3.6 s (90 positions) + 20 tokens > 100
+        sess.set_instruction("x" * 20, audio=np.zeros(int(3.6 * SR), np.float32))
+    with pytest.raises(ValueError, match="NaN"):
+        sess.set_instruction(None, audio=np.full(SR, np.nan, np.float32))
+    sess.set_instruction("x" * 10, audio=np.zeros(int(3.6 * SR), np.float32))  # 100: fits
+    sess.close()
+    assert sess.instruction == "x" * 10 and len(sess.instruction_audio) == int(3.6 * SR)
+
+
 def test_listen_with_instruction_audio(tmp_path, capsys):
     from soundflow.cli import main
 
@@ -325,6 +439,152 @@ def test_server_hello_accepts_a_spoken_instruction_and_bounds_it(model):
         asyncio.run(small(srv))
 
 
+class _SpyEngine(Engine):
+    """The real engine, keeping its sessions (their `instruction` and `instruction_audio` are the
+    ones the decoder applied last)."""
+
+    def __init__(self, model, **opts):
+        super().__init__(model, EngineOptions(**opts))
+        self.sessions: list = []
+
+    def session(self, *a, **kw):
+        sess = super().session(*a, **kw)
+        self.sessions.append(sess)
+        return sess
+
+
+def test_server_takes_spoken_instructions_mid_session(model):
+    """`{"type": "instruction", "text"?, "audio": {"samples": N} | "base64…"}` after `ready`:
+    both forms applied at the next chunk (exactly what the engine computes given the same
+    instructions directly); refusals (too long, NaN, bad base64, over the token limit, a text
+    frame where samples were due) get their error event and the session goes on; announced
+    samples are never stream audio, refused or not, and the stream before and after is decoded
+    in order."""
+    pytest.importorskip("websockets")
+    import soundfile as sf
+    from test_server import (
+        FRAME,
+        encode,
+        finish,
+        open_session,
+        recv_json,
+        running_server,
+        send_audio,
+    )
+
+    from soundflow.audio import load_audio
+
+    opts = {"threshold": 1.01, "max_instruction_tokens": 100}
+    chunks = list(iter_chunks(_wave(0.4 * 8, 30)))
+    instr1, instr2 = _wave(1.25, 31), _wave(0.9, 32)  # 20000 samples: the last frame is half stream
+    buf = io.BytesIO()
+    sf.write(buf, _wave(1.1, 33), SR, format="WAV", subtype="PCM_16")
+    wav = buf.getvalue()
+    def b64(b: bytes) -> str:
+        return base64.b64encode(b).decode()
+
+    def instruction(**kw) -> str:
+        return json.dumps({"type": "instruction", **kw})
+
+    applied = {1: {"text": "go", "audio": instr1}, 2: {"text": "", "audio": instr2},
+               3: {"text": "", "audio": load_audio(io.BytesIO(wav))}, 4: {"text": "now text"}, 7: {"text": "after"}}
+    engine = _SpyEngine(model, **opts)
+
+    async def step(ws, k, sends, codes=()):
+        """Send `sends` (text messages, or PCM sent as FRAME-sample frames), then chunk k (unless
+        it was among them); the error codes before chunk k's decision must be `codes`."""
+        for x in sends:
+            if isinstance(x, str):
+                await ws.send(x)
+            else:
+                await send_audio(ws, x)
+        got = []
+        while True:
+            ev = await recv_json(ws)
+            if ev["type"] == "decision":
+                assert ev["chunk"] == k, ev
+                break
+            got.append(ev)
+        assert [e["code"] for e in got if e["type"] == "error"] == list(codes), got
+        return got + [ev]
+
+    async def main(srv):
+        ws, _ = await open_session(srv.ws)
+        sess = engine.sessions[-1]
+        events = await step(ws, 0, [chunks[0]])
+        # 1. {"samples": N}: the next N samples are the instruction, the rest of the last frame stream
+        events += await step(ws, 1, [instruction(text="go", audio={"samples": len(instr1)}),
+                                     np.concatenate([instr1, chunks[1]])])
+        assert sess.instruction == "go" and np.allclose(sess.instruction_audio, instr1, atol=1e-7)
+        # 2. base64 of raw PCM in the session's format, without text; 3. of a WAV file
+        events += await step(ws, 2, [instruction(audio=b64(encode(instr2))), chunks[2]])
+        assert sess.instruction is None and np.allclose(sess.instruction_audio, instr2, atol=1e-7)
+        events += await step(ws, 3, [instruction(audio=b64(wav)), chunks[3]])
+        assert len(sess.instruction_audio) == int(1.1 * SR)
+        # 4. a text instruction replaces the spoken one
+        events += await step(ws, 4, [instruction(text="now text"), chunks[4]])
+        assert sess.instruction == "now text" and sess.instruction_audio is None
+        # 5. refused, its announced samples read and dropped all the same: too long (3 s > 2 s);
+        # NaN in one of its frames (the frame and the instruction dropped, the rest still read)
+        ev = await step(ws, 5, [instruction(text="x", audio={"samples": 3 * SR}), _wave(3.0, 34),
+                                instruction(audio={"samples": SR}), np.full(FRAME, np.nan, np.float32),
+                                np.concatenate([_wave(0.9, 35), chunks[5]])],
+                        ["instruction_too_long", "malformed_frame"])
+        assert "3.0 s" in ev[0]["message"] and "2 s" in ev[0]["message"]
+        events += ev
+        # 6. refused base64: not base64, not audio, too long, NaN, over max_instruction_tokens
+        # with the text; malformed messages
+        nan = np.full(SR, np.nan, np.float32)
+        events += await step(ws, 6, [instruction(audio="not base64!"), instruction(audio=b64(b"RIFF" + b"\0" * 40)),
+                                     instruction(audio=b64(encode(_wave(2.5, 36)))), instruction(audio=b64(encode(nan))),
+                                     instruction(text="y" * 60, audio=b64(encode(_wave(2.0, 37)))),
+                                     instruction(audio=[1, 2]), instruction(audio={"samples": 0}),
+                                     instruction(text=5, audio={"samples": FRAME}), _wave(0.1, 38), chunks[6]],
+                             ["bad_message", "bad_message", "instruction_too_long", "malformed_frame",
+                              "instruction_too_long", "bad_message", "bad_message", "bad_message"])
+        assert sess.instruction == "now text" and sess.instruction_audio is None  # none of them applied
+        # 7. a text frame where announced samples were due: that instruction is dropped, the frame
+        # handled as usual (here a text instruction), and what follows is the stream again
+        events += await step(ws, 7, [instruction(audio={"samples": SR}), _wave(0.1, 39),
+                                     instruction(text="after"), chunks[7]], ["bad_message"])
+        assert sess.instruction == "after" and sess.instruction_audio is None
+        events += await finish(ws)
+        assert events[-1] == {"type": "end", "chunks": 8}
+        return events
+
+    with running_server(model, engine=engine, app_kw={"max_instruction_audio_s": 2.0,
+                                                      "instruction_rate": (1000, 1000.0),
+                                                      "server_instruction_rate": (1000, 1000.0)}) as srv:
+        events = asyncio.run(asyncio.wait_for(main(srv), 300))
+    assert [e["chunk"] for e in events if e["type"] == "decision"] == list(range(8))
+    ref = _lockstep(Engine(model, EngineOptions(**opts)).session(), chunks, applied)
+    assert _decisions_p(events) == pytest.approx(_decisions_p(ref), abs=1e-3)
+
+    # the rate limit of text instructions (a burst of 1 here): a refused {"samples": N} is still
+    # N samples of instruction, not stream
+    async def limited(srv):
+        ws, _ = await open_session(srv.ws)
+        await ws.send(instruction(audio={"samples": FRAME}))
+        await send_audio(ws, instr2[:FRAME])
+        for form, samples in (({"samples": FRAME}, instr1[:FRAME]), (b64(encode(instr1)), None)):
+            await ws.send(instruction(audio=form))
+            if samples is not None:
+                await send_audio(ws, samples)
+            ev = await recv_json(ws)
+            assert ev["type"] == "error" and ev["code"] == "rate_limited", ev
+        await send_audio(ws, chunks[0])
+        events = await finish(ws)
+        assert [e["chunk"] for e in events if e["type"] == "decision"] == [0]
+        return events
+
+    engine = _SpyEngine(model, **opts)
+    with running_server(model, engine=engine, app_kw={"instruction_rate": (1, 0.001)}) as srv:
+        events = asyncio.run(asyncio.wait_for(limited(srv), 120))
+    assert np.allclose(engine.sessions[-1].instruction_audio, instr2[:FRAME])
+    ref = _lockstep(Engine(model, EngineOptions(**opts)).session(), chunks[:1], {0: {"text": "", "audio": instr2[:FRAME]}})
+    assert _decisions_p(events) == pytest.approx(_decisions_p(ref), abs=1e-3)
+
+
 # ----------------------------------------------------------------------------- the page
 
 
@@ -367,6 +627,50 @@ def test_page_records_a_spoken_instruction_and_sends_it_in_hello(tmp_path, model
         spoken = [s for s in engine.spoken if s is not None]
         assert len(spoken) == 1 and len(spoken[0]) == round(secs * SR)
         assert np.sqrt(np.mean(spoken[0][SR // 2 :] ** 2)) > 0.01  # the fake microphone's tone, not silence
+    finally:
+        for _ in launch_gen:
+            pass
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="needs /usr/bin/chromium (apt-get install -y chromium)")
+def test_page_sends_a_spoken_instruction_to_a_running_session(tmp_path, model):
+    """Start the microphone, then record an instruction: the session's own capture becomes the
+    instruction (the stream pauses), and stopping the recording sends it mid-session; the engine
+    session applies it and the stream goes on."""
+    import test_browser
+    from test_server import running_server
+
+    engine = _SpyEngine(model, threshold=0.5, max_reply_tokens=4)
+    fx = test_browser.chromium  # the page test's fixture, its generator driven by hand
+    launch_gen = (getattr(fx, "__wrapped__", None) or fx.__pytest_wrapped__.obj)(tmp_path)
+    launch = next(launch_gen)
+    try:
+        with running_server(model, engine=engine) as srv:
+            dt = launch(f"{srv.http}/", test_browser._wav(tmp_path / "mic.wav", 30.0, 48000))
+            try:
+                dt.wait("document.readyState === 'complete' && window.soundflow", 30, "the page")
+                dt.eval("document.getElementById('mic').click()")
+                dt.wait("window.soundflow.decisions >= 2", 60, "decisions from the microphone")
+                assert not dt.eval("document.getElementById('record-instruction').disabled")  # live: allowed
+                dt.eval("document.getElementById('record-instruction').click()")
+                dt.wait("/Recording… [1-9]/.test(document.getElementById('spoken-instruction').textContent)", 30,
+                        "a second of recorded instruction")
+                dt.eval("document.getElementById('record-instruction').click()")
+                dt.wait("window.soundflow.spokenSent === 1", 30, "the instruction to be sent")
+                secs = dt.eval("window.soundflow.spokenInstruction")
+                n = dt.eval("window.soundflow.decisions")
+                dt.wait(f"window.soundflow.decisions >= {n + 2}", 60, "decisions after the spoken instruction")
+                assert not dt.eval("window.soundflow.errors")
+                dt.eval("document.getElementById('stop').click()")
+                dt.wait("window.soundflow.state === 'done'", 30, "the session to finish")
+                chunks = dt.eval("[...document.querySelectorAll('#timeline .cell')].map(c => +c.dataset.chunk)")
+                assert chunks == list(range(len(chunks)))
+            finally:
+                dt.close()
+        (sess,) = engine.sessions  # one session, started without a spoken instruction, given one
+        assert secs >= 1.0 and len(sess.instruction_audio) == round(secs * SR)
+        assert np.sqrt(np.mean(sess.instruction_audio[SR // 2 :] ** 2)) > 0.01  # the fake microphone's tone
     finally:
         for _ in launch_gen:
             pass

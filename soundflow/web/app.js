@@ -21,7 +21,8 @@ const ui = {
 
 // Public state, for people poking around in the console and for the browser test.
 const sf = (window.soundflow = { state: "idle", decisions: 0, responses: 0, tokens: 0, errors: [], session: null,
-  spokenInstruction: 0 /* seconds recorded, sent in the next session's hello */ });
+  spokenInstruction: 0 /* seconds recorded, sent in the next session's hello */,
+  spokenSent: 0 /* spoken instructions sent mid-session */ });
 let spokenInstruction = null; // Float32Array, 16 kHz: the recorded instruction
 let recording = null; // {stop()} while recording one
 
@@ -35,7 +36,7 @@ function setState(state, text) {
   ui.file.disabled = busy;
   ui.stop.disabled = !busy;
   if (recording) ui.mic.disabled = ui.file.disabled = true; // one capture at a time
-  ui.record.disabled = busy;
+  ui.record.disabled = state === "connecting"; // while live, a recording is sent to the session at once
   ui.mic.textContent = busy && ui.source.textContent === "microphone" ? "● Listening…" : "● Start microphone";
 }
 
@@ -93,9 +94,7 @@ class Stream {
       if (spoken) hello.instruction_audio = { samples: spoken.length };
       this.ws.send(JSON.stringify(hello));
       if (spoken) {
-        for (let i = 0; i < spoken.length; i += FRAME) {
-          this.ws.send(spoken.slice(i, i + FRAME).map((x) => Math.max(-1, Math.min(1, x))).buffer);
-        }
+        this.sendSamples(spoken);
         log(`spoken instruction sent (${(spoken.length / SR).toFixed(1)} s)`);
       }
     };
@@ -129,6 +128,26 @@ class Stream {
 
   setInstruction(text) {
     if (this.ready && !this.closed) this.ws.send(JSON.stringify({ type: "instruction", text }));
+  }
+
+  // A spoken instruction mid-session: announced, then its samples as binary frames, all in one
+  // go (nothing of the stream can come between them); with the text box's text, as a hello has.
+  // False when the session cannot take it (not ready yet, ending, closed).
+  sendInstructionAudio(pcm, text) {
+    if (!this.ready || this.closed || this.ending) return false;
+    const msg = { type: "instruction", audio: { samples: pcm.length } };
+    if (text) msg.text = text;
+    this.ws.send(JSON.stringify(msg));
+    this.sendSamples(pcm);
+    return true;
+  }
+
+  // instruction samples as FRAME-sample binary frames, clipped to [-1, 1] (the hello's and a
+  // mid-session one alike)
+  sendSamples(pcm) {
+    for (let i = 0; i < pcm.length; i += FRAME) {
+      this.ws.send(pcm.slice(i, i + FRAME).map((x) => Math.max(-1, Math.min(1, x))).buffer);
+    }
   }
 
   end() {
@@ -296,6 +315,7 @@ async function startMic() {
   const { media, ctx, node } = cap;
   const stream = new Stream(`microphone · ${ctx.sampleRate / 1000} kHz → 16 kHz`);
   node.port.onmessage = (e) => {
+    if (recording && recording.fromStream) return recording.take(e.data); // the stream pauses meanwhile
     stream.sendPCM(e.data.pcm);
     meter(e.data.rms);
   };
@@ -314,40 +334,50 @@ async function startMic() {
     meter(0);
   };
   stream.onclose = stop;
-  current = { stream, stop: () => { stream.end(); stop(); } };
+  current = { stream, mic: true, stop: () => { stream.end(); stop(); } };
 }
 
 // ---------------------------------------------------------------- spoken instruction
 // Recorded through the same capture path as the stream (getUserMedia → the downsampling
-// worklet → 16 kHz float32 frames), kept here, and sent with the next session's hello.
+// worklet → 16 kHz float32 frames) and kept here: sent with each new session's hello, and,
+// when a session is running, sent to it at once (a mid-session instruction). During a
+// microphone session the recording takes the session's own capture: its frames are the
+// instruction instead of stream audio until the recording stops.
 async function recordInstruction() {
   if (recording) {
     recording.stop();
     return;
   }
-  const cap = await openCapture();
-  if (!cap) return;
-  const { media, ctx, node } = cap;
+  const shared = current && current.mic && !current.stream.closed;
+  const cap = shared ? null : await openCapture();
+  if (!shared && !cap) return;
   const frames = [];
   let n = 0;
   const max = MAX_INSTRUCTION_S * SR;
-  node.port.onmessage = (e) => {
+  const take = (data) => {
     if (!recording) return;
-    frames.push(e.data.pcm);
-    n += e.data.pcm.length;
-    meter(e.data.rms);
+    frames.push(data.pcm);
+    n += data.pcm.length;
+    meter(data.rms);
     ui.spoken.textContent = `Recording… ${(n / SR).toFixed(1)} s (click Stop when done)`;
     if (n >= max) recording.stop();
   };
-  if (ctx.state !== "running") {
-    try { await ctx.resume(); } catch (_) { /* needs a click */ }
+  if (cap) {
+    cap.node.port.onmessage = (e) => take(e.data);
+    if (cap.ctx.state !== "running") {
+      try { await cap.ctx.resume(); } catch (_) { /* needs a click */ }
+    }
   }
   recording = {
+    fromStream: shared,
+    take,
     stop: () => {
       recording = null;
-      node.port.postMessage("stop");
-      media.getTracks().forEach((t) => t.stop());
-      ctx.close().catch(() => {});
+      if (cap) {
+        cap.node.port.postMessage("stop");
+        cap.media.getTracks().forEach((t) => t.stop());
+        cap.ctx.close().catch(() => {});
+      }
       meter(0);
       const x = new Float32Array(Math.min(n, max));
       let o = 0;
@@ -357,12 +387,18 @@ async function recordInstruction() {
         o += f.length;
       }
       spokenInstruction = x.length ? x : null;
-      log(spokenInstruction ? `spoken instruction recorded (${(x.length / SR).toFixed(1)} s); it is heard when the next session starts`
-        : "nothing recorded");
+      const secs = (x.length / SR).toFixed(1);
+      if (spokenInstruction && current && current.stream.sendInstructionAudio(x, ui.instruction.value.trim())) {
+        sf.spokenSent++;
+        log(`spoken instruction (${secs} s) sent to the running session; new sessions start with it too`);
+      } else {
+        log(spokenInstruction ? `spoken instruction recorded (${secs} s); it is heard when the next session starts`
+          : "nothing recorded");
+      }
       showSpoken();
     },
   };
-  log("recording a spoken instruction…");
+  log(shared ? "recording a spoken instruction (the stream pauses until you stop)…" : "recording a spoken instruction…");
   showSpoken();
 }
 
@@ -373,7 +409,7 @@ function showSpoken() {
   ui.record.classList.toggle("recording", !!recording);
   ui.clearRec.hidden = !secs || !!recording;
   if (!recording) {
-    ui.spoken.textContent = secs ? `Spoken instruction: ${secs.toFixed(1)} s, heard before the stream of each new session.`
+    ui.spoken.textContent = secs ? `Spoken instruction: ${secs.toFixed(1)} s, heard before the stream of each new session (recorded during one: sent to it at once).`
       : "Or say it: a recorded instruction (up to 20 s) is heard before the stream, as the paper's audio instructions are.";
   }
   setState(sf.state, ui.statusText.textContent);
