@@ -54,7 +54,7 @@ from . import tts
 from .audio import SAMPLE_RATE, load_audio
 from .compose import Event, compose, crop
 from .data import StreamSample, read_jsonl
-from .replies import PROACTIVE_REPLIES, proactive_reply  # noqa: F401 (the one reply table: replies.py)
+from .replies import proactive_reply
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 FAMILIES = ("asr", "translation", "chat", "understanding", "music", "proactive", "agent")
