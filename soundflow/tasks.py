@@ -32,7 +32,7 @@ inserted into another task's stream).
 
 `Dropped` (from the ASR gate) propagates out of a recipe: the builder discards the instance.
 Each recipe exists twice: `steps_<family>` (in `TASK_STEPS`) is a generator that yields the ASR
-gate's requests (`tts.GateRequest`) and receives the verdicts, so the builder can gate the units
+gate's requests (`asr_gate.GateRequest`) and receives the verdicts, so the builder can gate the units
 of many instances together in full 30 s Whisper windows; `task_<family>` (in `TASKS`) drives it,
 gating each request at once. Given the same verdicts both give the same sample.
 """
@@ -51,10 +51,12 @@ from typing import Callable
 import numpy as np
 
 from . import tts
+from .asr_gate import AsrGate, run_steps
 from .audio import SAMPLE_RATE, load_audio
 from .compose import Event, compose, crop
 from .data import StreamSample, read_jsonl
 from .replies import proactive_reply
+from .textnorm import number_to_words
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 FAMILIES = ("asr", "translation", "chat", "understanding", "music", "proactive", "agent")
@@ -189,7 +191,7 @@ class Resources:
     tts_holdout: tuple[str, ...] = ()  # voice ids ("kokoro:af_heart") heard only when split == "dev"
     augment: object | None = None  # `augment.Augment`: per-speaker effects on the speech; None: dry
     sentences: list[str] = field(default_factory=list)  # dictation text (asr family)
-    gate: tts.AsrGate | None = None  # None: renderings are not checked
+    gate: AsrGate | None = None  # None: renderings are not checked
     mixins: dict = field(default_factory=lambda: dict(MIXIN_P))
     max_chunks: int = 60
     chunk_ms: int = 400
@@ -589,7 +591,7 @@ def steps_understanding(rng: np.random.Generator, res: Resources):
             ask_count = len(heard) >= 2 and rng.random() < 0.3
             q = "How many different sounds have you heard so far?" if ask_count else \
                 _pick(["What sound did you just hear?", "What was that sound?", "What was that?"], rng)
-            a = (f"{tts.number_to_words(len(heard)).capitalize()} sounds so far." if ask_count
+            a = (f"{number_to_words(len(heard)).capitalize()} sounds so far." if ask_count
                  else f"That was {_article(cap)}.")
             q_texts.append(q)
             turns.append(Turn([Event(clip, provenance=_event_prov(row)), _silence(0.3)], memo=_article(cap)))
@@ -772,7 +774,7 @@ def steps_agent(rng: np.random.Generator, res: Resources):
     return (yield from finish("agent", turns, instr, rng, res, mix, speaker))
 
 
-# Each family as a generator of `tts.GateRequest`s (the builder gates many instances' units
+# Each family as a generator of `asr_gate.GateRequest`s (the builder gates many instances' units
 # together, in full 30 s Whisper windows) and as a plain function (gating each request at once).
 TASK_STEPS: dict[str, Callable] = {
     "asr": steps_asr,
@@ -787,7 +789,7 @@ TASK_STEPS: dict[str, Callable] = {
 
 def _sync(steps: Callable) -> Callable[[np.random.Generator, Resources], StreamSample]:
     def task(rng: np.random.Generator, res: Resources) -> StreamSample:
-        return tts.run_steps(steps(rng, res), res.gate)
+        return run_steps(steps(rng, res), res.gate)
 
     task.__name__ = task.__qualname__ = steps.__name__.replace("steps_", "task_")
     task.__doc__ = steps.__doc__
