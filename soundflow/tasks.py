@@ -96,19 +96,28 @@ SPOKEN_COMMANDS = [  # (what the user says, the tool call)
     ("Play some relaxing music.", {"tool": "play_music", "query": "relaxing"}),
     ("Lock the front door.", {"tool": "smart_home", "device": "front door", "action": "lock"}),
 ]
-MUSIC_DESCRIPTIONS = {  # from the manifest's titles/credits only: nothing claimed beyond them
-    "147793__setuniman__sweet-waltz-0i-22mi": "a gentle waltz",
-    "442789__lena-orsa__happy-music-pistachio": "a lively piano ragtime tune",
-    "Hungarian_Dance_number_5_-_Allegro_in_F_": "Brahms's Hungarian Dance number five, played by strings",
-    "Karissa_Hobbs_-_Lets_Go_Fishin": "a song called Let's Go Fishin'",
-    "Kevin_MacLeod_-_P_I_Tchaikovsky_Dance_of": "Tchaikovsky's Dance of the Sugar Plum Fairy",
-    "Kevin_MacLeod_-_Vibe_Ace": "an instrumental track called Vibe Ace",
-    "admiralbob77_-_Choice_-_Drum-bass": "a drum and bass track",
-    "sorohanro_-_solo-trumpet-06": "a solo jazz trumpet loop at about ninety beats per minute",
-    "arcade_music": "upbeat arcade game music",
-    "cinematic": "cinematic background music",
-}
-NOT_MUSIC = {"pibble"}  # a dog howling in its sleep: in the music folder, not music
+
+MUSIC_NOTES = RECIPES_DIR / "music_notes.jsonl"
+
+
+@dataclass(frozen=True)
+class MusicNotes:
+    """What we know of the music manifest's files beyond the manifest, by file id.
+
+    descriptions: what the music family says is playing (written from the manifest's titles and
+    credits only: nothing claimed beyond them); not_music: files in the music folder that are not
+    music (row `"music": false`, with a `why`)."""
+
+    descriptions: dict
+    not_music: frozenset
+
+
+@functools.lru_cache(maxsize=4)
+def music_notes(path: str | Path = MUSIC_NOTES) -> MusicNotes:
+    """The corpus facts of `recipes/music_notes.jsonl` (one row per file id)."""
+    rows = read_jsonl(path)
+    return MusicNotes({r["id"]: r["description"] for r in rows if r.get("description")},
+                      frozenset(r["id"] for r in rows if r.get("music") is False))
 
 
 def _article(caption: str) -> str:
@@ -244,7 +253,7 @@ class Resources:
         chats, _ = rows("chats", str(RECIPES_DIR / "chat_en.jsonl"))
         sents = sources.get("sentences", str(RECIPES_DIR / "sentences_en.txt"))
         kw.setdefault("sentences", read_sentences(_expand(sents, base)) if sents else [])
-        music = [m for m in music if m["id"] not in NOT_MUSIC]
+        music = [m for m in music if m["id"] not in music_notes().not_music]
         missing = [f for f in kw.get("tts_families", ()) if f in tts.FAMILIES and f not in tts.available_families()]
         if missing:  # the build goes on with the other families, saying so
             from .kokoro import SETUP_COMMAND
@@ -618,7 +627,7 @@ def steps_music(rng: np.random.Generator, res: Resources):
     """Following music: say when the music stops, or what is playing when asked."""
     mix, speaker, budget = _begin(rng, res, "music")
     row = _pick(res.music, rng)
-    desc = MUSIC_DESCRIPTIONS.get(row["id"], "a piece of music")
+    desc = music_notes().descriptions.get(row["id"], "a piece of music")
     longest = min(12.0, budget - 4.0)  # room for the stop / question turn after it
     if longest < 2.0:
         raise ValueError(f"music needs a stream of at least {2.0 + 4.0 + STREAM_TAIL_S[1] + mix.reserve:.1f} s")
