@@ -34,7 +34,7 @@ import numpy as np
 from soundflow.audio import SAMPLE_RATE, AudioError
 from soundflow.catalog import Catalog, CatalogRow, mentions
 from soundflow.compose import ROLES, Event, crop
-from soundflow.llm import LLMClient
+from soundflow.curator_client import LLMClient
 from soundflow.replies import default_reply
 from soundflow.tfjp import TFJPConfig
 from soundflow.tones import ToneGenerator
@@ -534,7 +534,7 @@ def _validate_verdict(obj: dict) -> dict:
 class LLMCurator:
     """Planner / refiner / verifier driven by an OpenAI-compatible endpoint (JSON mode, T = 0.7).
 
-    client: an `llm.LLMClient` (default: from SOUNDFLOW_LLM_* environment variables).
+    client: a `curator_client.LLMClient` (default: from SOUNDFLOW_LLM_* environment variables).
     max_classes: how many catalog classes the planner is shown.
     """
 

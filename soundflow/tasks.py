@@ -669,7 +669,7 @@ def _curator(name: str):
     """The recipe's `curator`: "offline" templates, or "llm" — an OpenAI-compatible endpoint named
     by SOUNDFLOW_LLM_BASE_URL / SOUNDFLOW_LLM_MODEL (an error when it is not set)."""
     from .curate import LLMCurator, OfflineCurator
-    from .llm import LLMClient
+    from .curator_client import LLMClient
 
     if name == "offline":
         return OfflineCurator()

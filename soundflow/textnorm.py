@@ -1,7 +1,7 @@
 """Text normalisation for speech: the spoken-form rewrite of paper Appendix "Dataset Curation
 Pipeline", step (1): markdown stripping, numeral and abbreviation expansion, symbol replacement.
 
-`rewrite` asks the OpenAI-compatible endpoint of `soundflow.llm` when one is given or configured
+`rewrite` asks the OpenAI-compatible endpoint of `soundflow.curator_client` when one is given or configured
 (SOUNDFLOW_LLM_BASE_URL) and normalises its answer again; `normalize_text` is the deterministic
 offline English normaliser (also the reference the ASR gate scores renderings against).
 """
@@ -198,10 +198,10 @@ def rewrite(text: str, llm=None) -> str:
     The LLM output is normalised again, so digits it left are still spelled out."""
     if llm is None:
         try:
-            from .llm import LLMClient
+            from .curator_client import LLMClient
 
             llm = LLMClient.from_env()
-        except ImportError:  # pragma: no cover - llm.py is optional
+        except ImportError:  # pragma: no cover - curator_client.py is optional
             llm = None
     if llm is not None:
         out = llm.chat_json(REWRITE_PROMPT, text, validate=lambda d: d if isinstance(d.get("text"), str) else

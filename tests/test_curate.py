@@ -21,8 +21,8 @@ from soundflow.curate import (
     TEMPLATES, AcousticVerifier, Candidate, GroundingContext, LLMCurator, OfflineCurator, Scenario, SubEvent,
     curate_stream, default_curator, matches, measure,
 )
+from soundflow.curator_client import LLMClient, LLMError, parse_json_object
 from soundflow.data import shared_data_dir
-from soundflow.llm import LLMClient, LLMError, parse_json_object
 from soundflow.replies import default_reply
 from soundflow.tones import ToneGenerator
 
