@@ -60,11 +60,11 @@ def test_cached_decoding_matches_full_forward(model):
 
 
 def test_inference_attention_and_cache_match_reference():
-    """fast.gqa_attention + the growable KV cache give the decoder's reference probabilities."""
+    """attention.gqa_attention + the growable KV cache give the decoder's reference probabilities."""
     import copy
 
     from soundflow import decoding
-    from soundflow.fast import optimize_for_inference
+    from soundflow.optimize import optimize_for_inference
 
     for name in ("tiny", "tiny-qwen"):
         ref = build_model(name)
