@@ -28,7 +28,7 @@ from torch import nn
 
 from .audio import CHUNK_MS, log_mel
 from .cache import new_cache
-from .tokenize import AUDIO_SLOTS, ByteTokenizer, HFTokenizer, Tokenizer
+from .tokens import AUDIO_SLOTS, ByteTokenizer, HFTokenizer, Tokenizer
 
 
 @dataclass

@@ -21,7 +21,7 @@ from soundflow.audio import iter_chunks, write_audio
 from soundflow.data import StreamSample, read_shards, write_jsonl
 from soundflow.dataspec import load_streams
 from soundflow.engine import Engine, EngineOptions
-from soundflow.tokenize import MASK
+from soundflow.tokens import MASK
 
 SR = 16_000
 

@@ -41,7 +41,7 @@ def test_decode_stream_events(model):
 def test_cached_decoding_matches_full_forward(model):
     """The KV-cache path (pending control tokens, drained chunks) equals one full forward."""
     from soundflow import decoding
-    from soundflow.tokenize import build_sequence
+    from soundflow.tokens import build_sequence
 
     torch.manual_seed(0)
     chunks = torch.randn(3, 6400) * 0.1
