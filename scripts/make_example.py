@@ -23,8 +23,9 @@ import soundfile as sf
 from soundflow.audio import SAMPLE_RATE, load_audio
 from soundflow.compose import Event, compose
 from soundflow.data import shared_data_dir
+from soundflow.textnorm import normalize_text
 from soundflow.tfjp import tfjp
-from soundflow.tts import Voice, normalize_text
+from soundflow.tts import Voice
 
 QUESTION = "Hi, how are you today?"
 QUESTION_VOICE = "bf_emma"  # a Kokoro voice

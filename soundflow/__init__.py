@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "load_model": "loading", "build_model": "model", "ModelConfig": "model", "AudioLM": "model",
     "Engine": "engine", "EngineOptions": "engine",
-    "build_sequence": "tokenize", "load_audio": "audio", "AudioError": "audio",
+    "build_sequence": "tokens", "load_audio": "audio", "AudioError": "audio",
     "Recipe": "train", "StageConfig": "train", "load_recipe": "train",
 }
 

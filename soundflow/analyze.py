@@ -58,7 +58,7 @@ import torch.nn.functional as F
 
 from .data import StreamSample
 from .dataspec import load_streams
-from .tokenize import MASK
+from .tokens import MASK
 
 PAPER = {
     "continuity": {"encoder": 0.25, "adapter_shift_below": 0.02, "layer_0": 0.80, "layer_0_real_recordings": 0.78},

@@ -100,15 +100,16 @@ _RES_CACHE: dict = {}
 
 
 def _resources(cfg: dict):
-    """Per-process `Resources` (manifests read once per worker; models cached in soundflow.tts)."""
-    from . import tts
+    """Per-process `Resources` (manifests read once per worker; models cached in soundflow.tts and
+    soundflow.asr_gate)."""
+    from . import asr_gate
     from .augment import Augment
     from .tasks import MIXIN_P, Resources
 
     key = json.dumps({k: v for k, v in cfg.items() if k not in ("samples",)}, sort_keys=True, default=str)
     if key not in _RES_CACHE:
         t = cfg.get("tts") or {}
-        gate = tts.AsrGate(float(t.get("threshold", tts.WER_THRESHOLD)), int(t.get("retries", tts.RETRIES))) \
+        gate = asr_gate.AsrGate(float(t.get("threshold", asr_gate.WER_THRESHOLD)), int(t.get("retries", asr_gate.RETRIES))) \
             if t.get("gate", True) and t.get("families") else None
         _RES_CACHE[key] = Resources.from_config(
             cfg["sources"], cfg["_base"], tts_families=tuple(t.get("families") or ()),
@@ -172,12 +173,12 @@ def tune_malloc() -> bool:
 
 
 def _slot_steps(cfg: dict, index: int, slot: int, res, names: list[str], w: np.ndarray, stats: dict):
-    """One sample slot of a shard as a generator of the ASR gate's requests (`tts.GateRequest`):
+    """One sample slot of a shard as a generator of the ASR gate's requests (`asr_gate.GateRequest`):
     its own rng `default_rng([seed, shard, slot])` draws the task and every attempt until one
     instance survives the gate (a `Dropped` instance is discarded whole and drawn again).
     Returns (task, sample). Seeding per slot keeps each instance independent of the others and
     of how the builder interleaves and packs their gate requests."""
-    from . import tts
+    from .asr_gate import Dropped
     from .tasks import TASK_STEPS
 
     rng = np.random.default_rng([int(cfg["seed"]), index, slot])
@@ -187,7 +188,7 @@ def _slot_steps(cfg: dict, index: int, slot: int, res, names: list[str], w: np.n
         try:
             s = yield from TASK_STEPS[task](rng, res)
             return task, s
-        except tts.Dropped as d:
+        except Dropped as d:
             stats["dropped"] += 1  # the whole instance is discarded; draw another
             key = f"{task}/{d.family or '?'}"
             stats["dropped_by"][key] = stats["dropped_by"].get(key, 0) + 1
@@ -236,7 +237,7 @@ def build_shard(cfg: dict, index: int, out: str) -> dict:
     recipe tts.gate_across (default true): the shard's slots are rendered together and their
     units gated together (`run_slots`); false: each slot's requests are gated alone, one slot
     after the other (same corpus given the same verdicts; more, emptier Whisper windows)."""
-    from . import tts
+    from .asr_gate import run_steps
 
     out_dir = Path(out)
     final, stats_path = out_dir / shard_name(index), out_dir / f"shard-{index:05d}.stats.json"
@@ -257,7 +258,7 @@ def build_shard(cfg: dict, index: int, out: str) -> dict:
     if bool((cfg.get("tts") or {}).get("gate_across", True)):
         done = run_slots(slots, res.gate)
     else:
-        done = [tts.run_steps(g, res.gate) for g in slots]
+        done = [run_steps(g, res.gate) for g in slots]
     stats.get("drops", []).sort(key=lambda d: d["slot"])  # slot order, however the slots interleaved
     tmp = out_dir / (shard_name(index) + ".tmp")
     with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:

@@ -109,13 +109,13 @@ def best_threshold(p: np.ndarray, y: np.ndarray) -> tuple[float, dict]:
 def calibrate(checkpoint: str | Path, data: str, max_chunks: int = 60, write: bool = True,
               objective: str = "events", quant: str | None = None) -> dict:
     """The threshold for `checkpoint` on held-out `data`, scored at the precision it is served at
-    (`quant`, as `listen` / `serve` / the benches apply it: int8 moves P(response), see fast.py)."""
+    (`quant`, as `listen` / `serve` / the benches apply it: int8 moves P(response), see optimize.py)."""
     from .checkpoint import resolve_dir
     from .loading import load_model
 
     model = load_model(str(checkpoint))
     if quant:
-        from .fast import optimize_for_inference
+        from .optimize import optimize_for_inference
 
         optimize_for_inference(model, quant)
     ps, ys = stream_scores(model, load_streams(data), max_chunks)

@@ -128,6 +128,17 @@ def default_embedder() -> Embedder:
     return _DEFAULT_EMBEDDER
 
 
+def _words(text: str) -> str:
+    return " " + " ".join(re.findall(r"[a-z0-9]+", str(text).lower().replace("_", " "))) + " "
+
+
+def mentions(text: str, keywords: Sequence[str]) -> bool:
+    """Whole-word keyword match ("door knock" matches "Door_knock, close", not "doorknob");
+    curation's template pools and the tone generator's caption kinds both match this way."""
+    t = _words(text)
+    return any(_words(k) in t for k in keywords)
+
+
 # --------------------------------------------------------------------------- rows
 
 

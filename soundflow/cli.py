@@ -116,6 +116,7 @@ def _tts(a) -> int:
     import json
 
     from . import tts
+    from .textnorm import normalize_text
 
     if a.list:
         rows = []
@@ -141,7 +142,7 @@ def _tts(a) -> int:
     from .audio import SAMPLE_RATE
 
     voice = tts.parse_voice(a.voice, a.speed)
-    spoken = a.text if a.raw else tts.normalize_text(a.text)
+    spoken = a.text if a.raw else normalize_text(a.text)
     wave = voice.render(spoken)
     sf.write(a.out, wave, SAMPLE_RATE, subtype="PCM_16")
     print(json.dumps({"out": a.out, "voice": voice.id, "speed": a.speed, "spoken": spoken,

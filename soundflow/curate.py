@@ -16,7 +16,8 @@ Two curators implement (i), (ii) and the verifier: `LLMCurator` drives any OpenA
 chat endpoint in JSON mode at temperature 0.7 (prompts below, modelled on the paper's
 description), and `OfflineCurator` needs no network: scenario templates chosen by embedding
 similarity to the bag, events drawn from the catalog rows that match the template, and an
-acoustic verifier. `curate_stream` runs the loop and returns `compose.Event`s.
+acoustic verifier. `curate_stream` runs the loop and returns `compose.Event`s; its offline
+generation fallback is `tones.ToneGenerator`, and RESPOND events get their reply from `replies`.
 
 The LLM verifier cannot hear: it judges the candidate's metadata plus measurements we take of the
 waveform (`measure`): clipping ratio, level, silence ratio, frame-energy dynamic range, edge level.
@@ -25,18 +26,18 @@ waveform (`measure`): clipping ratio, level, silence ratio, frame-energy dynamic
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
 from soundflow.audio import SAMPLE_RATE, AudioError
-from soundflow.catalog import Catalog, CatalogRow
+from soundflow.catalog import Catalog, CatalogRow, mentions
 from soundflow.compose import ROLES, Event, crop
-from soundflow.llm import LLMClient
+from soundflow.curator_client import LLMClient
 from soundflow.replies import default_reply
-from soundflow.tfjp import TFJPConfig, spec_smooth
+from soundflow.tfjp import TFJPConfig
+from soundflow.tones import ToneGenerator
 
 MIN_EVENTS, MAX_EVENTS = 3, 15  # Appendix: "emits 3-15 sub-events"
 TOP_K = 3  # §3.2: "selects the top-3 most relevant candidates"
@@ -337,14 +338,9 @@ TEMPLATES: tuple[ScenarioTemplate, ...] = (
 )
 
 
-def _norm(text: str) -> str:
-    return " " + " ".join(re.findall(r"[a-z0-9]+", str(text).lower().replace("_", " "))) + " "
-
-
 def matches(row: CatalogRow, keywords: Sequence[str]) -> bool:
     """Whole-word keyword match on a row's class and caption."""
-    text = _norm(f"{row.label} {row.caption}")
-    return any(_norm(k) in text for k in keywords)
+    return mentions(f"{row.label} {row.caption}", keywords)
 
 
 def _class_decision(rows: Sequence[CatalogRow]) -> str | None:
@@ -538,7 +534,7 @@ def _validate_verdict(obj: dict) -> dict:
 class LLMCurator:
     """Planner / refiner / verifier driven by an OpenAI-compatible endpoint (JSON mode, T = 0.7).
 
-    client: an `llm.LLMClient` (default: from SOUNDFLOW_LLM_* environment variables).
+    client: a `curator_client.LLMClient` (default: from SOUNDFLOW_LLM_* environment variables).
     max_classes: how many catalog classes the planner is shown.
     """
 
@@ -618,96 +614,6 @@ def default_curator() -> Curator:
     """`LLMCurator` when SOUNDFLOW_LLM_BASE_URL is set, else `OfflineCurator`."""
     client = LLMClient.from_env()
     return LLMCurator(client) if client is not None else OfflineCurator()
-
-
-# --------------------------------------------------------------------------- tone generator
-
-
-def _burst(f: Sequence[float], seconds: float, sr: int, amp: float = 0.3, sweep: tuple[float, float] | None = None,
-           decay: float | None = None) -> np.ndarray:
-    t = np.arange(int(round(seconds * sr))) / sr
-    if sweep is not None:  # frequency glide (siren): phase = integral of f(t)
-        f0, f1 = sweep
-        inst = f0 + (f1 - f0) * 0.5 * (1 - np.cos(2 * np.pi * t / max(seconds, 1e-3)))
-        x = np.sin(2 * np.pi * np.cumsum(inst) / sr)
-    else:
-        x = sum(np.sin(2 * np.pi * fi * t) for fi in f) / max(len(f), 1)
-    if decay is not None:
-        x = x * np.exp(-t / decay)
-    ramp = min(len(t) // 2, int(0.005 * sr))  # 5 ms ramps: no clicks
-    if ramp:
-        env = np.ones(len(t))
-        env[:ramp] = np.linspace(0, 1, ramp)
-        env[-ramp:] = np.linspace(1, 0, ramp)
-        x = x * env
-    return (amp * x).astype(np.float32)
-
-
-def _gap(seconds: float, sr: int) -> np.ndarray:
-    return np.zeros(int(round(seconds * sr)), np.float32)
-
-
-@dataclass
-class ToneGenerator:
-    """Offline generation fallback: simple tonal events only (alarm patterns, beeps, rings,
-    chimes, sirens, horns, whistles). Any other caption is refused (returns None)."""
-
-    sr: int = SAMPLE_RATE
-    name: str = "tone-v1"
-
-    # (kind, caption keywords) in priority order
-    KINDS = (
-        ("smoke_alarm", ("smoke alarm", "fire alarm", "smoke detector", "carbon monoxide")),
-        ("alarm_clock", ("alarm clock", "alarm")),
-        ("doorbell", ("doorbell", "door bell", "ding dong", "chime")),
-        ("phone_ring", ("phone", "telephone", "ringtone", "ringing")),
-        ("siren", ("siren",)),
-        ("car_horn", ("horn", "honk")),
-        ("whistle", ("whistle", "kettle")),
-        ("beep", ("beep", "beeping", "timer", "microwave", "monitor")),
-    )
-
-    def kind(self, caption: str) -> str | None:
-        text = _norm(caption)
-        for kind, kws in self.KINDS:
-            if any(_norm(k) in text for k in kws):
-                return kind
-        return None
-
-    def generate(self, caption: str, duration: float, rng: np.random.Generator) -> np.ndarray | None:
-        kind = self.kind(caption)
-        if kind is None:
-            return None
-        sr, d = self.sr, float(np.clip(duration or 3.0, 1.0, 8.0))
-        jit = float(rng.uniform(0.97, 1.03))  # a little variety between renderings
-        if kind == "smoke_alarm":  # ISO 8201 temporal-three: 3 x 0.5 s at ~3.1 kHz, 1.5 s pause
-            unit = np.concatenate([np.concatenate([_burst([3100 * jit], 0.5, sr), _gap(0.5, sr)]) for _ in range(3)]
-                                  + [_gap(1.0, sr)])
-        elif kind == "alarm_clock":  # four quick 2 kHz beeps, pause
-            unit = np.concatenate([np.concatenate([_burst([2000 * jit], 0.08, sr), _gap(0.06, sr)]) for _ in range(4)]
-                                  + [_gap(0.45, sr)])
-        elif kind == "doorbell":  # ding-dong: E5 then C5, decaying, with an octave partial
-            unit = np.concatenate([_burst([659 * jit, 1318 * jit], 0.7, sr, decay=0.35),
-                                   _burst([523 * jit, 1046 * jit], 1.2, sr, decay=0.5), _gap(0.4, sr)])
-        elif kind == "phone_ring":  # UK double ring: 400+450 Hz, 0.4 on 0.2 off 0.4 on 2 s off (shortened)
-            unit = np.concatenate([_burst([400, 450], 0.4, sr), _gap(0.2, sr), _burst([400, 450], 0.4, sr), _gap(1.0, sr)])
-        elif kind == "siren":  # wail: 600 -> 1200 -> 600 Hz per cycle
-            unit = _burst([], 2.0 * jit, sr, sweep=(600.0, 1200.0))
-        elif kind == "car_horn":  # two-note horn with harmonics
-            f0 = 420 * jit
-            unit = np.concatenate([_burst([f0, 1.25 * f0, 2 * f0, 2.5 * f0], 0.6, sr), _gap(0.25, sr)])
-        elif kind == "whistle":  # steady ~2.5 kHz with vibrato
-            t = np.arange(int(1.5 * sr)) / sr
-            unit = (0.3 * np.sin(2 * np.pi * (2500 * jit * t + 3 * np.sin(2 * np.pi * 6 * t)))).astype(np.float32)
-            unit = spec_smooth(unit, 0.01)
-        else:  # beep: 1 kHz, 0.15 s on / 0.15 s off, a few times
-            unit = np.concatenate([_burst([1000 * jit], 0.15, sr), _gap(0.15, sr)])
-        n = int(round(d * sr))
-        reps = -(-n // len(unit))
-        x = np.tile(unit, reps)
-        if len(x) > n:  # end on whole cycles when one fits, else cut (with a short fade)
-            x = x[: max(len(unit), (n // len(unit)) * len(unit))] if n >= len(unit) else spec_smooth(x[:n], 0.01)
-        return x.astype(np.float32)
 
 
 # --------------------------------------------------------------------------- grounding + loop

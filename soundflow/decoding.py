@@ -7,7 +7,7 @@ The decoder's sequence at inference is the training sequence of Alg. 2, grown ch
 - A control token that says `<silent>` (or a reply's `<eos>`) is not fed on its own: it waits in
   `pending` and is prepended to the next chunk's audio, so a silent chunk costs one forward.
 - `feed_audio` takes several queued chunks at once (the FIFO engine's drain, Alg. 4) in the
-  layout of `tokenize.chunk_run` (`<silent>` between them, the training format for chunks the
+  layout of `tokens.chunk_run` (`<silent>` between them, the training format for chunks the
   model heard while busy): one forward, one decision for the newest chunk.
 
 Two levels (moshi-style: a stream's state is one explicit object driven by a small API):
@@ -34,7 +34,7 @@ import torch
 
 from .audio import CHUNK_MS
 from .cache import shift_cache, truncate_cache
-from .tokenize import AUDIO_SLOTS, chunk_run
+from .tokens import AUDIO_SLOTS, chunk_run
 
 # Long prefills (an instruction, a context rebuild) run in blocks of this many positions: the
 # attention scores then take block × context memory instead of context² (a 4,800-position
@@ -88,7 +88,7 @@ def _pending_embeds(model, state: DecoderState) -> list[torch.Tensor]:
 
 def _run_embeds(model, ids: list[int], audio: torch.Tensor | None = None) -> torch.Tensor:
     """(L, d) embeddings of the tokens `ids`, then of the adapted chunks `audio` (m, slots, d)
-    laid out as `tokenize.chunk_run` (their audio slots filled in order, as training does)."""
+    laid out as `tokens.chunk_run` (their audio slots filled in order, as training does)."""
     tok = model.tokenizer
     n = len(ids)
     layout = list(ids) + (chunk_run(tok, audio.shape[0], audio.shape[1]) if audio is not None else [])
@@ -158,7 +158,7 @@ def _instruction_embeds(model, text: str | None, audio: torch.Tensor | None) -> 
 @torch.inference_mode()
 def feed_audio(model, state: DecoderState, audio: torch.Tensor) -> float:
     """Drain m adapted chunks (m, slots, d) into the cache after the pending tokens, in the
-    layout of `tokenize.chunk_run`; return P(<response>) for the newest."""
+    layout of `tokens.chunk_run`; return P(<response>) for the newest."""
     ids, state.pending = state.pending, []
     h = _forward(model, state, _run_embeds(model, ids, audio).unsqueeze(0))
     state.chunks += audio.shape[0]

@@ -19,7 +19,7 @@ Scheduling (mode="fifo", Alg. 4):
   under a lock; it never waits for the decoder.
 - decoder consumer thread: when its last token is `<silent>`/`<eos>` it waits until the queue
   is non-empty, flushes the WHOLE queue atomically and feeds all m chunks in one forward
-  (`ContextWindow.feed`, in the layout of `tokenize.chunk_run`: `<silent>` between them, the
+  (`ContextWindow.feed`, in the layout of `tokens.chunk_run`: `<silent>` between them, the
   training format for chunks heard while busy), then emits one control token. Mid-reply it
   only runs autoregressive text steps and never touches the queue (unless barge-in is on, see below).
 - every chunk gets exactly one decision event: in a drained batch the older chunks get
@@ -79,7 +79,7 @@ import torch
 from . import decoding
 from .audio import CHUNK_MS, SAMPLE_RATE, Chunker, check_pcm, chunk_samples
 from .events import Decision, Error, Event, Response, Token
-from .tokenize import AUDIO_SLOTS
+from .tokens import AUDIO_SLOTS
 
 _END = object()
 

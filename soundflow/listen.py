@@ -112,7 +112,7 @@ def listen(audio, model="mini", instruction: str | None = None, chunk_ms: int = 
     `model`: a backend name, a checkpoint folder, or an AudioLM. `instruction_audio`: a spoken
     instruction (a path, or a 16 kHz float32 array) heard before the stream — the paper's
     audio-instruction setting; with `instruction` too, the text comes first. `tokens`: also print token
-    events in JSON lines. `quant="int8"`: optimise the model in place first (see fast.py);
+    events in JSON lines. `quant="int8"`: optimise the model in place first (see optimize.py);
     `device`: "cpu" (default), "cuda", "auto"."""
     from .engine import Engine, EngineOptions
 
@@ -140,7 +140,7 @@ def listen(audio, model="mini", instruction: str | None = None, chunk_ms: int = 
         return 2
     m, name, trained = _load(model)
     if quant or device:
-        from .fast import optimize_for_inference
+        from .optimize import optimize_for_inference
 
         optimize_for_inference(m, quant, device=device)
     if not trained:

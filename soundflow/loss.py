@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .tokenize import MASK
+from .tokens import MASK
 
 
 @dataclass

@@ -28,7 +28,7 @@ from torch import nn
 
 from .audio import CHUNK_MS, log_mel
 from .cache import new_cache
-from .tokenize import AUDIO_SLOTS, ByteTokenizer, HFTokenizer, Tokenizer
+from .tokens import AUDIO_SLOTS, ByteTokenizer, HFTokenizer, Tokenizer
 
 
 @dataclass
@@ -52,7 +52,7 @@ class ModelInfo:
     """What is known about a model's weights and state, beyond its config: `AudioLM.info`.
 
     A fresh `build_model` has the defaults; `checkpoint.load_checkpoint` fills in what its folder
-    says, `fast.optimize_for_inference` records the precision it chose (both replace the whole
+    says, `optimize.optimize_for_inference` records the precision it chose (both replace the whole
     value: `dataclasses.replace(model.info, ...)`)."""
 
     trained: bool = False  # loaded from a trained checkpoint; listen and the server warn when not
@@ -230,7 +230,7 @@ class AudioLM(nn.Module):
         int8 precision."""
         from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-        from .fast import causal_gqa
+        from .attention import causal_gqa
 
         b = self.body
         x = torch.cat([e for e, _, _ in requests]).unsqueeze(0)

@@ -1,5 +1,6 @@
 """The assistant's replies to proactive sound classes: one table, used by data generation
-(`tasks.proactive_reply`, through curation too) and by `curate.default_reply`.
+(`proactive_reply`, in `tasks`, through curation too) and by curation's default (`default_reply`,
+in `curate.curate_stream`).
 
 The texts are training targets: change one and data built before and after disagree.
 """

@@ -1010,7 +1010,7 @@ def serve(host: str = "127.0.0.1", port: int = 8765, model="mini", token: str | 
 
         model = load_model(model)
     if quant or device:
-        from .fast import optimize_for_inference
+        from .optimize import optimize_for_inference
 
         optimize_for_inference(model, quant, device=device)
     if options is None:

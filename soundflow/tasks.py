@@ -32,7 +32,7 @@ inserted into another task's stream).
 
 `Dropped` (from the ASR gate) propagates out of a recipe: the builder discards the instance.
 Each recipe exists twice: `steps_<family>` (in `TASK_STEPS`) is a generator that yields the ASR
-gate's requests (`tts.GateRequest`) and receives the verdicts, so the builder can gate the units
+gate's requests (`asr_gate.GateRequest`) and receives the verdicts, so the builder can gate the units
 of many instances together in full 30 s Whisper windows; `task_<family>` (in `TASKS`) drives it,
 gating each request at once. Given the same verdicts both give the same sample.
 """
@@ -51,10 +51,12 @@ from typing import Callable
 import numpy as np
 
 from . import tts
+from .asr_gate import AsrGate, run_steps
 from .audio import SAMPLE_RATE, load_audio
 from .compose import Event, compose, crop
 from .data import StreamSample, read_jsonl
-from .replies import PROACTIVE_REPLIES, proactive_reply  # noqa: F401 (the one reply table: replies.py)
+from .replies import proactive_reply
+from .textnorm import number_to_words
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 FAMILIES = ("asr", "translation", "chat", "understanding", "music", "proactive", "agent")
@@ -102,19 +104,28 @@ SPOKEN_COMMANDS = [  # (what the user says, the tool call)
     ("Play some relaxing music.", {"tool": "play_music", "query": "relaxing"}),
     ("Lock the front door.", {"tool": "smart_home", "device": "front door", "action": "lock"}),
 ]
-MUSIC_DESCRIPTIONS = {  # from the manifest's titles/credits only: nothing claimed beyond them
-    "147793__setuniman__sweet-waltz-0i-22mi": "a gentle waltz",
-    "442789__lena-orsa__happy-music-pistachio": "a lively piano ragtime tune",
-    "Hungarian_Dance_number_5_-_Allegro_in_F_": "Brahms's Hungarian Dance number five, played by strings",
-    "Karissa_Hobbs_-_Lets_Go_Fishin": "a song called Let's Go Fishin'",
-    "Kevin_MacLeod_-_P_I_Tchaikovsky_Dance_of": "Tchaikovsky's Dance of the Sugar Plum Fairy",
-    "Kevin_MacLeod_-_Vibe_Ace": "an instrumental track called Vibe Ace",
-    "admiralbob77_-_Choice_-_Drum-bass": "a drum and bass track",
-    "sorohanro_-_solo-trumpet-06": "a solo jazz trumpet loop at about ninety beats per minute",
-    "arcade_music": "upbeat arcade game music",
-    "cinematic": "cinematic background music",
-}
-NOT_MUSIC = {"pibble"}  # a dog howling in its sleep: in the music folder, not music
+
+MUSIC_NOTES = RECIPES_DIR / "music_notes.jsonl"
+
+
+@dataclass(frozen=True)
+class MusicNotes:
+    """What we know of the music manifest's files beyond the manifest, by file id.
+
+    descriptions: what the music family says is playing (written from the manifest's titles and
+    credits only: nothing claimed beyond them); not_music: files in the music folder that are not
+    music (row `"music": false`, with a `why`)."""
+
+    descriptions: dict
+    not_music: frozenset
+
+
+@functools.lru_cache(maxsize=4)
+def music_notes(path: str | Path = MUSIC_NOTES) -> MusicNotes:
+    """The corpus facts of `recipes/music_notes.jsonl` (one row per file id)."""
+    rows = read_jsonl(path)
+    return MusicNotes({r["id"]: r["description"] for r in rows if r.get("description")},
+                      frozenset(r["id"] for r in rows if r.get("music") is False))
 
 
 def _article(caption: str) -> str:
@@ -197,7 +208,7 @@ class Resources:
     tts_holdout: tuple[str, ...] = ()  # voice ids ("kokoro:af_heart") heard only when split == "dev"
     augment: object | None = None  # `augment.Augment`: per-speaker effects on the speech; None: dry
     sentences: list[str] = field(default_factory=list)  # dictation text (asr family)
-    gate: tts.AsrGate | None = None  # None: renderings are not checked
+    gate: AsrGate | None = None  # None: renderings are not checked
     mixins: dict = field(default_factory=lambda: dict(MIXIN_P))
     max_chunks: int = 60
     chunk_ms: int = 400
@@ -250,7 +261,7 @@ class Resources:
         chats, _ = rows("chats", str(RECIPES_DIR / "chat_en.jsonl"))
         sents = sources.get("sentences", str(RECIPES_DIR / "sentences_en.txt"))
         kw.setdefault("sentences", read_sentences(_expand(sents, base)) if sents else [])
-        music = [m for m in music if m["id"] not in NOT_MUSIC]
+        music = [m for m in music if m["id"] not in music_notes().not_music]
         missing = [f for f in kw.get("tts_families", ()) if f in tts.FAMILIES and f not in tts.available_families()]
         if missing:  # the build goes on with the other families, saying so
             from .kokoro import SETUP_COMMAND
@@ -603,7 +614,7 @@ def steps_understanding(rng: np.random.Generator, res: Resources):
             ask_count = len(heard) >= 2 and rng.random() < 0.3
             q = "How many different sounds have you heard so far?" if ask_count else \
                 _pick(["What sound did you just hear?", "What was that sound?", "What was that?"], rng)
-            a = (f"{tts.number_to_words(len(heard)).capitalize()} sounds so far." if ask_count
+            a = (f"{number_to_words(len(heard)).capitalize()} sounds so far." if ask_count
                  else f"That was {_article(cap)}.")
             q_texts.append(q)
             turns.append(Turn([Event(clip, provenance=_event_prov(row)), _silence(0.3)], memo=_article(cap)))
@@ -630,7 +641,7 @@ def steps_music(rng: np.random.Generator, res: Resources):
     """Following music: say when the music stops, or what is playing when asked."""
     mix, speaker, budget = _begin(rng, res, "music")
     row = _pick(res.music, rng)
-    desc = MUSIC_DESCRIPTIONS.get(row["id"], "a piece of music")
+    desc = music_notes().descriptions.get(row["id"], "a piece of music")
     longest = min(12.0, budget - 4.0)  # room for the stop / question turn after it
     if longest < 2.0:
         raise ValueError(f"music needs a stream of at least {2.0 + 4.0 + STREAM_TAIL_S[1] + mix.reserve:.1f} s")
@@ -672,7 +683,7 @@ def _curator(name: str):
     """The recipe's `curator`: "offline" templates, or "llm" — an OpenAI-compatible endpoint named
     by SOUNDFLOW_LLM_BASE_URL / SOUNDFLOW_LLM_MODEL (an error when it is not set)."""
     from .curate import LLMCurator, OfflineCurator
-    from .llm import LLMClient
+    from .curator_client import LLMClient
 
     if name == "offline":
         return OfflineCurator()
@@ -786,7 +797,7 @@ def steps_agent(rng: np.random.Generator, res: Resources):
     return (yield from finish("agent", turns, instr, rng, res, mix, speaker))
 
 
-# Each family as a generator of `tts.GateRequest`s (the builder gates many instances' units
+# Each family as a generator of `asr_gate.GateRequest`s (the builder gates many instances' units
 # together, in full 30 s Whisper windows) and as a plain function (gating each request at once).
 TASK_STEPS: dict[str, Callable] = {
     "asr": steps_asr,
@@ -801,7 +812,7 @@ TASK_STEPS: dict[str, Callable] = {
 
 def _sync(steps: Callable) -> Callable[[np.random.Generator, Resources], StreamSample]:
     def task(rng: np.random.Generator, res: Resources) -> StreamSample:
-        return tts.run_steps(steps(rng, res), res.gate)
+        return run_steps(steps(rng, res), res.gate)
 
     task.__name__ = task.__qualname__ = steps.__name__.replace("steps_", "task_")
     task.__doc__ = steps.__doc__

@@ -33,7 +33,7 @@ from .data import StreamSample
 from .dataspec import load_streams
 from .loss import dual_loss
 from .model import AudioLM, ModelConfig, build_model
-from .tokenize import MASK, build_sequence
+from .tokens import MASK, build_sequence
 
 
 @dataclass

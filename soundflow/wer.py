@@ -1,4 +1,4 @@
-"""Word error rate text normalisation: the one normaliser shared by the TTS ASR gate (`tts.py`)
+"""Word error rate text normalisation: the one normaliser shared by the TTS ASR gate (`asr_gate.py`)
 and the benchmarks (`bench/asr.py` WER, `bench/tasks.py` token F1), so data construction and
 evaluation score words alike.
 

@@ -151,10 +151,10 @@ class _AudioHashGate:
     never on the other units checked with it. Counts its calls."""
 
     def __init__(self):
-        from soundflow import tts
+        from soundflow import asr_gate
 
-        self.inner = tts.AsrGate()
-        self.stats, self.threshold, self.retries, self.calls = self.inner.stats, 0.10, tts.RETRIES, 0
+        self.inner = asr_gate.AsrGate()
+        self.stats, self.threshold, self.retries, self.calls = self.inner.stats, 0.10, asr_gate.RETRIES, 0
 
     def check(self, waves, refs):
         import zlib
@@ -169,7 +169,7 @@ def test_gate_across_instances_same_corpus_fewer_checks(tmp_path):
     """Slots gated together (run_slots) give the very samples of slots gated one at a time."""
     import numpy as np
 
-    from soundflow import tasks, tts
+    from soundflow import asr_gate, tasks
 
     cfg = build.load_data_recipe(_recipe(tmp_path, n=8))
     names = sorted(cfg["tasks"])
@@ -181,7 +181,7 @@ def test_gate_across_instances_same_corpus_fewer_checks(tmp_path):
                                           max_chunks=30, use_tfjp=False, use_curate=False)
         stats = {"dropped": 0, "dropped_by": {}, "failed": 0}
         slots = [build._slot_steps(cfg, 2, j, res, names, w, stats) for j in range(8)]
-        out = build.run_slots(slots, gate) if across else [tts.run_steps(g, gate) for g in slots]
+        out = build.run_slots(slots, gate) if across else [asr_gate.run_steps(g, gate) for g in slots]
         return out, stats, gate
 
     a, sa, ga = run(True)

@@ -137,7 +137,7 @@ def test_packaged_checkpoints():
 
 
 def test_optimize_for_inference_records_the_precision(saved):
-    from soundflow.fast import optimize_for_inference
+    from soundflow.optimize import optimize_for_inference
 
     _, out = saved
     m = optimize_for_inference(load_checkpoint(out), quant=None)

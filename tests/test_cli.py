@@ -51,7 +51,7 @@ def test_device_option(capsys, monkeypatch):
     import pytest
     import torch
 
-    from soundflow.fast import resolve_device
+    from soundflow.device import resolve_device
 
     assert resolve_device("cpu").type == "cpu"
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")

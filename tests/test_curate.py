@@ -19,10 +19,12 @@ from soundflow.catalog import Catalog, HashEmbedder
 from soundflow.compose import Event, compose
 from soundflow.curate import (
     TEMPLATES, AcousticVerifier, Candidate, GroundingContext, LLMCurator, OfflineCurator, Scenario, SubEvent,
-    ToneGenerator, curate_stream, default_curator, default_reply, matches, measure,
+    curate_stream, default_curator, matches, measure,
 )
+from soundflow.curator_client import LLMClient, LLMError, parse_json_object
 from soundflow.data import shared_data_dir
-from soundflow.llm import LLMClient, LLMError, parse_json_object
+from soundflow.replies import default_reply
+from soundflow.tones import ToneGenerator
 
 EVENTS = (shared_data_dir() or Path("/nonexistent")) / "events" / "catalog.jsonl"
 DAILY = "Daily Living Sounds/Daily Affairs"

@@ -8,7 +8,7 @@ import torch
 
 from soundflow import decoding
 from soundflow.decoding import ContextWindow
-from soundflow.tokenize import build_sequence, chunk_run
+from soundflow.tokens import build_sequence, chunk_run
 
 
 @pytest.fixture(scope="module")

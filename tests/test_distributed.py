@@ -127,7 +127,7 @@ def test_recipe_samples_have_equal_token_counts():
     """The premise of comparing W·B in one process with B in each of W processes."""
     from soundflow.dataspec import load_streams
     from soundflow.model import build_model
-    from soundflow.tokenize import MASK
+    from soundflow.tokens import MASK
     from soundflow.train import FeatureCache, collate
 
     model = build_model("tiny")

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import torch
 
-from soundflow import decoding, tasks, tts
+from soundflow import asr_gate, decoding, tasks, textnorm
 from soundflow.audio import iter_chunks, write_audio
 from soundflow.data import StreamSample, read_shards, write_jsonl
 from soundflow.dataspec import load_streams
 from soundflow.engine import Engine, EngineOptions
-from soundflow.tokenize import MASK
+from soundflow.tokens import MASK
 
 SR = 16_000
 
@@ -125,7 +125,7 @@ def test_recipe_speaks_instructions_and_the_gate_checks_them():
     # the agent family's tool list is not something a user says: it stays text
     assert not tasks.speakable('You are a home assistant with tools (a, b). Reply {"tool": ...}')
 
-    class Gate(tts.AsrGate):  # passes everything but the spoken instruction
+    class Gate(asr_gate.AsrGate):  # passes everything but the spoken instruction
         def __init__(self, instruction):
             super().__init__(threshold=0.1, retries=1)
             self.instruction, self.refs = instruction, []
@@ -134,10 +134,10 @@ def test_recipe_speaks_instructions_and_the_gate_checks_them():
             self.refs += list(refs)
             return [1.0 if r == self.instruction else 0.0 for r in refs]
 
-    gate = Gate(tts.normalize_text(text_only.instruction))
+    gate = Gate(textnorm.normalize_text(text_only.instruction))
     res = _tone_resources(instruction_dropout=0.0, instruction_audio=1.0)
     res.gate = gate
-    with pytest.raises(tts.Dropped):
+    with pytest.raises(asr_gate.Dropped):
         tasks.task_chat(rng(), res)
     assert gate.refs.count(gate.instruction) == 2  # rendered, checked, re-rendered once, checked, dropped
 

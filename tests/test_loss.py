@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from soundflow.loss import dual_loss, ratio
-from soundflow.tokenize import MASK
+from soundflow.tokens import MASK
 
 
 def _labels(model, L: int = 12):

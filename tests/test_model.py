@@ -41,7 +41,7 @@ def test_decode_stream_events(model):
 def test_cached_decoding_matches_full_forward(model):
     """The KV-cache path (pending control tokens, drained chunks) equals one full forward."""
     from soundflow import decoding
-    from soundflow.tokenize import build_sequence
+    from soundflow.tokens import build_sequence
 
     torch.manual_seed(0)
     chunks = torch.randn(3, 6400) * 0.1
@@ -60,11 +60,11 @@ def test_cached_decoding_matches_full_forward(model):
 
 
 def test_inference_attention_and_cache_match_reference():
-    """fast.gqa_attention + the growable KV cache give the decoder's reference probabilities."""
+    """attention.gqa_attention + the growable KV cache give the decoder's reference probabilities."""
     import copy
 
     from soundflow import decoding
-    from soundflow.fast import optimize_for_inference
+    from soundflow.optimize import optimize_for_inference
 
     for name in ("tiny", "tiny-qwen"):
         ref = build_model(name)

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from soundflow import tts
+from soundflow import asr_gate, textnorm, tts
+from soundflow.wer import wer
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -19,25 +20,25 @@ from soundflow import tts
     ("£1 and €2.05", "one pound and two euros and five cents"),
 ])
 def test_normalize(text, expected):
-    assert tts.normalize_text(text) == expected
+    assert textnorm.normalize_text(text) == expected
 
 
 def test_number_words():
-    assert tts.number_to_words(0) == "zero"
-    assert tts.number_to_words(1_000_001) == "one million one"
-    assert tts.ordinal_to_words(12) == "twelfth"
-    assert tts.ordinal_to_words(40) == "fortieth"
-    assert tts.year_to_words(1905) == "nineteen oh five"
+    assert textnorm.number_to_words(0) == "zero"
+    assert textnorm.number_to_words(1_000_001) == "one million one"
+    assert textnorm.ordinal_to_words(12) == "twelfth"
+    assert textnorm.ordinal_to_words(40) == "fortieth"
+    assert textnorm.year_to_words(1905) == "nineteen oh five"
 
 
 def test_markdown_list_becomes_sentences():
-    assert tts.normalize_text("# Title\n- first item\n- item 2") == "Title. first item. item two."
+    assert textnorm.normalize_text("# Title\n- first item\n- item 2") == "Title. first item. item two."
 
 
 def test_wer_normalised():
-    assert tts.wer("eight o'clock, doctor Smith", "8 o'clock Dr. Smith") == 0.0
-    assert tts.wer("three thirty P M", "3.30 pm") == 0.0
-    assert tts.wer("hello world", "") == 1.0
+    assert wer("eight o'clock, doctor Smith", "8 o'clock Dr. Smith") == 0.0
+    assert wer("three thirty P M", "3.30 pm") == 0.0
+    assert wer("hello world", "") == 1.0
 
 
 def test_tone_voice_and_draw_deterministic():
@@ -48,7 +49,7 @@ def test_tone_voice_and_draw_deterministic():
     assert w.dtype == np.float32 and len(w) > 0 and np.abs(w).max() <= 1
 
 
-class _FakeGate(tts.AsrGate):
+class _FakeGate(asr_gate.AsrGate):
     """Fails every check: exercises retries and the Dropped path without models."""
 
     def check(self, waves, refs):
@@ -58,10 +59,10 @@ class _FakeGate(tts.AsrGate):
 def test_gate_drops_whole_instance_after_retries():
     gate = _FakeGate()
     sp = tts.Speaker(tts.Voice("tone", "tone"), np.random.default_rng(0), gate)
-    with pytest.raises(tts.Dropped) as e:
+    with pytest.raises(asr_gate.Dropped) as e:
         sp.say(["one two", "three"])
-    assert e.value.attempts == tts.RETRIES + 1
-    assert gate.stats.dropped == 1 and gate.stats.retries == 2 * tts.RETRIES
+    assert e.value.attempts == asr_gate.RETRIES + 1
+    assert gate.stats.dropped == 1 and gate.stats.retries == 2 * asr_gate.RETRIES
     assert e.value.family == "tone" and gate.stats.dropped_by_family == {"tone": 1}
 
 
@@ -75,18 +76,18 @@ def test_piper_rendering_is_reproducible():
 
 @pytest.mark.slow
 def test_asr_gate_piper_accepts_right_rejects_wrong():
-    text = tts.normalize_text("Turn off the lights in the kitchen, please.")
+    text = textnorm.normalize_text("Turn off the lights in the kitchen, please.")
     wave = tts.Voice("piper").render(text)
-    gate = tts.AsrGate()
+    gate = asr_gate.AsrGate()
     (ok,) = gate.check([wave], [text])
     (bad,) = gate.check([wave], ["The weather in Paris is sunny and warm today."])
-    assert ok <= tts.WER_THRESHOLD
-    assert bad > tts.WER_THRESHOLD
+    assert ok <= asr_gate.WER_THRESHOLD
+    assert bad > asr_gate.WER_THRESHOLD
     waves, spoken, info = tts.Speaker(tts.Voice("piper"), np.random.default_rng(0), gate).say([text])
-    assert info[0]["wer"] <= tts.WER_THRESHOLD and len(waves[0]) > 16000
+    assert info[0]["wer"] <= asr_gate.WER_THRESHOLD and len(waves[0]) > 16000
 
 
-class _RecordingGate(tts.AsrGate):
+class _RecordingGate(asr_gate.AsrGate):
     """Records what it is asked to check; fails the unit whose reference contains "three" once."""
 
     def __init__(self):
@@ -115,7 +116,7 @@ def test_gate_units_check_joined_sentences_and_rerender_whole_unit():
 
 def test_pack_windows_first_fit_decreasing():
     d = [3.0, 20.0, 5.0, 9.0, 2.0, 40.0, 6.0]
-    wins = tts.pack_windows(d, gap_s=0.6, max_s=28.0)
+    wins = asr_gate.pack_windows(d, gap_s=0.6, max_s=28.0)
     assert sorted(k for w in wins for k in w) == list(range(len(d)))  # each rendering exactly once
     assert [5] in wins  # longer than a window: alone
     for w in wins:
@@ -123,7 +124,7 @@ def test_pack_windows_first_fit_decreasing():
         if len(w) > 1:
             assert 0.6 + sum(d[k] + 0.6 for k in w) <= 28.0
     assert wins == [[5], [1, 6], [0, 2, 3, 4]]  # 40 | 20+6 | 9+5+3+2: first-fit decreasing
-    assert tts.pack_windows(d) == wins  # deterministic
+    assert asr_gate.pack_windows(d) == wins  # deterministic
 
 
 def test_say_steps_yields_requests_same_result_as_say():
@@ -132,7 +133,7 @@ def test_say_steps_yields_requests_same_result_as_say():
     a = tts.Speaker(tts.Voice("tone", "tone"), np.random.default_rng(4), gate).say(texts)
     steps = tts.Speaker(tts.Voice("tone", "tone"), np.random.default_rng(4), _RecordingGate()).say_steps(texts)
     req = next(steps)
-    assert isinstance(req, tts.GateRequest) and req.refs == texts
+    assert isinstance(req, asr_gate.GateRequest) and req.refs == texts
     req = steps.send([0.0, 1.0, 0.0])  # the driver answers; the failing unit comes back re-rendered
     assert req.refs == ["three four"]
     with pytest.raises(StopIteration) as stop:
@@ -144,11 +145,11 @@ def test_say_steps_yields_requests_same_result_as_say():
 def test_split_by_alignment_keeps_errors_in_their_unit():
     refs = ["Lock the front door.", "Call my mother.", "It is twelve times eight.", "Nine."]
     hyp = "Lock the front door call my brother. It is 12 times 8. Nine."
-    parts = tts.split_by_alignment(hyp, refs)
+    parts = asr_gate.split_by_alignment(hyp, refs)
     assert parts == ["Lock the front door", "call my brother.", "It is 12 times 8.", "Nine."]
-    assert [tts.wer(r, h) > tts.WER_THRESHOLD for r, h in zip(refs, parts)] == [False, True, False, False]
-    assert tts.split_by_alignment("", refs) == ["", "", "", ""]
-    assert tts.split_by_alignment("extra words", ["", ""]) == ["", "extra words"]
+    assert [wer(r, h) > asr_gate.WER_THRESHOLD for r, h in zip(refs, parts)] == [False, True, False, False]
+    assert asr_gate.split_by_alignment("", refs) == ["", "", "", ""]
+    assert asr_gate.split_by_alignment("extra words", ["", ""]) == ["", "extra words"]
 
 
 # ------------------------------------------------------------------------------- Kokoro voices
@@ -248,10 +249,10 @@ def test_gate_drops_a_failing_kokoro_instance(kokoro_cache, monkeypatch):
     _fake_kokoro(kokoro_cache, monkeypatch)
     gate = _FakeGate()
     sp = tts.Speaker(tts.Voice("kokoro", "af_test", 1.1), np.random.default_rng(0), gate)
-    with pytest.raises(tts.Dropped) as e:
+    with pytest.raises(asr_gate.Dropped) as e:
         sp.say(["Lock the front door."])
-    assert e.value.family == "kokoro" and e.value.voice == "af_test" and e.value.attempts == tts.RETRIES + 1
-    assert gate.stats.dropped_by_family == {"kokoro": 1} and gate.stats.renderings == 1 + tts.RETRIES
+    assert e.value.family == "kokoro" and e.value.voice == "af_test" and e.value.attempts == asr_gate.RETRIES + 1
+    assert gate.stats.dropped_by_family == {"kokoro": 1} and gate.stats.renderings == 1 + asr_gate.RETRIES
 
 
 def test_kokoro_long_text_split_into_model_sized_runs(kokoro_cache, monkeypatch):
@@ -336,11 +337,11 @@ def test_kokoro_real_voice_renders_and_passes_the_gate():
 
     if not kokoro.installed():
         pytest.skip("Kokoro assets not installed: soundflow data voices")
-    text = tts.normalize_text("Please turn off the lights in the kitchen.")
+    text = textnorm.normalize_text("Please turn off the lights in the kitchen.")
     waves = [tts.Voice("kokoro", n, 1.0).render(text) for n in ("af_heart", "bm_george")]
     assert np.array_equal(waves[0], tts.Voice("kokoro", "af_heart", 1.0).render(text))
     assert all(len(w) > 16000 for w in waves)
-    assert max(tts.AsrGate().check(waves, [text, text])) <= tts.WER_THRESHOLD
+    assert max(asr_gate.AsrGate().check(waves, [text, text])) <= asr_gate.WER_THRESHOLD
 
 
 def test_data_voices_without_npm_is_one_error_line(kokoro_cache, monkeypatch, capsys):

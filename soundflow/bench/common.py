@@ -212,8 +212,8 @@ class EngineRunner:
                  max_reply_tokens: int = 48, mode: str = "fifo", quant: str | None = None):
         spec = str(model) if isinstance(model, (str, Path)) else None
         if spec is not None:  # a model named here runs as `listen` runs it (a model object: as given)
-            from ..fast import optimize_for_inference
             from ..loading import load_model
+            from ..optimize import optimize_for_inference
 
             model = load_model(spec)
             if quant:  # as listen: optimised only when a precision is asked for

@@ -159,7 +159,7 @@ def bench_latency(model="mini", seconds: float = 60.0, minutes: float = 60.0, js
     m = model if isinstance(model, AudioLM) else load_model(str(model))
     name = m.cfg.backend if isinstance(model, AudioLM) else str(model)
     if quant or device:
-        from ..fast import optimize_for_inference
+        from ..optimize import optimize_for_inference
 
         optimize_for_inference(m, quant, device=device)
     base = EngineOptions(torch_threads=threads)

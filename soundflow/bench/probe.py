@@ -42,7 +42,7 @@ def _balanced(y: np.ndarray, p: np.ndarray) -> dict:
 
 class ChunkEmbedder:
     """What the streaming model reads: each 400 ms chunk through its own frozen encoder (chunks
-    encoded alone, `tokenize.AUDIO_SLOTS` slots each), mean + max pooled over all slots of the
+    encoded alone, `tokens.AUDIO_SLOTS` slots each), mean + max pooled over all slots of the
     clip. A probe on these bounds what the decision could learn from the model's own inputs."""
 
     def __init__(self, model: str = "mini"):

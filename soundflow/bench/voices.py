@@ -3,7 +3,7 @@
 Every voice of the installed families renders the same N sentences (drawn from the shipped
 WordNet sentences, `recipes/sentences_en.txt`), each at a speed drawn from its family's
 first-draw range, as a data build would; the renderings go through the data builder's ASR gate
-(`tts.AsrGate`: Whisper-base, packed windows, solo re-check of failures). A sentence passes when
+(`asr_gate.AsrGate`: Whisper-base, packed windows, solo re-check of failures). A sentence passes when
 its first rendering has WER ≤ 0.10 (no re-render: the pass rate is what a voice costs the gate).
 Each augmentation (`soundflow.augment`) is applied alone, with the same renderings, one draw of
 its parameters per voice (as per speaker in a build).
@@ -32,15 +32,17 @@ def bench_voices(families: tuple[str, ...] = ("kokoro", "piper", "espeak"), sent
                  augment: tuple[str, ...] = ("none",), voices: tuple[str, ...] | None = None,
                  json: bool = False) -> dict:
     from soundflow import tts
+    from soundflow.asr_gate import AsrGate
     from soundflow.audio import SAMPLE_RATE
     from soundflow.augment import only
     from soundflow.tasks import RECIPES_DIR, read_sentences
+    from soundflow.textnorm import normalize_text
 
     pool = read_sentences(RECIPES_DIR / "sentences_en.txt")
     rng = np.random.default_rng(seed)
     texts = [pool[int(i)] for i in rng.choice(len(pool), size=sentences, replace=False)]
-    spoken = [tts.normalize_text(t) for t in texts]
-    gate = tts.AsrGate()
+    spoken = [normalize_text(t) for t in texts]
+    gate = AsrGate()
     rows: list[dict] = []
     installed = tts.available_families()
     for fam in families:

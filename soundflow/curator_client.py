@@ -1,7 +1,9 @@
-"""Small JSON-mode client for any OpenAI-compatible chat endpoint (vLLM, Ollama, a hosted API).
+"""The curation LLM's HTTP client: a small JSON-mode client for any OpenAI-compatible chat
+endpoint (vLLM, Ollama, a hosted API). Not the audio model (that is `model.py`).
 
 Paper Appendix "Streaming Data Construction": the curation roles (planner, refiner, verifier)
-"all run in JSON-mode decoding at temperature 0.7". Configuration comes from arguments or the
+"all run in JSON-mode decoding at temperature 0.7"; the spoken-form rewrite of the TTS texts
+(`textnorm.rewrite`) asks the same endpoint. Configuration comes from arguments or the
 environment: SOUNDFLOW_LLM_BASE_URL, SOUNDFLOW_LLM_MODEL, SOUNDFLOW_LLM_API_KEY.
 """
 

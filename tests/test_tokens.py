@@ -2,8 +2,8 @@
 
 import pytest
 
-from soundflow.tokenize import (AUDIO_SLOTS, MASK, ByteTokenizer, build_sequence, labels_to_timeline,
-                                parse_timeline)
+from soundflow.tokens import (AUDIO_SLOTS, MASK, ByteTokenizer, build_sequence, labels_to_timeline,
+                              parse_timeline)
 
 TOK = ByteTokenizer()
 S, R, E, A = TOK.silent_id, TOK.response_id, TOK.eos_id, TOK.audio_id
@@ -71,7 +71,7 @@ def test_hf_tokenizer_adds_real_tokens():
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from soundflow.tokenize import SPECIAL_TOKENS, HFTokenizer
+    from soundflow.tokens import SPECIAL_TOKENS, HFTokenizer
 
     vocab = {"[UNK]": 0, "hello": 1, "world": 2, "<": 3, ">": 4, "silent": 5}
     t = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
