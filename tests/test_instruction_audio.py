@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import json
 from pathlib import Path
@@ -363,9 +364,17 @@ class _RecordingEngine(Engine):
 
 def test_server_hello_accepts_a_spoken_instruction_and_bounds_it(model):
     pytest.importorskip("websockets")
-    from test_server import FRAME, encode, expect_refused, finish, hello, recv_json, running_server, send_audio
+    from test_server import (
+        FRAME,
+        encode,
+        expect_refused,
+        finish,
+        hello,
+        recv_json,
+        running_server,
+        send_audio,
+    )
     from websockets.asyncio.client import connect
-    from websockets.exceptions import ConnectionClosed
 
     engine = _RecordingEngine(model)
     instr = _wave(1.25, 11)
@@ -588,17 +597,13 @@ def test_server_takes_spoken_instructions_mid_session(model):
 # ----------------------------------------------------------------------------- the page
 
 
-@pytest.mark.browser
-@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="needs /usr/bin/chromium (apt-get install -y chromium)")
-def test_page_records_a_spoken_instruction_and_sends_it_in_hello(tmp_path, model):
-    """Record instruction (fake microphone → the page's worklet → 16 kHz), then start the
-    microphone: the session's hello carries it and the engine starts with it."""
-    import time
-
+@contextlib.contextmanager
+def _live_page(tmp_path, model, engine):
+    """The page in Chromium, loaded from a running server with `engine`; its fake microphone
+    plays a 30 s tone."""
     import test_browser
     from test_server import running_server
 
-    engine = _RecordingEngine(model)
     fx = test_browser.chromium  # the page test's fixture, its generator driven by hand
     launch_gen = (getattr(fx, "__wrapped__", None) or fx.__pytest_wrapped__.obj)(tmp_path)
     launch = next(launch_gen)
@@ -607,29 +612,39 @@ def test_page_records_a_spoken_instruction_and_sends_it_in_hello(tmp_path, model
             dt = launch(f"{srv.http}/", test_browser._wav(tmp_path / "mic.wav", 30.0, 48000))
             try:
                 dt.wait("document.readyState === 'complete' && window.soundflow", 30, "the page")
-                dt.eval("document.getElementById('record-instruction').click()")
-                dt.wait("document.getElementById('record-instruction').classList.contains('recording')", 30,
-                        "recording to start")
-                dt.wait("/Recording… [1-9]/.test(document.getElementById('spoken-instruction').textContent)", 30,
-                        "a second of recorded instruction")
-                assert dt.eval("document.getElementById('mic').disabled")  # one capture at a time
-                dt.eval("document.getElementById('record-instruction').click()")
-                secs = dt.wait("window.soundflow.spokenInstruction", 30, "the recording to stop")
-                assert secs >= 1.0
-                assert not dt.eval("document.getElementById('clear-instruction').hidden")
-                dt.eval("document.getElementById('mic').click()")
-                dt.wait("window.soundflow.decisions >= 2", 60, "decisions after the spoken instruction")
-                assert not dt.eval("window.soundflow.errors")
-                dt.eval("document.getElementById('stop').click()")
-                dt.wait("window.soundflow.state === 'done'", 30, "the session to finish")
+                yield dt
             finally:
                 dt.close()
-        spoken = [s for s in engine.spoken if s is not None]
-        assert len(spoken) == 1 and len(spoken[0]) == round(secs * SR)
-        assert np.sqrt(np.mean(spoken[0][SR // 2 :] ** 2)) > 0.01  # the fake microphone's tone, not silence
     finally:
         for _ in launch_gen:
             pass
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="needs /usr/bin/chromium (apt-get install -y chromium)")
+def test_page_records_a_spoken_instruction_and_sends_it_in_hello(tmp_path, model):
+    """Record instruction (fake microphone → the page's worklet → 16 kHz), then start the
+    microphone: the session's hello carries it and the engine starts with it."""
+    engine = _RecordingEngine(model)
+    with _live_page(tmp_path, model, engine) as dt:
+        dt.eval("document.getElementById('record-instruction').click()")
+        dt.wait("document.getElementById('record-instruction').classList.contains('recording')", 30,
+                "recording to start")
+        dt.wait("/Recording… [1-9]/.test(document.getElementById('spoken-instruction').textContent)", 30,
+                "a second of recorded instruction")
+        assert dt.eval("document.getElementById('mic').disabled")  # one capture at a time
+        dt.eval("document.getElementById('record-instruction').click()")
+        secs = dt.wait("window.soundflow.spokenInstruction", 30, "the recording to stop")
+        assert secs >= 1.0
+        assert not dt.eval("document.getElementById('clear-instruction').hidden")
+        dt.eval("document.getElementById('mic').click()")
+        dt.wait("window.soundflow.decisions >= 2", 60, "decisions after the spoken instruction")
+        assert not dt.eval("window.soundflow.errors")
+        dt.eval("document.getElementById('stop').click()")
+        dt.wait("window.soundflow.state === 'done'", 30, "the session to finish")
+    spoken = [s for s in engine.spoken if s is not None]
+    assert len(spoken) == 1 and len(spoken[0]) == round(secs * SR)
+    assert np.sqrt(np.mean(spoken[0][SR // 2 :] ** 2)) > 0.01  # the fake microphone's tone, not silence
 
 
 @pytest.mark.browser
@@ -638,39 +653,24 @@ def test_page_sends_a_spoken_instruction_to_a_running_session(tmp_path, model):
     """Start the microphone, then record an instruction: the session's own capture becomes the
     instruction (the stream pauses), and stopping the recording sends it mid-session; the engine
     session applies it and the stream goes on."""
-    import test_browser
-    from test_server import running_server
-
     engine = _SpyEngine(model, threshold=0.5, max_reply_tokens=4)
-    fx = test_browser.chromium  # the page test's fixture, its generator driven by hand
-    launch_gen = (getattr(fx, "__wrapped__", None) or fx.__pytest_wrapped__.obj)(tmp_path)
-    launch = next(launch_gen)
-    try:
-        with running_server(model, engine=engine) as srv:
-            dt = launch(f"{srv.http}/", test_browser._wav(tmp_path / "mic.wav", 30.0, 48000))
-            try:
-                dt.wait("document.readyState === 'complete' && window.soundflow", 30, "the page")
-                dt.eval("document.getElementById('mic').click()")
-                dt.wait("window.soundflow.decisions >= 2", 60, "decisions from the microphone")
-                assert not dt.eval("document.getElementById('record-instruction').disabled")  # live: allowed
-                dt.eval("document.getElementById('record-instruction').click()")
-                dt.wait("/Recording… [1-9]/.test(document.getElementById('spoken-instruction').textContent)", 30,
-                        "a second of recorded instruction")
-                dt.eval("document.getElementById('record-instruction').click()")
-                dt.wait("window.soundflow.spokenSent === 1", 30, "the instruction to be sent")
-                secs = dt.eval("window.soundflow.spokenInstruction")
-                n = dt.eval("window.soundflow.decisions")
-                dt.wait(f"window.soundflow.decisions >= {n + 2}", 60, "decisions after the spoken instruction")
-                assert not dt.eval("window.soundflow.errors")
-                dt.eval("document.getElementById('stop').click()")
-                dt.wait("window.soundflow.state === 'done'", 30, "the session to finish")
-                chunks = dt.eval("[...document.querySelectorAll('#timeline .cell')].map(c => +c.dataset.chunk)")
-                assert chunks == list(range(len(chunks)))
-            finally:
-                dt.close()
-        (sess,) = engine.sessions  # one session, started without a spoken instruction, given one
-        assert secs >= 1.0 and len(sess.instruction_audio) == round(secs * SR)
-        assert np.sqrt(np.mean(sess.instruction_audio[SR // 2 :] ** 2)) > 0.01  # the fake microphone's tone
-    finally:
-        for _ in launch_gen:
-            pass
+    with _live_page(tmp_path, model, engine) as dt:
+        dt.eval("document.getElementById('mic').click()")
+        dt.wait("window.soundflow.decisions >= 2", 60, "decisions from the microphone")
+        assert not dt.eval("document.getElementById('record-instruction').disabled")  # live: allowed
+        dt.eval("document.getElementById('record-instruction').click()")
+        dt.wait("/Recording… [1-9]/.test(document.getElementById('spoken-instruction').textContent)", 30,
+                "a second of recorded instruction")
+        dt.eval("document.getElementById('record-instruction').click()")
+        dt.wait("window.soundflow.spokenSent === 1", 30, "the instruction to be sent")
+        secs = dt.eval("window.soundflow.spokenInstruction")
+        n = dt.eval("window.soundflow.decisions")
+        dt.wait(f"window.soundflow.decisions >= {n + 2}", 60, "decisions after the spoken instruction")
+        assert not dt.eval("window.soundflow.errors")
+        dt.eval("document.getElementById('stop').click()")
+        dt.wait("window.soundflow.state === 'done'", 30, "the session to finish")
+        chunks = dt.eval("[...document.querySelectorAll('#timeline .cell')].map(c => +c.dataset.chunk)")
+        assert chunks == list(range(len(chunks)))
+    (sess,) = engine.sessions  # one session, started without a spoken instruction, given one
+    assert secs >= 1.0 and len(sess.instruction_audio) == round(secs * SR)
+    assert np.sqrt(np.mean(sess.instruction_audio[SR // 2 :] ** 2)) > 0.01  # the fake microphone's tone
