@@ -12,7 +12,13 @@ what the stream will hold, and a failing re-render keeps the same effects.
   absorption from the drawn RT60 by Sabine's formula), the direct-path delay removed so the
   speech start and end stay where they were, at most `REVERB_TAIL_S` of tail kept;
 - telephone: 300-3400 Hz band-pass and an 8 kHz round trip (narrowband line);
-- level: a gain in dB, clipped at full scale.
+- level: a gain in dB, clipped at full scale;
+- eq: one peaking band (RBJ biquad) at a log-uniform centre frequency, boost or cut: another
+  microphone, another room's colour.
+
+The same effects serve sound-event clips (recipe `event_augment`, drawn once per clip, after its
+crop): a model trained on a few hundred recordings per class otherwise learns those recordings,
+not the class.
 """
 
 from __future__ import annotations
@@ -31,7 +37,10 @@ REVERB_TAIL_S = 0.3
 TELEPHONE_BAND = (300.0, 3400.0)
 TELEPHONE_RATE = 8000
 LEVEL_DB_RANGE = (-18.0, 6.0)
-EFFECTS = ("speed", "reverb", "telephone", "level")
+EQ_FREQ_RANGE = (150.0, 6000.0)  # Hz, centre of the band, drawn log-uniform
+EQ_GAIN_DB_RANGE = (-12.0, 12.0)
+EQ_Q_RANGE = (0.7, 2.0)
+EFFECTS = ("speed", "reverb", "telephone", "level", "eq")
 
 
 @dataclass(frozen=True)
@@ -45,6 +54,7 @@ class Effects:
     mic: tuple[float, float, float] = (0.0, 0.0, 0.0)
     telephone: bool = False
     gain_db: float = 0.0
+    eq: tuple[float, float, float] = (0.0, 0.0, 0.0)  # (centre Hz, gain dB, Q); 0 Hz: flat
 
     def apply(self, wave: np.ndarray) -> np.ndarray:
         x = np.asarray(wave, np.float32)
@@ -56,6 +66,8 @@ class Effects:
             x = _reverberate(x, self)
         if self.telephone:
             x = _telephone(x)
+        if self.eq[0] > 0:
+            x = _peaking_eq(x, *self.eq)
         if self.gain_db:
             x = np.clip(x * np.float32(10 ** (self.gain_db / 20)), -1.0, 1.0)  # a loud speaker clips
         return np.asarray(x, np.float32)
@@ -74,18 +86,20 @@ class Augment:
     reverb: float = 0.0
     telephone: float = 0.0
     level: float = 0.0
+    eq: float = 0.0
 
     @classmethod
-    def from_config(cls, cfg: dict | None) -> "Augment | None":
+    def from_config(cls, cfg: dict | None, where: str = "tts.augment") -> "Augment | None":
         if not cfg:
             return None
         unknown = set(cfg) - set(EFFECTS)
         if unknown:
-            raise ValueError(f"tts.augment: unknown effects {sorted(unknown)} (known: {', '.join(EFFECTS)})")
+            raise ValueError(f"{where}: unknown effects {sorted(unknown)} (known: {', '.join(EFFECTS)})")
         return cls(**{k: float(v) for k, v in cfg.items()})
 
     def draw(self, rng: np.random.Generator) -> Effects:
-        """The same number of draws whatever the probabilities (the rng advances alike)."""
+        """The same number of draws whatever the probabilities (the rng advances alike), except that
+        the EQ band is drawn only when `eq` > 0: recipes written before it keep their streams."""
         u = rng.random(4)
         speed = float(rng.uniform(*SPEED_RANGE))
         rt60 = float(rng.uniform(*RT60_RANGE))
@@ -97,7 +111,14 @@ class Augment:
                        room=room if rev else (0.0, 0.0, 0.0),
                        source=tuple(float(a * b) for a, b in zip(rel[0], room)) if rev else (0.0, 0.0, 0.0),
                        mic=tuple(float(a * b) for a, b in zip(rel[1], room)) if rev else (0.0, 0.0, 0.0),
-                       telephone=bool(u[2] < self.telephone), gain_db=gain if u[3] < self.level else 0.0)
+                       telephone=bool(u[2] < self.telephone), gain_db=gain if u[3] < self.level else 0.0,
+                       eq=self._draw_eq(rng))
+
+    def _draw_eq(self, rng: np.random.Generator) -> tuple[float, float, float]:
+        if self.eq <= 0:
+            return (0.0, 0.0, 0.0)
+        u, f, g, q = rng.random(), rng.uniform(*np.log(EQ_FREQ_RANGE)), rng.uniform(*EQ_GAIN_DB_RANGE), rng.uniform(*EQ_Q_RANGE)
+        return (float(np.exp(f)), float(g), float(q)) if u < self.eq else (0.0, 0.0, 0.0)
 
 
 def only(effect: str) -> Augment:
@@ -129,6 +150,18 @@ def _reverberate(x: np.ndarray, fx: Effects) -> np.ndarray:
     y = fftconvolve(x, h)[: len(x) + int(REVERB_TAIL_S * SAMPLE_RATE)]
     peak = np.abs(y).max()
     return (y * (np.abs(x).max() / peak) if peak > 0 else y).astype(np.float32)  # same peak as dry
+
+
+def _peaking_eq(x: np.ndarray, freq: float, gain_db: float, q: float) -> np.ndarray:
+    """One peaking band (Audio EQ Cookbook biquad); a boost is limited to full scale."""
+    from scipy.signal import lfilter
+
+    a_ = 10 ** (gain_db / 40)
+    w = 2 * np.pi * min(freq, 0.45 * SAMPLE_RATE) / SAMPLE_RATE
+    alpha = np.sin(w) / (2 * q)
+    b = np.array([1 + alpha * a_, -2 * np.cos(w), 1 - alpha * a_])
+    a = np.array([1 + alpha / a_, -2 * np.cos(w), 1 - alpha / a_])
+    return np.clip(lfilter(b / a[0], a / a[0], x), -1.0, 1.0).astype(np.float32)
 
 
 def _telephone(x: np.ndarray) -> np.ndarray:

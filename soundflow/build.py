@@ -24,6 +24,9 @@ Recipe (YAML):
           asr_gate_unit: sentence,  # real-time ASR gates whole sentences ("group": each word group, slow)
           gate_across: true}        # gate a shard's instances together (false: one instance at a time)
     tfjp: true
+    event_augment: {speed: 0.3, reverb: 0.3, eq: 0.5, level: 0.5}  # P(effect) per event clip (after its crop)
+    reply_after_s: [1.2, 2.4]   # a RESPOND sound is answered after U(a, b) s of it (Alg. 3's d_i), or at
+                                # its end if shorter; absent: at the end of the clip, as the paper
     instruction_dropout: 0.5    # P(no instruction) for always-on families (replies follow from the audio)
     instruction_audio: 0.3      # P(an instructed stream's instruction is spoken by its TTS voice, before
                                 # the stream: the paper's A^ins; ASR-gated; default 0: all text)
@@ -90,6 +93,16 @@ def load_data_recipe(path: str | Path) -> dict:
     cfg["_base"] = str(path.resolve().parent)
     from .tasks import FAMILIES
 
+    ra = cfg.get("reply_after_s")
+    if ra is not None and not (isinstance(ra, (list, tuple)) and len(ra) == 2 and 0 < float(ra[0]) <= float(ra[1])):
+        raise RecipeError(f"{path}: reply_after_s must be [a, b] seconds with 0 < a <= b, not {ra!r}")
+    from .augment import Augment
+
+    try:  # here, not in a worker: a typo is one line, not a traceback
+        Augment.from_config(cfg.get("event_augment"), "event_augment")
+        Augment.from_config((cfg.get("tts") or {}).get("augment"))
+    except (TypeError, ValueError) as e:
+        raise RecipeError(f"{path}: {e}") from None
     unknown = set(cfg["tasks"]) - set(FAMILIES)
     if unknown:
         raise ValueError(f"{path}: unknown tasks {sorted(unknown)} (known: {', '.join(FAMILIES)})")
@@ -115,6 +128,8 @@ def _resources(cfg: dict):
             cfg["sources"], cfg["_base"], tts_families=tuple(t.get("families") or ()),
             tts_weights=tuple(t["weights"]) if t.get("weights") else None, gate=gate,
             tts_holdout=tuple(t.get("holdout") or ()), augment=Augment.from_config(t.get("augment")),
+            event_augment=Augment.from_config(cfg.get("event_augment"), "event_augment"),
+            reply_after_s=tuple(float(v) for v in cfg["reply_after_s"]) if cfg.get("reply_after_s") else None,
             mixins={**MIXIN_P, **(cfg.get("mixins") or {})},
             max_chunks=int(cfg["max_chunks"]), chunk_ms=int(cfg["chunk_ms"]),
             use_tfjp=bool(cfg.get("tfjp", True)), use_curate=bool(cfg.get("curate", False)),

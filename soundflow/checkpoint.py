@@ -130,16 +130,7 @@ def load_checkpoint(folder: str | Path, merge: bool = True) -> AudioLM:
     model = build_model(ModelConfig(**meta["model"]))
     if meta.get("lora"):
         inject_lora(model, meta["lora"])
-    state = load_file(str(folder / "model.safetensors"))
-    params = dict(model.named_parameters(remove_duplicate=True))
-    unknown = set(state) - set(params)
-    if unknown:
-        raise KeyError(f"checkpoint tensors the model does not have: {sorted(unknown)[:5]}")
-    with torch.no_grad():
-        for n, t in state.items():
-            if params[n].shape != t.shape:
-                raise ValueError(f"{n}: checkpoint shape {tuple(t.shape)} != model {tuple(params[n].shape)}")
-            params[n].copy_(t)
+    model.load_trained(load_file(str(folder / "model.safetensors")))
     if meta.get("lora") and merge:
         merge_lora(model)
     # listen and the server say plainly when a model is not trained; the calibration is the

@@ -33,12 +33,16 @@ class Event:
 
     duration: seconds into the clip after which its response is due (d_i); None = the whole clip.
     response: text the model should say once the event has been heard, or None (stay silent).
+    reply_from: seconds into the clip from which a reply is already right (its timeline entry gets
+    `"from"`: the chunk holding that sample); None: only at d_i. A sound that needs attention is
+    answered well as soon as it is recognised, not only at the chunk its clip ends on.
     """
 
     waveform: np.ndarray
     role: str = "foreground"
     duration: float | None = None
     response: str | None = None
+    reply_from: float | None = None
     provenance: dict = field(default_factory=dict)
     preprocess: bool = True  # TFJP applies when compose is given it (False: pauses, speech)
 
@@ -168,6 +172,8 @@ def compose(
             if ev.response is not None:
                 k = reply_chunk(offset + d, chunk)
                 timeline.append({"chunk": k, "text": ev.response})
+                if ev.reply_from is not None:
+                    timeline[-1]["from"] = min(k, (offset + min(int(ev.reply_from * sr), len(w) - 1)) // chunk)
                 rec["reply_chunk"] = k
             offset += len(w)
         records.append(rec)

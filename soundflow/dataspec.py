@@ -11,11 +11,21 @@ from .data import StreamSample, read_jsonl, read_shards, synthetic_beeps
 from .interop import is_authors_line, load_conversations, load_spec
 
 
-def load_streams(spec: str) -> list[StreamSample]:
+def load_streams(spec: str | list[str] | tuple[str, ...]) -> list[StreamSample]:
     """A data spec: `synthetic:beep?n=20&chunks=8&seed=0`, a stream-sample JSONL manifest, a
     folder of tar shards (output of `soundflow data build`), or the authors' online-training /
     StreamAudio-2M JSONL (detected by its first line, or `authors:PATH?noise=DIR&seed=0`;
-    see `interop.py`)."""
+    see `interop.py`). A list of specs is their samples in order, ids prefixed by the spec's index (a recipe
+    stage may mix sets)."""
+    if isinstance(spec, (list, tuple)):
+        if not spec:
+            raise ValueError("an empty list of data specs")
+        out = []
+        for k, one in enumerate(spec):
+            for s in load_streams(one):
+                s.id = f"{k}/{s.id}"  # two builds both hold "00000-0001-asr": ids key the feature cache
+                out.append(s)
+        return out
     if spec.startswith("authors:"):
         return load_spec(spec)
     if spec.startswith("synthetic:"):

@@ -141,6 +141,10 @@ class AudioLM(nn.Module):
         # "tokens" group) then costs a few KB of state instead of the whole tied 49k-row matrix.
         emb = self.embed_tokens.weight
         self.special = nn.Parameter(emb[n_base_vocab:tokenizer.vocab_size].detach().clone())
+        # Their output rows, untied from the input rows (as in an LM with an untied head, Qwen2.5's):
+        # the <silent>/<response> readout then learns without moving what every chunk's control
+        # token feeds the LM. Starts equal to `special`; a checkpoint without it loads tied.
+        self.special_out = nn.Parameter(self.special.detach().clone())
 
     @property
     def device(self) -> torch.device:
@@ -258,13 +262,13 @@ class AudioLM(nn.Module):
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits over the whole vocabulary: the LM head's base rows, then the added tokens'."""
         base = self.head(hidden)[..., : self.n_base_vocab]
-        new = hidden.to(self.special.dtype) @ self.special.T
+        new = hidden.to(self.special_out.dtype) @ self.special_out.T
         return torch.cat([base.float(), new.float()], dim=-1)
 
     def control_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(..., 2) logits of <silent>, <response> (the decision, Alg. 2/4) without the vocabulary."""
         tok = self.tokenizer
-        w = self.special[[tok.silent_id - self.n_base_vocab, tok.response_id - self.n_base_vocab]]
+        w = self.special_out[[tok.silent_id - self.n_base_vocab, tok.response_id - self.n_base_vocab]]
         return (hidden.to(w.dtype) @ w.T).float()
 
     def control_probs(self, hidden_last: torch.Tensor) -> torch.Tensor:
@@ -279,14 +283,29 @@ class AudioLM(nn.Module):
     def param_groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
         named = dict(self.named_parameters(remove_duplicate=True))
         emb = self.embed_tokens.weight
-        head_names = {n for n, p in named.items() if p is self.head.weight or p is emb} | {"special"}
+        head_names = {n for n, p in named.items() if p is self.head.weight or p is emb} | {"special", "special_out"}
         return {
             "head": [(n, named[n]) for n in sorted(head_names)],
-            "tokens": [("special", self.special)],  # only the added tokens' rows
+            "tokens": [("special", self.special), ("special_out", self.special_out)],  # only the added tokens' rows
             "adapter": [(n, p) for n, p in named.items() if n.startswith("adapter.")],
             "lm": [(n, p) for n, p in named.items()
-                   if n.startswith("body.") or n.startswith("head.") or n == "special"],
+                   if n.startswith("body.") or n.startswith("head.") or n in ("special", "special_out")],
         }
+
+    def load_trained(self, state: dict[str, torch.Tensor]) -> None:
+        """Copy trained tensors in by name (shapes checked); a state from before the output rows
+        were untied (`special` without `special_out`) loads tied, as it was trained."""
+        params = dict(self.named_parameters(remove_duplicate=True))
+        unknown = set(state) - set(params)
+        if unknown:
+            raise KeyError(f"checkpoint tensors the model does not have: {sorted(unknown)[:5]}")
+        with torch.no_grad():
+            for n, t in state.items():
+                if params[n].shape != t.shape:
+                    raise ValueError(f"{n}: checkpoint shape {tuple(t.shape)} != model {tuple(params[n].shape)}")
+                params[n].copy_(t)
+            if "special" in state and "special_out" not in state:
+                self.special_out.copy_(self.special)
 
     def new_token_grad_mask(self) -> torch.Tensor:
         """Rows of the embedding matrix that stage 1 may change when the head is not tied."""

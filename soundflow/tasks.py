@@ -207,6 +207,8 @@ class Resources:
     tts_weights: tuple[float, ...] | None = None
     tts_holdout: tuple[str, ...] = ()  # voice ids ("kokoro:af_heart") heard only when split == "dev"
     augment: object | None = None  # `augment.Augment`: per-speaker effects on the speech; None: dry
+    event_augment: object | None = None  # `augment.Augment`: per-clip effects on event clips; None: as recorded
+    reply_after_s: tuple[float, float] | None = None  # RESPOND replies after U(a, b) s of the sound; None: at its end
     sentences: list[str] = field(default_factory=list)  # dictation text (asr family)
     gate: AsrGate | None = None  # None: renderings are not checked
     mixins: dict = field(default_factory=lambda: dict(MIXIN_P))
@@ -320,9 +322,21 @@ def _load_tfjp(path: str) -> np.ndarray:
     return tfjp(_load(path))
 
 
-def _event_clip(row: dict, res: Resources, rng: np.random.Generator, max_s: float = MAX_EVENT_S) -> np.ndarray:
+def _event_clip(row: dict, res: Resources, rng: np.random.Generator, max_s: float = MAX_EVENT_S) -> tuple[np.ndarray, dict]:
+    """A random excerpt of a catalog clip, with the recipe's `event_augment` effects drawn for it;
+    returns (clip, provenance extras)."""
     x = _load_tfjp(row["path"]) if res.use_tfjp else res.audio(row)
-    return crop(x, float(rng.uniform(min(2.0, max_s), max_s)), rng).astype(np.float32)
+    x = crop(x, float(rng.uniform(min(2.0, max_s), max_s)), rng).astype(np.float32)
+    if res.event_augment is None:
+        return x, {}
+    fx = res.event_augment.draw(rng)
+    return fx.apply(x), {"augment": fx.to_json()}
+
+
+def _reply_after(res: Resources, rng: np.random.Generator) -> float | None:
+    """d_i of a RESPOND event (Alg. 3): None, the reply follows the whole clip; with the recipe's
+    `reply_after_s`, it follows this many seconds of the sound (or the clip, if shorter)."""
+    return None if res.reply_after_s is None else float(rng.uniform(*res.reply_after_s))
 
 
 def _event_prov(row: dict, **extra) -> dict:
@@ -373,10 +387,11 @@ def _apply_mixins(turns: list[Turn], mix: Mix, rng: np.random.Generator, res: Re
         # In an agent stream the inserted event is answered the agent's way: with its tool call.
         pool = [r for r in res.events if r.get("class") in TOOL_CALLS] if task == "agent" else res.by_decision("RESPOND")
         row = _pick(pool, rng)
-        clip = _event_clip(row, res, rng, min(4.0, budget - used))
+        clip, fx = _event_clip(row, res, rng, min(4.0, budget - used))
         reply = json.dumps(TOOL_CALLS[row["class"]]) if task == "agent" else \
             proactive_reply(row.get("class", ""), row.get("caption", ""), row.get("category", ""))
-        ev = Event(clip, response=reply, provenance=_event_prov(row, mixin="proactive"))
+        ev = Event(clip, response=reply, duration=_reply_after(res, rng), reply_from=0.0,
+                   provenance=_event_prov(row, mixin="proactive", **fx))
         gap = float(rng.uniform(0.4, 1.0))
         turns.insert(int(rng.integers(0, len(turns) + 1)), Turn([_silence(gap), ev], _article(row.get("caption", "a sound"))))
         used += len(clip) / SAMPLE_RATE + gap
@@ -386,8 +401,8 @@ def _apply_mixins(turns: list[Turn], mix: Mix, rng: np.random.Generator, res: Re
         ignore = res.by_decision("IGNORE")
         if ignore and rng.random() < 0.5:
             row = _pick(ignore, rng)
-            clip = _event_clip(row, res, rng, seconds)
-            ev = Event(clip, provenance=_event_prov(row, mixin="silence"))
+            clip, fx = _event_clip(row, res, rng, seconds)
+            ev = Event(clip, provenance=_event_prov(row, mixin="silence", **fx))
         else:
             ev = _silence(seconds, mixin="silence")  # bare noise tracks
         turns.insert(int(rng.integers(1, len(turns) + 1)) if turns else 0, Turn([ev]))
@@ -472,11 +487,15 @@ def finish(task: str, turns: list[Turn], instruction: str, rng: np.random.Genera
     if len(y) > max_n:  # never expected (planning keeps to the budget), but L_max is a hard limit
         y = y[:max_n]
     n_chunks = -(-len(y) // (res.chunk_ms * SAMPLE_RATE // 1000))
-    merged: dict[int, str] = {}  # Alg. 2 emits at most one response per chunk: join same-chunk replies
+    merged: dict[int, dict] = {}  # Alg. 2 emits at most one response per chunk: join same-chunk replies
     for t in timeline:
-        if t["chunk"] < n_chunks:
-            merged[t["chunk"]] = (merged[t["chunk"]] + " " + t["text"]) if t["chunk"] in merged else t["text"]
-    timeline = [{"chunk": k, "text": v} for k, v in sorted(merged.items())]
+        if t["chunk"] >= n_chunks:
+            continue
+        m = merged.setdefault(t["chunk"], {"chunk": t["chunk"], "text": ""})
+        m["text"] = (m["text"] + " " + t["text"]) if m["text"] else t["text"]
+        if "from" in t:  # a joined reply may come from the earliest window start among its parts
+            m["from"] = min(m.get("from", t["chunk"]), t["from"])
+    timeline = [merged[k] for k in sorted(merged)]
     prov = [{k: v for k, v in rec.items() if k != "index"} for rec in info["events"]]
     prov += [{**p, **({"snr_db": round(info[k]["snr_db"], 2)} if k in info else {})}
              for p, k in zip(noise_prov, ("noise_event", "noise_ambient"))]
@@ -604,7 +623,7 @@ def steps_understanding(rng: np.random.Generator, res: Resources):
     n = int(rng.integers(2, 5))
     for i in range(n):
         row = _pick(res.events, rng)
-        clip = _event_clip(row, res, rng, min(MAX_EVENT_S, 5.0))
+        clip, fx = _event_clip(row, res, rng, min(MAX_EVENT_S, 5.0))
         if used + len(clip) / SAMPLE_RATE + (2.5 if spoken_q else 0.4) > budget:
             break
         heard.append(row)
@@ -617,11 +636,11 @@ def steps_understanding(rng: np.random.Generator, res: Resources):
             a = (f"{number_to_words(len(heard)).capitalize()} sounds so far." if ask_count
                  else f"That was {_article(cap)}.")
             q_texts.append(q)
-            turns.append(Turn([Event(clip, provenance=_event_prov(row)), _silence(0.3)], memo=_article(cap)))
+            turns.append(Turn([Event(clip, provenance=_event_prov(row, **fx)), _silence(0.3)], memo=_article(cap)))
             turns[-1].qa = (q, a)  # type: ignore[attr-defined]
             used += 2.3
         else:
-            ev = Event(clip, response=f"That was {_article(cap)}.", provenance=_event_prov(row))
+            ev = Event(clip, response=f"That was {_article(cap)}.", provenance=_event_prov(row, **fx))
             turns.append(Turn([ev, _silence(0.4)], memo=_article(cap)))
             used += 0.4
     if not turns:
@@ -735,13 +754,15 @@ def proactive_events(rng: np.random.Generator, res: Resources, budget: float) ->
     respond, ignore = res.by_decision("RESPOND"), res.by_decision("IGNORE")
     for _ in range(int(rng.integers(2, 6))):
         row = _pick(respond if rng.random() < 0.45 else ignore, rng)
-        clip = _event_clip(row, res, rng)
+        clip, fx = _event_clip(row, res, rng)
         gap = float(rng.uniform(0.2, 1.5))
         if used + len(clip) / SAMPLE_RATE + gap > budget:
             break
-        reply = proactive_reply(row.get("class", ""), row.get("caption", ""), row.get("category", "")) \
-            if row.get("decision") == "RESPOND" else None
-        turns.append(Turn([_silence(gap), Event(clip, response=reply, provenance=_event_prov(row))],
+        needs_reply = row.get("decision") == "RESPOND"
+        reply = proactive_reply(row.get("class", ""), row.get("caption", ""), row.get("category", "")) if needs_reply else None
+        ev = Event(clip, response=reply, duration=_reply_after(res, rng) if needs_reply else None,
+                   reply_from=0.0 if needs_reply else None, provenance=_event_prov(row, **fx))
+        turns.append(Turn([_silence(gap), ev],
                           memo=_article(row.get("caption", "a sound"))))
         used += len(clip) / SAMPLE_RATE + gap
     return turns, {"curation": "direct"}
@@ -781,9 +802,10 @@ def steps_agent(rng: np.random.Generator, res: Resources):
             memo = f'your request "{what[0]}"'
         else:
             row = what
-            w = _event_clip(row, res, rng, 5.0)
+            w, fx = _event_clip(row, res, rng, 5.0)
             call = TOOL_CALLS.get(row.get("class", ""))
-            ev = Event(w, response=json.dumps(call) if call else None, provenance=_event_prov(row))
+            ev = Event(w, response=json.dumps(call) if call else None, duration=_reply_after(res, rng) if call else None,
+                       reply_from=0.0 if call else None, provenance=_event_prov(row, **fx))
             memo = _article(row.get("caption", "a sound"))
         if used + len(w) / SAMPLE_RATE + gap > budget:
             break

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
 MASK = -100  # PyTorch's cross-entropy ignore_index
+NO_WINDOW = -1  # a control position outside every reply window (StreamSequence.y_window)
 SILENT, RESPONSE, EOS, AUDIO = "<silent>", "<response>", "<eos>", "<audio>"
 SPECIAL_TOKENS = (SILENT, RESPONSE, EOS, AUDIO)
 AUDIO_SLOTS = 10  # audio embeddings per 400 ms chunk (20 encoder frames pooled by 2)
@@ -78,13 +79,18 @@ class StreamSequence:
     audio_mask: list[bool] = field(default_factory=list)
     y_stream: list[int] = field(default_factory=list)
     y_lm: list[int] = field(default_factory=list)
+    # reply windows: at a control position, the index of the reply whose window it lies in, else
+    # NO_WINDOW. A reply with a `"from"` chunk in the timeline may come at any chunk of [from, chunk]
+    # (`loss.dual_loss` with windows); y_stream keeps the exact labels for everything else.
+    y_window: list[int] = field(default_factory=list)
     n_audio_chunks: int = 0
 
-    def _add(self, tok: int, audio: bool = False, stream: int = MASK, lm: int = MASK) -> None:
+    def _add(self, tok: int, audio: bool = False, stream: int = MASK, lm: int = MASK, window: int = NO_WINDOW) -> None:
         self.input_ids.append(tok)
         self.audio_mask.append(audio)
         self.y_stream.append(stream)
         self.y_lm.append(lm)
+        self.y_window.append(window)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -104,6 +110,21 @@ def normalise_timeline(timeline: Sequence, n_chunks: int) -> dict[int, str]:
     return out
 
 
+def reply_windows(timeline: Sequence, n_chunks: int) -> dict[int, int]:
+    """{chunk: reply index} for the chunks inside some reply's window [from, chunk] (timeline
+    entries with "from"); a chunk holding another reply stays that reply's own."""
+    replies = normalise_timeline(timeline, n_chunks)
+    out: dict[int, int] = {}
+    for i, item in enumerate(sorted((t for t in timeline if isinstance(t, dict) and "from" in t), key=lambda t: t["chunk"])):
+        k = int(item["chunk"])
+        if not 0 <= int(item["from"]) <= k < n_chunks:
+            raise ValueError(f"timeline window from {item['from']} to {k} outside the stream's {n_chunks} chunks")
+        for t in range(int(item["from"]), k + 1):
+            if t == k or t not in replies:
+                out[t] = i
+    return out
+
+
 def build_sequence(
     tokenizer: Tokenizer,
     n_chunks: int,
@@ -115,6 +136,7 @@ def build_sequence(
     """Algorithm 2. `instruction` is text; `instruction_chunks` > 0 prepends that many audio
     chunks as an audio instruction (A^ins). Both are masked from the loss."""
     replies = normalise_timeline(timeline, n_chunks)
+    windows = reply_windows(timeline, n_chunks)
     seq = StreamSequence()
     if instruction:
         for tok in tokenizer.encode(instruction):
@@ -124,13 +146,14 @@ def build_sequence(
     for t in range(n_chunks):
         for _ in range(audio_slots):
             seq._add(tokenizer.audio_id, audio=True)
+        w = windows.get(t, NO_WINDOW)
         if t in replies:  # response triggers at chunk t
-            seq._add(tokenizer.response_id, stream=tokenizer.response_id)
+            seq._add(tokenizer.response_id, stream=tokenizer.response_id, window=w)
             for w in tokenizer.encode(replies[t]):
                 seq._add(w, lm=w)
             seq._add(tokenizer.eos_id, lm=tokenizer.eos_id)
         else:  # remain silent
-            seq._add(tokenizer.silent_id, stream=tokenizer.silent_id)
+            seq._add(tokenizer.silent_id, stream=tokenizer.silent_id, window=w)
     seq.n_audio_chunks = instruction_chunks + n_chunks
     return seq
 

@@ -33,20 +33,24 @@ from .data import StreamSample
 from .dataspec import load_streams
 from .loss import dual_loss
 from .model import AudioLM, ModelConfig, build_model
-from .tokens import MASK, build_sequence
+from .tokens import MASK, NO_WINDOW, build_sequence
 
 
 @dataclass
 class StageConfig:
     name: str = "stage"
     trainable: list[str] = field(default_factory=lambda: ["adapter"])  # head | adapter | lm | lora
-    data: str = "synthetic:beep"
+    data: str | list[str] = "synthetic:beep"  # a data spec (dataspec.load_streams), or a list of them mixed
     lr: float = 1e-4
     steps: int = 100
     batch_size: int = 1
     grad_accum: int = 1
     warmup_ratio: float = 0.03
     max_chunks: int = 60  # L_max = 60 chunks (24 s)
+    # lr multiplier for the added tokens' output rows (`special_out`, the <silent>/<response>
+    # readout) when they train. Not in the paper, whose stage 1 trains the head for 5 k steps: in a
+    # few hundred steps at an LM learning rate these rows barely move (BENCHMARKS.md, issue 10).
+    readout_lr_scale: float = 1.0
 
 
 PAPER_STAGES = [
@@ -64,6 +68,9 @@ class Recipe:
     out: str = "runs/default"
     seed: int = 0
     lam: float = 1.0  # dual-loss weight λ
+    response_weight: float = 1.0  # weight of a <response> control label vs <silent> (loss.dual_loss)
+    reply_windows: bool | str = False  # replies with a timeline "from": True / "any" may come anywhere in their
+    # window (one at-least-once term), "all" labels every chunk of it <response> (loss.dual_loss)
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
@@ -155,6 +162,8 @@ def collate(model: AudioLM, samples: list[StreamSample], feats: FeatureCache, ma
     att = torch.zeros((B, L), dtype=torch.long)
     ys = torch.full((B, L), MASK, dtype=torch.long)
     yl = torch.full((B, L), MASK, dtype=torch.long)
+    yw = torch.full((B, L), NO_WINDOW, dtype=torch.long)
+    n_win = 0
     for i, q in enumerate(seqs):
         n = len(q)
         ids[i, :n] = torch.tensor(q.input_ids)
@@ -162,8 +171,11 @@ def collate(model: AudioLM, samples: list[StreamSample], feats: FeatureCache, ma
         att[i, :n] = 1
         ys[i, :n] = torch.tensor(q.y_stream)
         yl[i, :n] = torch.tensor(q.y_lm)
+        w = torch.tensor(q.y_window)
+        yw[i, :n] = torch.where(w >= 0, w + n_win, w)  # window ids unique across the batch
+        n_win += int(w.max().item()) + 1 if len(w) and w.max() >= 0 else 0
     return {"input_ids": ids, "audio_mask": am, "attention_mask": att, "y_stream": ys, "y_lm": yl,
-            "enc": torch.cat(enc)}
+            "y_window": yw, "enc": torch.cat(enc)}
 
 
 def sample_order(n: int, seed: int, stage: int, start: int, count: int) -> list[int]:
@@ -180,9 +192,10 @@ def sample_order(n: int, seed: int, stage: int, start: int, count: int) -> list[
 class StreamingObjective(torch.nn.Module):
     """Wraps the model so Accelerate/DDP see one forward that returns the dual loss."""
 
-    def __init__(self, model: AudioLM, lam: float):
+    def __init__(self, model: AudioLM, lam: float, response_weight: float = 1.0, reply_windows: bool = False):
         super().__init__()
-        self.model, self.lam = model, lam
+        self.model, self.lam, self.response_weight = model, lam, response_weight
+        self.reply_windows = reply_windows
         # FSDP's transformer auto-wrap shards each of these blocks on its own
         self._no_split_modules = list(getattr(model.body, "_no_split_modules", None) or [])
 
@@ -191,7 +204,9 @@ class StreamingObjective(torch.nn.Module):
         audio = m.adapt(batch["enc"])
         x = m.embed(batch["input_ids"], batch["audio_mask"], audio)
         h = m.hidden(x, attention_mask=batch["attention_mask"])
-        return dual_loss(m, h, batch["y_stream"], batch["y_lm"], self.lam)
+        mode = "any" if self.reply_windows is True else self.reply_windows
+        return dual_loss(m, h, batch["y_stream"], batch["y_lm"], self.lam, self.response_weight,
+                         window=batch["y_window"] if self.reply_windows else None, window_mode=mode or "any")
 
 
 # --------------------------------------------------------------------------- freeze policy
@@ -244,21 +259,26 @@ def _truncate_log(path: Path, n_lines: int) -> None:
         path.write_text("".join(lines))
 
 
-def _param_lists(model: AudioLM) -> tuple[list, list]:
-    """The optimizer's two groups (weight decay, none), in a fixed order: index i of a saved
-    optimizer state is the i-th parameter of these lists, whatever wraps the model."""
-    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
+def _param_lists(model: AudioLM, split_readout: bool = False) -> tuple[list, ...]:
+    """The optimizer's groups (weight decay, none, and with `split_readout` the control tokens'
+    output rows at their own lr), in a fixed order: index i of a saved optimizer state is the i-th
+    parameter of these lists, whatever wraps the model."""
+    apart = {id(model.special_out)} if split_readout else set()
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2 and id(p) not in apart]
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
-    return decay, no_decay
+    if not split_readout:
+        return decay, no_decay
+    return decay, no_decay, [model.special_out] if model.special_out.requires_grad else []
 
 
 def _opt_and_sched(model: AudioLM, recipe: Recipe, stage: StageConfig):
     from transformers import get_cosine_schedule_with_warmup
 
-    decay, no_decay = _param_lists(model)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=stage.lr, betas=recipe.betas, eps=recipe.eps)
+    lists = _param_lists(model, stage.readout_lr_scale != 1.0)
+    groups = [{"params": lists[0], "weight_decay": recipe.weight_decay}, {"params": lists[1], "weight_decay": 0.0}]
+    if len(lists) == 3:  # a third group only when asked for: saved two-group states still load
+        groups.append({"params": lists[2], "weight_decay": 0.0, "lr": stage.lr * stage.readout_lr_scale})
+    opt = torch.optim.AdamW(groups, lr=stage.lr, betas=recipe.betas, eps=recipe.eps)
     return opt, get_cosine_schedule_with_warmup(opt, math.ceil(stage.warmup_ratio * stage.steps), stage.steps)
 
 
@@ -327,10 +347,7 @@ def train(recipe: Recipe, resume: bool = False, progress: bool = True, stop_afte
         from safetensors.torch import load_file
 
         st = torch.load(ckpt / "trainer_state.pt", weights_only=False)
-        params = dict(model.named_parameters(remove_duplicate=True))
-        with torch.no_grad():
-            for n, t in load_file(str(ckpt / "model.safetensors")).items():
-                params[n].copy_(t)
+        model.load_trained(load_file(str(ckpt / "model.safetensors")))
         trained, start_stage, start_step = set(st["trained"]), st["stage"], st["step"]
         acc.wait_for_everyone()  # every process has read the log's length before the main one cuts it
         if acc.is_main_process:
@@ -344,9 +361,9 @@ def train(recipe: Recipe, resume: bool = False, progress: bool = True, stop_afte
     # its cache misses, so they use an unsharded copy of the (small, frozen) encoder.
     encoder = copy.deepcopy(model.encoder) if fsdp else None
     feats = FeatureCache(model, recipe.feature_cache, encoder)
-    objective = StreamingObjective(model, recipe.lam)
+    objective = StreamingObjective(model, recipe.lam, recipe.response_weight, recipe.reply_windows)
     wrapped = None  # under FSDP the model is sharded once, by the first stage's prepare
-    data_cache: dict[str, list[StreamSample]] = {}
+    data_cache: dict[str | tuple, list[StreamSample]] = {}
     total_steps = 0
     for si, stage in enumerate(recipe.stages):
         if si < start_stage:
@@ -382,7 +399,8 @@ def train(recipe: Recipe, resume: bool = False, progress: bool = True, stop_afte
             wrapped, opt_p = acc.prepare(objective, opt)
         if resumed and (fsdp or ds):
             _load_full_optimizer_state(acc, model, opt, st["optimizer"])
-        samples = data_cache.setdefault(stage.data, load_streams(stage.data))
+        key = stage.data if isinstance(stage.data, str) else tuple(stage.data)
+        samples = data_cache.setdefault(key, load_streams(stage.data))
         bar = tqdm(total=stage.steps, initial=step, desc=f"stage {si + 1}/{len(recipe.stages)} {stage.name}",
                    disable=not (progress and acc.is_local_main_process), dynamic_ncols=True)
         t0 = time.time()
@@ -509,7 +527,7 @@ def _full_optimizer_state(acc, model: AudioLM, opt) -> dict:
         _relink_zero_states(acc)
         flat_state = next(iter(opt.state.values()), {})  # ZeRO keeps one state per flat partition
         state, i = {}, 0
-        for p in (q for g in _param_lists(model) for q in g):
+        for p in (q for g in _param_lists(model, len(opt.param_groups) == 3) for q in g):
             s = {k: safe_get_full_optimizer_state(p, k) for k in ("exp_avg", "exp_avg_sq")}
             if s["exp_avg"] is not None:
                 state[i] = {"step": flat_state["step"].detach().clone().cpu(),
@@ -519,7 +537,7 @@ def _full_optimizer_state(acc, model: AudioLM, opt) -> dict:
         from torch.distributed.tensor import DTensor
 
         state, i = {}, 0
-        for p in (q for g in _param_lists(model) for q in g):
+        for p in (q for g in _param_lists(model, len(opt.param_groups) == 3) for q in g):
             if p in opt.state:
                 state[i] = {k: (v.full_tensor() if isinstance(v, DTensor) else v).detach().cpu()
                             for k, v in opt.state[p].items()}
@@ -527,7 +545,7 @@ def _full_optimizer_state(acc, model: AudioLM, opt) -> dict:
     else:
         return opt.state_dict()
     groups, i = [], 0
-    for g, params in zip(opt.param_groups, _param_lists(model)):
+    for g, params in zip(opt.param_groups, _param_lists(model, len(opt.param_groups) == 3)):
         groups.append({**{k: v for k, v in g.items() if k != "params"}, "params": list(range(i, i + len(params)))})
         i += len(params)
     return {"state": state, "param_groups": groups}
@@ -547,7 +565,7 @@ def _load_full_optimizer_state(acc, model: AudioLM, opt, sd: dict) -> None:
     DeepSpeed (hand each parameter's full state to ZeRO's partitions); after `prepare`."""
     from accelerate.utils import DistributedType
 
-    params = [q for g in _param_lists(model) for q in g]
+    params = [q for g in _param_lists(model, len(opt.param_groups) == 3) for q in g]
     if acc.distributed_type == DistributedType.DEEPSPEED:
         from deepspeed.utils import safe_set_full_optimizer_state
 

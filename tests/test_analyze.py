@@ -111,9 +111,8 @@ def test_heads_says_so_when_the_control_tokens_are_untrained(tmp_path):
     tok = m.tokenizer
     with torch.no_grad():
         m.head.weight[tok.response_id] = m.head.weight[tok.silent_id]
-        if hasattr(m, "special"):  # added tokens in their own table: the rows the decision reads
-            n = m.n_base_vocab
-            m.special[tok.response_id - n] = m.special[tok.silent_id - n]
+        n = m.n_base_vocab  # added tokens in their own tables; the decision reads the output rows
+        m.special_out[tok.response_id - n] = m.special_out[tok.silent_id - n]
     r = analyze.analyze_heads(m, DATA, max_chunks=4, progress=False)
     assert r["ablation"] is False and "identical" in r["note"]
     assert r["top_heads"] == [] and r["dominance"] is None and "delta_logodds" not in r["per_head"]

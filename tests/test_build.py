@@ -193,3 +193,17 @@ def test_gate_across_instances_same_corpus_fewer_checks(tmp_path):
     assert ga.calls < gb.calls  # fewer, fuller gate rounds
     for (ta, xa), (tb, xb) in zip(a, b):
         assert ta == tb and xa.timeline == xb.timeline and np.array_equal(xa.wave, xb.wave)
+
+
+def test_recipe_reply_after_must_be_an_interval(tmp_path):
+    from soundflow.build import RecipeError, load_data_recipe
+
+    p = tmp_path / "r.yaml"
+    p.write_text("reply_after_s: [2.0, 1.0]\n")
+    with pytest.raises(RecipeError, match="reply_after_s"):
+        load_data_recipe(p)
+    p.write_text("reply_after_s: [1.2, 2.4]\nevent_augment: {eq: 0.5}\n")
+    assert load_data_recipe(p)["reply_after_s"] == [1.2, 2.4]
+    p.write_text("event_augment: {echo: 1.0}\n")
+    with pytest.raises(RecipeError, match="event_augment: unknown effects"):
+        load_data_recipe(p)

@@ -74,7 +74,7 @@ def test_trained_state_stores_tied_weights_once_and_rejects_unknown_names():
     names = {n for n, _ in m.param_groups()["head"]}
     state = trained_state(m, names)
     assert set(state) == names and all(t.device.type == "cpu" for t in state.values())
-    assert len(state) == 2  # the tied embedding/head matrix once, and the added tokens' rows
+    assert len(state) == 3  # the tied embedding/head matrix once, the added tokens' input and output rows
     with pytest.raises(KeyError):
         trained_state(m, {"no.such.param"})
 
@@ -143,3 +143,18 @@ def test_optimize_for_inference_records_the_precision(saved):
     m = optimize_for_inference(load_checkpoint(out), quant=None)
     assert m.info.optimized == "fp32" and m.info.trained and m.info.source == str(out)  # the rest is kept
     assert optimize_for_inference(build_model("tiny"), quant="int8").info.optimized == "int8"
+
+
+def test_a_checkpoint_from_before_the_untied_readout_loads_tied(tmp_path):
+    """Old checkpoints trained `special` as both input and output rows: loaded, `special_out`
+    equals it, so their decisions are unchanged; a new one keeps the two apart."""
+    model = build_model("tiny")
+    with torch.no_grad():
+        model.special.add_(0.25)
+        model.special_out.sub_(0.5)
+    save_checkpoint(model, {"special"}, tmp_path / "old")
+    old = load_checkpoint(tmp_path / "old")
+    assert torch.equal(old.special_out, model.special) and torch.equal(old.special, model.special)
+    save_checkpoint(model, {"special", "special_out"}, tmp_path / "new")
+    new = load_checkpoint(tmp_path / "new")
+    assert torch.equal(new.special_out, model.special_out) and not torch.equal(new.special_out, new.special)

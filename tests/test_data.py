@@ -98,3 +98,14 @@ def test_synthetic_beeps_are_seed_pure():
         k = s.timeline[0]["chunk"]
         energy = (s.chunks() ** 2).mean(axis=1)
         assert int(np.argmax(energy)) == k
+
+
+def test_a_list_of_data_specs_is_their_samples_in_order():
+    from soundflow.dataspec import load_streams
+
+    a, b = "synthetic:beep?n=3&chunks=4&seed=1", "synthetic:beep?n=2&chunks=4&seed=2"
+    both = load_streams([a, b])
+    assert [s.id for s in both] == [f"0/{s.id}" for s in load_streams(a)] + [f"1/{s.id}" for s in load_streams(b)]
+    assert len({s.id for s in load_streams([a, a])}) == 6  # the same build twice: distinct ids
+    with pytest.raises(ValueError, match="empty"):
+        load_streams([])

@@ -82,3 +82,52 @@ def test_ratio_empty_denominator():
     assert ratio(1, 4) == 0.25
     assert ratio(1, 0) is None
     assert math.isnan(ratio(1, 0, float("nan")))
+
+
+def test_response_weight_scales_only_the_response_label(model):
+    """response_weight w: the one <response> label's NLL counts w times; N stays the label count."""
+    torch.manual_seed(2)
+    ys, yl = _labels(model)
+    hidden = torch.randn(1, ys.shape[1], model.head.in_features)
+    base = dual_loss(model, hidden, ys, yl)
+    out = dual_loss(model, hidden, ys, yl, response_weight=5.0)
+    h = hidden[0, :-1]
+    nll_resp = F.cross_entropy(model.logits(h[5:6]), ys[0, 6:7])  # the <response> label at position 6
+    assert out.loss.item() == pytest.approx(base.loss.item() + 4.0 * nll_resp.item() / 7, rel=1e-5)
+
+
+def test_reply_window_is_one_at_least_once_label(model):
+    """window ids mark positions 4 and 6 as one reply window: they leave the per-token term and
+    count once as −log(1 − (1 − p_4)(1 − p_6)), p = P(<response>) over the whole vocabulary."""
+    torch.manual_seed(3)
+    ys, yl = _labels(model)
+    yw = torch.full_like(ys, -1)
+    yw[0, 4], yw[0, 6] = 0, 0
+    hidden = torch.randn(1, ys.shape[1], model.head.in_features, requires_grad=True)
+    out = dual_loss(model, hidden, ys, yl, window=yw)
+    lg = model.logits(hidden[0, :-1])
+    p = torch.softmax(lg, -1)[:, model.tokenizer.response_id]
+    nll_w = -torch.log(1 - (1 - p[3]) * (1 - p[5]))
+    nll_s = F.cross_entropy(lg[1:2], ys[0, 2:3], reduction="sum")
+    nll_l = F.cross_entropy(lg[6:10], yl[0, 7:11], reduction="sum")
+    assert out.n_stream == 2 and out.n_lm == 4
+    assert out.loss.item() == pytest.approx(((nll_s + nll_w + nll_l) / 6).item(), rel=1e-5)
+    assert out.counts["tp"] + out.counts["fn"] == 1  # the window is one <response> label
+    out.loss.backward()
+    assert hidden.grad[0, 3].abs().sum() > 0 and hidden.grad[0, 5].abs().sum() > 0
+    assert dual_loss(model, hidden, ys, yl).loss.item() != pytest.approx(out.loss.item())  # None: the plain term
+
+
+def test_reply_window_all_labels_every_window_position_response(model):
+    torch.manual_seed(4)
+    ys, yl = _labels(model)
+    yw = torch.full_like(ys, -1)
+    yw[0, 4], yw[0, 6] = 0, 0
+    hidden = torch.randn(1, ys.shape[1], model.head.in_features)
+    dense = ys.clone()
+    dense[0, 4] = model.tokenizer.response_id
+    want = dual_loss(model, hidden, dense, yl)  # the plain term with position 4 relabelled
+    got = dual_loss(model, hidden, ys, yl, window=yw, window_mode="all")
+    assert got.loss.item() == pytest.approx(want.loss.item(), rel=1e-6) and got.n_stream == 3
+    with pytest.raises(ValueError, match="window_mode"):
+        dual_loss(model, hidden, ys, yl, window=yw, window_mode="some")

@@ -184,3 +184,51 @@ def test_some_streams_have_no_noise_bed(res):
         s = tasks.task_asr(np.random.default_rng(seed), res)
         beds.append(any(e.get("type") == "noise" for e in s.events))
     assert 0 < beds.count(False) < 20
+
+
+def test_reply_after_answers_a_long_sound_while_it_lasts(res):
+    """`reply_after_s`: a RESPOND clip's reply lands d_i = U(a, b) s into it (or at its end when
+    shorter), not after the whole clip; IGNORE clips stay unanswered."""
+    res0 = tasks.Resources(**{**res.__dict__, "mixins": {"history": 0, "silence": 0, "proactive": 0},
+                              "reply_after_s": (1.2, 1.6)})
+    early = 0
+    for seed in range(8):
+        s = tasks.task_proactive(np.random.default_rng(seed), res0)
+        _check(s, res0)
+        for e in s.events:
+            if e.get("provenance", {}).get("type") != "clip" or e["provenance"]["decision"] != "RESPOND":
+                continue
+            k, t0, n = e["reply_chunk"], e["offset_s"], e["length_s"]
+            assert k * 0.4 <= t0 + min(n, 1.6) + 1e-6, e  # the chunk holding offset + d_i ...
+            assert (k + 1) * 0.4 >= t0 + min(n, 1.2) - 1e-6, e  # ... with d_i >= 1.2 s (or the whole clip)
+            early += e["length_s"] > 2.4 and (e["reply_chunk"] + 1) * 0.4 < e["offset_s"] + e["length_s"]
+    assert early >= 3  # long sounds are answered before they end
+
+
+def test_event_augment_changes_clips_and_records_effects(res):
+    from soundflow.augment import Augment
+
+    res0 = tasks.Resources(**{**res.__dict__, "mixins": {"history": 0, "silence": 0, "proactive": 0}})
+    res1 = tasks.Resources(**{**res0.__dict__, "event_augment": Augment(speed=1.0, eq=1.0)})
+    row = res0.by_decision("RESPOND")[0]
+    dry, fx0 = tasks._event_clip(row, res0, np.random.default_rng(3))
+    wet, fx1 = tasks._event_clip(row, res1, np.random.default_rng(3))
+    assert fx0 == {} and fx1["augment"]["speed"] != 1.0 and fx1["augment"]["eq"][0] > 0
+    assert abs(len(wet) - len(dry) / fx1["augment"]["speed"]) <= 1e-3 * len(dry) + 2  # resampled (speed rounded in JSON)
+    s = tasks.task_proactive(np.random.default_rng(5), res1)
+    _check(s, res1)
+    clips = [e for e in s.events if e.get("provenance", {}).get("type") == "clip"]
+    assert clips and all("augment" in e["provenance"] for e in clips)
+
+
+def test_respond_sounds_carry_a_reply_window_from_their_first_chunk(res):
+    res0 = tasks.Resources(**{**res.__dict__, "mixins": {"history": 0, "silence": 0, "proactive": 0}})
+    n = 0
+    for seed in range(6):
+        s = tasks.task_proactive(np.random.default_rng(seed), res0)
+        starts = {e["reply_chunk"]: int(round(e["offset_s"] * 16000)) // 6400 for e in s.events
+                  if e.get("provenance", {}).get("type") == "clip" and "reply_chunk" in e}
+        for t in s.timeline:
+            assert t["from"] == starts[t["chunk"]] <= t["chunk"]
+            n += 1
+    assert n >= 3

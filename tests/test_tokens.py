@@ -81,3 +81,16 @@ def test_hf_tokenizer_adds_real_tokens():
     assert min(ids) >= len(vocab) and len(set(ids)) == 4  # new ids, not reused text ids
     assert tok.vocab_size == len(vocab) + len(SPECIAL_TOKENS)
     assert tok.encode("<silent>") == [tok.silent_id]
+
+
+def test_reply_windows_mark_their_control_positions():
+    from soundflow.tokens import NO_WINDOW, reply_windows
+
+    tl = [{"chunk": 1, "text": "a"}, {"chunk": 5, "text": "b", "from": 1}, {"chunk": 7, "text": "c", "from": 6}]
+    assert reply_windows(tl, 8) == {2: 0, 3: 0, 4: 0, 5: 0, 6: 1, 7: 1}  # chunk 1 stays reply "a"'s own
+    seq = build_sequence(TOK, 8, tl, audio_slots=2)
+    ctrl = [j for j, y in enumerate(seq.y_stream) if y != MASK]
+    assert [seq.y_window[j] for j in ctrl] == [NO_WINDOW, NO_WINDOW, 0, 0, 0, 0, 1, 1]
+    assert all(w == NO_WINDOW for j, w in enumerate(seq.y_window) if j not in ctrl)
+    with pytest.raises(ValueError, match="window"):
+        reply_windows([{"chunk": 2, "text": "x", "from": 3}], 8)

@@ -65,7 +65,7 @@ def test_four_stage_freeze_policy(tmp_path):
                   progress=False)
     after = _snapshot(load_model(str(final)))
     changed = {n for n in before if not torch.equal(before[n], after[n])}
-    assert changed == {"body.embed_tokens.weight", "special"} | {n for n, _ in groups["adapter"]}
+    assert changed == {"body.embed_tokens.weight", "special", "special_out"} | {n for n, _ in groups["adapter"]}
     saved = json.loads((final / "model.json").read_text())["trained"]
     assert set(saved) == changed  # only trained parameters are stored
     m = metrics(out)
@@ -82,13 +82,14 @@ def test_tokens_group_trains_only_the_added_rows(tmp_path):
                          save_every=100), progress=False)
     model = load_model(str(final))
     after = _snapshot(model)
-    assert {n for n in before if not torch.equal(before[n], after[n])} == {"special"}
-    assert json.loads((final / "model.json").read_text())["trained"] == ["special"]
+    assert {n for n in before if not torch.equal(before[n], after[n])} == {"special", "special_out"}
+    assert json.loads((final / "model.json").read_text())["trained"] == ["special", "special_out"]
     h = torch.randn(3, model.special.shape[1])
     tok = model.tokenizer
     full = model.logits(h)
     assert torch.allclose(full[:, [tok.silent_id, tok.response_id]], model.control_logits(h))
     assert torch.allclose(model.embed_ids([tok.response_id])[0], model.special[tok.response_id - model.n_base_vocab])
+    assert not torch.equal(model.special, model.special_out)  # input and output rows train apart
 
 
 def test_untied_head_stage1_trains_only_new_embedding_rows():
@@ -217,3 +218,34 @@ def test_one_step_mini(tmp_path):
     row = metrics(recipe.out)[0]
     assert row["n_stream"] == 5 and row["loss"] > 0
     assert (final / "model.safetensors").stat().st_size > 100e6  # the LM was trained, so it is stored
+
+
+def test_readout_lr_scale_gives_the_control_readout_its_own_lr_and_resumes(tmp_path):
+    """`readout_lr_scale`: the control tokens' output rows in a third optimizer group at lr × scale
+    (the rest at the stage's lr); a run stopped mid-stage resumes to the uninterrupted loss curve."""
+    from soundflow.train import _opt_and_sched
+
+    torch.set_num_threads(1)
+    model = build_model("tiny")
+    stage = StageConfig(trainable=["tokens", "adapter"], lr=1e-3, steps=4, readout_lr_scale=20.0)
+    set_trainable(model, stage.trainable)
+    opt, _ = _opt_and_sched(model, Recipe(), stage)
+    assert len(opt.param_groups) == 3 and opt.param_groups[2]["params"] == [model.special_out]
+    assert opt.param_groups[2]["lr"] == pytest.approx(20 * opt.param_groups[0]["lr"])
+    assert all(p is not model.special_out for g in opt.param_groups[:2] for p in g["params"])
+    assert any(p is model.special for p in opt.param_groups[0]["params"])  # the input rows at the stage's lr
+    plain, _ = _opt_and_sched(model, Recipe(), StageConfig(trainable=["tokens", "adapter"], lr=1e-3))
+    assert len(plain.param_groups) == 2  # unscaled: the two groups saved states were written with
+
+    def rec(out):
+        d = {"model": {"backend": "tiny"}, "out": str(out), "save_every": 3, "seed": 3,
+             "stages": [{"name": "a", "trainable": ["tokens", "adapter"], "data": "synthetic:beep?n=6&chunks=4",
+                         "lr": 1e-2, "steps": 8, "batch_size": 2, "readout_lr_scale": 10.0}]}
+        p = tmp_path / f"{Path(out).name}.yaml"
+        p.write_text(yaml.safe_dump(d))
+        return load_recipe(p)
+
+    want = [m["loss"] for m in metrics(train(rec(tmp_path / "ref"), progress=False).parent)]
+    train(rec(tmp_path / "cut"), progress=False, stop_after=7)  # last checkpoint at step 6
+    got = [m["loss"] for m in metrics(train(rec(tmp_path / "cut"), resume=True, progress=False).parent)]
+    assert got == pytest.approx(want, rel=1e-5, abs=1e-6)

@@ -419,3 +419,24 @@ def test_data_voices_joins_verifies_and_is_idempotent(tmp_path, monkeypatch):
     calls.clear()
     kokoro.install(root, log=lambda m: None)
     assert calls == []  # idempotent: nothing downloaded again
+
+
+def test_eq_effect_boosts_its_band_only():
+    from scipy.signal import welch
+
+    from soundflow import augment
+
+    x = (np.random.default_rng(0).standard_normal(32000) * 0.05).astype(np.float32)
+    y = augment.Effects(eq=(1000.0, 12.0, 1.0)).apply(x)
+    f, p_in = welch(x, 16000, nperseg=1024)
+    _, p_out = welch(y, 16000, nperseg=1024)
+    gain = 10 * np.log10(p_out / p_in)
+    assert 10.0 < gain[np.argmin(abs(f - 1000))] < 13.0  # ~ +12 dB at the centre
+    assert abs(gain[np.argmin(abs(f - 6000))]) < 1.0  # flat far from it
+    fx = augment.only("eq").draw(np.random.default_rng(1))
+    assert 150 <= fx.eq[0] <= 6000 and -12 <= fx.eq[1] <= 12 and fx.speed == 1.0
+    # eq = 0 draws nothing extra: recipes written before it keep their streams
+    r1, r2 = np.random.default_rng(4), np.random.default_rng(4)
+    augment.Augment(level=0.5).draw(r1)
+    augment.Augment(level=0.5, eq=0.0).draw(r2)
+    assert r1.random() == r2.random()
