@@ -195,6 +195,8 @@ class StreamingObjective(torch.nn.Module):
     def __init__(self, model: AudioLM, lam: float, response_weight: float = 1.0, reply_windows: bool = False):
         super().__init__()
         self.model, self.lam, self.response_weight = model, lam, response_weight
+        if reply_windows not in (False, True, "any", "all"):
+            raise ValueError(f"recipe reply_windows must be true, false, 'any' or 'all', not {reply_windows!r}")
         self.reply_windows = reply_windows
         # FSDP's transformer auto-wrap shards each of these blocks on its own
         self._no_split_modules = list(getattr(model.body, "_no_split_modules", None) or [])
