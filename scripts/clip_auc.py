@@ -15,7 +15,8 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from soundflow.audio import SAMPLE_RATE
-from soundflow.calibrate import stream_scores
+from soundflow.bench.proactive import counted_chunk_range
+from soundflow.calibrate import WINDOW_CHUNKS, stream_scores
 from soundflow.data import read_shards
 from soundflow.loading import load_model
 
@@ -32,7 +33,7 @@ def clip_scores(model, data: str, max_chunks: int = 25) -> tuple[np.ndarray, np.
             pp = stream_scores(model, [s], max_chunks=max_chunks)[0][0]
         for e in clips:
             a = int(e["offset_s"] * SAMPLE_RATE)
-            lo, hi = a // c, -(-(a + int(e["length_s"] * SAMPLE_RATE)) // c) - 1 + 2
+            lo, hi = counted_chunk_range(a, a + int(e["length_s"] * SAMPLE_RATE), c, WINDOW_CHUNKS)
             if lo < len(pp):
                 p.append(float(pp[lo:hi + 1].max()))
                 g.append(e["provenance"]["decision"] == "RESPOND")

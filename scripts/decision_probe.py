@@ -12,6 +12,8 @@ import sys
 
 import numpy as np
 import torch
+from soundflow.bench.proactive import counted_chunk_range
+from soundflow.calibrate import WINDOW_CHUNKS
 from soundflow.loading import load_model
 from soundflow.data import read_shards
 from soundflow.train import FeatureCache, collate
@@ -44,7 +46,8 @@ def feats(folder, n):
         cl = []
         for e in clips:
             st = int(e['offset_s'] * 16000); en = st + int(e['length_s'] * 16000)
-            lo, hi = st // C, min(T - 1, -(-en // C) - 1 + 2)
+            lo, hi = counted_chunk_range(st, en, C, WINDOW_CHUNKS)
+            hi = min(T - 1, hi)
             if lo < T: cl.append((lo, hi, int(e['provenance']['decision'] == 'RESPOND')))
         out.append((H, A, E, cl, R))
     return out

@@ -44,10 +44,8 @@ def _window_nll(logits: torch.Tensor, ids: torch.Tensor, response_id: int, silen
     """Σ over windows of −log P(a <response> somewhere in the window) = −log(1 − Π_k (1 − p_k)),
     p_k = P(<response>) at the window's k-th control position; the number of windows; and per
     window whether the arg-max decision responds at any of its positions."""
-    lse = torch.logsumexp(logits, -1)
-    rest = logits.clone()
-    rest[:, response_id] = float("-inf")
-    log_silent = torch.logsumexp(rest, -1) - lse  # log(1 - p_k), exact where p_k -> 1
+    log_p = logits[:, response_id] - torch.logsumexp(logits, -1)
+    log_silent = torch.log(-torch.expm1(log_p.clamp(max=-1e-7)))  # log(1 - p_k), accurate for p_k near 0 and 1
     uniq, inv = torch.unique(ids, return_inverse=True)
     s = torch.zeros(len(uniq), dtype=logits.dtype).index_add(0, inv, log_silent)
     nll = -torch.log(-torch.expm1(s.clamp(max=-1e-7)))

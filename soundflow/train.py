@@ -273,6 +273,11 @@ def _param_lists(model: AudioLM, split_readout: bool = False) -> tuple[list, ...
     return decay, no_decay, [model.special_out] if model.special_out.requires_grad else []
 
 
+def _opt_lists(model: AudioLM, opt) -> tuple[list, ...]:
+    """`_param_lists` as `opt` was built from them (a third group: the readout apart)."""
+    return _param_lists(model, len(opt.param_groups) == 3)
+
+
 def _opt_and_sched(model: AudioLM, recipe: Recipe, stage: StageConfig):
     from transformers import get_cosine_schedule_with_warmup
 
@@ -402,7 +407,9 @@ def train(recipe: Recipe, resume: bool = False, progress: bool = True, stop_afte
         if resumed and (fsdp or ds):
             _load_full_optimizer_state(acc, model, opt, st["optimizer"])
         key = stage.data if isinstance(stage.data, str) else tuple(stage.data)
-        samples = data_cache.setdefault(key, load_streams(stage.data))
+        if key not in data_cache:  # stages that share a data set read it once
+            data_cache[key] = load_streams(stage.data)
+        samples = data_cache[key]
         bar = tqdm(total=stage.steps, initial=step, desc=f"stage {si + 1}/{len(recipe.stages)} {stage.name}",
                    disable=not (progress and acc.is_local_main_process), dynamic_ncols=True)
         t0 = time.time()
@@ -529,7 +536,7 @@ def _full_optimizer_state(acc, model: AudioLM, opt) -> dict:
         _relink_zero_states(acc)
         flat_state = next(iter(opt.state.values()), {})  # ZeRO keeps one state per flat partition
         state, i = {}, 0
-        for p in (q for g in _param_lists(model, len(opt.param_groups) == 3) for q in g):
+        for p in (q for g in _opt_lists(model, opt) for q in g):
             s = {k: safe_get_full_optimizer_state(p, k) for k in ("exp_avg", "exp_avg_sq")}
             if s["exp_avg"] is not None:
                 state[i] = {"step": flat_state["step"].detach().clone().cpu(),
@@ -539,7 +546,7 @@ def _full_optimizer_state(acc, model: AudioLM, opt) -> dict:
         from torch.distributed.tensor import DTensor
 
         state, i = {}, 0
-        for p in (q for g in _param_lists(model, len(opt.param_groups) == 3) for q in g):
+        for p in (q for g in _opt_lists(model, opt) for q in g):
             if p in opt.state:
                 state[i] = {k: (v.full_tensor() if isinstance(v, DTensor) else v).detach().cpu()
                             for k, v in opt.state[p].items()}
@@ -547,7 +554,7 @@ def _full_optimizer_state(acc, model: AudioLM, opt) -> dict:
     else:
         return opt.state_dict()
     groups, i = [], 0
-    for g, params in zip(opt.param_groups, _param_lists(model, len(opt.param_groups) == 3)):
+    for g, params in zip(opt.param_groups, _opt_lists(model, opt)):
         groups.append({**{k: v for k, v in g.items() if k != "params"}, "params": list(range(i, i + len(params)))})
         i += len(params)
     return {"state": state, "param_groups": groups}
@@ -567,7 +574,7 @@ def _load_full_optimizer_state(acc, model: AudioLM, opt, sd: dict) -> None:
     DeepSpeed (hand each parameter's full state to ZeRO's partitions); after `prepare`."""
     from accelerate.utils import DistributedType
 
-    params = [q for g in _param_lists(model, len(opt.param_groups) == 3) for q in g]
+    params = [q for g in _opt_lists(model, opt) for q in g]
     if acc.distributed_type == DistributedType.DEEPSPEED:
         from deepspeed.utils import safe_set_full_optimizer_state
 
