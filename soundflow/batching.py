@@ -192,6 +192,10 @@ class Batcher:
     # ---- used by sessions (in their own threads; these block until the batch ran)
     def encode(self, pcm) -> torch.Tensor:
         """One chunk's PCM (samples,) → adapted features (1, slots, d)."""
+        return self.encode_heard(pcm)[0]
+
+    def encode_heard(self, pcm) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`AudioLM.encode_heard` for one chunk's PCM: (adapted (1, slots, d), summary or None)."""
         return self.encoder.submit(torch.as_tensor(pcm))
 
     def hidden_last(self, embeds: torch.Tensor, cache, pos: int) -> torch.Tensor:
@@ -207,16 +211,16 @@ class Batcher:
         return {"encoder": dict(self.encoder.stats), "decoder": dict(self.decoder.stats)}
 
     # ---- run in the workers
-    def _encode_batch(self, pcms: list[torch.Tensor]) -> list[torch.Tensor]:
+    def _encode_batch(self, pcms: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
         m = self.model
         out: list = [None] * len(pcms)
         by_len: dict[int, list[int]] = {}
         for i, x in enumerate(pcms):  # sessions may use different chunk sizes
             by_len.setdefault(x.shape[-1], []).append(i)
         for idx in by_len.values():
-            enc = m.encode(m.features(torch.stack([pcms[i] for i in idx])))
+            enc, heard = m.encode_heard(m.features(torch.stack([pcms[i] for i in idx])))
             for j, i in enumerate(idx):
-                out[i] = enc[j : j + 1]
+                out[i] = (enc[j : j + 1], heard[j : j + 1] if heard is not None else None)
         return out
 
     @staticmethod

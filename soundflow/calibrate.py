@@ -34,6 +34,8 @@ def stream_scores(model, samples, max_chunks: int = 60) -> tuple[list[np.ndarray
     """`control_scores` kept per stream: one (P, label) pair of arrays per sample."""
     from .train import FeatureCache, collate
 
+    from .trigger import chunk_summary, pooled_stream
+
     feats = FeatureCache(model, 1)
     tok = model.tokenizer
     ps, ys = [], []
@@ -42,7 +44,12 @@ def stream_scores(model, samples, max_chunks: int = 60) -> tuple[list[np.ndarray
         h = model.hidden(model.embed(b["input_ids"], b["audio_mask"], model.adapt(b["enc"])))[0]
         y = b["y_stream"][0]
         pos = torch.nonzero(y != -100).flatten()
-        ps.append(model.control_probs(h[pos - 1]).numpy())  # the state before the control token
+        evidence = None
+        if model.trigger is not None:  # as a live stream builds it: a gold reply empties it
+            labels = (y[pos] == tok.response_id).tolist()
+            evidence = pooled_stream(chunk_summary(feats(s, max_chunks)), [k for k, r in enumerate(labels) if r],
+                                     model.trigger.windows)[: len(pos)]
+        ps.append(model.decision_probs(h[pos - 1], evidence).numpy())  # the state before the control token
         ys.append((y[pos] == tok.response_id).numpy().astype(int))
     return ps, ys
 

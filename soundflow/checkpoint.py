@@ -80,10 +80,16 @@ def save_checkpoint(model: AudioLM, names: set[str], out: Path, recipe: dict | N
                     state: dict[str, torch.Tensor] | None = None) -> None:
     """`state`: the tensors to write when the caller already gathered them (a sharded model)."""
     out = Path(out)
+    if model.trigger is not None:  # a fitted sound trigger travels with every later save
+        names = set(names) | {f"trigger.{n}" for n, _ in model.trigger.named_parameters()}
+        if state is not None:
+            state = {**state, **{f"trigger.{n}": p.detach().cpu() for n, p in model.trigger.named_parameters()}}
     tmp = atomic_dir(out)
     save_file(state if state is not None else trained_state(model, names), str(tmp / "model.safetensors"))
     meta = {"format": "soundflow-checkpoint/1", "model": asdict(model.cfg), "lora": lora,
             "trained": sorted(names), "vocab_size": model.tokenizer.vocab_size}
+    if model.trigger is not None:
+        meta["trigger"] = model.trigger.config()
     (tmp / "model.json").write_text(json.dumps(meta, indent=1))
     if recipe is not None:
         import yaml
@@ -130,6 +136,8 @@ def load_checkpoint(folder: str | Path, merge: bool = True) -> AudioLM:
     model = build_model(ModelConfig(**meta["model"]))
     if meta.get("lora"):
         inject_lora(model, meta["lora"])
+    if meta.get("trigger"):  # trigger.py; a folder without one decides as the paper does
+        model.add_trigger(meta["trigger"]["windows"], meta["trigger"]["d_summary"])
     model.load_trained(load_file(str(folder / "model.safetensors")))
     if meta.get("lora") and merge:
         merge_lora(model)

@@ -32,6 +32,16 @@ def _calibrate(a) -> int:
     return 0
 
 
+def _trigger_fit(a) -> int:
+    import json
+
+    from .trigger import fit_into_checkpoint
+
+    print(json.dumps(fit_into_checkpoint(a.checkpoint, a.out, a.data, a.bench_manifest, a.noise_manifest,
+                                         a.windows, a.C, a.max_chunks, a.seed)))
+    return 0
+
+
 def _train(a) -> int:
     from .train import load_recipe, train
 
@@ -317,6 +327,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quant", choices=["int8", "bf16", "none"], default="none",
                    help="score at the precision the model is served at (listen/serve default: none = fp32)")
     s.set_defaults(fn=_calibrate)
+
+    s = sub.add_parser("trigger", help="the sound trigger (trigger.py): fit one into a checkpoint")
+    tsub = s.add_subparsers(dest="trigger_cmd", required=True)
+    t = tsub.add_parser("fit", help="fit the trigger on train-split streams; writes CHECKPOINT + trigger to --out")
+    t.add_argument("checkpoint")
+    t.add_argument("--out", required=True, help="the new checkpoint folder (calibrate it next)")
+    t.add_argument("--data", nargs="*", default=[], help="built stream sets (data specs) of train groups")
+    t.add_argument("--bench-manifest", default=None,
+                   help="bench manifest of train-split clips (scripts/bench_dev_manifest.py OUT --split train)")
+    t.add_argument("--noise-manifest", default=None, help="ambient noise rows for a second pass of single streams")
+    t.add_argument("--windows", type=int, nargs="+", default=None,
+                   help="chunk counts pooled, one pool each (default trigger.TRIGGER_WINDOWS)")
+    t.add_argument("--C", type=float, default=None, help="inverse L2 strength (default trigger.TRIGGER_C)")
+    t.add_argument("--max-chunks", type=int, default=60)
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(fn=_trigger_fit)
 
     s = sub.add_parser("tfjp", help="time-frequency joint preprocessing (Alg. 1) of a file or folder")
     s.add_argument("inp", metavar="IN")

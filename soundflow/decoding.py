@@ -21,6 +21,9 @@ Two levels (moshi-style: a stream's state is one explicit object driven by a sma
   decoder would build from the kept window). API: `feed(audio) -> P(<response>)`,
   `push_control(respond)`, `reply(max_tokens)`, `close_reply()`, `set_instruction(text, audio)`,
   `probe(audio)` (a tentative feed, rolled back). One thread at a time drives a window.
+
+A model with a sound trigger (trigger.py) also needs each chunk's encoder summary (`heard`, from
+`AudioLM.encode_heard`): the state keeps the trigger's evidence, and a `<response>` empties it.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import torch
 from .audio import CHUNK_MS
 from .cache import shift_cache, truncate_cache
 from .tokens import AUDIO_SLOTS, chunk_run
+from .trigger import TriggerState
 
 # Long prefills (an instruction, a context rebuild) run in blocks of this many positions: the
 # attention scores then take block × context memory instead of context² (a 4,800-position
@@ -62,6 +66,7 @@ class DecoderState:
     chunks: int = 0  # stream chunks consumed
     prefix_len: int = 0  # instruction positions (kept by context policies)
     batcher: object | None = None  # a batching.Batcher: forwards run batched with other sessions'
+    trigger: TriggerState | None = None  # the sound trigger's evidence, for a model with one
 
 
 def _forward(model, state: DecoderState, embeds: torch.Tensor) -> torch.Tensor:
@@ -132,6 +137,8 @@ def start(model, instruction: str | None = None, instruction_audio: torch.Tensor
     (`instruction_audio`: adapted chunks (m, slots, d), see `encode_instruction_audio`) — the
     order of Alg. 2's instruction slot."""
     state = DecoderState(cache=model.new_cache(), batcher=batcher)
+    if getattr(model, "trigger", None) is not None:
+        state.trigger = TriggerState(model.trigger.windows)
     x = _instruction_embeds(model, instruction, instruction_audio)
     if x is not None:
         _prefill(model, state, x.unsqueeze(0))
@@ -156,13 +163,21 @@ def _instruction_embeds(model, text: str | None, audio: torch.Tensor | None) -> 
 
 
 @torch.inference_mode()
-def feed_audio(model, state: DecoderState, audio: torch.Tensor) -> float:
+def feed_audio(model, state: DecoderState, audio: torch.Tensor, heard: torch.Tensor | None = None) -> float:
     """Drain m adapted chunks (m, slots, d) into the cache after the pending tokens, in the
-    layout of `tokens.chunk_run`; return P(<response>) for the newest."""
+    layout of `tokens.chunk_run`; return P(<response>) for the newest. `heard`: the chunks'
+    summaries (m, 2 d_enc), required when the model has a sound trigger."""
+    if state.trigger is not None:
+        if heard is None:
+            raise ValueError("this model has a sound trigger: feed_audio needs the chunks' summaries "
+                             "(AudioLM.encode_heard)")
+        state.trigger.push(heard)
     ids, state.pending = state.pending, []
     h = _forward(model, state, _run_embeds(model, ids, audio).unsqueeze(0))
     state.chunks += audio.shape[0]
-    return float(model.control_probs(h))
+    if state.trigger is None:
+        return float(model.control_probs(h))
+    return float(model.decision_probs(h, state.trigger.evidence()))
 
 
 @torch.inference_mode()
@@ -177,6 +192,8 @@ def push_control(model, state: DecoderState, respond: bool) -> None:
     """Append the decided control token (`<response>` or `<silent>`) to `pending`."""
     tok = model.tokenizer
     state.pending.append(tok.response_id if respond else tok.silent_id)
+    if respond and state.trigger is not None:
+        state.trigger.reset()  # the sound that called for this reply is answered
 
 
 def _next_token(model, state: DecoderState) -> int:
@@ -294,15 +311,15 @@ class ContextWindow:
         return len(self._turns)
 
     # ---- the stream
-    def feed(self, audio: torch.Tensor) -> float:
+    def feed(self, audio: torch.Tensor, heard: torch.Tensor | None = None) -> float:
         """Feed m adapted chunks (m, slots, d) heard since the last feed in one forward (after
         the pending tokens; `<silent>` between them), evicting first if they would overflow the
-        window. Returns P(<response>) for the newest chunk."""
+        window. Returns P(<response>) for the newest chunk. `heard`: as in `feed_audio`."""
         m = audio.shape[0]
         self._evict(m)
         st = self._state
         turn = _Turn(segments=[(list(st.pending), audio)], chunks=m)
-        p = feed_audio(self.model, st, audio)
+        p = feed_audio(self.model, st, audio, heard)
         self.stats["forwards"] += 1
         self._turns.append(turn)
         self.window_chunks += m
@@ -334,17 +351,17 @@ class ContextWindow:
         self._state.pending.append(self.model.tokenizer.eos_id)
 
     @torch.inference_mode()
-    def probe(self, audio: torch.Tensor) -> float:
+    def probe(self, audio: torch.Tensor, heard: torch.Tensor | None = None) -> float:
         """P(<response>) had the current reply ended now (`<eos>`) and the chunks `audio` been
-        fed; the cache, positions and pending tokens are rolled back afterwards."""
+        fed; the cache, positions, pending tokens and trigger evidence are rolled back afterwards."""
         st = self._state
-        saved = (st.pos, list(st.pending), st.chunks)
+        saved = (st.pos, list(st.pending), st.chunks, st.trigger.copy() if st.trigger is not None else None)
         st.pending = st.pending + [self.model.tokenizer.eos_id]
         try:
-            p = feed_audio(self.model, st, audio)
+            p = feed_audio(self.model, st, audio, heard)
         finally:
             truncate_cache(st.cache, saved[0])
-            st.pos, st.pending, st.chunks = saved
+            st.pos, st.pending, st.chunks, st.trigger = saved
         self.stats["forwards"] += 1
         return p
 
@@ -423,7 +440,7 @@ class ContextWindow:
                     t.segments.pop(0)
             parts += [_run_embeds(self.model, ids, audio) for ids, audio in t.segments
                       if ids or audio is not None]
-        new.pending, new.chunks = list(old.pending), old.chunks
+        new.pending, new.chunks, new.trigger = list(old.pending), old.chunks, old.trigger
         if parts:
             _prefill(self.model, new, torch.cat(parts).unsqueeze(0))
         self._state = new
@@ -443,8 +460,8 @@ def decode_stream(model, chunks: Iterable[np.ndarray], opts: DecodeOptions | Non
     state = start(model, opts.instruction, spoken)
     for k, chunk in enumerate(chunks):
         with torch.inference_mode():
-            audio = model.encode(model.features(torch.as_tensor(chunk)[None]))
-        p = feed_audio(model, state, audio)
+            audio, heard = model.encode_heard(model.features(torch.as_tensor(chunk)[None]))
+        p = feed_audio(model, state, audio, heard)
         respond = decide(model, state, p, opts.threshold)
         t = (k + 1) * chunk_ms / 1000
         yield {"type": "decision", "chunk": k, "t": t, "decision": "response" if respond else "silent",

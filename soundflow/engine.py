@@ -181,7 +181,13 @@ class _Chunk:
     avail: float  # perf_counter when its last sample was available
     encoded: float = 0.0  # perf_counter when its features were ready (input consumed)
     audio: torch.Tensor | None = None  # adapted features (1, slots, d) once encoded
+    heard: torch.Tensor | None = None  # its summary (1, 2 d_enc) for a model with a sound trigger
     pcm: np.ndarray | None = None
+
+
+def _heard(batch: list[_Chunk]) -> torch.Tensor | None:
+    """The batch's chunk summaries for the sound trigger, None for a model without one."""
+    return torch.cat([c.heard for c in batch]) if batch[0].heard is not None else None
 
 
 class Session:
@@ -445,10 +451,10 @@ class Session:
 
     def _encode(self, c: _Chunk) -> None:
         if self._batcher is not None:
-            c.audio = self._batcher.encode(c.pcm)
+            c.audio, c.heard = self._batcher.encode_heard(c.pcm)
         else:
             with torch.inference_mode():
-                c.audio = self.model.encode(self.model.features(torch.as_tensor(c.pcm)[None]))
+                c.audio, c.heard = self.model.encode_heard(self.model.features(torch.as_tensor(c.pcm)[None]))
         c.pcm = None
         c.encoded = time.perf_counter()
         self._counts["encoded"] += 1
@@ -557,7 +563,7 @@ class Session:
             return False
         thr = self.opts.barge_in_threshold
         thr = max(self.opts.threshold, 0.5) if thr is None else thr
-        return self._window.probe(torch.cat([c.audio for c in batch])) >= thr
+        return self._window.probe(torch.cat([c.audio for c in batch]), _heard(batch)) >= thr
 
     # ---- Alg. 4 DecoderLoop: event-driven consumer
     def _decoder_loop(self) -> None:
@@ -590,7 +596,7 @@ class Session:
     def _step(self, batch: list[_Chunk]) -> None:
         """One decoder step: feed the batch (evicting first if the window is full), decide the
         newest chunk, reply if it says so."""
-        p = self._window.feed(torch.cat([c.audio for c in batch]))
+        p = self._window.feed(torch.cat([c.audio for c in batch]), _heard(batch))
         if not math.isfinite(p):  # the state is poisoned: end this session (an error event), never emit NaN
             raise RuntimeError("the model produced a non-finite P(response); session state is corrupt")
         newest = batch[-1]

@@ -29,6 +29,7 @@ from torch import nn
 from .audio import CHUNK_MS, log_mel
 from .cache import new_cache
 from .tokens import AUDIO_SLOTS, ByteTokenizer, HFTokenizer, Tokenizer
+from .trigger import Trigger, chunk_summary, combine
 
 
 @dataclass
@@ -145,6 +146,9 @@ class AudioLM(nn.Module):
         # the <silent>/<response> readout then learns without moving what every chunk's control
         # token feeds the LM. Starts equal to `special`; a checkpoint without it loads tied.
         self.special_out = nn.Parameter(self.special.detach().clone())
+        # The sound trigger (trigger.py): fitted after training, None until then (the paper's
+        # decision, P from the two control tokens alone).
+        self.trigger: Trigger | None = None
 
     @property
     def device(self) -> torch.device:
@@ -169,6 +173,17 @@ class AudioLM(nn.Module):
     def encode(self, mel: torch.Tensor) -> torch.Tensor:
         """Encoder + adapter: (N, n_mels, F) → (N, slots, d_model)."""
         return self.adapt(self.encode_audio(mel))
+
+    def encode_heard(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`encode`, plus the chunks' summaries (N, 2 d_enc) for the sound trigger when the model
+        has one (else None): what a stream's decoder feeds (`decoding.feed_audio`)."""
+        enc = self.encode_audio(mel)
+        return self.adapt(enc), (chunk_summary(enc) if self.trigger is not None else None)
+
+    def add_trigger(self, windows, d_summary: int | None = None) -> Trigger:
+        """An empty trigger (zero weights) to fit or load into; its tensors are `trigger.*`."""
+        self.trigger = Trigger(d_summary or 2 * self.encoder.d_out, windows).to(self.device)
+        return self.trigger
 
     # ---- decoder
     @property
@@ -274,6 +289,16 @@ class AudioLM(nn.Module):
     def control_probs(self, hidden_last: torch.Tensor) -> torch.Tensor:
         """P(<response>) renormalised over the two control tokens, from the last hidden state."""
         return self.control_logits(hidden_last).softmax(-1)[..., 1]
+
+    def decision_probs(self, hidden_last: torch.Tensor, evidence: torch.Tensor | None = None) -> torch.Tensor:
+        """The P(<response>) a stream is thresholded on: `control_probs`, combined with the sound
+        trigger's on `evidence` (`trigger.TriggerState.evidence`) when the model has a trigger."""
+        p = self.control_probs(hidden_last)
+        if self.trigger is None:
+            return p
+        if evidence is None:
+            raise ValueError("this model has a sound trigger: its decision needs the evidence of the chunks heard")
+        return combine(p, self.trigger.prob(evidence.to(self.trigger.weight.device)).to(p.dtype))
 
     def new_cache(self):
         """An empty KV cache for one stream (cache.py: growable buffers, shift, roll back)."""

@@ -1,0 +1,182 @@
+"""The sound trigger (trigger.py): evidence built live equals evidence built teacher-forced, a fit
+separates an easy set, it survives a checkpoint round trip, and decoding uses and resets it."""
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from soundflow import decoding
+from soundflow.checkpoint import load_checkpoint, save_checkpoint
+from soundflow.data import split_chunks
+from soundflow.trigger import (TriggerExample, TriggerState, chunk_summary, combine, fit_into_checkpoint,
+                               fit_trigger, pool, pooled_stream, respond_labels)
+
+
+def test_live_evidence_equals_teacher_forced_evidence_with_resets():
+    torch.manual_seed(0)
+    s = torch.randn(12, 8)
+    resets = [3, 7]
+    tf = pooled_stream(s, resets, windows=(1, 4))
+    st = TriggerState(windows=(1, 4))
+    for t in range(12):
+        st.push(s[t: t + 1])
+        assert torch.allclose(st.evidence(), tf[t])
+        if t in resets:
+            st.reset()
+    # per window: mean of the first half, max of the second; window 4 covers chunks 4..7 after
+    # the reset at 3, window 1 chunk 7 alone
+    assert torch.allclose(tf[7], torch.cat([pool(s[7:8]), s[4:8, :4].mean(0), s[4:8, 4:].amax(0)]))
+    assert torch.allclose(tf[4], torch.cat([pool(s[4:5]), pool(s[4:5])]))  # a reset empties the evidence
+    assert tf.shape == (12, 16)
+
+
+def test_chunk_summary_is_slot_mean_then_slot_max():
+    e = torch.randn(3, 10, 5)
+    out = chunk_summary(e)
+    assert out.shape == (3, 10) and torch.allclose(out[:, :5], e.mean(1)) and torch.allclose(out[:, 5:], e.amax(1))
+
+
+def test_respond_labels_cover_the_counted_chunks_of_respond_clips_only():
+    c = 6400
+    y = respond_labels(12, [(c + 100, 3 * c + 10, True), (6 * c, 7 * c, False)], c, window_chunks=2)
+    # chunks 1..3 overlap the clip, then 2 more; the IGNORE clip stays 0
+    assert y.tolist() == [0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0]
+
+
+def _easy_examples(n, seed):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        s = torch.from_numpy(rng.standard_normal((10, 6)).astype(np.float32))
+        y = np.zeros(10, dtype=np.int64)
+        if rng.random() < 0.5:
+            s[4:7, 1] += 3.0  # the "sound" lifts feature 1 while it lasts
+            y[4:9] = 1
+        out.append(TriggerExample(s, y, []))
+    return out
+
+
+def test_fit_separates_an_easy_set_held_out():
+    from sklearn.metrics import roc_auc_score
+
+    trig, stats = fit_trigger(_easy_examples(60, 0), windows=(1, 3), C=1.0)
+    assert stats["streams"] == 60 and stats["respond_chunks"] > 0 and trig.windows == (1, 3)
+    g, p = [], []
+    for e in _easy_examples(40, 1):
+        pr = trig.prob(pooled_stream(e.summaries, e.resets, (1, 3)))
+        g.append(int(e.labels.any()))
+        p.append(float(pr[4:9].max()))
+    assert roc_auc_score(g, p) > 0.95
+
+
+def test_fit_refuses_one_class():
+    ex = [TriggerExample(torch.randn(5, 4), np.zeros(5, dtype=np.int64), [])]
+    with pytest.raises(ValueError, match="both kinds"):
+        fit_trigger(ex)
+
+
+def test_combine_is_either_path():
+    assert combine(0.0, 0.3) == pytest.approx(0.3) and combine(0.4, 0.0) == pytest.approx(0.4)
+    assert combine(0.5, 0.5) == pytest.approx(0.75)
+
+
+def _with_trigger(model, bias: float):
+    trig = model.add_trigger(windows=(1, 3))
+    with torch.no_grad():
+        trig.weight.normal_(0, 0.01)
+        trig.bias.fill_(bias)
+    return trig
+
+
+def test_checkpoint_round_trip_keeps_the_trigger(tmp_path):
+    from soundflow.model import build_model
+
+    m = build_model("tiny")
+    _with_trigger(m, 0.7)
+    save_checkpoint(m, {"special"}, tmp_path / "ck")
+    meta = json.loads((tmp_path / "ck" / "model.json").read_text())
+    assert meta["trigger"]["windows"] == [1, 3] and "trigger.weight" in meta["trained"]
+    back = load_checkpoint(tmp_path / "ck")
+    assert back.trigger is not None and back.trigger.windows == (1, 3)
+    for n, p in m.trigger.named_parameters():
+        assert torch.equal(p, dict(back.trigger.named_parameters())[n])
+
+
+def test_decoding_uses_the_trigger_and_a_reply_resets_it():
+    from soundflow.model import build_model
+
+    m = build_model("tiny").eval()
+    rng = np.random.default_rng(0)
+    chunks = split_chunks((0.1 * rng.standard_normal(16000 * 2)).astype(np.float32), 400)
+    st = decoding.start(m)
+    assert st.trigger is None  # no trigger: the paper's decision, P from the control tokens
+    a, h = m.encode_heard(m.features(torch.from_numpy(chunks[:1])))
+    assert h is None
+    p_lm = decoding.feed_audio(m, st, a)
+
+    _with_trigger(m, 10.0)  # P_trigger ≈ 1: every chunk calls for a reply
+    st = decoding.start(m)
+    a, h = m.encode_heard(m.features(torch.from_numpy(chunks[:1])))
+    assert h.shape == (1, 2 * m.encoder.d_out)
+    with pytest.raises(ValueError, match="sound trigger"):
+        decoding.feed_audio(m, decoding.start(m), a)
+    p = decoding.feed_audio(m, st, a, h)
+    assert p > 0.99 and p >= p_lm
+    decoding.push_control(m, st, True)
+    assert st.trigger.evidence() is None  # answered: the evidence starts afresh
+    m.trigger = None
+
+
+def test_sequential_decoder_matches_teacher_forced_scores_with_a_trigger():
+    """`decode_stream` (live evidence, resets at its replies) and `calibrate.stream_scores`
+    (teacher forced) give the same P on a stream the model stays silent on."""
+    from soundflow.calibrate import stream_scores
+    from soundflow.data import StreamSample
+    from soundflow.model import build_model
+
+    m = build_model("tiny").eval()
+    trig = _with_trigger(m, -8.0)
+    with torch.no_grad():
+        trig.weight.normal_(0, 0.5)
+    wave = (0.1 * np.random.default_rng(1).standard_normal(16000 * 2)).astype(np.float32)
+    live = [e["p_response"] for e in decoding.decode_stream(m, split_chunks(wave, 400), decoding.DecodeOptions(threshold=1.01))
+            if e["type"] == "decision"]
+    s = StreamSample(id="s", task="proactive", wave=wave, timeline=[], events=[])
+    with torch.no_grad():
+        tf = stream_scores(m, [s], max_chunks=60)[0][0]
+    assert np.allclose(live, tf, atol=1e-4)
+
+
+def _bench_manifest(tmp_path, n=24):
+    rng = np.random.default_rng(0)
+    t = np.arange(int(1.6 * 16000)) / 16000
+    rows = []
+    (tmp_path / "Human" / "Alarm").mkdir(parents=True)
+    for i in range(n):
+        respond = i % 2 == 0  # RESPOND: a loud tone; IGNORE: soft noise
+        w = 0.5 * np.sin(2 * np.pi * rng.uniform(600, 1200) * t) if respond else 0.02 * rng.standard_normal(len(t))
+        sf.write(tmp_path / "Human" / "Alarm" / f"c{i}.wav", w.astype(np.float32), 16000)
+        rows.append({"id": f"c{i}", "path": f"Human/Alarm/c{i}.wav", "decision": "RESPOND" if respond else "IGNORE"})
+    (tmp_path / "labels.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return tmp_path / "labels.jsonl"
+
+
+def test_fit_into_checkpoint_writes_a_loadable_uncalibrated_copy(tmp_path):
+    from soundflow.model import build_model
+
+    m = build_model("tiny")
+    save_checkpoint(m, {"special"}, tmp_path / "ck")
+    meta = json.loads((tmp_path / "ck" / "model.json").read_text())
+    meta["calibration"] = {"threshold": 0.3}
+    (tmp_path / "ck" / "model.json").write_text(json.dumps(meta))
+    stats = fit_into_checkpoint(tmp_path / "ck", tmp_path / "out", bench_manifest=str(_bench_manifest(tmp_path)),
+                                windows=(2,), C=1.0, progress=False)
+    assert stats["streams"] > 12 and stats["respond_chunks"] > 0
+    meta = json.loads((tmp_path / "out" / "model.json").read_text())
+    assert "calibration" not in meta and meta["trigger"]["fit"]["windows"] == [2]
+    back = load_checkpoint(tmp_path / "out")
+    assert back.trigger is not None and float(back.trigger.weight.abs().sum()) > 0
+    assert torch.equal(back.special, load_checkpoint(tmp_path / "ck").special)  # the rest copied as is
