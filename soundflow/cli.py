@@ -35,7 +35,7 @@ def _calibrate(a) -> int:
 def _trigger_fit(a) -> int:
     import json
 
-    from .trigger import fit_into_checkpoint
+    from .trigger_fit import fit_into_checkpoint
 
     print(json.dumps(fit_into_checkpoint(a.checkpoint, a.out, a.data, a.bench_manifest, a.noise_manifest,
                                          a.windows, a.C, a.max_chunks, a.seed)))

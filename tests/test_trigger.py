@@ -11,8 +11,8 @@ import torch
 from soundflow import decoding
 from soundflow.checkpoint import load_checkpoint, save_checkpoint
 from soundflow.data import split_chunks
-from soundflow.trigger import (TriggerExample, TriggerState, chunk_summary, combine, fit_into_checkpoint,
-                               fit_trigger, pool, pooled_stream, respond_labels)
+from soundflow.trigger import TriggerState, chunk_summary, combine, pool, pooled_stream
+from soundflow.trigger_fit import TriggerExample, fit_into_checkpoint, fit_trigger, respond_labels
 
 
 def test_live_evidence_equals_teacher_forced_evidence_with_resets():
