@@ -180,3 +180,31 @@ def test_fit_into_checkpoint_writes_a_loadable_uncalibrated_copy(tmp_path):
     back = load_checkpoint(tmp_path / "out")
     assert back.trigger is not None and float(back.trigger.weight.abs().sum()) > 0
     assert torch.equal(back.special, load_checkpoint(tmp_path / "ck").special)  # the rest copied as is
+
+
+def test_engine_modes_and_batching_decide_with_the_trigger_as_the_reference_decoder():
+    """FIFO, sequential and batched sessions feed the trigger the same evidence as
+    `decode_stream`: the same P at every chunk, the same replies (each reply empties it)."""
+    from soundflow.audio import iter_chunks
+    from soundflow.engine import Engine, EngineOptions
+    from soundflow.model import build_model
+
+    m = build_model("tiny").eval()
+    trig = _with_trigger(m, -1.0)
+    with torch.no_grad():
+        trig.weight.normal_(0, 0.3)
+    rng = np.random.default_rng(2)
+    wave = (0.02 * rng.standard_normal(16000 * 4)).astype(np.float32)
+    wave[16000:32000] *= 20  # a loud stretch moves the evidence
+    def reference(thr):
+        return [e for e in decoding.decode_stream(m, list(iter_chunks(wave)), decoding.DecodeOptions(threshold=thr, max_reply_tokens=3))
+                if e["type"] == "decision"]
+    thr = float(np.quantile([e["p_response"] for e in reference(1.01)], 0.7))  # some replies, not all
+    ref = reference(thr)
+    assert any(e["decision"] == "response" for e in ref) and any(e["decision"] == "silent" for e in ref)
+    for opts in (dict(mode="fifo"), dict(mode="sequential"), dict(batch=True)):
+        eng = Engine(m, EngineOptions(threshold=thr, max_reply_tokens=3, **opts))
+        evs = [e for e in eng.session().run(iter_chunks(wave), realtime=False) if e["type"] == "decision"]
+        assert [e["decision"] for e in evs] == [e["decision"] for e in ref], opts
+        assert [e["p_response"] for e in evs] == pytest.approx([e["p_response"] for e in ref], abs=1e-3), opts
+        eng.close()
