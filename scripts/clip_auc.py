@@ -15,8 +15,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from soundflow.audio import SAMPLE_RATE
-from soundflow.bench.proactive import counted_chunk_range
-from soundflow.calibrate import WINDOW_CHUNKS, stream_scores
+from soundflow.calibrate import WINDOW_CHUNKS, counted_chunk_range, stream_scores
 from soundflow.data import read_shards
 from soundflow.loading import load_model
 

@@ -12,8 +12,7 @@ import sys
 
 import numpy as np
 import torch
-from soundflow.bench.proactive import counted_chunk_range
-from soundflow.calibrate import WINDOW_CHUNKS
+from soundflow.calibrate import WINDOW_CHUNKS, counted_chunk_range
 from soundflow.loading import load_model
 from soundflow.data import read_shards
 from soundflow.train import FeatureCache, collate

@@ -31,27 +31,82 @@ def control_scores(model, samples, max_chunks: int = 60) -> tuple[np.ndarray, np
 
 @torch.inference_mode()
 def stream_scores(model, samples, max_chunks: int = 60) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """`control_scores` kept per stream: one (P, label) pair of arrays per sample."""
-    from .train import FeatureCache, collate
+    """`control_scores` kept per stream: one (P, label) pair of arrays per sample; with a sound
+    trigger, P is the decision the engine thresholds (`AudioLM.decision_probs`)."""
+    from .trigger import combine
 
+    parts = stream_parts(model, samples, max_chunks)
+    if parts["trigger"] is None:
+        return parts["lm"], parts["y"]
+    return [combine(a, b) for a, b in zip(parts["lm"], parts["trigger"])], parts["y"]
+
+
+@torch.inference_mode()
+def stream_parts(model, samples, max_chunks: int = 60) -> dict:
+    """Per stream, teacher forced: "lm" P(<response>) from the control tokens at every chunk,
+    "trigger" the sound trigger's P (None without one; its evidence built as a live stream builds
+    it, emptied at each gold reply), "y" 1 where the label is <response>."""
+    from .train import FeatureCache, collate
     from .trigger import chunk_summary, pooled_stream
 
     feats = FeatureCache(model, 1)
     tok = model.tokenizer
-    ps, ys = [], []
+    out: dict = {"lm": [], "trigger": [] if model.trigger is not None else None, "y": []}
     for s in samples:
         b = collate(model, [s], feats, max_chunks)
         h = model.hidden(model.embed(b["input_ids"], b["audio_mask"], model.adapt(b["enc"])))[0]
         y = b["y_stream"][0]
         pos = torch.nonzero(y != -100).flatten()
-        evidence = None
-        if model.trigger is not None:  # as a live stream builds it: a gold reply empties it
-            labels = (y[pos] == tok.response_id).tolist()
-            evidence = pooled_stream(chunk_summary(feats(s, max_chunks)), [k for k, r in enumerate(labels) if r],
-                                     model.trigger.windows)[: len(pos)]
-        ps.append(model.decision_probs(h[pos - 1], evidence).numpy())  # the state before the control token
-        ys.append((y[pos] == tok.response_id).numpy().astype(int))
-    return ps, ys
+        labels = (y[pos] == tok.response_id).numpy().astype(int)
+        out["lm"].append(model.control_probs(h[pos - 1]).numpy())  # the state before the control token
+        out["y"].append(labels)
+        if model.trigger is not None:
+            ev = pooled_stream(chunk_summary(feats(s, max_chunks)), np.flatnonzero(labels).tolist(), model.trigger.windows)
+            out["trigger"].append(model.trigger.prob(ev[: len(pos)]).numpy())
+    return out
+
+
+def counted_chunk_range(start_sample: int, end_sample: int, chunk_samples: int, window_chunks: int) -> tuple[int, int]:
+    """Inclusive chunk range [first, last] in which a response counts for event [start, end)
+    (`bench proactive`'s scoring)."""
+    first = start_sample // chunk_samples  # smallest k with (k+1)*c > start
+    last_overlap = -(-end_sample // chunk_samples) - 1  # last k with k*c < end
+    return first, last_overlap + window_chunks
+
+
+def clip_scores(samples, ps: list[np.ndarray], window: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(True for a RESPOND clip, P at its highest over the clip's counted chunks) for every
+    foreground sound-event clip of the streams: what `bench proactive` scores per clip."""
+    from .audio import SAMPLE_RATE
+
+    window = WINDOW_CHUNKS if window is None else window
+    g, best = [], []
+    for s, p in zip(samples, ps):
+        c = s.chunk_ms * SAMPLE_RATE // 1000
+        for e in s.events:
+            prov = e.get("provenance", {})
+            if prov.get("type") != "clip" or e.get("role") != "foreground" or prov.get("decision") not in ("RESPOND", "IGNORE"):
+                continue
+            a = int(e["offset_s"] * SAMPLE_RATE)
+            lo, hi = counted_chunk_range(a, a + int(e["length_s"] * SAMPLE_RATE), c, window)
+            if lo < len(p):
+                g.append(prov["decision"] == "RESPOND")
+                best.append(float(p[lo: hi + 1].max()))
+    return np.array(g, dtype=bool), np.array(best)
+
+
+def best_threshold_clips(g: np.ndarray, p: np.ndarray) -> tuple[float, dict]:
+    """Threshold maximising per-clip balanced accuracy (RESPOND clips answered, IGNORE clips not)."""
+    if not g.any() or g.all():
+        raise ValueError("held-out data needs RESPOND and IGNORE sound-event clips to calibrate the trigger")
+    best = (-1.0, 0.5)
+    for t in np.unique(p):
+        bacc = 0.5 * ((p[g] >= t).mean() + (p[~g] < t).mean())
+        if bacc > best[0] + 1e-12:
+            best = (float(bacc), float(t))
+    t = best[1]
+    return t, {"objective": "clips", "balanced_acc": best[0], "respond_recall": float((p[g] >= t).mean()),
+               "ignore_fpr": float((p[~g] >= t).mean()), "n_clips": int(len(g)), "n_respond": int(g.sum())}
 
 
 WINDOW_CHUNKS = 2  # a reply within 2 chunks of its gold chunk counts (as `bench proactive` scores it)
@@ -125,14 +180,20 @@ def calibrate(checkpoint: str | Path, data: str, max_chunks: int = 60, write: bo
         from .optimize import optimize_for_inference
 
         optimize_for_inference(model, quant)
-    ps, ys = stream_scores(model, load_streams(data), max_chunks)
+    if objective not in ("events", "chunks"):
+        raise ValueError(f"objective must be events or chunks, not {objective!r}")
+    samples = load_streams(data)
+    if model.trigger is not None:
+        model.trigger.offset = 0.0  # calibrate the trigger as fitted
+    parts = stream_parts(model, samples, max_chunks)
+    ps, ys = parts["lm"], parts["y"]  # the threshold: the LM's own decisions, as without a trigger
     if objective == "events":
         thr, stats = best_threshold_events(ps, ys)
-    elif objective == "chunks":
-        thr, stats = best_threshold(np.concatenate(ps), np.concatenate(ys))
     else:
-        raise ValueError(f"objective must be events or chunks, not {objective!r}")
+        thr, stats = best_threshold(np.concatenate(ps), np.concatenate(ys))
     res = {"threshold": thr, **stats, "data": data, "quant": quant or "fp32"}
+    if parts["trigger"] is not None:
+        res["trigger"] = calibrate_trigger(samples, parts, thr)
     folder = resolve_dir(Path(checkpoint))
     if write and folder is not None:
         meta = json.loads((folder / "model.json").read_text())
@@ -141,6 +202,30 @@ def calibrate(checkpoint: str | Path, data: str, max_chunks: int = 60, write: bo
         tmp.write_text(json.dumps(meta, indent=1))
         tmp.replace(folder / "model.json")
     return res
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-6), 1 - 1e-6)
+    return float(np.log(p / (1 - p)))
+
+
+def calibrate_trigger(samples, parts: dict, threshold: float) -> dict:
+    """The sound trigger's own threshold t on per-clip balanced accuracy (what `bench proactive`
+    scores), folded into an `offset` on its logit so that at the model's one `threshold` it fires
+    exactly when its P ≥ t: the decision max(P_LM, P_trigger) ≥ threshold is then "the LM's
+    calibrated decision, or the trigger's". Also the combined decision's figures on `samples`."""
+    from .trigger import combine
+
+    g, p = clip_scores(samples, parts["trigger"])
+    t, stats = best_threshold_clips(g, p)
+    offset = _logit(threshold) - _logit(t)
+    shift = [1 / (1 + np.exp(-(np.log(np.clip(q, 1e-6, 1 - 1e-6) / np.clip(1 - q, 1e-6, 1))) - offset)) for q in parts["trigger"]]
+    both = [combine(a, b) for a, b in zip(parts["lm"], shift)]
+    hits, clean = event_outcomes(both, parts["y"], threshold)
+    gc, pc = clip_scores(samples, both)
+    return {"threshold": t, "offset": offset, **stats,
+            "combined": {"reply_recall": float(hits.mean()) if len(hits) else None, "clean_streams": float(clean.mean()),
+                         "clip_balanced_acc": float(0.5 * ((pc[gc] >= threshold).mean() + (pc[~gc] < threshold).mean()))}}
 
 
 def default_threshold(model, fallback: float = 0.5) -> float:

@@ -143,5 +143,7 @@ def load_checkpoint(folder: str | Path, merge: bool = True) -> AudioLM:
         merge_lora(model)
     # listen and the server say plainly when a model is not trained; the calibration is the
     # decision threshold `soundflow calibrate` picked on held-out data
+    if model.trigger is not None:  # its threshold aligned with the model's (calibrate.calibrate_trigger)
+        model.trigger.offset = float(((meta.get("calibration") or {}).get("trigger") or {}).get("offset", 0.0))
     model.info = replace(model.info, trained=True, source=str(folder), calibration=meta.get("calibration"))
     return model.eval()

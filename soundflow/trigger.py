@@ -14,10 +14,13 @@ made streaming and causal:
   caused it has been answered;
 - P_trigger = sigmoid(w · standardise(evidence) + b).
 
-The decision the engine thresholds is then P = 1 − (1 − P_LM)(1 − P_trigger): either the LM's
-own control readout (a word ended, a question was asked — Alg. 2's decisions) or the trigger
-(a sound to warn about) can call for `<response>`; the LM writes the reply either way. A model
-without a trigger decides with P_LM alone, as the paper does. Fitting it is `trigger_fit.py`
+The decision the engine thresholds is then P = max(P_LM, P_trigger): either the LM's own control
+readout (a word ended, a question was asked — Alg. 2's decisions) or the trigger (a sound to
+warn about) can call for `<response>`; the LM writes the reply either way. Each path keeps its
+own calibrated threshold: `soundflow calibrate` picks the model's threshold on the LM's P, the
+trigger's on per-clip balanced accuracy, and stores the difference of their logits as the
+trigger's `offset` (`calibrate.calibrate_trigger`). A model without a trigger decides with P_LM
+alone, as the paper does. Fitting it is `trigger_fit.py`
 (`soundflow trigger fit`); it is stored with the checkpoint (docs/formats.md#checkpoint).
 """
 
@@ -27,6 +30,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -79,20 +83,23 @@ class Trigger(nn.Module):
         self.scale = nn.Parameter(torch.ones(n), requires_grad=False)
         self.weight = nn.Parameter(torch.zeros(n), requires_grad=False)
         self.bias = nn.Parameter(torch.zeros(()), requires_grad=False)
+        self.offset = 0.0  # from the checkpoint's calibration: aligns its threshold with the model's
 
     def config(self) -> dict:
         return {"windows": list(self.windows), "d_summary": self.d_summary}
 
     def logit(self, evidence: torch.Tensor) -> torch.Tensor:
-        return ((evidence.float() - self.mean) / self.scale) @ self.weight + self.bias
+        return ((evidence.float() - self.mean) / self.scale) @ self.weight + self.bias + self.offset
 
     def prob(self, evidence: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.logit(evidence))
 
 
-def combine(p_lm: torch.Tensor | float, p_trigger: torch.Tensor | float):
-    """Either path can call for a reply: 1 − (1 − P_LM)(1 − P_trigger)."""
-    return 1 - (1 - p_lm) * (1 - p_trigger)
+def combine(p_lm, p_trigger):
+    """Either path can call for a reply: max(P_LM, P_trigger) (tensors, arrays or floats)."""
+    if isinstance(p_lm, torch.Tensor):
+        return torch.maximum(p_lm, torch.as_tensor(p_trigger, dtype=p_lm.dtype))
+    return np.maximum(p_lm, p_trigger)
 
 
 @dataclass

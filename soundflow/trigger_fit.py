@@ -32,7 +32,7 @@ def respond_labels(n_chunks: int, clips: Sequence[tuple[int, int, bool]], chunk_
                    window_chunks: int) -> np.ndarray:
     """1 at every chunk a reply to a RESPOND clip counts at (the bench's counted range: the clip's
     chunks and `window_chunks` after), 0 elsewhere. `clips`: (start sample, end sample, respond)."""
-    from .bench.proactive import counted_chunk_range
+    from .calibrate import counted_chunk_range
 
     y = np.zeros(n_chunks, dtype=np.int64)
     for a, b, respond in clips:

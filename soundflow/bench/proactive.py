@@ -24,6 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from ..audio import AudioError, load_audio
+from ..calibrate import counted_chunk_range  # noqa: F401 (re-exported: the bench's scoring window)
 from ..catalog import DEV_FRACTION, labelled_catalog_rows, split_by_group  # noqa: F401 (re-exported)
 from ..data import write_jsonl
 from ..loss import ratio
@@ -253,13 +254,6 @@ def build_multi_streams(items: Sequence[BenchItem], cfg: StreamConfig, seed: int
 
 
 # ---------------------------------------------------------------- scoring
-
-
-def counted_chunk_range(start_sample: int, end_sample: int, chunk_samples: int, window_chunks: int) -> tuple[int, int]:
-    """Inclusive chunk range [first, last] in which a response counts for event [start, end)."""
-    first = start_sample // chunk_samples  # smallest k with (k+1)*c > start
-    last_overlap = -(-end_sample // chunk_samples) - 1  # last k with k*c < end
-    return first, last_overlap + window_chunks
 
 
 def score_stream(stream: Stream, results: Sequence[ChunkResult], cfg: StreamConfig) -> list[EventResult]:
