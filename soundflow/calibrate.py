@@ -47,7 +47,7 @@ def stream_parts(model, samples, max_chunks: int = 60) -> dict:
     "trigger" the sound trigger's P (None without one; its evidence built as a live stream builds
     it, emptied at each gold reply), "y" 1 where the label is <response>."""
     from .train import FeatureCache, collate
-    from .trigger import chunk_summary, pooled_stream
+    from .trigger import chunk_summary, holding_off, pooled_stream
 
     feats = FeatureCache(model, 1)
     tok = model.tokenizer
@@ -61,8 +61,10 @@ def stream_parts(model, samples, max_chunks: int = 60) -> dict:
         out["lm"].append(model.control_probs(h[pos - 1]).numpy())  # the state before the control token
         out["y"].append(labels)
         if model.trigger is not None:
-            ev = pooled_stream(chunk_summary(feats(s, max_chunks)), np.flatnonzero(labels).tolist(), model.trigger.windows)
-            out["trigger"].append(model.trigger.prob(ev[: len(pos)]).numpy())
+            resets = np.flatnonzero(labels).tolist()
+            ev = pooled_stream(chunk_summary(feats(s, max_chunks)), resets, model.trigger.windows)[: len(pos)]
+            p = model.trigger.prob(ev).masked_fill(holding_off(len(ev), resets, model.trigger.holdoff), 0.0)
+            out["trigger"].append(p.numpy())
     return out
 
 

@@ -137,7 +137,7 @@ def load_checkpoint(folder: str | Path, merge: bool = True) -> AudioLM:
     if meta.get("lora"):
         inject_lora(model, meta["lora"])
     if meta.get("trigger"):  # trigger.py; a folder without one decides as the paper does
-        model.add_trigger(meta["trigger"]["windows"], meta["trigger"]["d_summary"])
+        model.add_trigger(meta["trigger"]["windows"], meta["trigger"]["d_summary"], meta["trigger"].get("holdoff"))
     model.load_trained(load_file(str(folder / "model.safetensors")))
     if meta.get("lora") and merge:
         merge_lora(model)

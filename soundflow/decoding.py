@@ -138,7 +138,7 @@ def start(model, instruction: str | None = None, instruction_audio: torch.Tensor
     order of Alg. 2's instruction slot."""
     state = DecoderState(cache=model.new_cache(), batcher=batcher)
     if getattr(model, "trigger", None) is not None:
-        state.trigger = TriggerState(model.trigger.windows)
+        state.trigger = TriggerState(model.trigger.windows, model.trigger.holdoff)
     x = _instruction_embeds(model, instruction, instruction_audio)
     if x is not None:
         _prefill(model, state, x.unsqueeze(0))

@@ -180,9 +180,10 @@ class AudioLM(nn.Module):
         enc = self.encode_audio(mel)
         return self.adapt(enc), (chunk_summary(enc) if self.trigger is not None else None)
 
-    def add_trigger(self, windows, d_summary: int | None = None) -> Trigger:
+    def add_trigger(self, windows, d_summary: int | None = None, holdoff: int | None = None) -> Trigger:
         """An empty trigger (zero weights) to fit or load into; its tensors are `trigger.*`."""
-        self.trigger = Trigger(d_summary or 2 * self.encoder.d_out, windows).to(self.device)
+        kw = {} if holdoff is None else {"holdoff": holdoff}
+        self.trigger = Trigger(d_summary or 2 * self.encoder.d_out, windows, **kw).to(self.device)
         return self.trigger
 
     # ---- decoder
@@ -296,8 +297,8 @@ class AudioLM(nn.Module):
         p = self.control_probs(hidden_last)
         if self.trigger is None:
             return p
-        if evidence is None:
-            raise ValueError("this model has a sound trigger: its decision needs the evidence of the chunks heard")
+        if evidence is None:  # holding off after a reply (trigger.TriggerState)
+            return p
         return combine(p, self.trigger.prob(evidence.to(self.trigger.weight.device)).to(p.dtype))
 
     def new_cache(self):

@@ -11,7 +11,8 @@ made streaming and causal:
 - the evidence at chunk t pools the summaries of the last w chunks since the last reply, for each
   w in `windows` (mean of the means, max of the maxes: the whole-clip probe's pooling over what
   has been heard, at a few time scales), concatenated; a reply empties it, since the sound that
-  caused it has been answered;
+  caused it has been answered, and the trigger then holds off for `TRIGGER_HOLDOFF` chunks (one
+  warning per sound, not one per chunk while it lasts);
 - P_trigger = sigmoid(w · standardise(evidence) + b).
 
 The decision the engine thresholds is then P = max(P_LM, P_trigger): either the LM's own control
@@ -37,6 +38,7 @@ from torch import nn
 # Chunks pooled: 0.4, 2.4 and 4.8 s. One window of 6 chunks had the best held-out AUC of 1-10
 # (0.85); adding 1 and 12 kept it and cut false alarms on ambient chunks 3x (BENCHMARKS.md).
 TRIGGER_WINDOWS = (1, 6, 12)
+TRIGGER_HOLDOFF = 6  # chunks (2.4 s) after any reply in which the trigger stays out of the decision
 TRIGGER_C = 0.01  # inverse L2 strength of the logistic regression (0.01 beat 0.001-1.0 held out)
 
 
@@ -69,12 +71,21 @@ def pooled_stream(summaries: torch.Tensor, resets: Iterable[int] = (),
     return torch.stack(out) if out else summaries.new_zeros(0, len(windows) * summaries.shape[-1])
 
 
+def holding_off(n: int, resets: Iterable[int], holdoff: int = TRIGGER_HOLDOFF) -> torch.Tensor:
+    """(n,) bool: the chunks in which the trigger holds off — the `holdoff` after each reply."""
+    mask = torch.zeros(n, dtype=torch.bool)
+    for r in resets:
+        mask[r + 1: r + 1 + holdoff] = True
+    return mask
+
+
 class Trigger(nn.Module):
     """w · (evidence − mean) / scale + b. Parameters, so a checkpoint stores them with the rest."""
 
-    def __init__(self, d_summary: int, windows: Sequence[int] = TRIGGER_WINDOWS):
+    def __init__(self, d_summary: int, windows: Sequence[int] = TRIGGER_WINDOWS, holdoff: int = TRIGGER_HOLDOFF):
         super().__init__()
         self.windows = tuple(int(w) for w in windows)
+        self.holdoff = int(holdoff)
         if not self.windows or min(self.windows) < 1:
             raise ValueError(f"trigger windows must be chunk counts >= 1, got {windows!r}")
         self.d_summary = d_summary
@@ -86,7 +97,7 @@ class Trigger(nn.Module):
         self.offset = 0.0  # from the checkpoint's calibration: aligns its threshold with the model's
 
     def config(self) -> dict:
-        return {"windows": list(self.windows), "d_summary": self.d_summary}
+        return {"windows": list(self.windows), "d_summary": self.d_summary, "holdoff": self.holdoff}
 
     def logit(self, evidence: torch.Tensor) -> torch.Tensor:
         return ((evidence.float() - self.mean) / self.scale) @ self.weight + self.bias + self.offset
@@ -104,22 +115,30 @@ def combine(p_lm, p_trigger):
 
 @dataclass
 class TriggerState:
-    """One stream's evidence: the summaries heard since the last reply (at most the longest window)."""
+    """One stream's evidence: the summaries heard since the last reply (at most the longest
+    window), and how many more chunks the trigger holds off for after that reply."""
 
     windows: tuple[int, ...] = TRIGGER_WINDOWS
+    holdoff: int = TRIGGER_HOLDOFF
     heard: deque = field(default_factory=deque)
+    quiet: int = 0
 
     def push(self, summaries: torch.Tensor) -> None:
         for s in summaries:
             self.heard.append(s)
+            self.quiet = max(0, self.quiet - 1)
             while len(self.heard) > max(self.windows):
                 self.heard.popleft()
 
     def evidence(self) -> torch.Tensor | None:
-        return evidence(torch.stack(list(self.heard)), self.windows) if self.heard else None
+        """None while holding off (the decision is then the LM's alone)."""
+        if self.quiet or not self.heard:
+            return None
+        return evidence(torch.stack(list(self.heard)), self.windows)
 
     def reset(self) -> None:
         self.heard.clear()
+        self.quiet = self.holdoff + 1  # the next `holdoff` chunks pushed
 
     def copy(self) -> "TriggerState":
-        return TriggerState(self.windows, deque(self.heard))
+        return TriggerState(self.windows, self.holdoff, deque(self.heard), self.quiet)

@@ -11,7 +11,7 @@ import torch
 from soundflow import decoding
 from soundflow.checkpoint import load_checkpoint, save_checkpoint
 from soundflow.data import split_chunks
-from soundflow.trigger import TriggerState, chunk_summary, combine, pool, pooled_stream
+from soundflow.trigger import TriggerState, chunk_summary, combine, holding_off, pool, pooled_stream
 from soundflow.trigger_fit import TriggerExample, fit_into_checkpoint, fit_trigger, respond_labels
 
 
@@ -20,7 +20,7 @@ def test_live_evidence_equals_teacher_forced_evidence_with_resets():
     s = torch.randn(12, 8)
     resets = [3, 7]
     tf = pooled_stream(s, resets, windows=(1, 4))
-    st = TriggerState(windows=(1, 4))
+    st = TriggerState(windows=(1, 4), holdoff=0)
     for t in range(12):
         st.push(s[t: t + 1])
         assert torch.allclose(st.evidence(), tf[t])
@@ -31,6 +31,19 @@ def test_live_evidence_equals_teacher_forced_evidence_with_resets():
     assert torch.allclose(tf[7], torch.cat([pool(s[7:8]), s[4:8, :4].mean(0), s[4:8, 4:].amax(0)]))
     assert torch.allclose(tf[4], torch.cat([pool(s[4:5]), pool(s[4:5])]))  # a reset empties the evidence
     assert tf.shape == (12, 16)
+
+
+def test_holdoff_after_a_reply_live_and_teacher_forced():
+    s = torch.randn(10, 4)
+    st, live = TriggerState(windows=(2,), holdoff=2), []
+    for t in range(10):
+        st.push(s[t: t + 1])
+        live.append(st.evidence() is None)
+        if t == 3:
+            st.reset()
+    assert live == [False, False, False, False, True, True, False, False, False, False]
+    assert holding_off(10, [3], 2).tolist() == live
+    assert torch.allclose(st.evidence(), pooled_stream(s, [3], (2,))[9])
 
 
 def test_chunk_summary_is_slot_mean_then_slot_max():
