@@ -63,7 +63,9 @@ def stream_parts(model, samples, max_chunks: int = 60) -> dict:
         if model.trigger is not None:
             resets = np.flatnonzero(labels).tolist()
             ev = pooled_stream(chunk_summary(feats(s, max_chunks)), resets, model.trigger.windows)[: len(pos)]
-            p = model.trigger.prob(ev).masked_fill(holding_off(len(ev), resets, model.trigger.holdoff), 0.0)
+            # the trigger's own replies, had it answered: the gold replies to RESPOND sounds
+            own = [r for r in resets if any(lo <= r <= hi for lo, hi, respond in clip_ranges(s) if respond)]
+            p = model.trigger.prob(ev).masked_fill(holding_off(len(ev), own, model.trigger.holdoff), 0.0)
             out["trigger"].append(p.numpy())
     return out
 
@@ -76,23 +78,31 @@ def counted_chunk_range(start_sample: int, end_sample: int, chunk_samples: int, 
     return first, last_overlap + window_chunks
 
 
-def clip_scores(samples, ps: list[np.ndarray], window: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(True for a RESPOND clip, P at its highest over the clip's counted chunks) for every
-    foreground sound-event clip of the streams: what `bench proactive` scores per clip."""
+def clip_ranges(sample, window: int | None = None) -> list[tuple[int, int, bool]]:
+    """(first, last counted chunk, RESPOND?) of every foreground sound-event clip of a stream."""
     from .audio import SAMPLE_RATE
 
     window = WINDOW_CHUNKS if window is None else window
+    c = sample.chunk_ms * SAMPLE_RATE // 1000
+    out = []
+    for e in sample.events:
+        prov = e.get("provenance", {})
+        if prov.get("type") != "clip" or e.get("role") != "foreground" or prov.get("decision") not in ("RESPOND", "IGNORE"):
+            continue
+        a = int(e["offset_s"] * SAMPLE_RATE)
+        lo, hi = counted_chunk_range(a, a + int(e["length_s"] * SAMPLE_RATE), c, window)
+        out.append((lo, hi, prov["decision"] == "RESPOND"))
+    return out
+
+
+def clip_scores(samples, ps: list[np.ndarray], window: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(True for a RESPOND clip, P at its highest over the clip's counted chunks) for every
+    foreground sound-event clip of the streams: what `bench proactive` scores per clip."""
     g, best = [], []
     for s, p in zip(samples, ps):
-        c = s.chunk_ms * SAMPLE_RATE // 1000
-        for e in s.events:
-            prov = e.get("provenance", {})
-            if prov.get("type") != "clip" or e.get("role") != "foreground" or prov.get("decision") not in ("RESPOND", "IGNORE"):
-                continue
-            a = int(e["offset_s"] * SAMPLE_RATE)
-            lo, hi = counted_chunk_range(a, a + int(e["length_s"] * SAMPLE_RATE), c, window)
+        for lo, hi, respond in clip_ranges(s, window):
             if lo < len(p):
-                g.append(prov["decision"] == "RESPOND")
+                g.append(respond)
                 best.append(float(p[lo: hi + 1].max()))
     return np.array(g, dtype=bool), np.array(best)
 

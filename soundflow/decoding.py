@@ -38,7 +38,7 @@ import torch
 from .audio import CHUNK_MS
 from .cache import shift_cache, truncate_cache
 from .tokens import AUDIO_SLOTS, chunk_run
-from .trigger import TriggerState
+from .trigger import TriggerState, combine
 
 # Long prefills (an instruction, a context rebuild) run in blocks of this many positions: the
 # attention scores then take block × context memory instead of context² (a 4,800-position
@@ -175,9 +175,13 @@ def feed_audio(model, state: DecoderState, audio: torch.Tensor, heard: torch.Ten
     ids, state.pending = state.pending, []
     h = _forward(model, state, _run_embeds(model, ids, audio).unsqueeze(0))
     state.chunks += audio.shape[0]
+    p_lm = float(model.control_probs(h))
     if state.trigger is None:
-        return float(model.control_probs(h))
-    return float(model.decision_probs(h, state.trigger.evidence()))
+        return p_lm
+    ev = state.trigger.evidence()
+    p_trig = float(model.trigger.prob(ev)) if ev is not None else 0.0
+    state.trigger.last = (p_lm, p_trig)
+    return float(combine(p_lm, p_trig))  # = model.decision_probs(h, ev)
 
 
 @torch.inference_mode()
@@ -193,7 +197,7 @@ def push_control(model, state: DecoderState, respond: bool) -> None:
     tok = model.tokenizer
     state.pending.append(tok.response_id if respond else tok.silent_id)
     if respond and state.trigger is not None:
-        state.trigger.reset()  # the sound that called for this reply is answered
+        state.trigger.replied()  # the sound that called for this reply is answered
 
 
 def _next_token(model, state: DecoderState) -> int:

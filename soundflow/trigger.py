@@ -11,8 +11,9 @@ made streaming and causal:
 - the evidence at chunk t pools the summaries of the last w chunks since the last reply, for each
   w in `windows` (mean of the means, max of the maxes: the whole-clip probe's pooling over what
   has been heard, at a few time scales), concatenated; a reply empties it, since the sound that
-  caused it has been answered, and the trigger then holds off for `TRIGGER_HOLDOFF` chunks (one
-  warning per sound, not one per chunk while it lasts);
+  caused it has been answered; after a reply the trigger itself called for (its P above the
+  LM's), it also holds off for `TRIGGER_HOLDOFF` chunks: one warning per sound, not one per
+  chunk while it lasts (a reply the LM called for, a transcribed word, does not silence it);
 - P_trigger = sigmoid(w · standardise(evidence) + b).
 
 The decision the engine thresholds is then P = max(P_LM, P_trigger): either the LM's own control
@@ -38,7 +39,8 @@ from torch import nn
 # Chunks pooled: 0.4, 2.4 and 4.8 s. One window of 6 chunks had the best held-out AUC of 1-10
 # (0.85); adding 1 and 12 kept it and cut false alarms on ambient chunks 3x (BENCHMARKS.md).
 TRIGGER_WINDOWS = (1, 6, 12)
-TRIGGER_HOLDOFF = 6  # chunks (2.4 s) after any reply in which the trigger stays out of the decision
+TRIGGER_HOLDOFF = 4  # chunks (1.6 s) after its own reply in which the trigger stays out of the decision:
+# shorter than the gap before a next event in the bench (its window + >= 3 chunks)
 TRIGGER_C = 0.01  # inverse L2 strength of the logistic regression (0.01 beat 0.001-1.0 held out)
 
 
@@ -72,7 +74,7 @@ def pooled_stream(summaries: torch.Tensor, resets: Iterable[int] = (),
 
 
 def holding_off(n: int, resets: Iterable[int], holdoff: int = TRIGGER_HOLDOFF) -> torch.Tensor:
-    """(n,) bool: the chunks in which the trigger holds off — the `holdoff` after each reply."""
+    """(n,) bool: the chunks in which the trigger holds off — the `holdoff` after each of its replies."""
     mask = torch.zeros(n, dtype=torch.bool)
     for r in resets:
         mask[r + 1: r + 1 + holdoff] = True
@@ -122,6 +124,7 @@ class TriggerState:
     holdoff: int = TRIGGER_HOLDOFF
     heard: deque = field(default_factory=deque)
     quiet: int = 0
+    last: tuple[float, float] = (0.0, 0.0)  # (P_LM, P_trigger) of the newest decision
 
     def push(self, summaries: torch.Tensor) -> None:
         for s in summaries:
@@ -136,9 +139,11 @@ class TriggerState:
             return None
         return evidence(torch.stack(list(self.heard)), self.windows)
 
-    def reset(self) -> None:
+    def replied(self) -> None:
+        """A reply on the newest chunk: empty the evidence; hold off if the trigger called for it."""
         self.heard.clear()
-        self.quiet = self.holdoff + 1  # the next `holdoff` chunks pushed
+        if self.last[1] >= self.last[0]:
+            self.quiet = self.holdoff + 1  # the next `holdoff` chunks pushed
 
     def copy(self) -> "TriggerState":
-        return TriggerState(self.windows, self.holdoff, deque(self.heard), self.quiet)
+        return TriggerState(self.windows, self.holdoff, deque(self.heard), self.quiet, self.last)

@@ -25,7 +25,7 @@ def test_live_evidence_equals_teacher_forced_evidence_with_resets():
         st.push(s[t: t + 1])
         assert torch.allclose(st.evidence(), tf[t])
         if t in resets:
-            st.reset()
+            st.replied()
     # per window: mean of the first half, max of the second; window 4 covers chunks 4..7 after
     # the reset at 3, window 1 chunk 7 alone
     assert torch.allclose(tf[7], torch.cat([pool(s[7:8]), s[4:8, :4].mean(0), s[4:8, 4:].amax(0)]))
@@ -40,10 +40,15 @@ def test_holdoff_after_a_reply_live_and_teacher_forced():
         st.push(s[t: t + 1])
         live.append(st.evidence() is None)
         if t == 3:
-            st.reset()
+            st.last = (0.2, 0.9)  # the trigger called for this reply
+            st.replied()
     assert live == [False, False, False, False, True, True, False, False, False, False]
     assert holding_off(10, [3], 2).tolist() == live
     assert torch.allclose(st.evidence(), pooled_stream(s, [3], (2,))[9])
+    st.last = (0.9, 0.2)  # a reply the LM called for (a word): the evidence empties, no hold-off
+    st.replied()
+    st.push(s[:1])
+    assert torch.allclose(st.evidence(), pooled_stream(s[:1], [], (2,))[0])
 
 
 def test_chunk_summary_is_slot_mean_then_slot_max():
