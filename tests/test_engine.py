@@ -26,10 +26,10 @@ def _decisions(evs):
 
 
 class _SlowEncode:
-    """Wrap model.encode: count calls, optionally block until released (to pile up the queue)."""
+    """Wrap model.encode_heard (what a stream's chunks go through): count calls."""
 
     def __init__(self, model):
-        self.model, self.orig = model, model.encode
+        self.model, self.orig = model, model.encode_heard
         self.calls = 0
         self.lock = threading.Lock()
 
@@ -38,11 +38,11 @@ class _SlowEncode:
             with self.lock:
                 self.calls += mel.shape[0]
             return self.orig(mel)
-        self.model.encode = enc
+        self.model.encode_heard = enc
         return self
 
     def __exit__(self, *a):
-        del self.model.encode  # back to the class method
+        del self.model.encode_heard  # back to the class method
 
 
 def test_drain_whole_queue_on_trigger(model):
@@ -53,11 +53,11 @@ def test_drain_whole_queue_on_trigger(model):
 
     gate = threading.Event()
 
-    def slow_feed(m, st, audio):
+    def slow_feed(m, st, audio, heard=None):
         calls.append(audio.shape[0])
         if len(calls) == 1:
             gate.wait(5)  # hold the decoder on chunk 0 while 5 more chunks arrive
-        return orig(m, st, audio)
+        return orig(m, st, audio, heard)
 
     decoding.feed_audio = slow_feed
     try:
