@@ -32,7 +32,7 @@ def control_scores(model, samples, max_chunks: int = 60) -> tuple[np.ndarray, np
 @torch.inference_mode()
 def stream_scores(model, samples, max_chunks: int = 60) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """`control_scores` kept per stream: one (P, label) pair of arrays per sample; with a sound
-    trigger, P is the decision the engine thresholds (`AudioLM.decision_probs`)."""
+    trigger, P is the decision the engine thresholds (`trigger.combine`, as `decoding.feed_audio`)."""
     from .trigger import combine
 
     parts = stream_parts(model, samples, max_chunks)

@@ -181,7 +181,7 @@ def feed_audio(model, state: DecoderState, audio: torch.Tensor, heard: torch.Ten
     ev = state.trigger.evidence()
     p_trig = float(model.trigger.prob(ev)) if ev is not None else 0.0
     state.trigger.last = (p_lm, p_trig)
-    return float(combine(p_lm, p_trig))  # = model.decision_probs(h, ev)
+    return float(combine(p_lm, p_trig))
 
 
 @torch.inference_mode()

@@ -29,7 +29,7 @@ from torch import nn
 from .audio import CHUNK_MS, log_mel
 from .cache import new_cache
 from .tokens import AUDIO_SLOTS, ByteTokenizer, HFTokenizer, Tokenizer
-from .trigger import Trigger, chunk_summary, combine
+from .trigger import Trigger, chunk_summary
 
 
 @dataclass
@@ -290,16 +290,6 @@ class AudioLM(nn.Module):
     def control_probs(self, hidden_last: torch.Tensor) -> torch.Tensor:
         """P(<response>) renormalised over the two control tokens, from the last hidden state."""
         return self.control_logits(hidden_last).softmax(-1)[..., 1]
-
-    def decision_probs(self, hidden_last: torch.Tensor, evidence: torch.Tensor | None = None) -> torch.Tensor:
-        """The P(<response>) a stream is thresholded on: `control_probs`, combined with the sound
-        trigger's on `evidence` (`trigger.TriggerState.evidence`) when the model has a trigger."""
-        p = self.control_probs(hidden_last)
-        if self.trigger is None:
-            return p
-        if evidence is None:  # holding off after a reply (trigger.TriggerState)
-            return p
-        return combine(p, self.trigger.prob(evidence.to(self.trigger.weight.device)).to(p.dtype))
 
     def new_cache(self):
         """An empty KV cache for one stream (cache.py: growable buffers, shift, roll back)."""
