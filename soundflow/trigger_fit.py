@@ -45,17 +45,16 @@ def respond_labels(n_chunks: int, clips: Sequence[tuple[int, int, bool]], chunk_
 def examples_from_streams(model, samples, max_chunks: int = 60, window_chunks: int = 2) -> list[TriggerExample]:
     """Built training streams (`StreamSample`s): foreground sound-event clips labelled by their
     gold decision; resets at the stream's gold replies (what the LM is taught to answer)."""
-    from .audio import SAMPLE_RATE
+    from .calibrate import clip_ranges
     from .train import FeatureCache
 
     feats, out = FeatureCache(model, 1), []
     for s in samples:
         enc = feats(s, max_chunks)
-        c = s.chunk_ms * SAMPLE_RATE // 1000
-        clips = [(int(e["offset_s"] * SAMPLE_RATE), int((e["offset_s"] + e["length_s"]) * SAMPLE_RATE),
-                  e["provenance"].get("decision") == "RESPOND")
-                 for e in s.events if e.get("provenance", {}).get("type") == "clip" and e.get("role") == "foreground"]
-        y = respond_labels(enc.shape[0], clips, c, window_chunks)
+        y = np.zeros(enc.shape[0], dtype=np.int64)
+        for lo, hi, respond in clip_ranges(s, window_chunks):  # the calibration's and the bench's ranges
+            if respond:
+                y[lo: hi + 1] = 1
         out.append(TriggerExample(chunk_summary(enc), y, [t["chunk"] for t in s.timeline if t["chunk"] < enc.shape[0]]))
     return out
 
