@@ -116,9 +116,13 @@ def best_threshold_clips(g: np.ndarray, p: np.ndarray) -> tuple[float, dict]:
         bacc = 0.5 * ((p[g] >= t).mean() + (p[~g] < t).mean())
         if bacc > best[0] + 1e-12:
             best = (float(bacc), float(t))
-    t = best[1]
-    return t, {"objective": "clips", "balanced_acc": best[0], "respond_recall": float((p[g] >= t).mean()),
-               "ignore_fpr": float((p[~g] >= t).mean()), "n_clips": int(len(g)), "n_respond": int(g.sum())}
+    return best[1], {"objective": "clips", **_clip_stats(g, p, best[1])}
+
+
+def _clip_stats(g: np.ndarray, p: np.ndarray, t: float) -> dict:
+    return {"balanced_acc": float(0.5 * ((p[g] >= t).mean() + (p[~g] < t).mean())),
+            "respond_recall": float((p[g] >= t).mean()), "ignore_fpr": float((p[~g] >= t).mean()),
+            "n_clips": int(len(g)), "n_respond": int(g.sum())}
 
 
 WINDOW_CHUNKS = 2  # a reply within 2 chunks of its gold chunk counts (as `bench proactive` scores it)
@@ -205,7 +209,7 @@ def calibrate(checkpoint: str | Path, data: str, max_chunks: int = 60, write: bo
         thr, stats = best_threshold(np.concatenate(ps), np.concatenate(ys))
     res = {"threshold": thr, **stats, "data": data, "quant": quant or "fp32"}
     if parts["trigger"] is not None:
-        res["trigger"] = calibrate_trigger(samples, parts, thr)
+        res["trigger"] = calibrate_trigger(samples, parts, thr, model.trigger.floor)
     folder = resolve_dir(Path(checkpoint))
     if write and folder is not None:
         meta = json.loads((folder / "model.json").read_text())
@@ -221,15 +225,19 @@ def _logit(p: float) -> float:
     return float(np.log(p / (1 - p)))
 
 
-def calibrate_trigger(samples, parts: dict, threshold: float) -> dict:
+def calibrate_trigger(samples, parts: dict, threshold: float, floor: float | None = None) -> dict:
     """The sound trigger's own threshold t on per-clip balanced accuracy (what `bench proactive`
-    scores), folded into an `offset` on its logit so that at the model's one `threshold` it fires
-    exactly when its P ≥ t: the decision max(P_LM, P_trigger) ≥ threshold is then "the LM's
-    calibrated decision, or the trigger's". Also the combined decision's figures on `samples`."""
+    scores), raised to its fitted `floor` (a logit: the ambient false-reply budget,
+    `trigger_fit.ambient_floor`) when that is higher, folded into an `offset` on its logit so that
+    at the model's one `threshold` it fires exactly when its P ≥ t: the decision
+    max(P_LM, P_trigger) ≥ threshold is then "the LM's calibrated decision, or the trigger's".
+    Also the figures at t on `samples`, and the combined decision's."""
     from .trigger import combine
 
     g, p = clip_scores(samples, parts["trigger"])
-    t, stats = best_threshold_clips(g, p)
+    t_bal, stats_bal = best_threshold_clips(g, p)
+    t = t_bal if floor is None else max(t_bal, float(1 / (1 + np.exp(-floor))))
+    stats = {**stats_bal, **_clip_stats(g, p, t), "balanced_threshold": t_bal, "floor": floor}
     offset = _logit(threshold) - _logit(t)
     shift = [1 / (1 + np.exp(-(np.log(np.clip(q, 1e-6, 1 - 1e-6) / np.clip(1 - q, 1e-6, 1))) - offset)) for q in parts["trigger"]]
     both = [combine(a, b) for a, b in zip(parts["lm"], shift)]

@@ -33,6 +33,8 @@ FAISS_MIN_ROWS = 20_000  # above this (and when faiss imports) search goes throu
 PREFILTER = 256  # a predicate filter is first tried on this many best rows (catalogs > 4x this)
 CACHE_ENV = "SOUNDFLOW_CACHE"  # overrides ~/.cache/soundflow
 DEV_FRACTION = 0.2  # share of each class's clips (by recording group) held out for evaluation
+NOISE_DEV_FRACTION = 0.5  # share of the noise library's files (per kind) held out for `bench ambient`:
+# the library is small (70 files, 5.5 min), so half, not a fifth, for an hour of held-out ambience
 
 
 # --------------------------------------------------------------------------- embedders
@@ -446,6 +448,22 @@ def labelled_catalog_rows(catalog: str | Path, split: str | None = None, dev_fra
         sp = split_by_group(rows, dev_fraction)
         rows = [r for r in rows if sp[str(r.get("group") or r["id"])] == split]
     return rows
+
+
+def noise_rows_of(rows: Sequence[dict], split: str | None, dev_fraction: float = NOISE_DEV_FRACTION) -> list[dict]:
+    """One side of the noise library's split (by `group`, else file id, per `kind`), so the
+    ambience `bench ambient` plays (`split="dev"`) is never a training bed or a trigger negative
+    (`"train"`); "train-a" / "train-b": the training side's two halves, again by file (the
+    trigger fit's cross-fitting folds). None / "all": every row."""
+    if not split or split == "all":
+        return list(rows)
+    if split in ("train-a", "train-b"):
+        return noise_rows_of(noise_rows_of(rows, "train", dev_fraction), "dev" if split == "train-a" else "train", 0.5)
+    if split not in ("train", "dev"):
+        raise ValueError(f"split must be 'train', 'dev', 'train-a', 'train-b' or 'all', not {split!r}")
+    key = [str(r.get("group") or r.get("id") or r.get("audio") or r.get("path")) for r in rows]
+    sp = split_by_group([{"id": k, "class": r.get("kind", "ambient")} for k, r in zip(key, rows)], dev_fraction)
+    return [r for k, r in zip(key, rows) if sp[k] == split]
 
 
 def held_out_ids(catalog: str | Path, split: str | None, dev_fraction: float = DEV_FRACTION) -> set[str]:

@@ -137,7 +137,9 @@ def load_checkpoint(folder: str | Path, merge: bool = True) -> AudioLM:
     if meta.get("lora"):
         inject_lora(model, meta["lora"])
     if meta.get("trigger"):  # trigger.py; a folder without one decides as the paper does
-        model.add_trigger(meta["trigger"]["windows"], meta["trigger"]["d_summary"], meta["trigger"].get("holdoff"))
+        cfg = meta["trigger"]
+        model.add_trigger(cfg["windows"], cfg["d_summary"], holdoff=cfg.get("holdoff"), hidden=cfg.get("hidden"),
+                          floor=cfg.get("floor"))
     model.load_trained(load_file(str(folder / "model.safetensors")))
     if meta.get("lora") and merge:
         merge_lora(model)

@@ -38,7 +38,7 @@ def _trigger_fit(a) -> int:
     from .trigger_fit import fit_into_checkpoint
 
     print(json.dumps(fit_into_checkpoint(a.checkpoint, a.out, a.data, a.bench_manifest, a.noise_manifest,
-                                         a.windows, a.C, a.max_chunks, a.seed)))
+                                         a.windows, a.hidden, a.ambient_minutes, a.max_chunks, a.seed)))
     return 0
 
 
@@ -208,7 +208,7 @@ def _bench_ambient(a) -> int:
     from .bench.ambient import bench_ambient
 
     r = bench_ambient(a.noise_manifest, a.model, minutes=a.minutes, threshold=a.threshold,
-                      ignore_manifest=a.ignore_manifest, seed=a.seed, out=a.out, json=a.json)
+                      ignore_manifest=a.ignore_manifest, seed=a.seed, split=a.split, out=a.out, json=a.json)
     if not a.json:
         print(f"{r['false_replies']} false replies in {r['audio_h']} h of ambient audio "
               f"({r['false_replies_per_hour']:.2f} per hour)")
@@ -336,10 +336,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", nargs="*", default=[], help="built stream sets (data specs) of train groups")
     t.add_argument("--bench-manifest", default=None,
                    help="bench manifest of train-split clips (scripts/bench_dev_manifest.py OUT --split train)")
-    t.add_argument("--noise-manifest", default=None, help="ambient noise rows for a second pass of single streams")
+    t.add_argument("--noise-manifest", default=None,
+                   help="noise library: its training side beds a second pass of single streams and gives ambient "
+                        "negatives, whose two folds set the trigger's floor")
+    t.add_argument("--ambient-minutes", type=float, default=40.0, help="minutes of training-side ambience (0: none)")
     t.add_argument("--windows", type=int, nargs="+", default=None,
                    help="chunk counts pooled, one pool each (default trigger.TRIGGER_WINDOWS)")
-    t.add_argument("--C", type=float, default=None, help="inverse L2 strength (default trigger.TRIGGER_C)")
+    t.add_argument("--hidden", type=int, default=64, help="hidden units of the head (0: logistic regression)")
     t.add_argument("--max-chunks", type=int, default=60)
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(fn=_trigger_fit)
@@ -478,6 +481,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default="mini")
     s.add_argument("--minutes", type=float, default=60.0)
     s.add_argument("--ignore-manifest", default=None, help="a bench manifest whose IGNORE clips are laid over the bed")
+    s.add_argument("--split", choices=("dev", "train", "all"), default="dev",
+                   help="side of the noise library's split to play: dev (held out from training, default), train, all")
     s.add_argument("--threshold", type=float, default=None, help="default: the checkpoint's calibrated threshold, else 0.5")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", default=None)

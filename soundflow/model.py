@@ -180,9 +180,10 @@ class AudioLM(nn.Module):
         enc = self.encode_audio(mel)
         return self.adapt(enc), (chunk_summary(enc) if self.trigger is not None else None)
 
-    def add_trigger(self, windows, d_summary: int | None = None, holdoff: int | None = None) -> Trigger:
-        """An empty trigger (zero weights) to fit or load into; its tensors are `trigger.*`."""
-        kw = {} if holdoff is None else {"holdoff": holdoff}
+    def add_trigger(self, windows, d_summary: int | None = None, **kw) -> Trigger:
+        """An empty trigger (zero weights) to fit or load into; its tensors are `trigger.*`;
+        `kw`: the rest of `Trigger.config()` (holdoff, hidden, floor)."""
+        kw = {k: v for k, v in kw.items() if v is not None or k == "floor"}
         self.trigger = Trigger(d_summary or 2 * self.encoder.d_out, windows, **kw).to(self.device)
         return self.trigger
 

@@ -251,6 +251,10 @@ class Resources:
             out = held_out_ids(cat, kw.get("split", cls.split))
             events = [r for r in events if r["id"] not in out]
         noise, _ = rows("noise")
+        if noise:  # `bench ambient` plays the other half (catalog.NOISE_DEV_FRACTION)
+            from .catalog import noise_rows_of
+
+            noise = noise_rows_of(noise, kw.get("split", cls.split))
         music, _ = rows("music")
         speech, _ = rows("speech")
         if sources.get("prompts", "asterisk" if speech else "") == "asterisk":  # real prompts beside FSDD

@@ -16,7 +16,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .trigger import TRIGGER_C, TRIGGER_WINDOWS, Trigger, chunk_summary, pooled_stream
+from torch import nn
+
+from .trigger import (TRIGGER_DECAY, TRIGGER_DROPOUT, TRIGGER_STEPS, TRIGGER_HIDDEN, TRIGGER_HOLDOFF,
+                      TRIGGER_MAX_FALSE_PER_HOUR, TRIGGER_WINDOWS, Trigger, chunk_summary, pooled_stream)
 
 
 @dataclass
@@ -59,6 +62,11 @@ def examples_from_streams(model, samples, max_chunks: int = 60, window_chunks: i
     return out
 
 
+def noise_ids(sample) -> set[str]:
+    """Ids of the noise-library files a built stream is bedded on (its provenance records them)."""
+    return {str(e.get("id")) for e in sample.events if e.get("type") == "noise"}
+
+
 def examples_from_bench_streams(model, streams, chunk_ms: int = 400, window_chunks: int = 2) -> list[TriggerExample]:
     """Bench-style streams (`bench.proactive.Stream`: ambient lead-in, whole clips, a tail) of
     train-split clips; resets where a RESPOND clip's last chunk would be answered."""
@@ -76,39 +84,121 @@ def examples_from_bench_streams(model, streams, chunk_ms: int = 400, window_chun
     return out
 
 
-def fit_trigger(examples: Sequence[TriggerExample], windows: Sequence[int] = TRIGGER_WINDOWS, C: float = TRIGGER_C,
-                seed: int = 0) -> tuple[Trigger, dict]:
-    """Class-balanced L2 logistic regression on standardised evidence at every chunk."""
-    from sklearn.linear_model import LogisticRegression
-
+def fit_trigger(examples: Sequence[TriggerExample], windows: Sequence[int] = TRIGGER_WINDOWS,
+                hidden: int = TRIGGER_HIDDEN, seed: int = 0, steps: int = TRIGGER_STEPS) -> tuple[Trigger, dict]:
+    """The trigger's head on standardised evidence at every chunk: class-balanced binary
+    cross-entropy, AdamW with weight decay, dropout on the input and hidden units; seed-pure."""
     if not examples:
         raise ValueError("no streams to fit the trigger on")
-    X = torch.cat([pooled_stream(e.summaries, e.resets, windows) for e in examples]).numpy().astype(np.float64)
-    y = np.concatenate([e.labels for e in examples])
+    X = torch.cat([pooled_stream(e.summaries, e.resets, windows) for e in examples]).float()
+    y = torch.from_numpy(np.concatenate([e.labels for e in examples])).float()
     if y.min() == y.max():
         raise ValueError("the trigger needs chunks of both kinds (RESPOND clips and the rest)")
     mean, scale = X.mean(0), X.std(0)
     scale[scale < 1e-6] = 1.0
-    clf = LogisticRegression(C=C, max_iter=3000, class_weight="balanced", random_state=seed)
-    clf.fit((X - mean) / scale, y)
-    trig = Trigger(examples[0].summaries.shape[1], windows)
-    with torch.no_grad():
-        trig.mean.copy_(torch.from_numpy(mean))
-        trig.scale.copy_(torch.from_numpy(scale))
-        trig.weight.copy_(torch.from_numpy(clf.coef_[0]))
-        trig.bias.fill_(float(clf.intercept_[0]))
+    torch.manual_seed(seed)
+    trig = Trigger(examples[0].summaries.shape[1], windows, hidden=hidden)
+    trig.mean.copy_(mean)
+    trig.scale.copy_(scale)
+    params = [p for n, p in trig.named_parameters() if n not in ("mean", "scale")]
+    for p in params:
+        p.requires_grad_(True)
+    Z = (X - mean) / scale
+    pos = float(y.mean())
+    w = torch.where(y > 0, 0.5 / pos, 0.5 / (1 - pos))  # each class weighs half
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=TRIGGER_DECAY)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(-(-steps * 512 // len(y))):  # whole epochs, at least `steps` batches
+        for idx in torch.randperm(len(y), generator=g).split(512):
+            loss = nn.functional.binary_cross_entropy_with_logits(trig.head(Z[idx], TRIGGER_DROPOUT), y[idx], weight=w[idx],
+                                                                  reduction="sum") / w[idx].sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    trig.requires_grad_(False)
     return trig, {"chunks": int(len(y)), "respond_chunks": int(y.sum()), "streams": len(examples),
-                  "windows": list(trig.windows), "C": C}
+                  "windows": list(trig.windows), "hidden": hidden, "steps": steps, "seed": seed}
+
+
+AMBIENT_MINUTES = 40.0  # training-side ambience heard as negatives (about 3.4 min of distinct audio, re-cropped)
+
+
+def false_replies(logits: np.ndarray, threshold: float, holdoff: int = TRIGGER_HOLDOFF) -> int:
+    """Replies the trigger alone gives on an ambient stream: a logit at or above `threshold`,
+    then `holdoff` chunks out (the evidence's emptying is left out: it only lowers the count)."""
+    n, quiet = 0, 0
+    for v in np.asarray(logits, dtype=np.float64):
+        if quiet:
+            quiet -= 1
+        elif v >= threshold:
+            n, quiet = n + 1, holdoff
+    return n
+
+
+def lowest_quiet_threshold(logits: np.ndarray, hours: float, budget: float = TRIGGER_MAX_FALSE_PER_HOUR,
+                           holdoff: int = TRIGGER_HOLDOFF) -> float:
+    """The lowest threshold (among the logits heard, nudged up) at which the trigger gives at
+    most `budget` false replies per hour on this ambience."""
+    logits = np.asarray(logits, dtype=np.float64)  # float32 would swallow the nudge
+    allowed = int(np.floor(budget * hours + 1e-9))
+    cand = np.unique(logits)[::-1]  # high → low; the count only grows as the threshold falls
+    lo, hi = 0, len(cand) - 1  # find the last index whose threshold (just above cand[i+1]) stays within budget
+    best = float(cand[0]) + 1e-3
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        t = float(cand[mid]) + 1e-6
+        if false_replies(logits, t, holdoff) <= allowed:
+            best, lo = t, mid + 1
+        else:
+            hi = mid - 1
+    return best
+
+
+def ambient_examples(noise_manifest: str, model, minutes: float, seed: int, rows_split: str,
+                     chunk_ms: int = 400, stream_chunks: int = 150) -> list[TriggerExample]:
+    """All-negative examples: `minutes` of ambience (`bench.ambient.ambient_stream`) from one
+    side of the noise library's split, cut into `stream_chunks`-long streams."""
+    from .bench.ambient import ambient_stream
+    from .data import split_chunks
+
+    wave, _ = ambient_stream(noise_manifest, minutes, seed=seed, split=rows_split)
+    with torch.inference_mode():
+        enc = model.encode_audio(model.features(torch.from_numpy(split_chunks(wave, chunk_ms))))
+    su = chunk_summary(enc)
+    return [TriggerExample(su[i: i + stream_chunks], np.zeros(len(su[i: i + stream_chunks]), dtype=np.int64), [])
+            for i in range(0, len(su), stream_chunks)]
+
+
+def ambient_floor(examples: Sequence[TriggerExample], folds: Sequence[Sequence[TriggerExample]],
+                  windows: Sequence[int], hidden: int, seed: int, chunk_ms: int = 400) -> tuple[float, list[dict]]:
+    """The trigger's floor, cross-fitted: for each fold of ambience (different noise files), a
+    trigger fitted without it gives out-of-fold logits on it, and the lowest threshold within the
+    false-reply budget there is that fold's; the floor is the highest. An estimate of how the
+    final trigger (fitted on every fold) behaves on ambience it never heard, which training
+    ambience cannot give: fitted on, it is never fired at (BENCHMARKS.md)."""
+    out = []
+    for k, held in enumerate(folds):
+        rest = [e for j, f in enumerate(folds) if j != k for e in f]
+        trig, _ = fit_trigger(list(examples) + rest, windows, hidden, seed)
+        with torch.no_grad():
+            logits = np.concatenate([trig.logit(pooled_stream(e.summaries, (), windows)).numpy() for e in held])
+        hours = len(logits) * chunk_ms / 3.6e6
+        t = lowest_quiet_threshold(logits, hours, holdoff=trig.holdoff)
+        out.append({"fold": k, "hours": round(hours, 3), "threshold_logit": t, "max_logit": float(logits.max())})
+    return max(f["threshold_logit"] for f in out), out
 
 
 def fit_into_checkpoint(checkpoint, out, data: Sequence[str] = (), bench_manifest: str | None = None,
-                        noise_manifest: str | None = None, windows: Sequence[int] | None = None, C: float | None = None,
+                        noise_manifest: str | None = None, windows: Sequence[int] | None = None,
+                        hidden: int = TRIGGER_HIDDEN, ambient_minutes: float = AMBIENT_MINUTES,
                         max_chunks: int = 60, seed: int = 0, progress: bool = True) -> dict:
     """Fit a trigger for `checkpoint` and write the checkpoint with it to `out` (atomically; the
     trained tensors are copied, not re-saved). Streams: built `data` specs and, from a bench
     manifest of train-split clips, bench-style streams — single clips over pink noise, over
-    `noise_manifest` ambience when given, and same-macro sequences. Calibration is dropped: the
-    decision changed, so run `soundflow calibrate` on the result."""
+    `noise_manifest` ambience when given, and same-macro sequences. With a noise manifest, also
+    `ambient_minutes` of its training-side ambience as negatives, in two folds of different
+    files that set the trigger's floor (`ambient_floor`). Calibration is dropped: the decision
+    changed, so run `soundflow calibrate` on the result."""
     import json
     import shutil
     import sys
@@ -120,30 +210,51 @@ def fit_into_checkpoint(checkpoint, out, data: Sequence[str] = (), bench_manifes
     from .loading import load_model
 
     windows = TRIGGER_WINDOWS if not windows else tuple(windows)
-    C = TRIGGER_C if C is None else C
     src = resolve_dir(Path(checkpoint))
     if src is None:
         raise FileNotFoundError(f"no soundflow checkpoint (model.json) in {checkpoint}")
     model = load_model(str(src))
     examples: list[TriggerExample] = []
+
+    def say(msg):
+        if progress:
+            print(f"[trigger] {msg}", file=sys.stderr, flush=True)
+
+    held: set[str] = set()
+    if noise_manifest:  # the ambience `bench ambient` plays is never heard while fitting
+        from .catalog import noise_rows_of
+        from .data import read_jsonl
+
+        held = {str(r.get("id")) for r in noise_rows_of(read_jsonl(noise_manifest), "dev")}
     if data:
         from .dataspec import load_streams
 
-        examples += examples_from_streams(model, load_streams(list(data)), max_chunks)
-        if progress:
-            print(f"[trigger] {len(examples)} built streams", file=sys.stderr)
+        samples = load_streams(list(data))
+        kept = [s for s in samples if not (noise_ids(s) & held)]
+        examples += examples_from_streams(model, kept, max_chunks)
+        say(f"{len(kept)} built streams ({len(samples) - len(kept)} left out: bedded on held-out noise)")
     if bench_manifest:
         from .bench.proactive import ClipLoader, StreamConfig, build_multi_streams, build_single_streams, load_manifest
 
         items, loader = load_manifest(bench_manifest), ClipLoader()
         streams = build_single_streams(items, StreamConfig(), seed, loader) + build_multi_streams(items, StreamConfig(), seed, loader)
         if noise_manifest:
-            streams += build_single_streams(items, StreamConfig(noise_manifest=noise_manifest), seed + 1, loader)
+            cfg = StreamConfig(noise_manifest=noise_manifest, noise_split="train")
+            streams += build_single_streams(items, cfg, seed + 1, loader)
         examples += examples_from_bench_streams(model, streams)
-        if progress:
-            print(f"[trigger] + {len(streams)} bench-style streams of {bench_manifest}", file=sys.stderr)
-    trig, stats = fit_trigger(examples, windows, C, seed)
-    stats.update(data=list(data), bench_manifest=bench_manifest, noise_manifest=noise_manifest)
+        say(f"+ {len(streams)} bench-style streams of {bench_manifest}")
+    folds: list[list[TriggerExample]] = []
+    if noise_manifest and ambient_minutes > 0:
+        # two folds of different training-side noise files (the dev side is `bench ambient`'s)
+        folds = [ambient_examples(noise_manifest, model, ambient_minutes / 2, seed + 2 + k, f"train-{side}")
+                 for k, side in enumerate(("a", "b"))]
+        say(f"+ {ambient_minutes:g} min of training-side ambience in 2 folds")
+    floor, fold_stats = (ambient_floor(examples, folds, windows, hidden, seed) if len(folds) > 1 else (None, []))
+    trig, stats = fit_trigger(examples + [e for f in folds for e in f], windows, hidden, seed)
+    trig.floor = floor
+    stats.update(data=list(data), bench_manifest=bench_manifest, noise_manifest=noise_manifest,
+                 ambient_minutes=ambient_minutes if folds else 0, floor=floor, floor_folds=fold_stats)
+    say(f"fitted: {stats['chunks']} chunks; floor {floor}")
     tmp = atomic_dir(Path(out))
     for f in src.iterdir():
         if f.is_file() and f.name not in ("model.safetensors", "model.json"):

@@ -31,16 +31,16 @@ def loudness_runner(wave, chunk_ms):
 
 def test_stream_is_seeded_long_and_never_uses_speech_rows(tmp_path):
     m = _noise_manifest(tmp_path)
-    y1, segs1 = ambient_stream(m, minutes=2, seed=3)
-    y2, _ = ambient_stream(m, minutes=2, seed=3)
+    y1, segs1 = ambient_stream(m, minutes=2, seed=3, split="all")
+    y2, _ = ambient_stream(m, minutes=2, seed=3, split="all")
     assert len(y1) == 2 * 60 * 16000 and np.array_equal(y1, y2)
     assert {s.source for s in segs1} <= {"quiet", "loud"} and np.isfinite(y1).all()
 
 
 def test_false_replies_are_counted_per_hour_and_located(tmp_path):
     m = _noise_manifest(tmp_path)
-    r = bench_ambient(m, loudness_runner, minutes=3, seed=1, out=tmp_path / "rep")
-    _, segs = ambient_stream(m, minutes=3, seed=1)
+    r = bench_ambient(m, loudness_runner, minutes=3, seed=1, split="all", out=tmp_path / "rep")
+    _, segs = ambient_stream(m, minutes=3, seed=1, split="all")
     loud_s = sum(s.end_s - s.start_s for s in segs if s.source == "loud")
     assert r["false_replies"] > 0 and loud_s > 0
     assert abs(r["false_replies_per_hour"] - r["false_replies"] / (3 / 60)) < 1e-6
@@ -48,3 +48,30 @@ def test_false_replies_are_counted_per_hour_and_located(tmp_path):
     assert all("loud" in x["under"] for x in r["replies"])
     assert r["false_replies"] <= loud_s / 0.4 + 2
     assert (tmp_path / "rep" / "report.md").exists()
+
+
+def _library(tmp_path, n=12):
+    rng = np.random.default_rng(1)
+    rows = []
+    for i in range(n):
+        kind = "ambient" if i % 3 else "event"
+        sf.write(tmp_path / f"n{i}.wav", (0.05 * rng.standard_normal(16000 * 3)).astype(np.float32), 16000)
+        rows.append({"id": f"n{i}", "audio": f"n{i}.wav", "duration": 3.0, "kind": kind})
+    (tmp_path / "lib.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return tmp_path / "lib.jsonl", rows
+
+
+def test_noise_library_split_is_disjoint_per_kind_and_the_bench_plays_the_held_out_side(tmp_path):
+    from soundflow.catalog import noise_rows_of
+
+    m, rows = _library(tmp_path)
+    sides = {sp: {r["id"] for r in noise_rows_of(rows, sp)} for sp in ("dev", "train", "train-a", "train-b")}
+    assert sides["dev"].isdisjoint(sides["train"]) and sides["dev"] | sides["train"] == {r["id"] for r in rows}
+    assert sides["train-a"] | sides["train-b"] == sides["train"] and sides["train-a"].isdisjoint(sides["train-b"])
+    kinds = {r["id"]: r["kind"] for r in rows}
+    assert {kinds[i] for i in sides["dev"]} == {kinds[i] for i in sides["train"]} == {"ambient", "event"}
+    assert noise_rows_of(rows, "dev") == noise_rows_of(list(rows), "dev")  # stable
+    _, segs = ambient_stream(m, minutes=1, seed=0)  # the bench's default: the held-out side only
+    assert {s.source for s in segs} <= sides["dev"]
+    _, segs = ambient_stream(m, minutes=1, seed=0, split="train")
+    assert {s.source for s in segs} <= sides["train"]

@@ -80,7 +80,7 @@ def _easy_examples(n, seed):
 def test_fit_separates_an_easy_set_held_out():
     from sklearn.metrics import roc_auc_score
 
-    trig, stats = fit_trigger(_easy_examples(60, 0), windows=(1, 3), C=1.0)
+    trig, stats = fit_trigger(_easy_examples(60, 0), windows=(1, 3), steps=300)
     assert stats["streams"] == 60 and stats["respond_chunks"] > 0 and trig.windows == (1, 3)
     g, p = [], []
     for e in _easy_examples(40, 1):
@@ -104,8 +104,8 @@ def test_combine_is_either_path():
 def _with_trigger(model, bias: float):
     trig = model.add_trigger(windows=(1, 3))
     with torch.no_grad():
-        trig.weight.normal_(0, 0.01)
-        trig.bias.fill_(bias)
+        trig.out.weight.normal_(0, 0.01)
+        trig.out.bias.fill_(bias)
     return trig
 
 
@@ -116,7 +116,7 @@ def test_checkpoint_round_trip_keeps_the_trigger(tmp_path):
     _with_trigger(m, 0.7)
     save_checkpoint(m, {"special"}, tmp_path / "ck")
     meta = json.loads((tmp_path / "ck" / "model.json").read_text())
-    assert meta["trigger"]["windows"] == [1, 3] and "trigger.weight" in meta["trained"]
+    assert meta["trigger"]["windows"] == [1, 3] and "trigger.out.weight" in meta["trained"]
     back = load_checkpoint(tmp_path / "ck")
     assert back.trigger is not None and back.trigger.windows == (1, 3)
     for n, p in m.trigger.named_parameters():
@@ -158,7 +158,7 @@ def test_sequential_decoder_matches_teacher_forced_scores_with_a_trigger():
     m = build_model("tiny").eval()
     trig = _with_trigger(m, -8.0)
     with torch.no_grad():
-        trig.weight.normal_(0, 0.5)
+        trig.out.weight.normal_(0, 0.5)
     wave = (0.1 * np.random.default_rng(1).standard_normal(16000 * 2)).astype(np.float32)
     live = [e["p_response"] for e in decoding.decode_stream(m, split_chunks(wave, 400), decoding.DecodeOptions(threshold=1.01))
             if e["type"] == "decision"]
@@ -191,12 +191,12 @@ def test_fit_into_checkpoint_writes_a_loadable_uncalibrated_copy(tmp_path):
     meta["calibration"] = {"threshold": 0.3}
     (tmp_path / "ck" / "model.json").write_text(json.dumps(meta))
     stats = fit_into_checkpoint(tmp_path / "ck", tmp_path / "out", bench_manifest=str(_bench_manifest(tmp_path)),
-                                windows=(2,), C=1.0, progress=False)
+                                windows=(2,), progress=False)
     assert stats["streams"] > 12 and stats["respond_chunks"] > 0
     meta = json.loads((tmp_path / "out" / "model.json").read_text())
     assert "calibration" not in meta and meta["trigger"]["fit"]["windows"] == [2]
     back = load_checkpoint(tmp_path / "out")
-    assert back.trigger is not None and float(back.trigger.weight.abs().sum()) > 0
+    assert back.trigger is not None and float(back.trigger.out.weight.abs().sum()) > 0
     assert torch.equal(back.special, load_checkpoint(tmp_path / "ck").special)  # the rest copied as is
 
 
@@ -210,7 +210,7 @@ def test_engine_modes_and_batching_decide_with_the_trigger_as_the_reference_deco
     m = build_model("tiny").eval()
     trig = _with_trigger(m, -1.0)
     with torch.no_grad():
-        trig.weight.normal_(0, 0.3)
+        trig.out.weight.normal_(0, 0.3)
     rng = np.random.default_rng(2)
     wave = (0.02 * rng.standard_normal(16000 * 4)).astype(np.float32)
     wave[16000:32000] *= 20  # a loud stretch moves the evidence
@@ -251,10 +251,78 @@ def test_calibration_aligns_the_trigger_threshold_with_the_models():
     out = calibrate_trigger(samples, {"lm": lm, "trigger": trig, "y": ys}, threshold=0.45)
     g, best = clip_scores(samples, trig)
     assert len(g) == 30 and out["n_clips"] == 30 and out["balanced_acc"] > 0.8
-    t = Trigger(1, windows=(1,))
+    t = Trigger(1, windows=(1,), hidden=0)  # the identity head: logit = P's own logit
     t.offset = out["offset"]
     with torch.no_grad():
-        t.weight.fill_(1.0)
+        t.out.weight.fill_(1.0)
     z = torch.logit(torch.from_numpy(best).clamp(1e-6, 1 - 1e-6)).float().unsqueeze(-1)
     shifted = t.prob(z).numpy()  # sigmoid(logit(P) + offset)
     assert np.array_equal(shifted >= 0.45 - 1e-9, best >= out["threshold"] - 1e-9)
+
+
+def test_lowest_quiet_threshold_keeps_the_ambient_budget_and_no_more():
+    from soundflow.trigger_fit import false_replies, lowest_quiet_threshold
+
+    rng = np.random.default_rng(3)
+    logits = (3 * rng.standard_normal(9000)).astype(np.float32)  # an hour of 0.4-s chunks
+    for budget in (0.0, 1.0, 5.0, 40.0):
+        t = lowest_quiet_threshold(logits, hours=1.0, budget=budget, holdoff=4)
+        assert false_replies(logits, t, 4) <= budget
+        below = np.unique(logits[logits < t])
+        if len(below):  # the next lower logit heard would break the budget
+            assert false_replies(logits, float(below[-1]), 4) > budget
+    assert lowest_quiet_threshold(logits, 1.0, 0.0) > logits.max()
+
+
+def test_false_replies_hold_off_after_each_reply():
+    from soundflow.trigger_fit import false_replies
+
+    x = np.array([5, 5, 5, 5, 5, 5, 0, 5], dtype=np.float32)
+    assert false_replies(x, 1.0, holdoff=4) == 2  # chunks 0 and 5; 7 is held off
+    assert false_replies(x, 1.0, holdoff=0) == 7
+
+
+def test_calibration_never_sets_the_trigger_below_its_floor():
+    from soundflow.calibrate import calibrate_trigger
+    from soundflow.data import StreamSample
+
+    rng = np.random.default_rng(0)
+    samples, trig, ys = [], [], []
+    for i in range(20):
+        respond = i % 2 == 0
+        ev = [{"role": "foreground", "offset_s": 0.8, "length_s": 1.2,
+               "provenance": {"type": "clip", "decision": "RESPOND" if respond else "IGNORE"}}]
+        samples.append(StreamSample(id=str(i), events=ev))
+        p = rng.uniform(0.05, 0.2, 8)
+        p[3] = rng.uniform(0.5, 0.9) if respond else p[3]
+        trig.append(p)
+        ys.append(np.zeros(8, dtype=int))
+    parts = {"lm": [np.zeros(8)] * 20, "trigger": trig, "y": ys}
+    free = calibrate_trigger(samples, parts, threshold=0.5)
+    floored = calibrate_trigger(samples, parts, threshold=0.5, floor=float(np.log(0.8 / 0.2)))
+    assert free["threshold"] < 0.8 and floored["threshold"] == pytest.approx(0.8)
+    assert floored["balanced_threshold"] == free["threshold"] and floored["respond_recall"] <= free["respond_recall"]
+
+
+def test_fit_with_a_noise_library_sets_a_floor_from_held_out_folds(tmp_path):
+    """Ambient negatives come from the library's training side in two folds of different files;
+    the floor is the highest out-of-fold threshold within the budget; it survives a reload."""
+    from soundflow.catalog import noise_rows_of
+    from soundflow.model import build_model
+
+    m = build_model("tiny")
+    save_checkpoint(m, {"special"}, tmp_path / "ck")
+    rng = np.random.default_rng(4)
+    rows = []
+    for i in range(16):
+        sf.write(tmp_path / f"n{i}.wav", (0.03 * rng.standard_normal(16000 * 3)).astype(np.float32), 16000)
+        rows.append({"id": f"n{i}", "audio": f"n{i}.wav", "kind": "ambient" if i % 2 else "event"})
+    (tmp_path / "noise.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    stats = fit_into_checkpoint(tmp_path / "ck", tmp_path / "out", bench_manifest=str(_bench_manifest(tmp_path)),
+                                noise_manifest=str(tmp_path / "noise.jsonl"), ambient_minutes=1.0, windows=(2,),
+                                progress=False)
+    assert len(stats["floor_folds"]) == 2 and stats["floor"] == max(f["threshold_logit"] for f in stats["floor_folds"])
+    assert all(f["threshold_logit"] > f["max_logit"] for f in stats["floor_folds"])  # 0.5 min: no reply allowed
+    back = load_checkpoint(tmp_path / "out")
+    assert back.trigger.floor == pytest.approx(stats["floor"]) and back.trigger.hidden_units == 64
+    assert {r["id"] for r in noise_rows_of(rows, "dev")}  # the bench keeps a held-out side

@@ -9,7 +9,10 @@ the share of decision chunks that responded, the source under each reply, and de
 over the whole stream (flat latency over an hour is part of the claim).
 
     soundflow bench ambient NOISE_MANIFEST [--model mini|DIR] [--minutes 60] [--ignore-manifest M]
-        [--threshold T] [--seed 0] [--out DIR] [--json]
+        [--split dev|train|all] [--threshold T] [--seed 0] [--out DIR] [--json]
+
+Only the held-out half of the noise library (`--split dev`, `catalog.noise_rows_of`) is played by
+default: training beds and trigger negatives take the other half.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..catalog import noise_rows_of
 from .common import SAMPLE_RATE, load_manifest, make_runner, read_jsonl, runner_name
 from .proactive import ClipLoader, is_response, load_noise_rows
 from .report import latency_stats, print_json, write_task_report
@@ -36,13 +40,16 @@ class Segment:
 
 
 def ambient_stream(noise_manifest: str | Path, minutes: float, seed: int = 0, kinds: tuple[str, ...] = ("ambient", "event"),
-                   ignore_items=(), ignore_every_s: float = 60.0) -> tuple[np.ndarray, list[Segment]]:
-    """A `minutes`-long speech-free stream and what plays where. IGNORE clips (bench items), when
-    given, are laid over the bed about every `ignore_every_s` seconds at their own level."""
-    rows = [r for r in read_jsonl(noise_manifest) if r.get("kind", "ambient") in kinds]
+                   ignore_items=(), ignore_every_s: float = 60.0, split: str | None = "dev") -> tuple[np.ndarray, list[Segment]]:
+    """A `minutes`-long speech-free stream and what plays where, from `split`'s side of the noise
+    library (`catalog.noise_rows_of`: "dev" by default, the files training never uses). IGNORE
+    clips (bench items), when given, are laid over the bed about every `ignore_every_s` seconds at
+    their own level."""
+    rows = noise_rows_of([r for r in read_jsonl(noise_manifest) if r.get("kind", "ambient") in kinds], split)
     waves = [(sid, w) for sid, w in load_noise_rows(noise_manifest, rows) if len(w) >= SAMPLE_RATE]
     if not waves:
-        raise ValueError(f"{noise_manifest}: no readable noise rows of kind {kinds}")
+        raise ValueError(f"{noise_manifest}: no readable noise rows of kind {kinds} on split {split!r} "
+                         "(a library of one file per kind has no held-out side: --split all plays every file)")
     rng = np.random.default_rng(seed)
     total = int(minutes * 60 * SAMPLE_RATE)
     fade = int(XFADE_S * SAMPLE_RATE)
@@ -84,11 +91,11 @@ def _under(segs: list[Segment], t: float) -> list[str]:
 
 
 def bench_ambient(noise_manifest: str | Path, model="mini", *, minutes: float = 60.0, threshold: float | None = None,
-                  ignore_manifest: str | Path | None = None, seed: int = 0, chunk_ms: int = 400,
+                  ignore_manifest: str | Path | None = None, seed: int = 0, chunk_ms: int = 400, split: str | None = "dev",
                   out: str | Path | None = None, json: bool = False, name: str = "") -> dict:
     runner = make_runner(model, threshold=threshold, chunk_ms=chunk_ms)
     ignore = [it for it in load_manifest(ignore_manifest) if it.decision == "IGNORE"] if ignore_manifest else []
-    wave, segs = ambient_stream(noise_manifest, minutes, seed=seed, ignore_items=ignore)
+    wave, segs = ambient_stream(noise_manifest, minutes, seed=seed, ignore_items=ignore, split=split)
     t0 = time.perf_counter()
     results = runner(wave, chunk_ms)
     wall = time.perf_counter() - t0
@@ -107,7 +114,7 @@ def bench_ambient(noise_manifest: str | Path, model="mini", *, minutes: float = 
         "runner": runner_name(runner),
         "noise_manifest": str(noise_manifest),
         "ignore_manifest": str(ignore_manifest) if ignore_manifest else None,
-        "config": {"minutes": minutes, "seed": seed, "chunk_ms": chunk_ms, "segment_s": SEGMENT_S,
+        "config": {"minutes": minutes, "seed": seed, "chunk_ms": chunk_ms, "segment_s": SEGMENT_S, "split": split or "all",
                    "threshold": getattr(runner, "threshold", threshold)},
         "audio_h": round(hours, 3),
         "chunks": len(results),

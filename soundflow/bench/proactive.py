@@ -25,7 +25,7 @@ import numpy as np
 
 from ..audio import AudioError, load_audio
 from ..calibrate import counted_chunk_range  # noqa: F401 (re-exported: the bench's scoring window)
-from ..catalog import DEV_FRACTION, labelled_catalog_rows, split_by_group  # noqa: F401 (re-exported)
+from ..catalog import DEV_FRACTION, labelled_catalog_rows, noise_rows_of, split_by_group  # noqa: F401 (re-exported)
 from ..data import write_jsonl
 from ..loss import ratio
 from .common import (
@@ -54,6 +54,7 @@ class StreamConfig:
     ambient_dbfs: float = -40.0
     noise_color: str = "pink"  # used when no noise manifest is given
     noise_manifest: str | None = None  # JSONL rows {"audio", "kind"?}; "ambient" rows preferred
+    noise_split: str | None = None  # side of the noise library's split (`catalog.noise_rows_of`); None: all rows
     multi_min: int = 3
     multi_max: int = 5
     gap_s: tuple[float, float] = (1.2, 2.0)
@@ -147,7 +148,7 @@ class Ambient:
         self.cfg, self.rng = cfg, rng
         self.waves: list[np.ndarray] = []
         if cfg.noise_manifest:
-            rows = read_jsonl(cfg.noise_manifest)
+            rows = noise_rows_of(read_jsonl(cfg.noise_manifest), cfg.noise_split)
             amb = [r for r in rows if r.get("kind", "ambient") == "ambient"] or rows
             self.waves = [w for _, w in load_noise_rows(cfg.noise_manifest, amb)]
 
