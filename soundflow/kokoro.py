@@ -68,7 +68,8 @@ def assets_dir() -> Path:
     return cache_dir() / "kokoro"
 
 
-def _missing(what: str) -> KokoroMissing:
+def missing(what: str) -> KokoroMissing:
+    """The error naming the one command that installs the Kokoro assets."""
     return KokoroMissing(f"Kokoro voices not installed ({what} missing under {assets_dir()}): run `{SETUP_COMMAND}`")
 
 
@@ -179,7 +180,7 @@ def install(root: Path | None = None, log=print) -> Path:
 def vocab() -> dict[str, int]:
     p = assets_dir() / "vocab.json"
     if not p.is_file():
-        raise _missing("vocab.json")
+        raise missing("vocab.json")
     return json.loads(p.read_text(encoding="utf-8"))["vocab"]
 
 
@@ -189,7 +190,7 @@ def session(threads: int = 1):
 
     p = assets_dir() / MODEL_FILE
     if not p.is_file() or p.stat().st_size != MODEL_BYTES:
-        raise _missing(MODEL_FILE)
+        raise missing(MODEL_FILE)
     opts = onnxruntime.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
@@ -205,7 +206,7 @@ def style_table(name: str) -> np.ndarray:
     p = assets_dir() / "voices" / f"{name}.bin"
     if not p.is_file():
         if not installed():
-            raise _missing(f"voices/{name}.bin")
+            raise missing(f"voices/{name}.bin")
         raise ValueError(f"unknown Kokoro voice {name!r} (soundflow tts --list)")
     return np.fromfile(p, dtype=np.float32).reshape(STYLE_ROWS, STYLE_DIM)
 

@@ -207,7 +207,7 @@ def parse_voice(voice_id: str, speed: float = 1.0) -> Voice:
         if not names:
             from . import kokoro
 
-            raise kokoro._missing("voices")
+            raise kokoro.missing("voices")
         name = names[0]
     elif fam == "kokoro":
         from . import kokoro
