@@ -78,8 +78,9 @@ def counted_chunk_range(start_sample: int, end_sample: int, chunk_samples: int, 
     return first, last_overlap + window_chunks
 
 
-def clip_ranges(sample, window: int | None = None) -> list[tuple[int, int, bool]]:
-    """(first, last counted chunk, RESPOND?) of every foreground sound-event clip of a stream."""
+def clip_ranges(sample, window: int | None = None, classes: bool = False) -> list[tuple]:
+    """(first, last counted chunk, RESPOND?) of every foreground sound-event clip of a stream;
+    with `classes`, each clip's class ("" when unknown) as a fourth item."""
     from .audio import SAMPLE_RATE
 
     window = WINDOW_CHUNKS if window is None else window
@@ -91,7 +92,7 @@ def clip_ranges(sample, window: int | None = None) -> list[tuple[int, int, bool]
             continue
         a = int(e["offset_s"] * SAMPLE_RATE)
         lo, hi = counted_chunk_range(a, a + int(e["length_s"] * SAMPLE_RATE), c, window)
-        out.append((lo, hi, prov["decision"] == "RESPOND"))
+        out.append((lo, hi, prov["decision"] == "RESPOND") + ((str(prov.get("class") or ""),) if classes else ()))
     return out
 
 

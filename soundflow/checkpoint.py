@@ -139,7 +139,7 @@ def load_checkpoint(folder: str | Path, merge: bool = True) -> AudioLM:
     if meta.get("trigger"):  # trigger.py; a folder without one decides as the paper does
         cfg = meta["trigger"]
         model.add_trigger(cfg["windows"], cfg["d_summary"], holdoff=cfg.get("holdoff"), hidden=cfg.get("hidden"),
-                          floor=cfg.get("floor"))
+                          floor=cfg.get("floor"), classes=cfg.get("classes") or (), replies=cfg.get("replies") or ())
     model.load_trained(load_file(str(folder / "model.safetensors")))
     if meta.get("lora") and merge:
         merge_lora(model)

@@ -42,6 +42,15 @@ def _trigger_fit(a) -> int:
     return 0
 
 
+def _trigger_name(a) -> int:
+    import json
+
+    from .trigger_fit import name_into_checkpoint
+
+    print(json.dumps(name_into_checkpoint(a.checkpoint, a.out, a.bench_manifest, a.data, a.max_chunks, a.seed)))
+    return 0
+
+
 def _train(a) -> int:
     from .train import load_recipe, train
 
@@ -346,6 +355,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-chunks", type=int, default=60)
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(fn=_trigger_fit)
+    t = tsub.add_parser("name", help="fit the trigger's namer (which sound it heard, so the reply names it); "
+                                     "writes CHECKPOINT + namer to --out, calibration kept")
+    t.add_argument("checkpoint")
+    t.add_argument("--out", required=True, help="the new checkpoint folder")
+    t.add_argument("--bench-manifest", default=None, help="bench manifest of train-split clips with a `class` column")
+    t.add_argument("--data", nargs="*", default=[], help="built stream sets (data specs) of train groups")
+    t.add_argument("--max-chunks", type=int, default=60)
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(fn=_trigger_name)
 
     s = sub.add_parser("tfjp", help="time-frequency joint preprocessing (Alg. 1) of a file or folder")
     s.add_argument("inp", metavar="IN")

@@ -181,6 +181,7 @@ def feed_audio(model, state: DecoderState, audio: torch.Tensor, heard: torch.Ten
     ev = state.trigger.evidence()
     p_trig = float(model.trigger.prob(ev)) if ev is not None else 0.0
     state.trigger.last = (p_lm, p_trig)
+    state.trigger.heard_name = model.trigger.name(ev) if ev is not None else None
     return float(combine(p_lm, p_trig))
 
 
@@ -211,10 +212,37 @@ def _next_token(model, state: DecoderState) -> int:
     return nxt
 
 
+def named_reply(model, state: DecoderState) -> str | None:
+    """The reply the model was trained to give the sound its trigger named, when the trigger
+    called for this reply and its namer is sure enough (`trigger.TRIGGER_NAME_MIN`); else None."""
+    from .trigger import TRIGGER_NAME_MIN
+
+    named = state.trigger.named if state.trigger is not None else None
+    if named is None or named[1] < TRIGGER_NAME_MIN:
+        return None
+    return model.trigger.replies[named[0]]
+
+
+def _named_reply_tokens(model, state: DecoderState, max_tokens: int) -> Iterator[int]:
+    """The named reply's tokens, left pending (fed with the next forward, as generated ones are)."""
+    text = named_reply(model, state)
+    state.trigger.named = None
+    for t in model.tokenizer.encode(text)[:max_tokens]:
+        state.pending.append(t)
+        yield t
+    state.pending.append(model.tokenizer.eos_id)
+
+
 @torch.inference_mode()
 def reply_tokens(model, state: DecoderState, max_tokens: int = 48) -> Iterator[int]:
-    """Greedy reply after `<response>`: yields text token ids; leaves `<eos>` pending."""
+    """Reply after `<response>`: yields text token ids; leaves `<eos>` pending. Greedy from the
+    LM, except after a sound the trigger named: then the reply trained for that sound, written
+    into the context as if the LM had said it (the LM does not learn which sound it heard on
+    this project's budget; the namer does — trigger.py)."""
     eos = model.tokenizer.eos_id
+    if named_reply(model, state) is not None:
+        yield from _named_reply_tokens(model, state, max_tokens)
+        return
     for _ in range(max_tokens):
         nxt = _next_token(model, state)
         if nxt == eos:
@@ -335,12 +363,16 @@ class ContextWindow:
 
     @torch.inference_mode()
     def reply(self, max_tokens: int = 48) -> Iterator[int]:
-        """Greedy reply after `<response>`: yields text token ids, leaves `<eos>` pending (also at
-        the cap). Closing the generator early leaves the last token pending: `close_reply`."""
+        """Reply after `<response>` (greedy, or the named reply as `reply_tokens`): yields text
+        token ids, leaves `<eos>` pending (also at the cap). Closing the generator early leaves the
+        last token pending: `close_reply`."""
         if not self._turns:
             raise RuntimeError("reply before any feed")
         st, turn = self._state, self._turns[-1]
         eos = self.model.tokenizer.eos_id
+        if named_reply(self.model, st) is not None:  # recorded with the next feed, which feeds them
+            yield from _named_reply_tokens(self.model, st, max_tokens)
+            return
         for _ in range(max_tokens):
             turn.segments.append((list(st.pending), None))  # what this step feeds
             nxt = _next_token(self.model, st)

@@ -17,6 +17,11 @@ made streaming and causal:
 - P_trigger = sigmoid(head(standardise(evidence))): a one-hidden-layer MLP (`TRIGGER_HIDDEN`
   units; 0 makes it the logistic regression it started as).
 
+- its namer, a softmax regression on the same evidence, says which sound it heard; a reply the
+  trigger called for is then the reply the model was trained to give that sound, when the namer
+  is sure (`TRIGGER_NAME_MIN`; `decoding.named_reply`), since the LM itself guesses the sound
+  (it said "a car horn" to thunder, "bless you" to a crying baby). Otherwise the LM writes it.
+
 The decision the engine thresholds is then P = max(P_LM, P_trigger): either the LM's own control
 readout (a word ended, a question was asked — Alg. 2's decisions) or the trigger (a sound to
 warn about) can call for `<response>`; the LM writes the reply either way. Each path keeps its
@@ -49,6 +54,10 @@ TRIGGER_HIDDEN = 64
 TRIGGER_DROPOUT = 0.2  # on the standardised evidence and the hidden units, while fitting only
 TRIGGER_DECAY = 1e-2  # AdamW weight decay
 TRIGGER_STEPS = 1000  # AdamW steps of 512 chunks (about 8 epochs of the full fit's 62k chunks)
+# The namer (`Trigger.name`): a softmax regression on the same evidence over the sound classes with
+# a trained reply (83 % top-1 on held-out RESPOND clips, BENCHMARKS.md). Below this probability the
+# LM writes the reply itself, as it does for replies the trigger did not call for.
+TRIGGER_NAME_MIN = 0.5
 TRIGGER_MAX_FALSE_PER_HOUR = 1.0  # the ambient budget the fit's floor is set for (trigger_fit.ambient_floor)
 
 
@@ -96,7 +105,8 @@ class Trigger(nn.Module):
     `offset` comes from the checkpoint's calibration and aligns its threshold with the model's."""
 
     def __init__(self, d_summary: int, windows: Sequence[int] = TRIGGER_WINDOWS, holdoff: int = TRIGGER_HOLDOFF,
-                 hidden: int = TRIGGER_HIDDEN, floor: float | None = None):
+                 hidden: int = TRIGGER_HIDDEN, floor: float | None = None, classes: Sequence[str] = (),
+                 replies: Sequence[str] = ()):
         super().__init__()
         self.windows = tuple(int(w) for w in windows)
         self.holdoff = int(holdoff)
@@ -110,12 +120,34 @@ class Trigger(nn.Module):
         self.out = nn.Linear(self.hidden_units or n, 1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
+        self.set_classes(classes, replies)
         self.requires_grad_(False)
         self.offset = 0.0
 
+    def set_classes(self, classes: Sequence[str], replies: Sequence[str]) -> None:
+        """The namer's classes and the reply the model was trained to give each (an empty namer
+        without classes). Its weights start at zero: fit or load them next."""
+        if len(classes) != len(replies):
+            raise ValueError(f"{len(classes)} classes but {len(replies)} replies")
+        self.classes, self.replies = tuple(classes), tuple(replies)
+        self.namer = nn.Linear(self.mean.numel(), len(self.classes)) if self.classes else None
+        if self.namer is not None:
+            nn.init.zeros_(self.namer.weight)
+            nn.init.zeros_(self.namer.bias)
+            self.namer.requires_grad_(False)
+
     def config(self) -> dict:
         return {"windows": list(self.windows), "d_summary": self.d_summary, "holdoff": self.holdoff,
-                "hidden": self.hidden_units, "floor": self.floor}
+                "hidden": self.hidden_units, "floor": self.floor, "classes": list(self.classes),
+                "replies": list(self.replies)}
+
+    def name(self, evidence: torch.Tensor) -> tuple[int, float] | None:
+        """(class index, probability) of the sound the evidence holds; None without a namer."""
+        if self.namer is None:
+            return None
+        p = torch.softmax(self.namer(self.standardise(evidence)), -1)
+        k = int(p.argmax())
+        return k, float(p[k])
 
     def head(self, z: torch.Tensor, dropout: float = 0.0) -> torch.Tensor:
         """Standardised evidence (..., n) → logit (...); `dropout` > 0 only while fitting."""
@@ -151,6 +183,8 @@ class TriggerState:
     heard: deque = field(default_factory=deque)
     quiet: int = 0
     last: tuple[float, float] = (0.0, 0.0)  # (P_LM, P_trigger) of the newest decision
+    heard_name: tuple[int, float] | None = None  # the namer's (class, P) at the newest decision
+    named: tuple[int, float] | None = None  # ... kept for the reply the trigger called for
 
     def push(self, summaries: torch.Tensor) -> None:
         for s in summaries:
@@ -168,8 +202,11 @@ class TriggerState:
     def replied(self) -> None:
         """A reply on the newest chunk: empty the evidence; hold off if the trigger called for it."""
         self.heard.clear()
-        if self.last[1] >= self.last[0]:
+        mine = self.last[1] >= self.last[0]
+        self.named = self.heard_name if mine else None
+        if mine:
             self.quiet = self.holdoff + 1  # the next `holdoff` chunks pushed
 
     def copy(self) -> "TriggerState":
-        return TriggerState(self.windows, self.holdoff, deque(self.heard), self.quiet, self.last)
+        return TriggerState(self.windows, self.holdoff, deque(self.heard), self.quiet, self.last, self.heard_name,
+                            self.named)

@@ -24,11 +24,13 @@ from .trigger import (TRIGGER_DECAY, TRIGGER_DROPOUT, TRIGGER_STEPS, TRIGGER_HID
 
 @dataclass
 class TriggerExample:
-    """One stream for fitting: chunk summaries (T, 2d), 0/1 labels (T,), the reply chunks."""
+    """One stream for fitting: chunk summaries (T, 2d), 0/1 labels (T,), the reply chunks, and
+    the class of the RESPOND sound at each labelled chunk ("" elsewhere or when unknown)."""
 
     summaries: torch.Tensor
     labels: np.ndarray
     resets: list[int]
+    names: list[str] | None = None
 
 
 def respond_labels(n_chunks: int, clips: Sequence[tuple[int, int, bool]], chunk_samples: int,
@@ -55,10 +57,13 @@ def examples_from_streams(model, samples, max_chunks: int = 60, window_chunks: i
     for s in samples:
         enc = feats(s, max_chunks)
         y = np.zeros(enc.shape[0], dtype=np.int64)
-        for lo, hi, respond in clip_ranges(s, window_chunks):  # the calibration's and the bench's ranges
+        names = [""] * enc.shape[0]
+        for lo, hi, respond, cls in clip_ranges(s, window_chunks, classes=True):  # the calibration's and the bench's ranges
             if respond:
                 y[lo: hi + 1] = 1
-        out.append(TriggerExample(chunk_summary(enc), y, [t["chunk"] for t in s.timeline if t["chunk"] < enc.shape[0]]))
+                names[lo: hi + 1] = [cls] * len(names[lo: hi + 1])
+        out.append(TriggerExample(chunk_summary(enc), y, [t["chunk"] for t in s.timeline if t["chunk"] < enc.shape[0]],
+                                  names[: enc.shape[0]]))
     return out
 
 
@@ -71,6 +76,7 @@ def examples_from_bench_streams(model, streams, chunk_ms: int = 400, window_chun
     """Bench-style streams (`bench.proactive.Stream`: ambient lead-in, whole clips, a tail) of
     train-split clips; resets where a RESPOND clip's last chunk would be answered."""
     from .audio import SAMPLE_RATE
+    from .calibrate import counted_chunk_range
     from .data import split_chunks
 
     c, out = chunk_ms * SAMPLE_RATE // 1000, []
@@ -79,8 +85,13 @@ def examples_from_bench_streams(model, streams, chunk_ms: int = 400, window_chun
             enc = model.encode_audio(model.features(torch.from_numpy(split_chunks(s.wave, chunk_ms))))
         clips = [(e.start_sample, e.end_sample, e.item.decision == "RESPOND") for e in s.events]
         y = respond_labels(enc.shape[0], clips, c, window_chunks)
+        names = [""] * enc.shape[0]
+        for e in s.events:
+            if e.item.decision == "RESPOND":
+                lo, hi = counted_chunk_range(e.start_sample, e.end_sample, c, window_chunks)
+                names[lo: hi + 1] = [e.item.sound_class] * len(names[lo: hi + 1])
         resets = [-(-b // c) - 1 for a, b, r in clips if r]
-        out.append(TriggerExample(chunk_summary(enc), y, resets))
+        out.append(TriggerExample(chunk_summary(enc), y, resets, names))
     return out
 
 
@@ -118,6 +129,47 @@ def fit_trigger(examples: Sequence[TriggerExample], windows: Sequence[int] = TRI
     trig.requires_grad_(False)
     return trig, {"chunks": int(len(y)), "respond_chunks": int(y.sum()), "streams": len(examples),
                   "windows": list(trig.windows), "hidden": hidden, "steps": steps, "seed": seed}
+
+
+def fit_namer(trig: Trigger, examples: Sequence[TriggerExample], seed: int = 0, steps: int = 500,
+              min_chunks: int = 20) -> dict:
+    """The trigger's namer: a softmax regression on its standardised evidence at the chunks of
+    RESPOND sounds whose class has a trained reply (`replies.PROACTIVE_REPLIES`: what the LM was
+    taught to say about it) and at least `min_chunks` chunks; fitted in place."""
+    from .replies import PROACTIVE_REPLIES
+
+    X, names = [], []
+    for e in examples:
+        if e.names is None:
+            continue
+        ev = pooled_stream(e.summaries, e.resets, trig.windows)
+        keep = [t for t, n in enumerate(e.names) if n in PROACTIVE_REPLIES and e.labels[t]]
+        X.append(ev[keep])
+        names += [e.names[t] for t in keep]
+    counts = {c: names.count(c) for c in set(names)}
+    classes = sorted(c for c, k in counts.items() if k >= min_chunks)
+    if len(classes) < 2:
+        raise ValueError("the namer needs RESPOND chunks of at least two classes with a trained reply")
+    rows = [i for i, n in enumerate(names) if n in classes]
+    Z = trig.standardise(torch.cat(X)[rows])
+    y = torch.tensor([classes.index(names[i]) for i in rows])
+    trig.set_classes(classes, [PROACTIVE_REPLIES[c] for c in classes])
+    torch.manual_seed(seed)
+    params = list(trig.namer.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=TRIGGER_DECAY)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(-(-steps * 512 // len(y))):
+        for idx in torch.randperm(len(y), generator=g).split(512):
+            loss = nn.functional.cross_entropy(trig.namer(nn.functional.dropout(Z[idx], TRIGGER_DROPOUT)), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    trig.requires_grad_(False)
+    with torch.no_grad():
+        acc = float((trig.namer(Z).argmax(-1) == y).float().mean())
+    return {"classes": classes, "chunks": len(rows), "train_accuracy": round(acc, 4), "steps": steps}
 
 
 AMBIENT_MINUTES = 40.0  # training-side ambience heard as negatives (about 3.4 min of distinct audio, re-cropped)
@@ -266,6 +318,58 @@ def fit_into_checkpoint(checkpoint, out, data: Sequence[str] = (), bench_manifes
     meta.pop("calibration", None)
     meta["trained"] = sorted(set(meta.get("trained", [])) | {k for k in state if k.startswith("trigger.")})
     meta["trigger"] = {**trig.config(), "fit": stats}
+    (tmp / "model.json").write_text(json.dumps(meta, indent=1))
+    commit_dir(tmp, Path(out))
+    return stats
+
+
+def name_into_checkpoint(checkpoint, out, bench_manifest: str | None = None, data: Sequence[str] = (),
+                         max_chunks: int = 60, seed: int = 0, progress: bool = True) -> dict:
+    """Fit the namer of `checkpoint`'s trigger (`fit_namer`) on the RESPOND sounds of train-split
+    bench-style streams (single clips over pink noise) and/or built `data`, and write the
+    checkpoint with it to `out`. The decision is unchanged, so the calibration is kept."""
+    import json
+    import shutil
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import load_file, save_file
+
+    from .checkpoint import atomic_dir, commit_dir, resolve_dir
+    from .loading import load_model
+
+    src = resolve_dir(Path(checkpoint))
+    if src is None:
+        raise FileNotFoundError(f"no soundflow checkpoint (model.json) in {checkpoint}")
+    model = load_model(str(src))
+    if model.trigger is None:
+        raise ValueError(f"{checkpoint} has no sound trigger: `soundflow trigger fit` it first")
+    examples: list[TriggerExample] = []
+    if data:
+        from .dataspec import load_streams
+
+        examples += examples_from_streams(model, load_streams(list(data)), max_chunks)
+    if bench_manifest:
+        from .bench.proactive import ClipLoader, StreamConfig, build_single_streams, load_manifest
+
+        items = [it for it in load_manifest(bench_manifest) if it.decision == "RESPOND"]
+        examples += examples_from_bench_streams(model, build_single_streams(items, StreamConfig(), seed, ClipLoader()))
+    if progress:
+        print(f"[trigger] naming from {len(examples)} streams", file=sys.stderr, flush=True)
+    trig = model.trigger
+    stats = fit_namer(trig, examples, seed)
+    tmp = atomic_dir(Path(out))
+    for f in src.iterdir():
+        if f.is_file() and f.name not in ("model.safetensors", "model.json"):
+            shutil.copy2(f, tmp / f.name)
+    state = {k: v for k, v in load_file(str(src / "model.safetensors")).items() if not k.startswith("trigger.namer.")}
+    state.update({f"trigger.{n}": p.detach().cpu().contiguous() for n, p in trig.named_parameters() if n.startswith("namer.")})
+    save_file(state, str(tmp / "model.safetensors"))
+    meta = json.loads((src / "model.json").read_text())
+    meta["trained"] = sorted({k for k in meta.get("trained", []) if not k.startswith("trigger.namer.")}
+                             | {k for k in state if k.startswith("trigger.namer.")})
+    meta["trigger"] = {**meta["trigger"], "classes": list(trig.classes), "replies": list(trig.replies),
+                       "name_fit": {**stats, "bench_manifest": bench_manifest, "data": list(data)}}
     (tmp / "model.json").write_text(json.dumps(meta, indent=1))
     commit_dir(tmp, Path(out))
     return stats

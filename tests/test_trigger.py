@@ -326,3 +326,67 @@ def test_fit_with_a_noise_library_sets_a_floor_from_held_out_folds(tmp_path):
     back = load_checkpoint(tmp_path / "out")
     assert back.trigger.floor == pytest.approx(stats["floor"]) and back.trigger.hidden_units == 64
     assert {r["id"] for r in noise_rows_of(rows, "dev")}  # the bench keeps a held-out side
+
+
+def _named(model, bias: float = 10.0):
+    """A trigger that always fires and names the second of two classes."""
+    from soundflow.replies import PROACTIVE_REPLIES
+
+    trig = _with_trigger(model, bias)
+    trig.set_classes(["baby_cry", "glass_break"], [PROACTIVE_REPLIES["baby_cry"], PROACTIVE_REPLIES["glass_break"]])
+    with torch.no_grad():
+        trig.namer.bias.copy_(torch.tensor([0.0, 5.0]))
+    return trig
+
+
+def test_fit_namer_learns_which_respond_sound_it_heard():
+    from soundflow.trigger import Trigger
+    from soundflow.trigger_fit import fit_namer
+
+    rng = np.random.default_rng(0)
+    ex = []
+    for i in range(60):
+        s = torch.from_numpy(rng.standard_normal((10, 6)).astype(np.float32))
+        cls = ("baby_cry", "glass_break", "no_reply_class")[i % 3]
+        s[4:7, i % 3] += 4.0
+        y = np.zeros(10, dtype=np.int64)
+        y[4:9] = 1
+        ex.append(TriggerExample(s, y, [], [""] * 4 + [cls] * 5 + [""]))
+    trig = Trigger(6, windows=(1,), hidden=0)
+    with torch.no_grad():
+        trig.scale.fill_(1.0)
+    stats = fit_namer(trig, ex, steps=300)
+    assert stats["classes"] == ["baby_cry", "glass_break"]  # a class without a trained reply is left out
+    assert trig.replies[1].startswith("I heard glass breaking")
+    hits = [trig.name(pooled_stream(e.summaries, (), (1,))[5])[0] == ("baby_cry", "glass_break").index(e.names[5])
+            for e in ex if e.names[5] != "no_reply_class"]
+    assert np.mean(hits) > 0.9
+
+
+def test_a_sound_the_trigger_named_gets_the_reply_trained_for_it_and_the_lm_writes_the_rest(tmp_path):
+    """When the trigger calls for the reply and names the sound, the reply is that sound's
+    trained reply, on the sequential decoder and the engine alike; it survives a checkpoint."""
+    from soundflow.audio import iter_chunks
+    from soundflow.engine import Engine, EngineOptions
+    from soundflow.model import build_model
+
+    m = build_model("tiny").eval()
+    trig = _named(m)
+    want = trig.replies[1]
+    wave = (0.05 * np.random.default_rng(0).standard_normal(16000 * 2)).astype(np.float32)
+    evs = list(decoding.decode_stream(m, list(iter_chunks(wave)), decoding.DecodeOptions(threshold=0.5, max_reply_tokens=400)))
+    replies = [e["text"] for e in evs if e["type"] == "response"]
+    assert replies and all(m.tokenizer.decode(m.tokenizer.encode(want)) == r for r in replies)
+    eng = Engine(m, EngineOptions(threshold=0.5, max_reply_tokens=400))
+    out = [e for e in eng.session().run(iter_chunks(wave), realtime=False) if e["type"] == "response"]
+    eng.close()
+    assert [e["text"] for e in out] == replies
+    save_checkpoint(m, {"special"}, tmp_path / "ck")
+    back = load_checkpoint(tmp_path / "ck")
+    assert back.trigger.classes == ("baby_cry", "glass_break") and back.trigger.replies[1] == want
+    assert torch.equal(back.trigger.namer.bias, trig.namer.bias)
+    with torch.no_grad():  # unsure: the LM writes the reply
+        trig.namer.bias.zero_()
+    evs = list(decoding.decode_stream(m, list(iter_chunks(wave))[:3], decoding.DecodeOptions(threshold=0.5, max_reply_tokens=4)))
+    assert all(e["text"] != replies[0] for e in evs if e["type"] == "response")
+    m.trigger = None

@@ -50,6 +50,7 @@ class BenchItem:
     meso: str
     rel_path: str = ""  # as written in the manifest
     standard_answers: list[str] = field(default_factory=list)
+    sound_class: str = ""  # the row's `class` where the manifest has one (this project's catalogs)
 
     @property
     def category(self) -> str:
@@ -113,6 +114,7 @@ def load_manifest(path: str | Path, references: str | Path | None = None) -> lis
                 meso=meso,
                 rel_path=rel,
                 standard_answers=list(r.get("standard_answers") or refs.get(rid, [])),
+                sound_class=str(r.get("class") or ""),
             )
         )
     return items
