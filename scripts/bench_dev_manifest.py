@@ -12,7 +12,6 @@ raid siren) keep no answers and are left out of the semantic score.
 
 import argparse
 import json
-from pathlib import Path
 
 from soundflow.bench.proactive import catalog_to_bench_manifest
 from soundflow.data import read_jsonl, shared_data_dir, write_jsonl

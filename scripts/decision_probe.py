@@ -12,13 +12,15 @@ import sys
 
 import numpy as np
 import torch
-from soundflow.calibrate import WINDOW_CHUNKS, counted_chunk_range
-from soundflow.loading import load_model
-from soundflow.data import read_shards
-from soundflow.train import FeatureCache, collate
 from sklearn.linear_model import LogisticRegression
-from sklearn.preprocessing import StandardScaler
 from sklearn.metrics import roc_auc_score
+from sklearn.preprocessing import StandardScaler
+
+from soundflow.calibrate import WINDOW_CHUNKS, counted_chunk_range
+from soundflow.data import read_shards
+from soundflow.loading import load_model
+from soundflow.train import FeatureCache, collate
+
 torch.set_num_threads(1)
 m = load_model(sys.argv[1]).eval()
 C = 6400

@@ -15,11 +15,11 @@ Catalog JSONL row (docs/formats.md; the shared data folder's README.md):
 from __future__ import annotations
 
 import hashlib
-from collections import defaultdict
 import importlib.util
 import os
 import re
 import zlib
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Protocol, Sequence, runtime_checkable

@@ -171,9 +171,7 @@ def _tts(a) -> int:
 
 def _bench_asr(a) -> int:
     from .bench.asr import bench_asr
-
     from .bench.layouts import with_layout
-
     from .bench.report import num
 
     r = bench_asr(with_layout(a.manifest, a.layout), model=None if a.model == "none" else a.model, json=a.json,
@@ -190,7 +188,6 @@ def _bench_asr(a) -> int:
 
 def _bench_task(a) -> int:
     from .bench import tasks
-
     from .bench.layouts import target_language, with_layout
 
     fn = {"s2tt": tasks.bench_s2tt, "mcq": tasks.bench_mcq, "spoken-qa": tasks.bench_spoken_qa}[a.bench]

@@ -768,9 +768,8 @@ def create_app(model=None, token: str | None = None, options=None, max_sessions:
     if engine is None:
         if model is None:
             raise ValueError("create_app needs a model or an engine")
-        from .engine import Engine, EngineOptions
-
         from .calibrate import default_threshold
+        from .engine import Engine, EngineOptions
 
         engine = Engine(model, options or EngineOptions(threshold=default_threshold(model)))
     opts = options or getattr(engine, "options", None)

@@ -625,7 +625,7 @@ def steps_understanding(rng: np.random.Generator, res: Resources):
     turns, used, heard = [], 0.0, []
     q_texts = []
     n = int(rng.integers(2, 5))
-    for i in range(n):
+    for _i in range(n):
         row = _pick(res.events, rng)
         clip, fx = _event_clip(row, res, rng, min(MAX_EVENT_S, 5.0))
         if used + len(clip) / SAMPLE_RATE + (2.5 if spoken_q else 0.4) > budget:

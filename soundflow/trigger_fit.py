@@ -15,11 +15,20 @@ from typing import Sequence
 
 import numpy as np
 import torch
-
 from torch import nn
 
-from .trigger import (TRIGGER_DECAY, TRIGGER_DROPOUT, TRIGGER_STEPS, TRIGGER_HIDDEN, TRIGGER_HOLDOFF,
-                      TRIGGER_MAX_FALSE_PER_HOUR, TRIGGER_WINDOWS, Trigger, chunk_summary, pooled_stream)
+from .trigger import (
+    TRIGGER_DECAY,
+    TRIGGER_DROPOUT,
+    TRIGGER_HIDDEN,
+    TRIGGER_HOLDOFF,
+    TRIGGER_MAX_FALSE_PER_HOUR,
+    TRIGGER_STEPS,
+    TRIGGER_WINDOWS,
+    Trigger,
+    chunk_summary,
+    pooled_stream,
+)
 
 
 @dataclass

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from soundflow.audio import (SAMPLE_RATE, AudioError, Chunker, iter_chunks, iter_pcm_stream, load_audio,
-                             log_mel)
+from soundflow.audio import SAMPLE_RATE, AudioError, Chunker, iter_chunks, iter_pcm_stream, load_audio, log_mel
 
 
 def tone(sr=SAMPLE_RATE, sec=1.0, f=440.0):

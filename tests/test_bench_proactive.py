@@ -11,12 +11,19 @@ import pytest
 import soundfile as sf
 
 from soundflow.bench.baselines import respond_runner, silent_runner
-from soundflow.bench.common import ChunkResult, categories_from_path, colored_noise, load_manifest, load_predictions, parse_prediction
+from soundflow.bench.common import (
+    ChunkResult,
+    categories_from_path,
+    colored_noise,
+    load_manifest,
+    load_predictions,
+    parse_prediction,
+)
 from soundflow.bench.proactive import (
     BenchItem,
+    Event,
     EventResult,
     Stream,
-    Event,
     StreamConfig,
     bench_proactive,
     build_multi_streams,

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_server import running_server  # tests/ is on sys.path under pytest (no __init__.py)
 
 from soundflow.model import build_model
-from test_server import running_server  # tests/ is on sys.path under pytest (no __init__.py)
 
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = [

@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
+from test_build import DATA, _digest, _recipe
 
 from soundflow import build
-from test_build import DATA, _digest, _recipe
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not (DATA / "events" / "catalog.jsonl").exists(), reason="shared data not present")]

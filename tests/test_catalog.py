@@ -147,7 +147,7 @@ def test_real_minilm_retrieves_glass_break_for_glass_shattering(tmp_path):
     assert cat.search("a fire alarm beeping", k=1)[0][0].cls == "smoke_alarm"
     assert cat.search("an infant wailing", k=1)[0][0].cls == "baby_cry"
     t = time.perf_counter()
-    Catalog.load(EVENTS, embedder=cat.embedder, cache_dir=tmp_path / "cache").embeddings
+    _ = Catalog.load(EVENTS, embedder=cat.embedder, cache_dir=tmp_path / "cache").embeddings
     assert time.perf_counter() - t < 2.0  # cached
 
 

@@ -18,8 +18,18 @@ from soundflow.audio import SAMPLE_RATE as SR
 from soundflow.catalog import Catalog, HashEmbedder
 from soundflow.compose import Event, compose
 from soundflow.curate import (
-    TEMPLATES, AcousticVerifier, Candidate, GroundingContext, LLMCurator, OfflineCurator, Scenario, SubEvent,
-    curate_stream, default_curator, matches, measure,
+    TEMPLATES,
+    AcousticVerifier,
+    Candidate,
+    GroundingContext,
+    LLMCurator,
+    OfflineCurator,
+    Scenario,
+    SubEvent,
+    curate_stream,
+    default_curator,
+    matches,
+    measure,
 )
 from soundflow.curator_client import LLMClient, LLMError, parse_json_object
 from soundflow.data import shared_data_dir

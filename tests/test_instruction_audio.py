@@ -84,7 +84,7 @@ def test_sequence_puts_the_spoken_instruction_before_the_stream_and_matches_infe
     assert all(am[j : j + 30]) and ids[j : j + 30] == [tok.audio_id] * 30  # 3 instruction chunks × 10 slots
     assert all(y == MASK for y in ys[: j + 30])  # the instruction is never a target
     k = j + 30
-    for t in range(4):  # then the stream: 10 slots and a control token per chunk
+    for _t in range(4):  # then the stream: 10 slots and a control token per chunk
         assert all(am[k : k + 10]) and not am[k + 10] and ids[k + 10] == tok.silent_id
         k += 11
     assert len(ids) == k

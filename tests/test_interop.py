@@ -11,8 +11,7 @@ from soundflow.audio import SAMPLE_RATE, load_audio
 from soundflow.cli import main
 from soundflow.data import read_jsonl, synthetic_beeps, write_jsonl
 from soundflow.dataspec import load_streams
-from soundflow.interop import (GAP_FRAMES, FRAME_MS, NO_RESPONSE, export_authors, import_authors,
-                               load_conversations)
+from soundflow.interop import FRAME_MS, GAP_FRAMES, NO_RESPONSE, export_authors, import_authors, load_conversations
 
 CHUNK = SAMPLE_RATE * 400 // 1000
 FRAME = SAMPLE_RATE * FRAME_MS // 1000

@@ -243,7 +243,7 @@ def test_client_vanishing_mid_reply_frees_its_session(model):
     async def steady(srv, i, victim_gone: asyncio.Event):
         ws, _ = await open_session(srv.ws)
         first = []
-        for k in range(2):
+        for _k in range(2):
             await send_audio(ws, audio(i, 1)[:CHUNK])
             first += await until(ws, lambda e: e["type"] == "response")
         await victim_gone.wait()

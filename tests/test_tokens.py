@@ -2,8 +2,7 @@
 
 import pytest
 
-from soundflow.tokens import (AUDIO_SLOTS, MASK, ByteTokenizer, build_sequence, labels_to_timeline,
-                              parse_timeline)
+from soundflow.tokens import AUDIO_SLOTS, MASK, ByteTokenizer, build_sequence, labels_to_timeline, parse_timeline
 
 TOK = ByteTokenizer()
 S, R, E, A = TOK.silent_id, TOK.response_id, TOK.eos_id, TOK.audio_id

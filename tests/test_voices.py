@@ -77,7 +77,8 @@ def test_build_summary_counts_speakers_families_sentences():
     from soundflow.build import _count_speech, summarize
 
     a, b = {"shard": 0}, {"shard": 1}
-    tts_ev = lambda fam, name, text: {"type": "tts", "text": text, "tts": {"family": fam, "name": name}}
+    def tts_ev(fam, name, text):
+        return {"type": "tts", "text": text, "tts": {"family": fam, "name": name}}
     _count_speech([tts_ev("kokoro", "af_heart", "Hello there."), tts_ev("piper", "en_US-joe-medium", "Hi."),
                    {"type": "clip", "id": "x"}], a)
     _count_speech([{"role": "foreground", "provenance": {"type": "speech", "speaker": "george", "text": "zero"}},

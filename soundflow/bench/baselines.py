@@ -71,7 +71,7 @@ class WhisperEmbedder:
         by_len: dict[int, list[int]] = {}
         for i, w in enumerate(waves):
             by_len.setdefault(len(w), []).append(i)
-        for n, idx in by_len.items():
+        for _n, idx in by_len.items():
             for b in range(0, len(idx), batch):
                 ii = idx[b : b + batch]
                 mel = np.stack([self.fe(np.asarray(waves[i], dtype=np.float32), padding=0) for i in ii])

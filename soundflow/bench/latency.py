@@ -118,13 +118,13 @@ def _analyse(evs, chunk_s):
         after = [k for k in sorted(dec) if k > r["chunk"] and dec[k]["_recv"] > end]
         if after:
             first.append(dec[after[0]]["latency_ms"])
-    stall_all = sum(l > chunk_s * 1000 for l in lat) / max(1, len(lat))
+    stall_all = sum(x > chunk_s * 1000 for x in lat) / max(1, len(lat))
     # the paper's sense of a stall: the input side falls behind — a chunk not taken in (encoded)
     # before the next one arrives. FIFO's encoder never waits for the decoder; sequential's does.
     inp = [dec[k].get("input_ms", 0.0) for k in sorted(dec)]
     input_stall = sum(x > chunk_s * 1000 for x in inp) / max(1, len(inp))
     listen_lat = [dec[k]["latency_ms"] for k in sorted(dec) if k not in in_reply and not dec[k].get("drained")]
-    stall_listen = sum(l > chunk_s * 1000 for l in listen_lat) / max(1, len(listen_lat))
+    stall_listen = sum(x > chunk_s * 1000 for x in listen_lat) / max(1, len(listen_lat))
     return {
         "chunks": len(lat),
         "latency_p50_ms": _pct(listen_lat, 50),

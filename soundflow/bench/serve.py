@@ -36,6 +36,7 @@ import urllib.request
 import numpy as np
 
 from ..audio import SAMPLE_RATE as SR
+
 FRAME = 1600  # 100 ms, as the page sends
 ABUSERS = ("huge", "instructions", "sprayer", "hellos", "slowloris", "vanish")
 
