@@ -228,26 +228,34 @@ def test_engine_modes_and_batching_decide_with_the_trigger_as_the_reference_deco
         eng.close()
 
 
-def test_calibration_aligns_the_trigger_threshold_with_the_models():
-    """`calibrate_trigger` picks the trigger's best per-clip threshold t and an offset such that,
-    at the model's threshold, the shifted trigger fires exactly where P_trigger ≥ t."""
-    from soundflow.calibrate import calibrate_trigger, clip_scores
+def _one_clip_streams(n, rng, quiet, loud):
+    """n 8-chunk streams of one clip each (RESPOND, IGNORE alternating) and trigger P per chunk:
+    U(quiet) everywhere, U(loud) at chunk 3 of a RESPOND clip."""
     from soundflow.data import StreamSample
-    from soundflow.trigger import Trigger
 
-    rng = np.random.default_rng(0)
-    samples, lm, trig, ys = [], [], [], []
-    for i in range(30):
+    samples, ps = [], []
+    for i in range(n):
         respond = i % 2 == 0
         ev = [{"role": "foreground", "offset_s": 0.8, "length_s": 1.2,
                "provenance": {"type": "clip", "decision": "RESPOND" if respond else "IGNORE"}}]
         samples.append(StreamSample(id=str(i), events=ev))
-        p = rng.uniform(0.05, 0.3, 8)
+        p = rng.uniform(*quiet, 8)
         if respond:
-            p[3] = rng.uniform(0.25, 0.6)  # RESPOND clips score higher, overlapping a little
-        trig.append(p)
-        lm.append(rng.uniform(0.0, 0.2, 8))
-        ys.append(np.zeros(8, dtype=int))
+            p[3] = rng.uniform(*loud)
+        ps.append(p)
+    return samples, ps
+
+
+def test_calibration_aligns_the_trigger_threshold_with_the_models():
+    """`calibrate_trigger` picks the trigger's best per-clip threshold t and an offset such that,
+    at the model's threshold, the shifted trigger fires exactly where P_trigger ≥ t."""
+    from soundflow.calibrate import calibrate_trigger, clip_scores
+    from soundflow.trigger import Trigger
+
+    rng = np.random.default_rng(0)
+    samples, trig = _one_clip_streams(30, rng, (0.05, 0.3), (0.25, 0.6))  # RESPOND higher, overlapping a little
+    lm = [rng.uniform(0.0, 0.2, 8) for _ in samples]
+    ys = [np.zeros(8, dtype=int) for _ in samples]
     out = calibrate_trigger(samples, {"lm": lm, "trigger": trig, "y": ys}, threshold=0.45)
     g, best = clip_scores(samples, trig)
     assert len(g) == 30 and out["n_clips"] == 30 and out["balanced_acc"] > 0.8
@@ -284,19 +292,9 @@ def test_false_replies_hold_off_after_each_reply():
 
 def test_calibration_never_sets_the_trigger_below_its_floor():
     from soundflow.calibrate import calibrate_trigger
-    from soundflow.data import StreamSample
 
-    rng = np.random.default_rng(0)
-    samples, trig, ys = [], [], []
-    for i in range(20):
-        respond = i % 2 == 0
-        ev = [{"role": "foreground", "offset_s": 0.8, "length_s": 1.2,
-               "provenance": {"type": "clip", "decision": "RESPOND" if respond else "IGNORE"}}]
-        samples.append(StreamSample(id=str(i), events=ev))
-        p = rng.uniform(0.05, 0.2, 8)
-        p[3] = rng.uniform(0.5, 0.9) if respond else p[3]
-        trig.append(p)
-        ys.append(np.zeros(8, dtype=int))
+    samples, trig = _one_clip_streams(20, np.random.default_rng(0), (0.05, 0.2), (0.5, 0.9))
+    ys = [np.zeros(8, dtype=int) for _ in samples]
     parts = {"lm": [np.zeros(8)] * 20, "trigger": trig, "y": ys}
     free = calibrate_trigger(samples, parts, threshold=0.5)
     floored = calibrate_trigger(samples, parts, threshold=0.5, floor=float(np.log(0.8 / 0.2)))
