@@ -15,8 +15,7 @@ made streaming and causal:
   LM's), it also holds off for `TRIGGER_HOLDOFF` chunks: one warning per sound, not one per
   chunk while it lasts (a reply the LM called for, a transcribed word, does not silence it);
 - P_trigger = sigmoid(head(standardise(evidence))): a one-hidden-layer MLP (`TRIGGER_HIDDEN`
-  units; 0 makes it the logistic regression it started as).
-
+  units; 0 makes it the logistic regression it started as);
 - its namer, a softmax regression on the same evidence, says which sound it heard; a reply the
   trigger called for is then the reply the model was trained to give that sound, when the namer
   is sure (`TRIGGER_NAME_MIN`; `decoding.named_reply`), since the LM itself guesses the sound
@@ -55,7 +54,7 @@ TRIGGER_DROPOUT = 0.2  # on the standardised evidence and the hidden units, whil
 TRIGGER_DECAY = 1e-2  # AdamW weight decay
 TRIGGER_STEPS = 1000  # AdamW steps of 512 chunks (about 8 epochs of the full fit's 62k chunks)
 # The namer (`Trigger.name`): a softmax regression on the same evidence over the sound classes with
-# a trained reply (83 % top-1 on held-out RESPOND clips, BENCHMARKS.md). Below this probability the
+# a trained reply (81 % top-1 on held-out RESPOND clips, BENCHMARKS.md). Below this probability the
 # LM writes the reply itself, as it does for replies the trigger did not call for.
 TRIGGER_NAME_MIN = 0.5
 TRIGGER_MAX_FALSE_PER_HOUR = 1.0  # the ambient budget the fit's floor is set for (trigger_fit.ambient_floor)

@@ -104,6 +104,19 @@ def examples_from_bench_streams(model, streams, chunk_ms: int = 400, window_chun
     return out
 
 
+def _adamw(params, n: int, steps: int, seed: int, loss_of) -> None:
+    """Minimise `loss_of(batch indices)` over n rows with AdamW: whole seeded epochs of 512-row
+    batches, at least `steps` of them."""
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=TRIGGER_DECAY)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(-(-steps * 512 // n)):
+        for idx in torch.randperm(n, generator=g).split(512):
+            loss = loss_of(idx)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+
 def fit_trigger(examples: Sequence[TriggerExample], windows: Sequence[int] = TRIGGER_WINDOWS,
                 hidden: int = TRIGGER_HIDDEN, seed: int = 0, steps: int = TRIGGER_STEPS) -> tuple[Trigger, dict]:
     """The trigger's head on standardised evidence at every chunk: class-balanced binary
@@ -126,15 +139,8 @@ def fit_trigger(examples: Sequence[TriggerExample], windows: Sequence[int] = TRI
     Z = (X - mean) / scale
     pos = float(y.mean())
     w = torch.where(y > 0, 0.5 / pos, 0.5 / (1 - pos))  # each class weighs half
-    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=TRIGGER_DECAY)
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(-(-steps * 512 // len(y))):  # whole epochs, at least `steps` batches
-        for idx in torch.randperm(len(y), generator=g).split(512):
-            loss = nn.functional.binary_cross_entropy_with_logits(trig.head(Z[idx], TRIGGER_DROPOUT), y[idx], weight=w[idx],
-                                                                  reduction="sum") / w[idx].sum()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    _adamw(params, len(y), steps, seed, lambda idx: nn.functional.binary_cross_entropy_with_logits(
+        trig.head(Z[idx], TRIGGER_DROPOUT), y[idx], weight=w[idx], reduction="sum") / w[idx].sum())
     trig.requires_grad_(False)
     return trig, {"chunks": int(len(y)), "respond_chunks": int(y.sum()), "streams": len(examples),
                   "windows": list(trig.windows), "hidden": hidden, "steps": steps, "seed": seed}
@@ -167,14 +173,8 @@ def fit_namer(trig: Trigger, examples: Sequence[TriggerExample], seed: int = 0, 
     params = list(trig.namer.parameters())
     for p in params:
         p.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=TRIGGER_DECAY)
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(-(-steps * 512 // len(y))):
-        for idx in torch.randperm(len(y), generator=g).split(512):
-            loss = nn.functional.cross_entropy(trig.namer(nn.functional.dropout(Z[idx], TRIGGER_DROPOUT)), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    _adamw(params, len(y), steps, seed,
+           lambda idx: nn.functional.cross_entropy(trig.namer(nn.functional.dropout(Z[idx], TRIGGER_DROPOUT)), y[idx]))
     trig.requires_grad_(False)
     with torch.no_grad():
         acc = float((trig.namer(Z).argmax(-1) == y).float().mean())
