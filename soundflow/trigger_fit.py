@@ -249,6 +249,31 @@ def ambient_floor(examples: Sequence[TriggerExample], folds: Sequence[Sequence[T
     return max(f["threshold_logit"] for f in out), out
 
 
+def _write_with_trigger(src, out, trig: Trigger, meta_update) -> None:
+    """Copy checkpoint folder `src` to `out` (atomically) with `trig`'s tensors as its `trigger.*`;
+    the other trained tensors are copied, not re-saved; `meta_update(meta)` edits model.json."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from .checkpoint import atomic_dir, commit_dir
+
+    tmp = atomic_dir(out)
+    for f in src.iterdir():
+        if f.is_file() and f.name not in ("model.safetensors", "model.json"):
+            shutil.copy2(f, tmp / f.name)
+    state = {k: v for k, v in load_file(str(src / "model.safetensors")).items() if not k.startswith("trigger.")}
+    state.update({f"trigger.{n}": p.detach().cpu().contiguous() for n, p in trig.named_parameters()})
+    save_file(state, str(tmp / "model.safetensors"))
+    meta = json.loads((src / "model.json").read_text())
+    meta["trained"] = sorted({k for k in meta.get("trained", []) if not k.startswith("trigger.")}
+                             | {k for k in state if k.startswith("trigger.")})
+    meta_update(meta)
+    (tmp / "model.json").write_text(json.dumps(meta, indent=1))
+    commit_dir(tmp, out)
+
+
 def fit_into_checkpoint(checkpoint, out, data: Sequence[str] = (), bench_manifest: str | None = None,
                         noise_manifest: str | None = None, windows: Sequence[int] | None = None,
                         hidden: int = TRIGGER_HIDDEN, ambient_minutes: float = AMBIENT_MINUTES,
@@ -260,14 +285,10 @@ def fit_into_checkpoint(checkpoint, out, data: Sequence[str] = (), bench_manifes
     `ambient_minutes` of its training-side ambience as negatives, in two folds of different
     files that set the trigger's floor (`ambient_floor`). Calibration is dropped: the decision
     changed, so run `soundflow calibrate` on the result."""
-    import json
-    import shutil
     import sys
     from pathlib import Path
 
-    from safetensors.torch import load_file, save_file
-
-    from .checkpoint import atomic_dir, commit_dir, resolve_dir
+    from .checkpoint import resolve_dir
     from .loading import load_model
 
     windows = TRIGGER_WINDOWS if not windows else tuple(windows)
@@ -316,19 +337,11 @@ def fit_into_checkpoint(checkpoint, out, data: Sequence[str] = (), bench_manifes
     stats.update(data=list(data), bench_manifest=bench_manifest, noise_manifest=noise_manifest,
                  ambient_minutes=ambient_minutes if folds else 0, floor=floor, floor_folds=fold_stats)
     say(f"fitted: {stats['chunks']} chunks; floor {floor}")
-    tmp = atomic_dir(Path(out))
-    for f in src.iterdir():
-        if f.is_file() and f.name not in ("model.safetensors", "model.json"):
-            shutil.copy2(f, tmp / f.name)
-    state = {k: v for k, v in load_file(str(src / "model.safetensors")).items() if not k.startswith("trigger.")}
-    state.update({f"trigger.{n}": p.detach().cpu().contiguous() for n, p in trig.named_parameters()})
-    save_file(state, str(tmp / "model.safetensors"))
-    meta = json.loads((src / "model.json").read_text())
-    meta.pop("calibration", None)
-    meta["trained"] = sorted(set(meta.get("trained", [])) | {k for k in state if k.startswith("trigger.")})
-    meta["trigger"] = {**trig.config(), "fit": stats}
-    (tmp / "model.json").write_text(json.dumps(meta, indent=1))
-    commit_dir(tmp, Path(out))
+    def meta_update(meta):
+        meta.pop("calibration", None)  # the decision changed
+        meta["trigger"] = {**trig.config(), "fit": stats}
+
+    _write_with_trigger(src, Path(out), trig, meta_update)
     return stats
 
 
@@ -337,14 +350,10 @@ def name_into_checkpoint(checkpoint, out, bench_manifest: str | None = None, dat
     """Fit the namer of `checkpoint`'s trigger (`fit_namer`) on the RESPOND sounds of train-split
     bench-style streams (single clips over pink noise) and/or built `data`, and write the
     checkpoint with it to `out`. The decision is unchanged, so the calibration is kept."""
-    import json
-    import shutil
     import sys
     from pathlib import Path
 
-    from safetensors.torch import load_file, save_file
-
-    from .checkpoint import atomic_dir, commit_dir, resolve_dir
+    from .checkpoint import resolve_dir
     from .loading import load_model
 
     src = resolve_dir(Path(checkpoint))
@@ -367,18 +376,9 @@ def name_into_checkpoint(checkpoint, out, bench_manifest: str | None = None, dat
         print(f"[trigger] naming from {len(examples)} streams", file=sys.stderr, flush=True)
     trig = model.trigger
     stats = fit_namer(trig, examples, seed)
-    tmp = atomic_dir(Path(out))
-    for f in src.iterdir():
-        if f.is_file() and f.name not in ("model.safetensors", "model.json"):
-            shutil.copy2(f, tmp / f.name)
-    state = {k: v for k, v in load_file(str(src / "model.safetensors")).items() if not k.startswith("trigger.namer.")}
-    state.update({f"trigger.{n}": p.detach().cpu().contiguous() for n, p in trig.named_parameters() if n.startswith("namer.")})
-    save_file(state, str(tmp / "model.safetensors"))
-    meta = json.loads((src / "model.json").read_text())
-    meta["trained"] = sorted({k for k in meta.get("trained", []) if not k.startswith("trigger.namer.")}
-                             | {k for k in state if k.startswith("trigger.namer.")})
-    meta["trigger"] = {**meta["trigger"], "classes": list(trig.classes), "replies": list(trig.replies),
-                       "name_fit": {**stats, "bench_manifest": bench_manifest, "data": list(data)}}
-    (tmp / "model.json").write_text(json.dumps(meta, indent=1))
-    commit_dir(tmp, Path(out))
+    def meta_update(meta):  # the decision is unchanged: the calibration stays
+        meta["trigger"] = {**meta["trigger"], "classes": list(trig.classes), "replies": list(trig.replies),
+                           "name_fit": {**stats, "bench_manifest": bench_manifest, "data": list(data)}}
+
+    _write_with_trigger(src, Path(out), trig, meta_update)
     return stats
