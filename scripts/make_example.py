@@ -1,6 +1,6 @@
 """Rebuild `soundflow/assets/example.ogg`, the bundled example stream (CC0 / CC-BY / Apache-2.0 only).
 
-    python scripts/make_example.py [SHARED_DATA_DIR]
+    python scripts/make_example.py [--data SHARED_DATA_DIR] [--warn EVENTS_REL_PATH] [--out FILE]
 
 A short scene, composed with Alg. 3 (`compose`, TFJP on the event clips) over SpeechBrain test
 noise (Apache-2.0) at 20 dB SNR:
@@ -13,8 +13,8 @@ Both event clips come from held-out (dev) recording groups, so the default model
 them. Credits: `soundflow/assets/CREDITS.md`. Needs `soundflow data voices` once (Kokoro).
 """
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,14 +30,20 @@ from soundflow.tts import Voice
 QUESTION = "Hi, how are you today?"
 QUESTION_VOICE = "bf_emma"  # a Kokoro voice
 CLIP_S = 5.0
+IGNORE_CLIP = "keyboard_typing/ae577458.ogg"  # CC0, Freesound Rodzuz 393902
+WARN_CLIP = "thunder/cd4448ae.ogg"  # CC-BY, Freesound InspectorJ 360328
 
-data = Path(sys.argv[1]) if len(sys.argv) > 1 else shared_data_dir()
+ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+ap.add_argument("--data", type=Path, default=None, help="the shared data folder (default: data.shared_data_dir())")
+ap.add_argument("--warn", default=WARN_CLIP, help="the sound that needs a warning, relative to events/")
+ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "soundflow" / "assets" / "example.ogg")
+args = ap.parse_args()
+data = args.data or shared_data_dir()
 speech = Voice("kokoro", QUESTION_VOICE).render(normalize_text(QUESTION))
 pause = np.zeros(int(1.2 * SAMPLE_RATE), np.float32)
 events = [Event(np.concatenate([speech, pause]), "foreground", response="(an answer)", preprocess=False,
                 provenance={"tts": f"kokoro:{QUESTION_VOICE}", "text": QUESTION})]
-for rel, reply in [("keyboard_typing/ae577458.ogg", None),
-                   ("thunder/cd4448ae.ogg", "(a warning about the storm)")]:
+for rel, reply in [(IGNORE_CLIP, None), (args.warn, "(a warning)")]:
     w = load_audio(data / "events" / rel)[: int(CLIP_S * SAMPLE_RATE)]
     events.append(Event(w, "foreground", response=reply, provenance={"audio": rel}))
 # two quiet seconds after the thunder: room for its reply, under the same noise bed
@@ -45,6 +51,6 @@ events.append(Event(np.zeros(int(2.0 * SAMPLE_RATE), np.float32), "foreground", 
 noise = load_audio(data / "noise" / "sb_noise1.ogg")
 rng = np.random.default_rng(7)
 y, timeline, info = compose(events, noise, noise, rng, tfjp=tfjp, snr_db=(20, 20))
-out = Path(__file__).resolve().parents[1] / "soundflow" / "assets" / "example.ogg"
+out = args.out
 sf.write(out, y, SAMPLE_RATE, format="OGG", subtype="OPUS")
 print(out, f"{len(y) / SAMPLE_RATE:.1f} s", json.dumps(timeline))

@@ -11,6 +11,7 @@ name (a shipped checkpoint, a training run, a backend) to one of these folders o
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import tempfile
 from dataclasses import asdict, replace
@@ -146,6 +147,9 @@ def load_checkpoint(folder: str | Path, merge: bool = True) -> AudioLM:
     # listen and the server say plainly when a model is not trained; the calibration is the
     # decision threshold `soundflow calibrate` picked on held-out data
     if model.trigger is not None:  # its threshold aligned with the model's (calibrate.calibrate_trigger)
-        model.trigger.offset = float(((meta.get("calibration") or {}).get("trigger") or {}).get("offset", 0.0))
+        cal = meta.get("calibration") or {}
+        model.trigger.offset = float((cal.get("trigger") or {}).get("offset", 0.0))
+        thr = min(max(float(cal.get("threshold", 0.5)), 1e-6), 1 - 1e-6)
+        model.trigger.fire_logit = math.log(thr / (1 - thr))
     model.info = replace(model.info, trained=True, source=str(folder), calibration=meta.get("calibration"))
     return model.eval()

@@ -345,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--noise-manifest", default=None,
                    help="noise library: its training side beds a second pass of single streams and gives ambient "
                         "negatives, whose two folds set the trigger's floor")
-    t.add_argument("--ambient-minutes", type=float, default=40.0, help="minutes of training-side ambience (0: none)")
+    t.add_argument("--ambient-minutes", type=float, default=40.0, help="minutes of training-side recorded ambience, heard with 2x as much through effects and 1x synthesised (0: none)")
     t.add_argument("--windows", type=int, nargs="+", default=None,
                    help="chunk counts pooled, one pool each (default trigger.TRIGGER_WINDOWS)")
     t.add_argument("--hidden", type=int, default=64, help="hidden units of the head (0: logistic regression)")

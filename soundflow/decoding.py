@@ -178,10 +178,8 @@ def feed_audio(model, state: DecoderState, audio: torch.Tensor, heard: torch.Ten
     p_lm = float(model.control_probs(h))
     if state.trigger is None:
         return p_lm
-    ev = state.trigger.evidence()
-    p_trig = float(model.trigger.prob(ev)) if ev is not None else 0.0
+    p_trig = state.trigger.score(model.trigger)
     state.trigger.last = (p_lm, p_trig)
-    state.trigger.heard_name = model.trigger.name(ev) if ev is not None else None
     return float(combine(p_lm, p_trig))
 
 

@@ -12,8 +12,11 @@ made streaming and causal:
   w in `windows` (mean of the means, max of the maxes: the whole-clip probe's pooling over what
   has been heard, at a few time scales), concatenated; a reply empties it, since the sound that
   caused it has been answered; after a reply the trigger itself called for (its P above the
-  LM's), it also holds off for `TRIGGER_HOLDOFF` chunks: one warning per sound, not one per
-  chunk while it lasts (a reply the LM called for, a transcribed word, does not silence it);
+  LM's), it stays out of the decision until it re-arms: at least `TRIGGER_HOLDOFF` chunks, and
+  until its logit has stayed `TRIGGER_REARM_MARGIN` below the level it fires at for
+  `TRIGGER_REARM_CHUNKS` chunks — one warning per sound, however long it lasts (a crying baby
+  was answered three times in 7 s with the hold-off alone); a reply the LM called for, a
+  transcribed word, does not silence it;
 - P_trigger = sigmoid(head(standardise(evidence))): a one-hidden-layer MLP (`TRIGGER_HIDDEN`
   units; 0 makes it the logistic regression it started as);
 - its namer, a softmax regression on the same evidence, says which sound it heard; a reply the
@@ -46,6 +49,10 @@ from torch import nn
 TRIGGER_WINDOWS = (1, 6, 12)
 TRIGGER_HOLDOFF = 4  # chunks (1.6 s) after its own reply in which the trigger stays out of the decision:
 # shorter than the gap before a next event in the bench (its window + >= 3 chunks)
+# After the hold-off it re-arms only once its logit has fallen this far below its firing level
+# (`Trigger.fire_logit`) for this many chunks, counted from its reply: a sound that goes on keeps it quiet.
+TRIGGER_REARM_MARGIN = 2.0
+TRIGGER_REARM_CHUNKS = 3
 # The head: 64 GELU units beat the logistic regression held out (clip AUC 0.895 vs 0.849; at one
 # false reply per hour of unseen ambience, clip recall 0.19 vs 0.03 — BENCHMARKS.md); 256 units
 # raised AUC (0.909) but fired more on unseen ambience. Fitted with AdamW, dropout and weight decay.
@@ -122,6 +129,9 @@ class Trigger(nn.Module):
         self.set_classes(classes, replies)
         self.requires_grad_(False)
         self.offset = 0.0
+        # the logit (offset applied) at which it fires: logit(the calibrated threshold); re-arming
+        # is measured from it (`TriggerState.score`)
+        self.fire_logit = 0.0
 
     def set_classes(self, classes: Sequence[str], replies: Sequence[str]) -> None:
         """The namer's classes and the reply the model was trained to give each (an empty namer
@@ -175,7 +185,8 @@ def combine(p_lm, p_trigger):
 @dataclass
 class TriggerState:
     """One stream's evidence: the summaries heard since the last reply (at most the longest
-    window), and how many more chunks the trigger holds off for after that reply."""
+    window), how many more chunks the trigger holds off for after its own reply, and whether it
+    has re-armed since."""
 
     windows: tuple[int, ...] = TRIGGER_WINDOWS
     holdoff: int = TRIGGER_HOLDOFF
@@ -184,6 +195,8 @@ class TriggerState:
     last: tuple[float, float] = (0.0, 0.0)  # (P_LM, P_trigger) of the newest decision
     heard_name: tuple[int, float] | None = None  # the namer's (class, P) at the newest decision
     named: tuple[int, float] | None = None  # ... kept for the reply the trigger called for
+    waiting: bool = False  # out of the decision since its own reply, until it re-arms
+    below: int = 0  # chunks in a row its logit has stayed under the re-arm level
 
     def push(self, summaries: torch.Tensor) -> None:
         for s in summaries:
@@ -198,6 +211,24 @@ class TriggerState:
             return None
         return evidence(torch.stack(list(self.heard)), self.windows)
 
+    def score(self, trigger: "Trigger") -> float:
+        """P_trigger for the newest chunk, and the namer's guess with it; 0 while the trigger is
+        out of the decision (holding off, or not re-armed since its reply)."""
+        self.heard_name = None
+        if not self.heard:
+            return 0.0
+        ev = evidence(torch.stack(list(self.heard)), self.windows)
+        lg = float(trigger.logit(ev))
+        if self.waiting:
+            self.below = self.below + 1 if lg < trigger.fire_logit - TRIGGER_REARM_MARGIN else 0
+            if self.quiet or self.below < TRIGGER_REARM_CHUNKS:
+                return 0.0
+            self.waiting = False
+        elif self.quiet:
+            return 0.0
+        self.heard_name = trigger.name(ev)
+        return float(torch.sigmoid(torch.tensor(lg)))
+
     def replied(self) -> None:
         """A reply on the newest chunk: empty the evidence; hold off if the trigger called for it."""
         self.heard.clear()
@@ -205,7 +236,8 @@ class TriggerState:
         self.named = self.heard_name if mine else None
         if mine:
             self.quiet = self.holdoff + 1  # the next `holdoff` chunks pushed
+            self.waiting, self.below = True, 0
 
     def copy(self) -> "TriggerState":
         return TriggerState(self.windows, self.holdoff, deque(self.heard), self.quiet, self.last, self.heard_name,
-                            self.named)
+                            self.named, self.waiting, self.below)

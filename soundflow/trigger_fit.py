@@ -181,7 +181,12 @@ def fit_namer(trig: Trigger, examples: Sequence[TriggerExample], seed: int = 0, 
     return {"classes": classes, "chunks": len(rows), "train_accuracy": round(acc, 4), "steps": steps}
 
 
-AMBIENT_MINUTES = 40.0  # training-side ambience heard as negatives (about 3.4 min of distinct audio, re-cropped)
+AMBIENT_MINUTES = 40.0  # training-side recorded ambience heard as negatives (about 3.4 min of distinct audio, re-cropped)
+# ... and per minute of it, minutes of the same side through per-block effects and of synthesised
+# ambience (ambience.py): at a matched false-reply rate on held-out ambience, clip recall rose from
+# 0.02 to 0.13 at ~1 per hour and from 0.18 to 0.31 at ~3-5 per hour (BENCHMARKS.md)
+AMBIENT_AUGMENTED = 2.0
+AMBIENT_SYNTHETIC = 1.0
 
 
 def false_replies(logits: np.ndarray, threshold: float, holdoff: int = TRIGGER_HOLDOFF) -> int:
@@ -216,18 +221,31 @@ def lowest_quiet_threshold(logits: np.ndarray, hours: float, budget: float = TRI
 
 
 def ambient_examples(noise_manifest: str, model, minutes: float, seed: int, rows_split: str,
-                     chunk_ms: int = 400, stream_chunks: int = 150) -> list[TriggerExample]:
-    """All-negative examples: `minutes` of ambience (`bench.ambient.ambient_stream`) from one
-    side of the noise library's split, cut into `stream_chunks`-long streams."""
+                     chunk_ms: int = 400, stream_chunks: int = 150, augmented: float = AMBIENT_AUGMENTED,
+                     synthetic: float = AMBIENT_SYNTHETIC) -> list[TriggerExample]:
+    """All-negative examples: `minutes` of recorded ambience (`bench.ambient.ambient_stream`) from
+    one side of the noise library's split, `augmented` × as much of that side through per-block
+    effects, and `synthetic` × as much synthesised ambience (`ambience.py`; its seed differs per
+    side, so folds never share it), cut into `stream_chunks`-long streams."""
+    from .ambience import augmented_ambience, synthetic_ambience
     from .bench.ambient import ambient_stream
     from .data import split_chunks
 
-    wave, _ = ambient_stream(noise_manifest, minutes, seed=seed, split=rows_split)
-    with torch.inference_mode():
-        enc = model.encode_audio(model.features(torch.from_numpy(split_chunks(wave, chunk_ms))))
-    su = chunk_summary(enc)
-    return [TriggerExample(su[i: i + stream_chunks], np.zeros(len(su[i: i + stream_chunks]), dtype=np.int64), [])
-            for i in range(0, len(su), stream_chunks)]
+    waves = [ambient_stream(noise_manifest, minutes, seed=seed, split=rows_split)[0]]
+    if augmented > 0:
+        more, _ = ambient_stream(noise_manifest, minutes * augmented, seed=seed + 1000, split=rows_split)
+        waves.append(augmented_ambience(more, seed=seed + 2000))
+    if synthetic > 0:
+        waves.append(synthetic_ambience(minutes * synthetic, seed=seed + 3000 + sum(map(ord, rows_split))))
+    out = []
+    for wave in waves:
+        chunks = torch.from_numpy(split_chunks(wave, chunk_ms))
+        with torch.inference_mode():
+            su = torch.cat([chunk_summary(model.encode_audio(model.features(chunks[i: i + 256])))
+                            for i in range(0, len(chunks), 256)])
+        out += [TriggerExample(su[i: i + stream_chunks], np.zeros(len(su[i: i + stream_chunks]), dtype=np.int64), [])
+                for i in range(0, len(su), stream_chunks)]
+    return out
 
 
 def ambient_floor(examples: Sequence[TriggerExample], folds: Sequence[Sequence[TriggerExample]],
@@ -282,7 +300,8 @@ def fit_into_checkpoint(checkpoint, out, data: Sequence[str] = (), bench_manifes
     trained tensors are copied, not re-saved). Streams: built `data` specs and, from a bench
     manifest of train-split clips, bench-style streams — single clips over pink noise, over
     `noise_manifest` ambience when given, and same-macro sequences. With a noise manifest, also
-    `ambient_minutes` of its training-side ambience as negatives, in two folds of different
+    `ambient_minutes` of its training-side ambience as negatives (and `AMBIENT_AUGMENTED` and
+    `AMBIENT_SYNTHETIC` times as much through effects and synthesised, `ambient_examples`), in two folds of different
     files that set the trigger's floor (`ambient_floor`). Calibration is dropped: the decision
     changed, so run `soundflow calibrate` on the result."""
     import sys
@@ -330,12 +349,14 @@ def fit_into_checkpoint(checkpoint, out, data: Sequence[str] = (), bench_manifes
         # two folds of different training-side noise files (the dev side is `bench ambient`'s)
         folds = [ambient_examples(noise_manifest, model, ambient_minutes / 2, seed + 2 + k, f"train-{side}")
                  for k, side in enumerate(("a", "b"))]
-        say(f"+ {ambient_minutes:g} min of training-side ambience in 2 folds")
+        say(f"+ {ambient_minutes:g} min of training-side ambience in 2 folds (and {AMBIENT_AUGMENTED:g}x as much "
+            f"through effects, {AMBIENT_SYNTHETIC:g}x synthesised)")
     floor, fold_stats = (ambient_floor(examples, folds, windows, hidden, seed) if len(folds) > 1 else (None, []))
     trig, stats = fit_trigger(examples + [e for f in folds for e in f], windows, hidden, seed)
     trig.floor = floor
     stats.update(data=list(data), bench_manifest=bench_manifest, noise_manifest=noise_manifest,
-                 ambient_minutes=ambient_minutes if folds else 0, floor=floor, floor_folds=fold_stats)
+                 ambient_minutes=ambient_minutes if folds else 0,
+                 ambient_augmented=AMBIENT_AUGMENTED if folds else 0, ambient_synthetic=AMBIENT_SYNTHETIC if folds else 0, floor=floor, floor_folds=fold_stats)
     say(f"fitted: {stats['chunks']} chunks; floor {floor}")
     def meta_update(meta):
         meta.pop("calibration", None)  # the decision changed

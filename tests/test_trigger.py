@@ -51,6 +51,37 @@ def test_holdoff_after_a_reply_live_and_teacher_forced():
     assert torch.allclose(st.evidence(), pooled_stream(s[:1], [], (2,))[0])
 
 
+def test_one_reply_per_sustained_sound_then_it_re_arms():
+    """After its own reply the trigger stays out until its logit has stayed TRIGGER_REARM_MARGIN
+    below its firing level for TRIGGER_REARM_CHUNKS chunks: a sound that goes on is answered once,
+    the next sound after a quiet spell again."""
+    from soundflow.trigger import TRIGGER_REARM_CHUNKS, Trigger
+
+    trig = Trigger(d_summary=2, windows=(1,), holdoff=2, hidden=0)
+    with torch.no_grad():
+        trig.out.weight.copy_(torch.tensor([[1.0, 0.0]]))  # logit = the chunk's (mean) summary
+    trig.fire_logit = 0.0  # fires at P >= 0.5
+    level = [6.0] * 12 + [-6.0] * 5 + [6.0] * 3  # a long sound, a quiet spell, a second sound
+    st, replies = TriggerState(windows=(1,), holdoff=2), []
+    for t, v in enumerate(level):
+        st.push(torch.tensor([[v, v]]))
+        st.last = (0.0, st.score(trig))
+        if st.last[1] >= 0.5:
+            replies.append(t)
+            st.replied()
+    assert replies == [0, 17]  # once for the long sound; re-armed after the quiet spell
+    assert 5 >= TRIGGER_REARM_CHUNKS  # the quiet spell is long enough to re-arm
+    # the hold-off alone would have answered the long sound every holdoff + 1 chunks
+    st, again = TriggerState(windows=(1,), holdoff=2), []
+    for t, v in enumerate(level[:12]):
+        st.push(torch.tensor([[v, v]]))
+        if st.evidence() is not None and float(trig.prob(st.evidence())) >= 0.5:
+            again.append(t)
+            st.last = (0.0, 1.0)
+            st.replied()
+    assert again == [0, 3, 6, 9]
+
+
 def test_chunk_summary_is_slot_mean_then_slot_max():
     e = torch.randn(3, 10, 5)
     out = chunk_summary(e)
