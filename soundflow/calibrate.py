@@ -63,7 +63,8 @@ def stream_parts(model, samples, max_chunks: int = 60) -> dict:
         if model.trigger is not None:
             resets = np.flatnonzero(labels).tolist()
             ev = pooled_stream(chunk_summary(feats(s, max_chunks)), resets, model.trigger.windows)[: len(pos)]
-            # the trigger's own replies, had it answered: the gold replies to RESPOND sounds
+            # the trigger's own replies, had it answered: the gold replies to RESPOND sounds; the
+            # hold-off after them is emulated, the wait to re-arm (trigger.TriggerState.score) is not
             own = [r for r in resets if any(lo <= r <= hi for lo, hi, respond in clip_ranges(s) if respond)]
             p = model.trigger.prob(ev).masked_fill(holding_off(len(ev), own, model.trigger.holdoff), 0.0)
             out["trigger"].append(p.numpy())

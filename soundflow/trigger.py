@@ -207,17 +207,18 @@ class TriggerState:
 
     def evidence(self) -> torch.Tensor | None:
         """None while holding off (the decision is then the LM's alone)."""
-        if self.quiet or not self.heard:
-            return None
-        return evidence(torch.stack(list(self.heard)), self.windows)
+        return None if self.quiet else self._pooled()
+
+    def _pooled(self) -> torch.Tensor | None:
+        return evidence(torch.stack(list(self.heard)), self.windows) if self.heard else None
 
     def score(self, trigger: "Trigger") -> float:
         """P_trigger for the newest chunk, and the namer's guess with it; 0 while the trigger is
         out of the decision (holding off, or not re-armed since its reply)."""
         self.heard_name = None
-        if not self.heard:
+        ev = self._pooled()
+        if ev is None:
             return 0.0
-        ev = evidence(torch.stack(list(self.heard)), self.windows)
         lg = float(trigger.logit(ev))
         if self.waiting:
             self.below = self.below + 1 if lg < trigger.fire_logit - TRIGGER_REARM_MARGIN else 0
@@ -230,7 +231,8 @@ class TriggerState:
         return float(torch.sigmoid(torch.tensor(lg)))
 
     def replied(self) -> None:
-        """A reply on the newest chunk: empty the evidence; hold off if the trigger called for it."""
+        """A reply on the newest chunk: empty the evidence; if the trigger called for it, hold off
+        and wait to re-arm."""
         self.heard.clear()
         mine = self.last[1] >= self.last[0]
         self.named = self.heard_name if mine else None
