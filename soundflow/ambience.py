@@ -19,10 +19,11 @@ these: a measure of ambience the fit never heard.
 from __future__ import annotations
 
 import numpy as np
-from scipy.signal import butter, lfilter, sosfilt
+from scipy.signal import butter, sosfilt
 
 from .audio import SAMPLE_RATE
 from .augment import EQ_FREQ_RANGE, EQ_GAIN_DB_RANGE, EQ_Q_RANGE, Effects
+from .compose import colored_noise, dbfs_to_rms
 
 AMBIENT_SPEED_RANGE = (0.7, 1.4)  # wider than for speech (augment.SPEED_RANGE): ambience has no voice to keep
 AMBIENT_LEVEL_DB_RANGE = (-12.0, 8.0)  # per block, clipped at full scale
@@ -35,18 +36,7 @@ MAINS_HZ = (50.0, 60.0)
 
 
 def _rms_to(x: np.ndarray, dbfs: float) -> np.ndarray:
-    return (x / (np.sqrt(np.mean(x**2)) + 1e-12) * 10 ** (dbfs / 20)).astype(np.float32)
-
-
-def _noise(n: int, rng: np.random.Generator, color: str) -> np.ndarray:
-    w = rng.standard_normal(n)
-    if color == "white":
-        return w
-    if color == "brown":  # integrated white noise, its drift removed by a 0.25 s moving average
-        y = np.cumsum(w)
-        return y - np.convolve(y, np.ones(4001) / 4001, "same")
-    # pink: Kellett's 1/f filter
-    return lfilter([0.049922035, -0.095993537, 0.050612699, -0.004408786], [1, -2.494956002, 2.017265875, -0.522189400], w)
+    return (x / (np.sqrt(np.mean(x**2)) + 1e-12) * dbfs_to_rms(dbfs)).astype(np.float32)
 
 
 def _hum(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -58,14 +48,14 @@ def _hum(n: int, rng: np.random.Generator) -> np.ndarray:
         if k * f0 > 7000:
             break
         x += rng.uniform(0.2, 1.0) * k**-alpha * np.sin(2 * np.pi * k * f0 * t + rng.uniform(0, 2 * np.pi))
-    return x + _rms_to(_noise(n, rng, "pink"), 0.0) * np.std(x) * 10 ** (rng.uniform(-40, -5) / 20)
+    return x + colored_noise(n, rng, "pink", 0.0) * np.std(x) * 10 ** (rng.uniform(-40, -5) / 20)
 
 
 def _fan(n: int, rng: np.random.Generator) -> np.ndarray:
     """A fan or air handling: low-passed noise with a blade-rate flutter, sometimes a motor whine."""
     t = np.arange(n) / SAMPLE_RATE
     x = sosfilt(butter(2, rng.uniform(150.0, 4000.0), "low", fs=SAMPLE_RATE, output="sos"),
-                _noise(n, rng, str(rng.choice(["white", "pink", "brown"]))))
+                colored_noise(n, rng, str(rng.choice(["white", "pink", "brown"])), 0.0))
     x *= 1 + rng.uniform(0.0, 0.4) * np.sin(2 * np.pi * rng.uniform(3.0, 40.0) * t)
     if rng.random() < 0.5:
         x += np.std(x) * rng.uniform(0.1, 1.0) * np.sin(2 * np.pi * rng.uniform(80.0, 400.0) * t)
@@ -78,13 +68,13 @@ def _motor(n: int, rng: np.random.Generator) -> np.ndarray:
     rate = rng.uniform(20.0, 150.0) * (1 + 0.05 * np.sin(2 * np.pi * rng.uniform(0.05, 0.5) * t))
     x = (np.mod(np.cumsum(rate) / SAMPLE_RATE, 1.0) < rng.uniform(0.05, 0.5)).astype(np.float64)
     x = sosfilt(butter(2, rng.uniform(300.0, 3000.0), "low", fs=SAMPLE_RATE, output="sos"), x - x.mean())
-    return x + np.std(x) * 10 ** (rng.uniform(-30, 0) / 20) * _rms_to(_noise(n, rng, "pink"), 0.0)
+    return x + np.std(x) * 10 ** (rng.uniform(-30, 0) / 20) * colored_noise(n, rng, "pink", 0.0)
 
 
 def _swell(n: int, rng: np.random.Generator) -> np.ndarray:
     """Coloured noise whose level swells slowly (wind, distant traffic, a room's air)."""
     t = np.arange(n) / SAMPLE_RATE
-    return _noise(n, rng, str(rng.choice(["white", "pink", "brown"]))) * (
+    return colored_noise(n, rng, str(rng.choice(["white", "pink", "brown"])), 0.0) * (
         1 + rng.uniform(0.0, 0.5) * np.sin(2 * np.pi * rng.uniform(0.02, 0.3) * t))
 
 

@@ -222,11 +222,6 @@ def calibrate(checkpoint: str | Path, data: str, max_chunks: int = 60, write: bo
     return res
 
 
-def _logit(p: float) -> float:
-    p = min(max(p, 1e-6), 1 - 1e-6)
-    return float(np.log(p / (1 - p)))
-
-
 def calibrate_trigger(samples, parts: dict, threshold: float, floor: float | None = None) -> dict:
     """The sound trigger's own threshold t on per-clip balanced accuracy (what `bench proactive`
     scores), raised to its fitted `floor` (a logit: the ambient false-reply budget,
@@ -234,13 +229,13 @@ def calibrate_trigger(samples, parts: dict, threshold: float, floor: float | Non
     at the model's one `threshold` it fires exactly when its P ≥ t: the decision
     max(P_LM, P_trigger) ≥ threshold is then "the LM's calibrated decision, or the trigger's".
     Also the figures at t on `samples`, and the combined decision's."""
-    from .trigger import combine
+    from .trigger import combine, logit_of
 
     g, p = clip_scores(samples, parts["trigger"])
     t_bal, stats_bal = best_threshold_clips(g, p)
     t = t_bal if floor is None else max(t_bal, float(1 / (1 + np.exp(-floor))))
     stats = {**stats_bal, **_clip_stats(g, p, t), "balanced_threshold": t_bal, "floor": floor}
-    offset = _logit(threshold) - _logit(t)
+    offset = logit_of(threshold) - logit_of(t)
     shift = [1 / (1 + np.exp(-(np.log(np.clip(q, 1e-6, 1 - 1e-6) / np.clip(1 - q, 1e-6, 1))) - offset)) for q in parts["trigger"]]
     both = [combine(a, b) for a, b in zip(parts["lm"], shift)]
     hits, clean = event_outcomes(both, parts["y"], threshold)

@@ -11,7 +11,6 @@ name (a shipped checkpoint, a training run, a backend) to one of these folders o
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import tempfile
 from dataclasses import asdict, replace
@@ -21,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .model import AudioLM, ModelConfig, build_model
+from .trigger import logit_of
 
 
 def trained_state(model: AudioLM, names: set[str]) -> dict[str, torch.Tensor]:
@@ -149,7 +149,6 @@ def load_checkpoint(folder: str | Path, merge: bool = True) -> AudioLM:
     if model.trigger is not None:  # its threshold aligned with the model's (calibrate.calibrate_trigger)
         cal = meta.get("calibration") or {}
         model.trigger.offset = float((cal.get("trigger") or {}).get("offset", 0.0))
-        thr = min(max(float(cal.get("threshold", 0.5)), 1e-6), 1 - 1e-6)
-        model.trigger.fire_logit = math.log(thr / (1 - thr))
+        model.trigger.fire_logit = logit_of(cal.get("threshold", 0.5))
     model.info = replace(model.info, trained=True, source=str(folder), calibration=meta.get("calibration"))
     return model.eval()

@@ -175,6 +175,12 @@ class Trigger(nn.Module):
         return torch.sigmoid(self.logit(evidence))
 
 
+def logit_of(p: float) -> float:
+    """log(p / (1 - p)), p clipped to [1e-6, 1 - 1e-6]: a threshold as a logit."""
+    p = min(max(float(p), 1e-6), 1 - 1e-6)
+    return float(np.log(p / (1 - p)))
+
+
 def combine(p_lm, p_trigger):
     """Either path can call for a reply: max(P_LM, P_trigger) (tensors, arrays or floats)."""
     if isinstance(p_lm, torch.Tensor):
