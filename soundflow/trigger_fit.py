@@ -33,13 +33,15 @@ from .trigger import (
 
 @dataclass
 class TriggerExample:
-    """One stream for fitting: chunk summaries (T, 2d), 0/1 labels (T,), the reply chunks, and
-    the class of the RESPOND sound at each labelled chunk ("" elsewhere or when unknown)."""
+    """One stream for fitting: chunk summaries (T, 2d), 0/1 labels (T,), the reply chunks, the
+    class of the RESPOND sound at each labelled chunk ("" elsewhere or when unknown), and where
+    its audio came from (ambient negatives: "recorded", "augmented" or "synthetic")."""
 
     summaries: torch.Tensor
     labels: np.ndarray
     resets: list[int]
     names: list[str] | None = None
+    source: str = "stream"
 
 
 def respond_labels(n_chunks: int, clips: Sequence[tuple[int, int, bool]], chunk_samples: int,
@@ -222,45 +224,56 @@ def lowest_quiet_threshold(logits: np.ndarray, hours: float, budget: float = TRI
 
 def ambient_examples(noise_manifest: str, model, minutes: float, seed: int, rows_split: str,
                      chunk_ms: int = 400, stream_chunks: int = 150, augmented: float = AMBIENT_AUGMENTED,
-                     synthetic: float = AMBIENT_SYNTHETIC) -> list[TriggerExample]:
+                     synthetic: float = AMBIENT_SYNTHETIC, extra: Sequence[str] = ()) -> list[TriggerExample]:
     """All-negative examples: `minutes` of recorded ambience (`bench.ambient.ambient_stream`) from
     one side of the noise library's split, `augmented` × as much of that side through per-block
     effects, and `synthetic` × as much synthesised ambience (`ambience.py`; its seed differs per
-    side, so folds never share it), cut into `stream_chunks`-long streams."""
+    side, so folds never share it), cut into `stream_chunks`-long streams, each tagged with its
+    `source`. `extra`: manifests of more recorded ambience (`soundflow data ambience`, or your
+    own), every file training-side: `minutes` more of each from the half of its files that
+    `rows_split` names ("train-a": one half, "train-b": the other), so folds never share a file."""
     from .ambience import augmented_ambience, synthetic_ambience
     from .bench.ambient import ambient_stream
     from .data import split_chunks
 
-    waves = [ambient_stream(noise_manifest, minutes, seed=seed, split=rows_split)[0]]
+    waves = [("recorded", ambient_stream(noise_manifest, minutes, seed=seed, split=rows_split)[0])]
+    half = {"train-a": "dev", "train-b": "train"}.get(rows_split)  # an extra manifest's two halves by file
+    for j, path in enumerate(extra):
+        if half is None:
+            raise ValueError(f"extra ambience is folded by halves: rows_split must be train-a or train-b, not {rows_split!r}")
+        waves.append(("recorded", ambient_stream(path, minutes, seed=seed + 500 + j, split=half)[0]))
     if augmented > 0:
         more, _ = ambient_stream(noise_manifest, minutes * augmented, seed=seed + 1000, split=rows_split)
-        waves.append(augmented_ambience(more, seed=seed + 2000))
+        waves.append(("augmented", augmented_ambience(more, seed=seed + 2000)))
     if synthetic > 0:
-        waves.append(synthetic_ambience(minutes * synthetic, seed=seed + 3000 + sum(map(ord, rows_split))))
+        waves.append(("synthetic", synthetic_ambience(minutes * synthetic, seed=seed + 3000 + sum(map(ord, rows_split)))))
     out = []
-    for wave in waves:
+    for source, wave in waves:
         chunks = torch.from_numpy(split_chunks(wave, chunk_ms))
         with torch.inference_mode():
             su = torch.cat([chunk_summary(model.encode_audio(model.features(chunks[i: i + 256])))
                             for i in range(0, len(chunks), 256)])
-        out += [TriggerExample(su[i: i + stream_chunks], np.zeros(len(su[i: i + stream_chunks]), dtype=np.int64), [])
-                for i in range(0, len(su), stream_chunks)]
+        out += [TriggerExample(su[i: i + stream_chunks], np.zeros(len(su[i: i + stream_chunks]), dtype=np.int64), [],
+                               source=source) for i in range(0, len(su), stream_chunks)]
     return out
 
 
 def ambient_floor(examples: Sequence[TriggerExample], folds: Sequence[Sequence[TriggerExample]],
                   windows: Sequence[int], hidden: int, seed: int, chunk_ms: int = 400) -> tuple[float, list[dict]]:
     """The trigger's floor, cross-fitted: for each fold of ambience (different noise files), a
-    trigger fitted without it gives out-of-fold logits on it, and the lowest threshold within the
-    false-reply budget there is that fold's; the floor is the highest. An estimate of how the
-    final trigger (fitted on every fold) behaves on ambience it never heard, which training
-    ambience cannot give: fitted on, it is never fired at (BENCHMARKS.md)."""
+    trigger fitted without it gives out-of-fold logits on the fold's *recorded* ambience, and the
+    lowest threshold within the false-reply budget there is that fold's; the floor is the highest.
+    An estimate of how the final trigger (fitted on every fold) behaves on ambience it never
+    heard, which training ambience cannot give: fitted on, it is never fired at. Augmented and
+    synthesised ambience is fitted on but not counted: it is easier than recordings, and counting
+    it made "one per hour" of a fold far looser than one per hour of recordings (BENCHMARKS.md)."""
     out = []
     for k, held in enumerate(folds):
         rest = [e for j, f in enumerate(folds) if j != k for e in f]
         trig, _ = fit_trigger(list(examples) + rest, windows, hidden, seed)
+        counted = [e for e in held if e.source == "recorded"] or list(held)
         with torch.no_grad():
-            logits = np.concatenate([trig.logit(pooled_stream(e.summaries, (), windows)).numpy() for e in held])
+            logits = np.concatenate([trig.logit(pooled_stream(e.summaries, (), windows)).numpy() for e in counted])
         hours = len(logits) * chunk_ms / 3.6e6
         t = lowest_quiet_threshold(logits, hours, holdoff=trig.holdoff)
         out.append({"fold": k, "hours": round(hours, 3), "threshold_logit": t, "max_logit": float(logits.max())})
@@ -293,7 +306,8 @@ def _write_with_trigger(src, out, trig: Trigger, meta_update) -> None:
 
 
 def fit_into_checkpoint(checkpoint, out, data: Sequence[str] = (), bench_manifest: str | None = None,
-                        noise_manifest: str | None = None, windows: Sequence[int] | None = None,
+                        noise_manifest: str | None = None, ambient_manifests: Sequence[str] = (),
+                        windows: Sequence[int] | None = None,
                         hidden: int = TRIGGER_HIDDEN, ambient_minutes: float = AMBIENT_MINUTES,
                         max_chunks: int = 60, seed: int = 0, progress: bool = True) -> dict:
     """Fit a trigger for `checkpoint` and write the checkpoint with it to `out` (atomically; the
@@ -302,8 +316,9 @@ def fit_into_checkpoint(checkpoint, out, data: Sequence[str] = (), bench_manifes
     `noise_manifest` ambience when given, and same-macro sequences. With a noise manifest, also
     `ambient_minutes` of its training-side ambience as negatives (and `AMBIENT_AUGMENTED` and
     `AMBIENT_SYNTHETIC` times as much through effects and synthesised, `ambient_examples`), in two folds of different
-    files that set the trigger's floor (`ambient_floor`). Calibration is dropped: the decision
-    changed, so run `soundflow calibrate` on the result."""
+    files that set the trigger's floor (`ambient_floor`); `ambient_manifests` add as much recorded
+    ambience again per manifest, folded by their files' halves. Calibration is dropped: the
+    decision changed, so run `soundflow calibrate` on the result."""
     import sys
     from pathlib import Path
 
@@ -347,14 +362,16 @@ def fit_into_checkpoint(checkpoint, out, data: Sequence[str] = (), bench_manifes
     folds: list[list[TriggerExample]] = []
     if noise_manifest and ambient_minutes > 0:
         # two folds of different training-side noise files (the dev side is `bench ambient`'s)
-        folds = [ambient_examples(noise_manifest, model, ambient_minutes / 2, seed + 2 + k, f"train-{side}")
+        folds = [ambient_examples(noise_manifest, model, ambient_minutes / 2, seed + 2 + k, f"train-{side}",
+                                  extra=tuple(ambient_manifests))
                  for k, side in enumerate(("a", "b"))]
-        say(f"+ {ambient_minutes:g} min of training-side ambience in 2 folds (and {AMBIENT_AUGMENTED:g}x as much "
-            f"through effects, {AMBIENT_SYNTHETIC:g}x synthesised)")
+        say(f"+ {ambient_minutes * (1 + len(ambient_manifests)):g} min of recorded training-side ambience in 2 folds "
+            f"(and {ambient_minutes * AMBIENT_AUGMENTED:g} min through effects, {ambient_minutes * AMBIENT_SYNTHETIC:g} synthesised)")
     floor, fold_stats = (ambient_floor(examples, folds, windows, hidden, seed) if len(folds) > 1 else (None, []))
     trig, stats = fit_trigger(examples + [e for f in folds for e in f], windows, hidden, seed)
     trig.floor = floor
     stats.update(data=list(data), bench_manifest=bench_manifest, noise_manifest=noise_manifest,
+                 ambient_manifests=list(ambient_manifests) if folds else [],
                  ambient_minutes=ambient_minutes if folds else 0,
                  ambient_augmented=AMBIENT_AUGMENTED if folds else 0, ambient_synthetic=AMBIENT_SYNTHETIC if folds else 0, floor=floor, floor_folds=fold_stats)
     say(f"fitted: {stats['chunks']} chunks; floor {floor}")

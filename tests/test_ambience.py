@@ -1,8 +1,15 @@
 """ambience.py: synthesised and augmented ambience for the trigger's negatives — seed-pure,
-finite, at the stated levels, and what each source claims to be."""
+finite, at the stated levels, and what each source claims to be — and recorded ambience taken
+from Debian packages (real .deb files built here)."""
+
+import io
+import shutil
+import subprocess
+import zipfile
 
 import numpy as np
 import pytest
+import soundfile as sf
 
 from soundflow.ambience import AMBIENT_SPEED_RANGE, SOURCES, SYNTH_LEVEL_DBFS, _hum, augmented_ambience, synthetic_ambience
 from soundflow.audio import SAMPLE_RATE
@@ -51,3 +58,64 @@ def test_augmented_ambience_changes_speed_level_and_colour_seed_purely():
     peak = np.fft.rfftfreq(len(first), 1 / SAMPLE_RATE)[np.argmax(spec)]
     assert 100 * lo - 2 <= peak <= 100 * hi + 2 and abs(peak - 100) > 0.5
     assert len(augmented_ambience(np.zeros(0, np.float32))) == 0
+
+
+def _deb(tmp_path, package, files):
+    """A real .deb (dpkg-deb --build) holding `files` {path: bytes}."""
+    root = tmp_path / f"{package}-root"
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    (root / "DEBIAN").mkdir(parents=True, exist_ok=True)
+    (root / "DEBIAN" / "control").write_text(f"Package: {package}\nVersion: 1.0-1\nArchitecture: all\n"
+                                             "Maintainer: t <t@t>\nDescription: test\n")
+    out = tmp_path / "debs" / f"{package}_1.0-1_all.deb"
+    out.parent.mkdir(exist_ok=True)
+    subprocess.run(["dpkg-deb", "--build", "-Zgzip", str(root), str(out)], check=True, capture_output=True)
+    return out
+
+
+def _sound(seconds, sr, fmt="WAV"):
+    buf = io.BytesIO()
+    t = np.arange(int(seconds * sr)) / sr
+    sf.write(buf, np.stack([0.1 * np.sin(2 * np.pi * 220 * t)] * 2, 1), sr, format=fmt)  # stereo: mixed down
+    return buf.getvalue()
+
+
+@pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="dpkg-deb (Debian/Ubuntu) builds the test packages")
+def test_install_ambience_takes_wanted_files_from_debs_and_a_zip_inside_one(tmp_path):
+    from soundflow.ambience import DebAmbience, install_ambience
+    from soundflow.data import read_jsonl
+
+    city = DebAmbience("city-data", "CC0", r"^usr/share/games/city/sounds/[^/]+\.wav$", exclude=("Harbor",))
+    zipped = DebAmbience("zip-data", "CC-BY", r"^audio/ambient/[^/]+\.ogg$", inner_zip="usr/share/games/z/public.zip",
+                         min_s=2.0)
+    _deb(tmp_path, "city-data", {"usr/share/games/city/sounds/TraficLow1.wav": _sound(1.5, 22050),
+                                 "usr/share/games/city/sounds/Harbor1.wav": _sound(1.5, 22050),  # a horn: left out
+                                 "usr/share/games/city/music/song.wav": _sound(1.5, 22050)})  # not ambience
+    zbuf = io.BytesIO()
+    with zipfile.ZipFile(zbuf, "w") as z:
+        z.writestr("audio/ambient/rain.ogg", _sound(3.0, 44100, "OGG"))
+        z.writestr("audio/ambient/drip.ogg", _sound(1.0, 44100, "OGG"))  # under min_s
+        z.writestr("audio/ambient/broken.ogg", b"not audio")  # skipped, said so
+    _deb(tmp_path, "zip-data", {"usr/share/games/z/public.zip": zbuf.getvalue()})
+    said = []
+    out = install_ambience(tmp_path / "amb", debs=tmp_path / "debs", specs=(city, zipped), log=said.append)
+    rows = read_jsonl(out)
+    assert [r["id"] for r in rows] == ["city_sounds_TraficLow1", "zip_audio_ambient_rain"]
+    assert [r["duration"] for r in rows] == [1.5, 3.0] and {r["kind"] for r in rows} == {"ambient"}
+    assert rows[0]["license"] == "CC0" and rows[1]["source"] == "Debian zip-data 1.0-1: audio/ambient/rain.ogg"
+    x, sr = sf.read(out.parent / rows[1]["audio"])
+    assert sr == 16000 and x.ndim == 1 and len(x) == 48000
+    assert any("broken.ogg" in s for s in said)
+    said.clear()  # idempotent: nothing is fetched again
+    assert install_ambience(tmp_path / "amb", debs=tmp_path / "nowhere", specs=(city, zipped), log=said.append) == out
+    assert sum("already" in s for s in said) == 2 and read_jsonl(out) == rows
+
+
+def test_install_ambience_without_the_package_says_how_to_get_it(tmp_path, monkeypatch):
+    from soundflow import ambience
+
+    monkeypatch.setattr(ambience.shutil, "which", lambda name: "/usr/bin/dpkg-deb" if name == "dpkg-deb" else None)
+    with pytest.raises(RuntimeError, match="apt-get is needed.*--debs"):
+        ambience.install_ambience(tmp_path / "amb", debs=tmp_path, specs=ambience.AMBIENCE_DEBS[:1], log=lambda s: None)

@@ -352,6 +352,8 @@ def test_fit_with_a_noise_library_sets_a_floor_from_held_out_folds(tmp_path):
                                 progress=False)
     assert len(stats["floor_folds"]) == 2 and stats["floor"] == max(f["threshold_logit"] for f in stats["floor_folds"])
     assert all(f["threshold_logit"] > f["max_logit"] for f in stats["floor_folds"])  # 0.5 min: no reply allowed
+    # counted on each fold's recordings only (75 chunks), not its augmented or synthesised share
+    assert all(f["hours"] == pytest.approx(75 * 0.4 / 3600, abs=1e-3) for f in stats["floor_folds"])
     back = load_checkpoint(tmp_path / "out")
     assert back.trigger.floor == pytest.approx(stats["floor"]) and back.trigger.hidden_units == 64
     assert {r["id"] for r in noise_rows_of(rows, "dev")}  # the bench keeps a held-out side
@@ -414,8 +416,27 @@ def test_a_sound_the_trigger_named_gets_the_reply_trained_for_it_and_the_lm_writ
     back = load_checkpoint(tmp_path / "ck")
     assert back.trigger.classes == ("baby_cry", "glass_break") and back.trigger.replies[1] == want
     assert torch.equal(back.trigger.namer.bias, trig.namer.bias)
-    with torch.no_grad():  # unsure: the LM writes the reply
+    with torch.no_grad():  # unsure: the trigger does not call for a reply; the LM's decision stands
         trig.namer.bias.zero_()
     evs = list(decoding.decode_stream(m, list(iter_chunks(wave))[:3], decoding.DecodeOptions(threshold=0.5, max_reply_tokens=4)))
     assert all(e["text"] != replies[0] for e in evs if e["type"] == "response")
     m.trigger = None
+
+
+def test_a_trigger_with_a_namer_calls_only_for_sounds_it_can_name():
+    from soundflow.model import build_model
+    from soundflow.replies import PROACTIVE_REPLIES
+    from soundflow.trigger import TRIGGER_NAME_MIN, TriggerState
+
+    trig = _with_trigger(build_model("tiny"), 10.0)  # its logit alone always calls for a reply
+    classes = ["baby_cry", "glass_break", "siren"]
+    trig.set_classes(classes, [PROACTIVE_REPLIES[c] for c in classes])
+    st = TriggerState(trig.windows, trig.holdoff)
+    st.push(torch.randn(1, trig.d_summary))
+    with torch.no_grad():
+        trig.namer.weight.zero_()
+        trig.namer.bias.copy_(torch.tensor([0.0, 0.0, 5.0]))  # sure: a siren
+    assert st.score(trig) > 0.99 and st.heard_name[0] == 2 and st.heard_name[1] > 0.97
+    with torch.no_grad():
+        trig.namer.bias.zero_()  # a third each: it cannot say which
+    assert st.score(trig) == 0.0 and st.heard_name[1] < TRIGGER_NAME_MIN
