@@ -7,10 +7,12 @@ noise (Apache-2.0) at 20 dB SNR:
 
 1. a spoken question (Kokoro-82M, Apache-2.0 weights, voice `QUESTION_VOICE`) — needs an answer;
 2. keyboard typing (CC0, Freesound Rodzuz 393902) — an everyday sound to ignore;
-3. a chainsaw (CC-BY, Freesound BoilingSand 50668, via ESC-10 `2-50668-B`) — a sound that needs a
-   warning. (Until 2026-12-01 thunder, of which training holds two clips; a chainsaw is a class
-   the data covers, 33 clips. Among the 16 held-out CC0/CC-BY RESPOND clips put in this scene,
-   the unshipped trigger of BENCHMARKS.md answered 3, this one among them.)
+3. a chainsaw (CC0, Freesound fkurz 169127 "cutting_tree.wav", via ESC-10 `4-169127-B`) — a sound
+   that needs a warning. (Until 2026-12-01 thunder, of which training holds two clips; a chainsaw
+   is a class the data covers, 33 clips. The clip is chosen, and the choice is disclosed: among
+   the 16 held-out CC0/CC-BY RESPOND clips put in this scene, the shipped model's trigger answers
+   this one only — as its trigger alone, `BENCHMARKS.md`. From 2026-12-01 to 2026-12-02 the scene
+   held ESC-10 `2-50668-B`, which an earlier, unshipped trigger answered.)
 
 Both event clips come from held-out (dev) recording groups, so the default model never trained on
 them. Credits: `soundflow/assets/CREDITS.md`. Needs `soundflow data voices` once (Kokoro).
@@ -34,7 +36,7 @@ QUESTION = "Hi, how are you today?"
 QUESTION_VOICE = "bf_emma"  # a Kokoro voice
 CLIP_S = 5.0
 IGNORE_CLIP = "keyboard_typing/ae577458.ogg"  # CC0, Freesound Rodzuz 393902
-WARN_CLIP = "chainsaw/265397da.ogg"  # CC-BY, Freesound BoilingSand 50668 (ESC-10 2-50668-B)
+WARN_CLIP = "chainsaw/ca053a5e.ogg"  # CC0, Freesound fkurz 169127 (ESC-10 4-169127-B)
 
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 ap.add_argument("--data", type=Path, default=None, help="the shared data folder (default: data.shared_data_dir())")

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 import soundfile as sf
 
 from soundflow.cli import build_parser, main
@@ -69,3 +70,18 @@ def test_device_option(capsys, monkeypatch):
         assert main(["listen", str(example), "--model", "tiny", "--device", "cuda"]) == 2
         err = capsys.readouterr().err
         assert "no CUDA device" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_main_job_warns_about_the_chainsaw_and_nowhere_else(capsys):
+    """The README's main job with the shipped `mini`: silent through the spoken question and the
+    typing (0-10 s), one warning that names the chainsaw after it starts (at 10 s)."""
+    from pathlib import Path
+
+    import soundflow
+
+    example = Path(soundflow.__file__).parent / "assets" / "example.ogg"
+    assert main(["listen", str(example), "--jsonl"]) == 0
+    replies = [r for r in map(json.loads, capsys.readouterr().out.splitlines()) if r["type"] == "response"]
+    assert len(replies) == 1, replies
+    assert replies[0]["t"] > 10.0 and "chainsaw" in replies[0]["text"].lower()
