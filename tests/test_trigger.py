@@ -440,3 +440,27 @@ def test_a_trigger_with_a_namer_calls_only_for_sounds_it_can_name():
     with torch.no_grad():
         trig.namer.bias.zero_()  # a third each: it cannot say which
     assert st.score(trig) == 0.0 and st.heard_name[1] < TRIGGER_NAME_MIN
+
+
+def test_extra_recorded_ambience_is_folded_by_halves_of_its_files(tmp_path):
+    """`--ambient-manifest`: every file training-side, each fold drawing from its own half."""
+    from soundflow.bench.ambient import ambient_stream
+    from soundflow.model import build_model
+    from soundflow.trigger_fit import ambient_examples
+
+    rng = np.random.default_rng(5)
+    for name, n in (("lib", 8), ("extra", 6)):
+        rows = []
+        for i in range(n):
+            sf.write(tmp_path / f"{name}{i}.wav", (0.03 * rng.standard_normal(16000 * 3)).astype(np.float32), 16000)
+            rows.append({"id": f"{name}{i}", "audio": f"{name}{i}.wav", "kind": "ambient"})
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    m = build_model("tiny").eval()
+    folds = [ambient_examples(str(tmp_path / "lib.jsonl"), m, 0.5, 0, side, augmented=0, synthetic=0,
+                              extra=[str(tmp_path / "extra.jsonl")]) for side in ("train-a", "train-b")]
+    for f in folds:  # 0.5 min of the library's side and 0.5 min of the extra half: 75 + 75 chunks
+        assert {e.source for e in f} == {"recorded"} and sum(len(e.labels) for e in f) == 150
+    played = [{s.source for s in ambient_stream(tmp_path / "extra.jsonl", 2.0, seed=1, split=h)[1]} for h in ("dev", "train")]
+    assert played[0] and played[1] and not played[0] & played[1]
+    with pytest.raises(ValueError, match="halves"):
+        ambient_examples(str(tmp_path / "lib.jsonl"), m, 0.5, 0, "train", extra=[str(tmp_path / "extra.jsonl")])
