@@ -4,8 +4,9 @@ Streams of train recording groups only — built training streams and bench-styl
 train-split catalog clips — give per-chunk examples: the trigger's evidence as a live stream
 builds it (emptied at each reply), labelled 1 at every chunk a reply to a RESPOND clip counts at
 (`bench proactive`'s counted range), 0 elsewhere (IGNORE sounds, speech, music, ambience). A
-class-balanced L2 logistic regression on the standardised evidence is the trigger; it is written
-into a copy of the checkpoint, whose other tensors are copied unchanged.
+class-balanced MLP on the standardised evidence is the trigger (`fit_trigger`), its floor set on
+held-out folds of recorded ambience (`ambient_floor`); it is written into a copy of the
+checkpoint, whose other tensors are copied unchanged.
 """
 
 from __future__ import annotations
