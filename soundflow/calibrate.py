@@ -52,11 +52,13 @@ def stream_parts(model, samples, max_chunks: int = 60) -> dict:
     feats = FeatureCache(model, 1)
     tok = model.tokenizer
     out: dict = {"lm": [], "trigger": [] if model.trigger is not None else None, "y": []}
+    stepped = (model.info.optimized or "fp32") != "fp32"
     for s in samples:
         b = collate(model, [s], feats, max_chunks)
-        h = model.hidden(model.embed(b["input_ids"], b["audio_mask"], model.adapt(b["enc"])))[0]
+        x = model.embed(b["input_ids"], b["audio_mask"], model.adapt(b["enc"]))
         y = b["y_stream"][0]
         pos = torch.nonzero(y != -100).flatten()
+        h = stepped_hidden(model, x, pos - 1) if stepped else model.hidden(x)[0]
         labels = (y[pos] == tok.response_id).numpy().astype(int)
         out["lm"].append(model.control_probs(h[pos - 1]).numpy())  # the state before the control token
         out["y"].append(labels)
@@ -69,6 +71,21 @@ def stream_parts(model, samples, max_chunks: int = 60) -> dict:
             p = model.trigger.prob(ev).masked_fill(holding_off(len(ev), own, model.trigger.holdoff), 0.0)
             out["trigger"].append(p.numpy())
     return out
+
+
+def stepped_hidden(model, x: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+    """Hidden states of (1, L, d) embeddings fed as a stream feeds them: one forward per decision,
+    each ending at a position in `ends` (the state before a control token), onto a KV cache.
+    Equal to one forward in exact arithmetic; it matters for int8, whose activation scale is set
+    per forward: over a whole stream it is not what the engine's chunk-sized steps see."""
+    cache, out, a = model.new_cache(), [], 0
+    for e in [*ends.tolist(), x.shape[1] - 1]:
+        if e < a:
+            continue
+        p = torch.arange(a, e + 1).unsqueeze(0)
+        out.append(model.hidden(x[:, a:e + 1], cache=cache, position_ids=p)[0])
+        a = e + 1
+    return torch.cat(out)
 
 
 def counted_chunk_range(start_sample: int, end_sample: int, chunk_samples: int, window_chunks: int) -> tuple[int, int]:
@@ -187,16 +204,17 @@ def best_threshold(p: np.ndarray, y: np.ndarray) -> tuple[float, dict]:
 
 
 def calibrate(checkpoint: str | Path, data: str, max_chunks: int = 60, write: bool = True,
-              objective: str = "events", quant: str | None = None) -> dict:
+              objective: str = "events", quant: str | None = "auto") -> dict:
     """The threshold for `checkpoint` on held-out `data`, scored at the precision it is served at
     (`quant`, as `listen` / `serve` / the benches apply it: int8 moves P(response), see optimize.py)."""
     from .checkpoint import resolve_dir
     from .loading import load_model
 
     model = load_model(str(checkpoint))
-    if quant:
-        from .optimize import optimize_for_inference
+    from .optimize import optimize_for_inference, resolve_quant
 
+    quant = resolve_quant(model, quant)  # "auto": where it was calibrated before, else fp32
+    if quant:
         optimize_for_inference(model, quant)
     if objective not in ("events", "chunks"):
         raise ValueError(f"objective must be events or chunks, not {objective!r}")

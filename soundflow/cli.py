@@ -9,17 +9,16 @@ import argparse
 import os
 import sys
 
+QUANTS = ("auto", "int8", "bf16", "none")  # = optimize.QUANTS (a test checks), here so --help needs no torch
+QUANT_HELP = "CPU inference precision of the LM; auto (default): the one the checkpoint was calibrated at, else none = fp32"
+
 
 def _listen(a) -> int:
     from .listen import listen
 
     return listen(a.audio, model=a.model, instruction=a.instruction, chunk_ms=a.chunk_ms, realtime=a.realtime,
-                  jsonl=a.jsonl, plot=a.plot, threshold=a.threshold, mode=a.mode, quant=_quant(a.quant),
+                  jsonl=a.jsonl, plot=a.plot, threshold=a.threshold, mode=a.mode, quant=a.quant,
                   device=a.device, instruction_audio=a.instruction_audio)
-
-
-def _quant(q: str) -> str | None:
-    return None if q in ("none", "fp32") else q
 
 
 def _calibrate(a) -> int:
@@ -28,7 +27,7 @@ def _calibrate(a) -> int:
     from .calibrate import calibrate
 
     print(json.dumps(calibrate(a.checkpoint, a.data, a.max_chunks, write=not a.dry_run, objective=a.objective,
-                               quant=_quant(a.quant))))
+                               quant=a.quant)))
     return 0
 
 
@@ -74,7 +73,7 @@ def _serve(a) -> int:
     from .server import serve
 
     return serve(host=a.host, port=a.port, model=a.model, token=a.token or os.environ.get("SOUNDFLOW_TOKEN"),
-                 quant=_quant(a.quant), batch=not a.no_batch, device=a.device, allow_origins=a.allow_origin,
+                 quant=a.quant, batch=not a.no_batch, device=a.device, allow_origins=a.allow_origin,
                  insecure=a.insecure, idle_timeout=a.idle_timeout)
 
 
@@ -238,7 +237,7 @@ def _bench_ambient(a) -> int:
 def _bench_latency(a) -> int:
     from .bench.latency import bench_latency
 
-    bench_latency(model=a.model, seconds=a.seconds, minutes=a.minutes, json=a.json, quant=_quant(a.quant),
+    bench_latency(model=a.model, seconds=a.seconds, minutes=a.minutes, json=a.json, quant=a.quant,
                   reply_tokens=tuple(int(x) for x in str(a.reply_tokens).split(",")), parts=a.parts,
                   cap_seconds=a.cap_seconds, max_sessions=a.max_sessions, threads=a.threads, device=a.device)
     return 0
@@ -327,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threshold", type=float, default=None,
                    help="respond when P(<response>) ≥ this (default: the checkpoint's calibrated value, else 0.5)")
     s.add_argument("--mode", choices=["fifo", "sequential"], default="fifo")
-    s.add_argument("--quant", choices=["int8", "bf16", "none"], default="none", help="CPU inference precision of the LM")
+    s.add_argument("--quant", choices=QUANTS, default="auto", help=QUANT_HELP)
     s.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (int8 becomes bf16 on a GPU)")
     s.set_defaults(fn=_listen)
 
@@ -344,8 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dry-run", action="store_true", help="print, do not write model.json")
     s.add_argument("--objective", choices=["events", "chunks"], default="events",
                    help="events: reply recall + streams without a false reply (default); chunks: per-chunk balanced accuracy")
-    s.add_argument("--quant", choices=["int8", "bf16", "none"], default="none",
-                   help="score at the precision the model is served at (listen/serve default: none = fp32)")
+    s.add_argument("--quant", choices=QUANTS, default="auto",
+                   help="score at the precision the model will be served at (auto: the one it was last calibrated at, else fp32)")
     s.set_defaults(fn=_calibrate)
 
     s = sub.add_parser("trigger", help="the sound trigger (trigger.py): fit one into a checkpoint")
@@ -428,7 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8765)
     s.add_argument("--model", default="mini")
     s.add_argument("--token", default=None, help="require this bearer token (or set SOUNDFLOW_TOKEN)")
-    s.add_argument("--quant", choices=["int8", "bf16", "none"], default="none")
+    s.add_argument("--quant", choices=QUANTS, default="auto", help=QUANT_HELP)
     s.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (int8 becomes bf16 on a GPU)")
     s.add_argument("--no-batch", action="store_true",
                    help="run each connection's forwards on its own (default: batched across connections)")
@@ -537,7 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cap-seconds", type=float, default=20.0, help="audio per session in the capacity test")
     s.add_argument("--max-sessions", type=int, default=32, help="largest session count the capacity test tries")
     s.add_argument("--threads", type=int, default=None, help="torch threads (default: the engine's policy)")
-    s.add_argument("--quant", choices=["int8", "bf16", "none"], default="none")
+    s.add_argument("--quant", choices=QUANTS, default="auto", help=QUANT_HELP)
     s.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (int8 becomes bf16 on a GPU)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=_bench_latency)
@@ -557,7 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--minutes", type=float, default=30.0)
     s.add_argument("--abusers", default="huge,instructions,sprayer,hellos,slowloris,vanish",
                    help="abusive clients (comma-separated; '' for none)")
-    s.add_argument("--quant", choices=["int8", "bf16", "none"], default="none")
+    s.add_argument("--quant", choices=QUANTS, default="auto", help=QUANT_HELP)
     s.add_argument("--stall-ms", type=float, default=2000.0, help="a decision later than this (client-side) is a stall")
     s.add_argument("--sample-s", type=float, default=10.0, help="server RSS sampling period")
     s.add_argument("--warmup-s", type=float, default=60.0, help="RSS growth is measured from this point")

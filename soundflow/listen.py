@@ -103,7 +103,7 @@ def _plot(path: str, wave: np.ndarray, decisions: list[dict], responses: list[di
 
 def listen(audio, model="mini", instruction: str | None = None, chunk_ms: int = CHUNK_MS, realtime: bool = False,
            jsonl: bool = False, plot: str | None = None, threshold: float | None = None, mode: str = "fifo",
-           max_reply_tokens: int = 48, tokens: bool = False, quant: str | None = None,
+           max_reply_tokens: int = 48, tokens: bool = False, quant: str | None = "auto",
            device: str | None = None, instruction_audio=None) -> int:
     """Stream `audio` (a path, `-` for raw 16 kHz s16le PCM on stdin, `mic` for the microphone,
     or a float32 array)
@@ -139,9 +139,10 @@ def listen(audio, model="mini", instruction: str | None = None, chunk_ms: int = 
         print(f"error: {e}", file=sys.stderr)
         return 2
     m, name, trained = _load(model)
-    if quant or device:
-        from .optimize import optimize_for_inference
+    from .optimize import optimize_for_inference, resolve_quant
 
+    quant = resolve_quant(m, quant)
+    if quant or device:
         optimize_for_inference(m, quant, device=device)
     if not trained:
         print(_TRAINED_HINT.format(name=name), file=sys.stderr, flush=True)

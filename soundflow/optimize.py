@@ -34,11 +34,24 @@ from torch import nn
 from .attention import use_gqa_attention
 from .device import resolve_device
 
+QUANTS = ("auto", "int8", "bf16", "none")  # what `--quant` accepts
 
-def optimize_for_inference(model, quant: str | None = "int8", encoder: bool = False, device=None):
+
+def resolve_quant(model, quant: str | None) -> str | None:
+    """The precision `quant` names for this model: "auto" is the one its checkpoint was
+    calibrated at (`calibrate --quant`; its threshold holds there), else fp32; fp32 is None."""
+    if quant == "auto":
+        quant = (model.info.calibration or {}).get("quant")
+    if quant not in (None, "none", "fp32", "int8", "bf16"):
+        raise ValueError(f"quant must be one of {', '.join(QUANTS)}, not {quant!r}")
+    return None if quant in (None, "none", "fp32") else quant
+
+
+def optimize_for_inference(model, quant: str | None = "auto", encoder: bool = False, device=None):
     """In place: eval, requires_grad off, onto `device`, optional int8/bf16 decoder body (see
-    module doc). int8 dynamic quantisation is a CPU kernel: on a GPU it becomes bf16. The
-    precision applied is recorded as `model.info.optimized`."""
+    module doc; "auto": `resolve_quant`). int8 dynamic quantisation is a CPU kernel: on a GPU it
+    becomes bf16. The precision applied is recorded as `model.info.optimized`."""
+    quant = resolve_quant(model, quant)
     model.eval()
     model.requires_grad_(False)
     if device is not None:
@@ -47,7 +60,7 @@ def optimize_for_inference(model, quant: str | None = "int8", encoder: bool = Fa
         if dev.type != "cpu" and quant == "int8":
             quant = "bf16"
     use_gqa_attention(model)
-    if quant in (None, "none", "fp32"):
+    if quant is None or model.info.optimized == quant:  # fp32, or already at this precision
         pass
     elif quant == "int8":
         with warnings.catch_warnings():
@@ -59,7 +72,5 @@ def optimize_for_inference(model, quant: str | None = "int8", encoder: bool = Fa
                 model.encoder = quantize_dynamic(model.encoder, {nn.Linear}, dtype=torch.qint8)
     elif quant == "bf16":
         model.body.to(torch.bfloat16)
-    else:
-        raise ValueError(f"quant must be None, 'int8' or 'bf16', not {quant!r}")
     model.info = dataclasses.replace(model.info, optimized=quant or "fp32")
     return model

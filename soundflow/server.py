@@ -987,7 +987,7 @@ def uvicorn_config(app, header_timeout: float = 10.0, ws_ping_interval: float = 
 
 
 def serve(host: str = "127.0.0.1", port: int = 8765, model="mini", token: str | None = None,
-          options=None, max_sessions: int = 32, log_level: str = "info", quant: str | None = None,
+          options=None, max_sessions: int = 32, log_level: str = "info", quant: str | None = "auto",
           batch: bool = True, device: str | None = None, allow_origins=(), insecure: bool = False,
           idle_timeout: float = 60.0) -> int:
     """Run the server until interrupted (the `soundflow serve` command). Returns an exit code."""
@@ -1008,9 +1008,10 @@ def serve(host: str = "127.0.0.1", port: int = 8765, model="mini", token: str | 
         from .loading import load_model
 
         model = load_model(model)
-    if quant or device:
-        from .optimize import optimize_for_inference
+    from .optimize import optimize_for_inference, resolve_quant
 
+    quant = resolve_quant(model, quant)
+    if quant or device:
         optimize_for_inference(model, quant, device=device)
     if options is None:
         from .calibrate import default_threshold

@@ -42,8 +42,48 @@ def test_calibrate_writes_checkpoint_and_is_picked_up(tmp_path):
     assert q["quant"] == "int8" and q["n_chunks"] == res["n_chunks"]
 
 
+def test_a_checkpoint_is_served_at_the_precision_it_was_calibrated_at(tmp_path):
+    """`--quant auto` (the default of listen, serve, calibrate and the benches): the precision in
+    the checkpoint's calibration, else fp32; an explicit precision still wins."""
+    from soundflow.bench.common import EngineRunner
+    from soundflow.optimize import resolve_quant
+
+    recipe = Recipe(model=ModelConfig(backend="tiny"), out=str(tmp_path / "r"),
+                    stages=[StageConfig(name="s", trainable=["adapter", "lm"], data="synthetic:beep?n=4&chunks=4",
+                                        lr=3e-3, steps=2, batch_size=2)])
+    final = train(recipe, progress=False)
+    assert resolve_quant(load_model(str(final)), "auto") is None  # not calibrated: fp32
+    assert calibrate(final, "synthetic:beep?n=4&chunks=4&seed=1", quant="int8")["quant"] == "int8"
+    m = load_model(str(final))
+    assert m.info.calibration["quant"] == "int8" and resolve_quant(m, "auto") == "int8"
+    assert EngineRunner(str(final)).model.info.optimized == "int8"
+    assert EngineRunner(str(final), quant="none").model.info.optimized in (None, "fp32")
+    # recalibrating without a precision keeps the one it was calibrated at
+    assert calibrate(final, "synthetic:beep?n=4&chunks=4&seed=1", write=False)["quant"] == "int8"
+    with pytest.raises(ValueError, match="quant must be one of"):
+        resolve_quant(m, "int4")
+
+
 def test_bench_runner_serves_a_named_model_as_listen_does(tmp_path):
     from soundflow.bench.common import EngineRunner
 
     assert EngineRunner("tiny", quant="int8").model.info.optimized == "int8"
     assert EngineRunner("tiny").model.info.optimized in (None, "fp32")
+
+
+def test_stepped_hidden_is_the_one_forward_fed_as_a_stream():
+    """Calibrating a quantised model feeds each stream decision by decision (int8 sets its
+    activation scale per forward); in fp32 that is the same computation as one forward."""
+    import torch
+
+    from soundflow.calibrate import stepped_hidden
+    from soundflow.model import build_model
+
+    m = build_model("tiny").eval()
+    x = torch.randn(1, 40, m.embed_tokens.weight.shape[1])
+    with torch.inference_mode():
+        full = m.hidden(x)[0]
+        ends = torch.tensor([5, 16, 17, 30])
+        step = stepped_hidden(m, x, ends)
+    assert step.shape == full.shape
+    torch.testing.assert_close(step, full, atol=1e-4, rtol=1e-4)

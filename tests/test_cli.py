@@ -85,3 +85,9 @@ def test_main_job_warns_about_the_chainsaw_and_nowhere_else(capsys):
     replies = [r for r in map(json.loads, capsys.readouterr().out.splitlines()) if r["type"] == "response"]
     assert len(replies) == 1, replies
     assert replies[0]["t"] > 10.0 and "chainsaw" in replies[0]["text"].lower()
+
+
+def test_cli_precision_choices_are_the_optimisers():
+    from soundflow import cli, optimize
+
+    assert cli.QUANTS == optimize.QUANTS

@@ -211,14 +211,14 @@ class EngineRunner:
     """
 
     def __init__(self, model, threshold: float | None = None, instruction: str | None = None, chunk_ms: int = 400,
-                 max_reply_tokens: int = 48, mode: str = "fifo", quant: str | None = None):
+                 max_reply_tokens: int = 48, mode: str = "fifo", quant: str | None = "auto"):
         spec = str(model) if isinstance(model, (str, Path)) else None
         if spec is not None:  # a model named here runs as `listen` runs it (a model object: as given)
             from ..loading import load_model
-            from ..optimize import optimize_for_inference
+            from ..optimize import optimize_for_inference, resolve_quant
 
             model = load_model(spec)
-            if quant:  # as listen: optimised only when a precision is asked for
+            if resolve_quant(model, quant):  # as listen: at the precision asked for ("auto": as calibrated)
                 optimize_for_inference(model, quant)
         self.model = model.eval()
         self.name = spec or (self.model.cfg.backend if hasattr(self.model, "cfg") else type(self.model).__name__)

@@ -143,11 +143,12 @@ def _analyse(evs, chunk_s):
 
 
 def bench_latency(model="mini", seconds: float = 60.0, minutes: float = 60.0, json: bool = False,
-                  quant: str | None = None, threads: int | None = None, reply_every: int = 20,
+                  quant: str | None = "auto", threads: int | None = None, reply_every: int = 20,
                   reply_tokens: tuple[int, ...] = (16, 48, 128), cap_seconds: float = 20.0, max_sessions: int = 16,
                   parts: str = "latency,fifo_vs_seq,long,capacity,capacity_batched", verbose: bool = True,
                   device: str | None = None) -> dict:
     from ..audio import iter_chunks
+    from ..device import cpu_description
     from ..engine import Engine, EngineOptions
     from ..loading import load_model
     from ..model import AudioLM
@@ -158,9 +159,10 @@ def bench_latency(model="mini", seconds: float = 60.0, minutes: float = 60.0, js
 
     m = model if isinstance(model, AudioLM) else load_model(str(model))
     name = m.cfg.backend if isinstance(model, AudioLM) else str(model)
-    if quant or device:
-        from ..optimize import optimize_for_inference
+    from ..optimize import optimize_for_inference, resolve_quant
 
+    quant = resolve_quant(m, quant)
+    if quant or device:
         optimize_for_inference(m, quant, device=device)
     base = EngineOptions(torch_threads=threads)
     Engine(m, base)  # applies the thread policy
@@ -168,7 +170,7 @@ def bench_latency(model="mini", seconds: float = 60.0, minutes: float = 60.0, js
     todo = set(parts.split(","))
     res: dict = {"model": name, "quant": m.info.optimized or "fp32", "device": str(m.device),
                  "torch_threads": torch.get_num_threads(),
-                 "cpu_count": os.cpu_count(), "load_avg_start": os.getloadavg()[0]}
+                 "cpu_count": os.cpu_count(), "cpu": cpu_description(), "load_avg_start": os.getloadavg()[0]}
     # warm up (first forwards allocate)
     warm = real_stream(4.0, seed=9)
     list(Engine(m, EngineOptions(threshold=1.01, torch_threads=threads)).session().run(iter_chunks(warm)))
@@ -359,9 +361,15 @@ def _clean(x):
     return x
 
 
+def _cpu_line(cpu: dict | None) -> str:
+    if not cpu:
+        return "cpu unknown"
+    return f"{cpu['model']}, {cpu['torch_capability']}, " + ("+".join(cpu["isa"]) or "no AVX2")
+
+
 def _print_table(r: dict) -> None:
     print(f"\nlatency bench — model {r['model']} ({r['quant']}), torch threads {r['torch_threads']}, "
-          f"{r['cpu_count']} CPUs, load avg {r['load_avg_start']:.1f}→{r.get('load_avg_end', 0):.1f}")
+          f"{r['cpu_count']} CPUs ({_cpu_line(r.get('cpu'))}), load avg {r['load_avg_start']:.1f}→{r.get('load_avg_end', 0):.1f}")
     rows = []
     if "realtime" in r:
         a = r["realtime"]

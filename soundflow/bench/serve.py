@@ -257,7 +257,7 @@ def _wait_healthy(url: str, proc, timeout: float) -> dict:
 
 
 def bench_serve(model: str = "mini", sessions: int = 24, minutes: float = 30.0, abusers: str = ",".join(ABUSERS),
-                quant: str = "int8", stall_ms: float = 2000.0, sample_s: float = 10.0, warmup_s: float = 60.0,
+                quant: str = "auto", stall_ms: float = 2000.0, sample_s: float = 10.0, warmup_s: float = 60.0,
                 json: bool = False, verbose: bool = True) -> dict:
     from .latency import real_stream
 
