@@ -211,8 +211,8 @@ def _next_token(model, state: DecoderState) -> int:
 
 
 def named_reply(model, state: DecoderState) -> str | None:
-    """The reply the model was trained to give the sound its trigger's namer heard when this
-    reply was called for, if the namer is sure enough (`trigger.TRIGGER_NAME_MIN`); else None."""
+    """The reply the model was trained to give the sound its trigger named, when the trigger
+    called for this reply and its namer is sure enough (`trigger.TRIGGER_NAME_MIN`); else None."""
     from .trigger import TRIGGER_NAME_MIN
 
     named = state.trigger.named if state.trigger is not None else None
@@ -234,7 +234,7 @@ def _named_reply_tokens(model, state: DecoderState, max_tokens: int) -> Iterator
 @torch.inference_mode()
 def reply_tokens(model, state: DecoderState, max_tokens: int = 48) -> Iterator[int]:
     """Reply after `<response>`: yields text token ids; leaves `<eos>` pending. Greedy from the
-    LM, except after a sound the trigger's namer is sure of: then the reply trained for it, written
+    LM, except after a sound the trigger named: then the reply trained for that sound, written
     into the context as if the LM had said it (the LM does not learn which sound it heard on
     this project's budget; the namer does — trigger.py)."""
     eos = model.tokenizer.eos_id

@@ -442,9 +442,10 @@ def test_a_trigger_with_a_namer_calls_only_for_sounds_it_can_name():
     assert st.score(trig) == 0.0 and st.heard_name[1] < TRIGGER_NAME_MIN
 
 
-def test_a_reply_the_lm_called_for_names_the_sound_when_the_namer_is_sure():
-    """The LM alone called (the trigger stayed under its threshold): the reply still takes the
-    namer's sound when it is sure, and the trigger does not hold off for a call it did not make."""
+def test_a_reply_the_lm_called_for_stays_the_lms_even_when_the_namer_is_sure():
+    """The LM alone called (the trigger stayed under its threshold): the reply is the LM's own,
+    whatever the namer thinks it heard (given the namer's words, the LM's transcriptions of
+    spoken digits became "Bless you!"), and the trigger does not hold off for a call it did not make."""
     from soundflow.model import build_model
     from soundflow.replies import PROACTIVE_REPLIES
     from soundflow.trigger import TriggerState
@@ -459,18 +460,11 @@ def test_a_reply_the_lm_called_for_names_the_sound_when_the_namer_is_sure():
     st = TriggerState(trig.windows, trig.holdoff)
     st.push(torch.randn(1, trig.d_summary))
     p = st.score(trig)
-    assert p < 0.01 and st.heard_name[0] == 2
+    assert p < 0.01 and st.heard_name[0] == 2 and st.heard_name[1] > 0.97
     st.last = (0.9, p)  # the LM's P crossed the threshold
     st.replied()
-    assert st.named == st.heard_name and st.quiet == 0 and not st.waiting
-    state = decoding.DecoderState(cache=None, trigger=st)
-    assert decoding.named_reply(m, state) == PROACTIVE_REPLIES["siren"]
-    with torch.no_grad():
-        trig.namer.bias.zero_()  # unsure: the LM writes its own reply
-    st.push(torch.randn(1, trig.d_summary))
-    st.last = (0.9, st.score(trig))
-    st.replied()
-    assert decoding.named_reply(m, state) is None
+    assert st.named is None and st.quiet == 0 and not st.waiting
+    assert decoding.named_reply(m, decoding.DecoderState(cache=None, trigger=st)) is None
 
 
 def test_extra_recorded_ambience_is_folded_by_halves_of_its_files(tmp_path):
