@@ -221,7 +221,12 @@ class AudioLM(nn.Module):
         return out.last_hidden_state
 
     def hidden_last(self, embeds: torch.Tensor, cache, pos: int) -> torch.Tensor:
-        """Append (L, d) embeddings at positions pos.. to `cache`; the last hidden state (d,)."""
+        """Append (L, d) embeddings at positions pos.. to `cache`; the last hidden state (d,).
+        Through `hidden_ragged` where the body allows it: the same numbers without the HF
+        forward's per-call overhead (masks, output capture): 10-20 % off a chunk step here
+        (BENCHMARKS.md, 2026-12-02)."""
+        if self.supports_ragged and not torch.is_grad_enabled():
+            return self.hidden_ragged([(embeds, cache, pos)])[0]
         p = torch.arange(pos, pos + embeds.shape[0], device=embeds.device).unsqueeze(0)
         return self.hidden(embeds.unsqueeze(0), cache=cache, position_ids=p)[0, -1]
 

@@ -11,9 +11,9 @@ overhead, not by FLOPs. `optimize_for_inference` applies what measured faster he
   `encoder=True` also quantises the Whisper encoder: not by default, because it destroys a
   trained model's decisions (2026-12-01, 50 held-out bench clips, teacher-forced p_max AUC:
   fp32 0.81, int8 decoder 0.77, int8 decoder + encoder 0.56). The shipped `mini` of that day
-  lost more to the int8 decoder alone (0.88 -> 0.69), so serving defaults to fp32 (`--quant
-  none`) and int8 is an opt-in for speed; a checkpoint is calibrated at the precision it is
-  served at (`calibrate --quant`).
+  lost more to the int8 decoder alone (0.88 -> 0.69), so serving defaults to fp32 and int8 is
+  an opt-in for speed. `quant="auto"` (the default everywhere) serves a checkpoint at the
+  precision it was calibrated at (`calibrate --quant`), else fp32 (`resolve_quant`).
 - `quant="bf16"`: the body in bfloat16 (2x fewer bytes; on CPUs without native bf16 GEMM it
   is slower than fp32 — measure).
 - `attention.gqa_attention` for the LM body (always): grouped-query attention without copying

@@ -22,20 +22,30 @@ def _wave(seconds: float, seed: int = 0) -> np.ndarray:
 
 
 def test_hidden_ragged_equals_one_stream_at_a_time(model):
+    """Batched streams, and a stream's own steps (`_forward`, which runs the ragged loop for one
+    stream), equal the LM body's own forward (transformers') on each stream alone."""
     torch.manual_seed(0)
     d = model.body.config.hidden_size
     ref = [decoding.start(model, "hi" * (i + 1)) for i in range(3)]
     rag = [decoding.start(model, "hi" * (i + 1)) for i in range(3)]
+    one = [decoding.start(model, "hi" * (i + 1)) for i in range(3)]
     for _ in range(4):  # chunk-sized, token-sized and prefill-sized steps, mixed in one batch
         embs = [torch.randn(n, d) for n in (11, 1, 23)]
         with torch.inference_mode():
-            want = [decoding._forward(model, s, e[None]) for s, e in zip(ref, embs)]
+            want = []
+            for s, e in zip(ref, embs):
+                p = torch.arange(s.pos, s.pos + e.shape[0]).unsqueeze(0)
+                want.append(model.hidden(e[None], cache=s.cache, position_ids=p)[0, -1])
+                s.pos += e.shape[0]
             got = model.hidden_ragged([(e, s.cache, s.pos) for s, e in zip(rag, embs)])
+            alone = [decoding._forward(model, s, e[None]) for s, e in zip(one, embs)]
         for s, e in zip(rag, embs):
             s.pos += e.shape[0]
-        for w, g in zip(want, got):
+        for w, g, a in zip(want, got, alone):
             torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(a, w, atol=1e-5, rtol=1e-5)
     assert [s.cache.get_seq_length() for s in rag] == [s.cache.get_seq_length() for s in ref]
+    assert [s.cache.get_seq_length() for s in one] == [s.cache.get_seq_length() for s in ref]
 
 
 def test_ragged_whitelist():
