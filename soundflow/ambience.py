@@ -35,7 +35,7 @@ from typing import Sequence
 import numpy as np
 from scipy.signal import butter, sosfilt
 
-from .audio import SAMPLE_RATE
+from .audio import SAMPLE_RATE, load_audio
 from .augment import EQ_FREQ_RANGE, EQ_GAIN_DB_RANGE, EQ_Q_RANGE, Effects
 from .compose import colored_noise, dbfs_to_rms
 from .data import read_jsonl, write_jsonl
@@ -176,15 +176,6 @@ def ambience_dir() -> Path:
     return cache_dir() / "ambience"
 
 
-def _decode_to_16k(data: bytes) -> np.ndarray:
-    import soundfile as sf
-    import soxr
-
-    x, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    x = x.mean(1)
-    return (soxr.resample(x, sr, SAMPLE_RATE) if sr != SAMPLE_RATE else x).astype(np.float32)
-
-
 def _deb_of(spec: DebAmbience, debs: Path | None, tmp: Path, log) -> Path:
     """The package's .deb: from `debs` when there, else `apt-get download` into `tmp`."""
     found = sorted(debs.glob(f"{spec.package}_*.deb")) if debs else []
@@ -249,7 +240,7 @@ def install_ambience(root: Path | None = None, debs: Path | None = None, specs: 
             rows = []
             for path, data in _deb_members(deb, spec, Path(tmp)):
                 try:
-                    x = _decode_to_16k(data)
+                    x = load_audio(io.BytesIO(data))
                 except Exception as e:  # noqa: BLE001 - one unreadable file must not stop the rest
                     log(f"{spec.package}: skipped {path} ({e})")
                     continue

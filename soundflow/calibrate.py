@@ -209,13 +209,11 @@ def calibrate(checkpoint: str | Path, data: str, max_chunks: int = 60, write: bo
     (`quant`, as `listen` / `serve` / the benches apply it: int8 moves P(response), see optimize.py)."""
     from .checkpoint import resolve_dir
     from .loading import load_model
+    from .optimize import apply_precision, resolve_quant
 
     model = load_model(str(checkpoint))
-    from .optimize import optimize_for_inference, resolve_quant
-
     quant = resolve_quant(model, quant)  # "auto": where it was calibrated before, else fp32
-    if quant:
-        optimize_for_inference(model, quant)
+    apply_precision(model, quant)
     if objective not in ("events", "chunks"):
         raise ValueError(f"objective must be events or chunks, not {objective!r}")
     samples = load_streams(data)

@@ -139,11 +139,9 @@ def listen(audio, model="mini", instruction: str | None = None, chunk_ms: int = 
         print(f"error: {e}", file=sys.stderr)
         return 2
     m, name, trained = _load(model)
-    from .optimize import optimize_for_inference, resolve_quant
+    from .optimize import apply_precision
 
-    quant = resolve_quant(m, quant)
-    if quant or device:
-        optimize_for_inference(m, quant, device=device)
+    apply_precision(m, quant, device)
     if not trained:
         print(_TRAINED_HINT.format(name=name), file=sys.stderr, flush=True)
 

@@ -47,6 +47,16 @@ def resolve_quant(model, quant: str | None) -> str | None:
     return None if quant in (None, "none", "fp32") else quant
 
 
+def apply_precision(model, quant: str | None = "auto", device=None):
+    """What `listen`, `serve`, `calibrate` and the benches do with a model they loaded: optimise it
+    when a precision other than fp32 (`resolve_quant`; "auto": as calibrated) or a device is
+    asked for, else leave it as loaded. Returns the model."""
+    quant = resolve_quant(model, quant)
+    if quant or device:
+        optimize_for_inference(model, quant, device=device)
+    return model
+
+
 def optimize_for_inference(model, quant: str | None = "auto", encoder: bool = False, device=None):
     """In place: eval, requires_grad off, onto `device`, optional int8/bf16 decoder body (see
     module doc; "auto": `resolve_quant`). int8 dynamic quantisation is a CPU kernel: on a GPU it

@@ -1008,11 +1008,9 @@ def serve(host: str = "127.0.0.1", port: int = 8765, model="mini", token: str | 
         from .loading import load_model
 
         model = load_model(model)
-    from .optimize import optimize_for_inference, resolve_quant
+    from .optimize import apply_precision
 
-    quant = resolve_quant(model, quant)
-    if quant or device:
-        optimize_for_inference(model, quant, device=device)
+    apply_precision(model, quant, device)
     if options is None:
         from .calibrate import default_threshold
         from .engine import EngineOptions

@@ -215,11 +215,9 @@ class EngineRunner:
         spec = str(model) if isinstance(model, (str, Path)) else None
         if spec is not None:  # a model named here runs as `listen` runs it (a model object: as given)
             from ..loading import load_model
-            from ..optimize import optimize_for_inference, resolve_quant
+            from ..optimize import apply_precision
 
-            model = load_model(spec)
-            if resolve_quant(model, quant):  # as listen: at the precision asked for ("auto": as calibrated)
-                optimize_for_inference(model, quant)
+            model = apply_precision(load_model(spec), quant)  # as listen serves it
         self.model = model.eval()
         self.name = spec or (self.model.cfg.backend if hasattr(self.model, "cfg") else type(self.model).__name__)
         if threshold is None:  # a calibrated checkpoint carries its own (see calibrate.py)

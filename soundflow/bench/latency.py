@@ -159,11 +159,9 @@ def bench_latency(model="mini", seconds: float = 60.0, minutes: float = 60.0, js
 
     m = model if isinstance(model, AudioLM) else load_model(str(model))
     name = m.cfg.backend if isinstance(model, AudioLM) else str(model)
-    from ..optimize import optimize_for_inference, resolve_quant
+    from ..optimize import apply_precision
 
-    quant = resolve_quant(m, quant)
-    if quant or device:
-        optimize_for_inference(m, quant, device=device)
+    apply_precision(m, quant, device)
     base = EngineOptions(torch_threads=threads)
     Engine(m, base)  # applies the thread policy
     chunk_s = base.chunk_ms / 1000
