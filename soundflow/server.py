@@ -121,9 +121,13 @@ not being read can make the server hold at most 8 MiB for it.
 
 A client that disappears (socket closed or reset, even in the middle of a reply) has its engine
 session aborted (queued audio dropped; a reply in progress stops at its token cap) and its slot
-freed; the other sessions keep running. A half-open connection (the peer vanished without a
-FIN) is found by WebSocket pings (20 s interval, 20 s timeout); an HTTP connection that has not
-finished its request headers within 10 s, or sits idle between requests, is closed.
+freed; the other sessions keep running. Liveness is judged only while the server listens: a
+half-open connection (the peer vanished without a FIN) is found by the idle timeout, which runs
+only while the server is reading that client. The server sends no WebSocket pings: a pong is
+read in order behind the client's audio, so while backpressure has stopped the reading
+(the engine is behind) every ping times out, and a session that was merely slow was closed as
+dead (1011) in the overloaded soak (BENCHMARKS.md). An HTTP connection that has not finished its
+request headers within 10 s, or sits idle between requests, is closed.
 
 Threads: the event loop never runs torch. Each session has the engine's own threads plus one
 pump thread that blocks on `get_event` and hands events to the loop (`call_soon_threadsafe`);
@@ -971,11 +975,12 @@ def _reaping_h11(header_timeout: float):
     return ReapingH11
 
 
-def uvicorn_config(app, header_timeout: float = 10.0, ws_ping_interval: float = 20.0,
-                   ws_ping_timeout: float = 20.0, **kw):
+def uvicorn_config(app, header_timeout: float = 10.0, ws_ping_interval: float | None = None,
+                   ws_ping_timeout: float | None = None, **kw):
     """uvicorn settings of `soundflow serve` (tests use them too): the message size and queue caps,
-    reaping of half-sent requests, and WebSocket pings that drop half-open connections
-    (a peer that vanished without a FIN) after ws_ping_interval + ws_ping_timeout."""
+    reaping of half-sent requests, and no WebSocket pings by default: a ping's pong waits behind
+    the audio a paced client has queued, so pings closed slow sessions as dead; the idle timeout,
+    counted while the server reads, finds half-open connections instead (see the module's doc)."""
     import uvicorn
 
     # no permessage-deflate: PCM barely compresses, and per-connection zlib state (~300 KB) and

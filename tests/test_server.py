@@ -434,6 +434,34 @@ def test_fast_sender_is_paced_not_dropped(model):
         asyncio.run(main(srv))
 
 
+def test_a_slow_session_is_paced_not_closed_as_dead(model):
+    """The engine falls far behind a client (a decision every 0.3 s, the client sends 20 chunks at
+    once and reads nothing): the server stops reading it for seconds, longer than the idle timeout
+    and than a ping interval + timeout would allow. It is slow, not dead: every decision arrives,
+    no error, a normal close. (With WebSocket pings the pong waits behind the queued audio and the
+    session was closed with 1011: the overloaded soak in BENCHMARKS.md.)"""
+    n_chunks = 20
+
+    def slow(k, p):
+        time.sleep(0.3)
+        return False
+
+    async def main(srv):
+        ws = await connect(srv.ws, max_size=None, open_timeout=20, ping_interval=None)
+        await ws.send(hello())
+        assert (await recv_json(ws, 30))["type"] == "ready"
+        t0 = time.monotonic()
+        await send_audio(ws, audio(4, n_chunks))
+        events = await finish(ws, timeout=60)
+        assert time.monotonic() - t0 > 2 * 1.0  # parked longer than the idle timeout, twice over
+        assert [d["chunk"] for d in decisions(events)] == list(range(n_chunks))
+        assert not [e for e in events if e["type"] == "error"]
+        assert ws.close_code == 1000
+
+    with running_server(model, max_queue_chunks=2, app_kw={"idle_timeout": 1.0}, policy=slow) as srv:
+        asyncio.run(main(srv))
+
+
 def test_bearer_token_required_when_set(model):
     async def main(srv):
         for headers, url in [(None, srv.ws), ({"Authorization": "Bearer nope"}, srv.ws),

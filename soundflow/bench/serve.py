@@ -76,7 +76,7 @@ async def _honest(i: int, url: str, wave: np.ndarray, t_end: float, chunk_n: int
     r = {"session": i, "sent_chunks": 0, "decisions": 0, "server_ms": [], "client_ms": [], "errors": [],
          "end": None, "close_code": None, "max_send_lag_ms": 0.0}
     try:
-        ws = await connect(url, max_size=None, open_timeout=120)
+        ws = await connect(url, max_size=None, open_timeout=120, ping_interval=None)  # paced, not dead: docs/server-protocol.md
     except Exception as e:  # noqa: BLE001
         r["errors"].append(f"connect: {e}")
         return r
