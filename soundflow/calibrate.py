@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -51,7 +52,8 @@ def stream_parts(model, samples, max_chunks: int = 60) -> dict:
 
     feats = FeatureCache(model, 1)
     tok = model.tokenizer
-    out: dict = {"lm": [], "trigger": [] if model.trigger is not None else None, "y": []}
+    out: dict = {"lm": [], "trigger": [] if model.trigger is not None else None, "y": [],
+                 "trigger_class": [] if model.trigger is not None and model.trigger.namer is not None else None}
     stepped = (model.info.optimized or "fp32") != "fp32"
     for s in samples:
         b = collate(model, [s], feats, max_chunks)
@@ -70,6 +72,8 @@ def stream_parts(model, samples, max_chunks: int = 60) -> dict:
             own = [r for r in resets if any(lo <= r <= hi for lo, hi, respond in clip_ranges(s) if respond)]
             p = model.trigger.prob(ev).masked_fill(holding_off(len(ev), own, model.trigger.holdoff), 0.0)
             out["trigger"].append(p.numpy())
+            if out["trigger_class"] is not None:  # the namer's class at each chunk (class floors)
+                out["trigger_class"].append(model.trigger.named_class(ev).numpy())
     return out
 
 
@@ -218,7 +222,7 @@ def calibrate(checkpoint: str | Path, data: str, max_chunks: int = 60, write: bo
         raise ValueError(f"objective must be events or chunks, not {objective!r}")
     samples = load_streams(data)
     if model.trigger is not None:
-        model.trigger.offset = 0.0  # calibrate the trigger as fitted
+        model.trigger.offset, model.trigger.class_offsets = 0.0, None  # calibrate the trigger as fitted
     parts = stream_parts(model, samples, max_chunks)
     ps, ys = parts["lm"], parts["y"]  # the threshold: the LM's own decisions, as without a trigger
     if objective == "events":
@@ -227,7 +231,7 @@ def calibrate(checkpoint: str | Path, data: str, max_chunks: int = 60, write: bo
         thr, stats = best_threshold(np.concatenate(ps), np.concatenate(ys))
     res = {"threshold": thr, **stats, "data": data, "quant": quant or "fp32"}
     if parts["trigger"] is not None:
-        res["trigger"] = calibrate_trigger(samples, parts, thr, model.trigger.floor)
+        res["trigger"] = calibrate_trigger(samples, parts, thr, model.trigger.floor, model.trigger.class_floors)
     folder = resolve_dir(Path(checkpoint))
     if write and folder is not None:
         meta = json.loads((folder / "model.json").read_text())
@@ -238,13 +242,16 @@ def calibrate(checkpoint: str | Path, data: str, max_chunks: int = 60, write: bo
     return res
 
 
-def calibrate_trigger(samples, parts: dict, threshold: float, floor: float | None = None) -> dict:
+def calibrate_trigger(samples, parts: dict, threshold: float, floor: float | None = None,
+                      class_floors: Sequence[float] | None = None) -> dict:
     """The sound trigger's own threshold t on per-clip balanced accuracy (what `bench proactive`
     scores), raised to its fitted `floor` (a logit: the ambient false-reply budget,
     `trigger_fit.ambient_floor`) when that is higher, folded into an `offset` on its logit so that
     at the model's one `threshold` it fires exactly when its P ≥ t: the decision
     max(P_LM, P_trigger) ≥ threshold is then "the LM's calibrated decision, or the trigger's".
-    Also the figures at t on `samples`, and the combined decision's."""
+    With `class_floors` (one per namer class, `parts["trigger_class"]` the namer's class at each
+    chunk) each class gets its own t_c = max(t, its floor) and `class_offsets` the same way.
+    Also the figures at t on `samples`, and the combined decision's (with the class offsets)."""
     from .trigger import combine, logit_of
 
     g, p = clip_scores(samples, parts["trigger"])
@@ -252,11 +259,20 @@ def calibrate_trigger(samples, parts: dict, threshold: float, floor: float | Non
     t = t_bal if floor is None else max(t_bal, float(1 / (1 + np.exp(-floor))))
     stats = {**stats_bal, **_clip_stats(g, p, t), "balanced_threshold": t_bal, "floor": floor}
     offset = logit_of(threshold) - logit_of(t)
-    shift = [1 / (1 + np.exp(-(np.log(np.clip(q, 1e-6, 1 - 1e-6) / np.clip(1 - q, 1e-6, 1))) - offset)) for q in parts["trigger"]]
+    per_class = None
+    if class_floors is not None and parts.get("trigger_class") is not None:
+        t_c = [max(t_bal, float(1 / (1 + np.exp(-f)))) for f in class_floors]
+        per_class = np.array([logit_of(threshold) - logit_of(x) for x in t_c])
+        stats.update(class_thresholds=t_c)
+    offsets = ([per_class[c] for c in parts["trigger_class"]] if per_class is not None
+               else [offset] * len(parts["trigger"]))
+    shift = [1 / (1 + np.exp(-(np.log(np.clip(q, 1e-6, 1 - 1e-6) / np.clip(1 - q, 1e-6, 1))) - o))
+             for q, o in zip(parts["trigger"], offsets)]
     both = [combine(a, b) for a, b in zip(parts["lm"], shift)]
     hits, clean = event_outcomes(both, parts["y"], threshold)
     gc, pc = clip_scores(samples, both)
     return {"threshold": t, "offset": offset, **stats,
+            **({"class_offsets": per_class.tolist()} if per_class is not None else {}),
             "combined": {"reply_recall": float(hits.mean()) if len(hits) else None, "clean_streams": float(clean.mean()),
                          "clip_balanced_acc": float(0.5 * ((pc[gc] >= threshold).mean() + (pc[~gc] < threshold).mean()))}}
 

@@ -140,7 +140,8 @@ def load_checkpoint(folder: str | Path, merge: bool = True) -> AudioLM:
     if meta.get("trigger"):  # trigger.py; a folder without one decides as the paper does
         cfg = meta["trigger"]
         model.add_trigger(cfg["windows"], cfg["d_summary"], holdoff=cfg.get("holdoff"), hidden=cfg.get("hidden"),
-                          floor=cfg.get("floor"), classes=cfg.get("classes") or (), replies=cfg.get("replies") or ())
+                          floor=cfg.get("floor"), classes=cfg.get("classes") or (), replies=cfg.get("replies") or (),
+                          class_floors=cfg.get("class_floors"))
     model.load_trained(load_file(str(folder / "model.safetensors")))
     if meta.get("lora") and merge:
         merge_lora(model)
@@ -149,6 +150,8 @@ def load_checkpoint(folder: str | Path, merge: bool = True) -> AudioLM:
     if model.trigger is not None:  # its threshold aligned with the model's (calibrate.calibrate_trigger)
         cal = meta.get("calibration") or {}
         model.trigger.offset = float((cal.get("trigger") or {}).get("offset", 0.0))
+        if (cal.get("trigger") or {}).get("class_offsets") is not None and model.trigger.namer is not None:
+            model.trigger.class_offsets = torch.tensor(cal["trigger"]["class_offsets"], dtype=torch.float32)
         model.trigger.fire_logit = logit_of(cal.get("threshold", 0.5))
     model.info = replace(model.info, trained=True, source=str(folder), calibration=meta.get("calibration"))
     return model.eval()

@@ -349,7 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("trigger", help="the sound trigger (trigger.py): fit one into a checkpoint")
     tsub = s.add_subparsers(dest="trigger_cmd", required=True)
-    t = tsub.add_parser("fit", help="fit the trigger on train-split streams; writes CHECKPOINT + trigger to --out")
+    t = tsub.add_parser("fit", help="fit the trigger (and its namer and class floors, when the streams name their "
+                                    "sounds) on train-split streams; writes CHECKPOINT + trigger to --out")
     t.add_argument("checkpoint")
     t.add_argument("--out", required=True, help="the new checkpoint folder (calibrate it next)")
     t.add_argument("--data", nargs="*", default=[], help="built stream sets (data specs) of train groups")
@@ -368,8 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-chunks", type=int, default=60)
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(fn=_trigger_fit)
-    t = tsub.add_parser("name", help="fit the trigger's namer (which sound it heard, so the reply names it); "
-                                     "writes CHECKPOINT + namer to --out, calibration kept")
+    t = tsub.add_parser("name", help="fit the trigger's namer again (which sound it heard, so the reply names it); "
+                                     "writes CHECKPOINT + namer to --out, calibration kept, class floors dropped")
     t.add_argument("checkpoint")
     t.add_argument("--out", required=True, help="the new checkpoint folder")
     t.add_argument("--bench-manifest", default=None, help="bench manifest of train-split clips with a `class` column")

@@ -182,7 +182,7 @@ class AudioLM(nn.Module):
 
     def add_trigger(self, windows, d_summary: int | None = None, **kw) -> Trigger:
         """An empty trigger (zero weights) to fit or load into; its tensors are `trigger.*`;
-        `kw`: the rest of `Trigger.config()` (holdoff, hidden, floor, classes, replies)."""
+        `kw`: the rest of `Trigger.config()` (holdoff, hidden, floor, classes, replies, class_floors)."""
         kw = {k: v for k, v in kw.items() if v is not None or k == "floor"}
         self.trigger = Trigger(d_summary or 2 * self.encoder.d_out, windows, **kw).to(self.device)
         return self.trigger

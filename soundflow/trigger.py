@@ -67,6 +67,13 @@ TRIGGER_STEPS = 1000  # AdamW steps of 512 chunks (about 8 epochs of the full fi
 # trigger does not call for a reply (`TriggerState.score`).
 TRIGGER_NAME_MIN = 0.5
 TRIGGER_MAX_FALSE_PER_HOUR = 1.0  # the ambient budget the fit's floor is set for (trigger_fit.ambient_floor)
+# Class floors (`Trigger.class_floors`): each sound the namer names gets its own ambient floor, from
+# the out-of-fold ambient chunks its namer gives that class at least this probability — ambience a
+# slightly different fit could call it. Ambience that sets the floor sounds like machines (a
+# substation, a coal plant read as a chainsaw, a siren); a knock or a cough has no such neighbours
+# and need not wait at the machines' floor: clip recall 0.24 -> 0.34 at the same held-out
+# ambient rate in the cached study (BENCHMARKS.md, 2026-12-02).
+TRIGGER_CLASS_FLOOR_P = 0.1
 
 
 def chunk_summary(enc: torch.Tensor) -> torch.Tensor:
@@ -109,12 +116,14 @@ def holding_off(n: int, resets: Iterable[int], holdoff: int = TRIGGER_HOLDOFF) -
 class Trigger(nn.Module):
     """head((evidence − mean) / scale). Parameters (frozen: the LM's training never touches
     them), so a checkpoint stores them with the rest. `floor` is the lowest logit it may fire at
-    (the fit's ambient false-alarm budget, `trigger_fit.ambient_floor`; None: no floor);
-    `offset` comes from the checkpoint's calibration and aligns its threshold with the model's."""
+    (the fit's ambient false-alarm budget, `trigger_fit.ambient_floor`; None: no floor), and
+    `class_floors` the same per namer class (None: the one floor for all);
+    `offset` comes from the checkpoint's calibration and aligns its threshold with the model's,
+    `class_offsets` (with class floors) does so per class: the class is the namer's argmax."""
 
     def __init__(self, d_summary: int, windows: Sequence[int] = TRIGGER_WINDOWS, holdoff: int = TRIGGER_HOLDOFF,
                  hidden: int = TRIGGER_HIDDEN, floor: float | None = None, classes: Sequence[str] = (),
-                 replies: Sequence[str] = ()):
+                 replies: Sequence[str] = (), class_floors: Sequence[float] | None = None):
         super().__init__()
         self.windows = tuple(int(w) for w in windows)
         self.holdoff = int(holdoff)
@@ -129,8 +138,12 @@ class Trigger(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
         self.set_classes(classes, replies)
+        self.class_floors = None if class_floors is None else [float(f) for f in class_floors]
+        if self.class_floors is not None and len(self.class_floors) != len(self.classes):
+            raise ValueError(f"{len(self.class_floors)} class floors for {len(self.classes)} classes")
         self.requires_grad_(False)
         self.offset = 0.0
+        self.class_offsets: torch.Tensor | None = None  # (classes,), from the calibration
         # the logit (offset applied) at which it fires: logit(the calibrated threshold); re-arming
         # is measured from it (`TriggerState.score`)
         self.fire_logit = 0.0
@@ -141,6 +154,7 @@ class Trigger(nn.Module):
         if len(classes) != len(replies):
             raise ValueError(f"{len(classes)} classes but {len(replies)} replies")
         self.classes, self.replies = tuple(classes), tuple(replies)
+        self.class_floors, self.class_offsets = None, None  # a new namer's classes: its floors are to be set again
         self.namer = nn.Linear(self.mean.numel(), len(self.classes)) if self.classes else None
         if self.namer is not None:
             nn.init.zeros_(self.namer.weight)
@@ -150,7 +164,7 @@ class Trigger(nn.Module):
     def config(self) -> dict:
         return {"windows": list(self.windows), "d_summary": self.d_summary, "holdoff": self.holdoff,
                 "hidden": self.hidden_units, "floor": self.floor, "classes": list(self.classes),
-                "replies": list(self.replies)}
+                "replies": list(self.replies), "class_floors": self.class_floors}
 
     def name(self, evidence: torch.Tensor) -> tuple[int, float] | None:
         """(class index, probability) of the sound the evidence holds; None without a namer."""
@@ -171,7 +185,14 @@ class Trigger(nn.Module):
         return (evidence.float() - self.mean) / self.scale
 
     def logit(self, evidence: torch.Tensor) -> torch.Tensor:
-        return self.head(self.standardise(evidence)) + self.offset
+        z = self.standardise(evidence)
+        if self.class_offsets is not None and self.namer is not None:
+            return self.head(z) + self.class_offsets[self.namer(z).argmax(-1)]
+        return self.head(z) + self.offset
+
+    def named_class(self, evidence: torch.Tensor) -> torch.Tensor | None:
+        """(...,) the namer's argmax class index at each evidence row; None without a namer."""
+        return None if self.namer is None else self.namer(self.standardise(evidence)).argmax(-1)
 
     def prob(self, evidence: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.logit(evidence))

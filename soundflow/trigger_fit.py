@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .trigger import (
+    TRIGGER_CLASS_FLOOR_P,
     TRIGGER_DECAY,
     TRIGGER_DROPOUT,
     TRIGGER_HIDDEN,
@@ -260,25 +261,48 @@ def ambient_examples(noise_manifest: str, model, minutes: float, seed: int, rows
 
 
 def ambient_floor(examples: Sequence[TriggerExample], folds: Sequence[Sequence[TriggerExample]],
-                  windows: Sequence[int], hidden: int, seed: int, chunk_ms: int = 400) -> tuple[float, list[dict]]:
+                  windows: Sequence[int], hidden: int, seed: int, chunk_ms: int = 400,
+                  named: bool = False) -> tuple[float, list[dict], dict[str, float] | None]:
     """The trigger's floor, cross-fitted: for each fold of ambience (different noise files), a
     trigger fitted without it gives out-of-fold logits on the fold's *recorded* ambience, and the
     lowest threshold within the false-reply budget there is that fold's; the floor is the highest.
     An estimate of how the final trigger (fitted on every fold) behaves on ambience it never
     heard, which training ambience cannot give: fitted on, it is never fired at. Augmented and
     synthesised ambience is fitted on but not counted: it is easier than recordings, and counting
-    it made "one per hour" of a fold far looser than one per hour of recordings (BENCHMARKS.md)."""
-    out = []
+    it made "one per hour" of a fold far looser than one per hour of recordings (BENCHMARKS.md).
+
+    named: each fold's trigger also gets a namer (`fit_namer`), and each class its own floor the
+    same way, counting only the chunks its namer gives that class at least `TRIGGER_CLASS_FLOOR_P`
+    (a class no fold's ambience comes near keeps the one floor). Returns (floor, per-fold figures,
+    {class: floor} or None)."""
+    out, per_class = [], {}
     for k, held in enumerate(folds):
         rest = [e for j, f in enumerate(folds) if j != k for e in f]
         trig, _ = fit_trigger(list(examples) + rest, windows, hidden, seed)
+        if named:
+            fit_namer(trig, examples, seed)
         counted = [e for e in held if e.source == "recorded"] or list(held)
         with torch.no_grad():
-            logits = np.concatenate([trig.logit(pooled_stream(e.summaries, (), windows)).numpy() for e in counted])
+            ev = [pooled_stream(e.summaries, (), windows) for e in counted]
+            logits = np.concatenate([trig.logit(v).numpy() for v in ev])
+            probs = (np.concatenate([torch.softmax(trig.namer(trig.standardise(v)), -1).numpy() for v in ev])
+                     if named else None)
         hours = len(logits) * chunk_ms / 3.6e6
         t = lowest_quiet_threshold(logits, hours, holdoff=trig.holdoff)
-        out.append({"fold": k, "hours": round(hours, 3), "threshold_logit": t, "max_logit": float(logits.max())})
-    return max(f["threshold_logit"] for f in out), out
+        fold = {"fold": k, "hours": round(hours, 3), "threshold_logit": t, "max_logit": float(logits.max())}
+        if probs is not None:
+            fold["class_thresholds"] = {}
+            for c, name in enumerate(trig.classes):
+                near = probs[:, c] >= TRIGGER_CLASS_FLOOR_P
+                if near.any():  # the other chunks cannot fire as this class: out of its count
+                    tc = lowest_quiet_threshold(np.where(near, logits, -np.inf), hours, holdoff=trig.holdoff)
+                    fold["class_thresholds"][name] = tc
+                    per_class[name] = max(per_class.get(name, -np.inf), tc)
+                per_class.setdefault(name, -np.inf)
+        out.append(fold)
+    floor = max(f["threshold_logit"] for f in out)
+    classes = {n: (float(v) if np.isfinite(v) else floor) for n, v in per_class.items()} if named else None
+    return floor, out, classes
 
 
 def _write_with_trigger(src, out, trig: Trigger, meta_update) -> None:
@@ -304,6 +328,19 @@ def _write_with_trigger(src, out, trig: Trigger, meta_update) -> None:
     meta_update(meta)
     (tmp / "model.json").write_text(json.dumps(meta, indent=1))
     commit_dir(tmp, out)
+
+
+def _nameable(examples: Sequence[TriggerExample], min_chunks: int = 20) -> bool:
+    """Whether the streams name enough RESPOND sounds for a namer (`fit_namer`: two classes with a
+    trained reply and at least `min_chunks` chunks each)."""
+    from .replies import PROACTIVE_REPLIES
+
+    counts: dict[str, int] = {}
+    for e in examples:
+        for t, n in enumerate(e.names or ()):
+            if n in PROACTIVE_REPLIES and e.labels[t]:
+                counts[n] = counts.get(n, 0) + 1
+    return sum(k >= min_chunks for k in counts.values()) >= 2
 
 
 def fit_into_checkpoint(checkpoint, out, data: Sequence[str] = (), bench_manifest: str | None = None,
@@ -368,14 +405,21 @@ def fit_into_checkpoint(checkpoint, out, data: Sequence[str] = (), bench_manifes
                  for k, side in enumerate(("a", "b"))]
         say(f"+ {ambient_minutes * (1 + len(ambient_manifests)):g} min of recorded training-side ambience in 2 folds "
             f"(and {ambient_minutes * AMBIENT_AUGMENTED:g} min through effects, {ambient_minutes * AMBIENT_SYNTHETIC:g} synthesised)")
-    floor, fold_stats = (ambient_floor(examples, folds, windows, hidden, seed) if len(folds) > 1 else (None, []))
+    named = _nameable(examples)
+    floor, fold_stats, class_floors = (ambient_floor(examples, folds, windows, hidden, seed, named=named)
+                                       if len(folds) > 1 else (None, [], None))
     trig, stats = fit_trigger(examples + [e for f in folds for e in f], windows, hidden, seed)
     trig.floor = floor
+    if named:  # its namer, on the same streams as the folds' namers, so the class floors are its own
+        stats["name_fit"] = fit_namer(trig, examples, seed)
+        if class_floors is not None:
+            trig.class_floors = [class_floors[c] for c in trig.classes]
     stats.update(data=list(data), bench_manifest=bench_manifest, noise_manifest=noise_manifest,
                  ambient_manifests=list(ambient_manifests) if folds else [],
                  ambient_minutes=ambient_minutes if folds else 0,
                  ambient_augmented=AMBIENT_AUGMENTED if folds else 0, ambient_synthetic=AMBIENT_SYNTHETIC if folds else 0, floor=floor, floor_folds=fold_stats)
-    say(f"fitted: {stats['chunks']} chunks; floor {floor}")
+    say(f"fitted: {stats['chunks']} chunks; floor {floor}"
+        + (f"; class floors {dict(zip(trig.classes, (round(f, 2) for f in trig.class_floors)))}" if trig.class_floors else ""))
     def meta_update(meta):
         meta.pop("calibration", None)  # the decision changed
         meta["trigger"] = {**trig.config(), "fit": stats}
@@ -388,7 +432,9 @@ def name_into_checkpoint(checkpoint, out, bench_manifest: str | None = None, dat
                          max_chunks: int = 60, seed: int = 0, progress: bool = True) -> dict:
     """Fit the namer of `checkpoint`'s trigger (`fit_namer`) on the RESPOND sounds of train-split
     bench-style streams (single clips over pink noise) and/or built `data`, and write the
-    checkpoint with it to `out`. The decision is unchanged, so the calibration is kept."""
+    checkpoint with it to `out`. The decision is unchanged, so the calibration is kept — except
+    class floors, which belong to the namer they were cross-fitted with (`ambient_floor`): a new
+    namer drops them, and the one floor decides for every class."""
     import sys
     from pathlib import Path
 
@@ -415,9 +461,12 @@ def name_into_checkpoint(checkpoint, out, bench_manifest: str | None = None, dat
         print(f"[trigger] naming from {len(examples)} streams", file=sys.stderr, flush=True)
     trig = model.trigger
     stats = fit_namer(trig, examples, seed)
-    def meta_update(meta):  # the decision is unchanged: the calibration stays
+    def meta_update(meta):  # the decision is unchanged (the one floor): the calibration stays
         meta["trigger"] = {**meta["trigger"], "classes": list(trig.classes), "replies": list(trig.replies),
+                           "class_floors": None,
                            "name_fit": {**stats, "bench_manifest": bench_manifest, "data": list(data)}}
+        for k in ("class_offsets", "class_thresholds"):
+            ((meta.get("calibration") or {}).get("trigger") or {}).pop(k, None)
 
     _write_with_trigger(src, Path(out), trig, meta_update)
     return stats

@@ -489,3 +489,74 @@ def test_extra_recorded_ambience_is_folded_by_halves_of_its_files(tmp_path):
     assert played[0] and played[1] and not played[0] & played[1]
     with pytest.raises(ValueError, match="halves"):
         ambient_examples(str(tmp_path / "lib.jsonl"), m, 0.5, 0, "train", extra=[str(tmp_path / "extra.jsonl")])
+
+
+def test_fit_with_named_sounds_sets_class_floors_no_higher_than_the_floor(tmp_path, monkeypatch):
+    """Streams that name their RESPOND sounds give the fit a namer, and each named class its own
+    cross-fitted floor, counted on the out-of-fold ambience its fold namer gives that class: never
+    above the one floor (a subset of the chunks can only fire less). They survive a reload; a
+    namer fitted again (`trigger name`) drops them."""
+    import functools
+
+    from soundflow import trigger_fit
+    from soundflow.model import build_model
+    from soundflow.trigger_fit import name_into_checkpoint
+
+    # the plumbing, not the fit's quality: fewer steps (a namer on a few hundred chunks would
+    # otherwise take thousands of one-batch epochs)
+    monkeypatch.setattr(trigger_fit, "fit_trigger", functools.partial(trigger_fit.fit_trigger, steps=200))
+    monkeypatch.setattr(trigger_fit, "fit_namer", functools.partial(trigger_fit.fit_namer, steps=50))
+    m = build_model("tiny")
+    save_checkpoint(m, {"special"}, tmp_path / "ck")
+    man = _bench_manifest(tmp_path)
+    rows = [json.loads(x) for x in man.read_text().splitlines()]
+    for i, r in enumerate(rows):  # two RESPOND classes with a trained reply
+        r["class"] = ("baby_cry", "glass_break")[(i // 2) % 2] if r["decision"] == "RESPOND" else "rain"
+    man.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rng = np.random.default_rng(4)
+    noise = []
+    for i in range(16):
+        sf.write(tmp_path / f"n{i}.wav", (0.03 * rng.standard_normal(16000 * 3)).astype(np.float32), 16000)
+        noise.append({"id": f"n{i}", "audio": f"n{i}.wav", "kind": "ambient" if i % 2 else "event"})
+    (tmp_path / "noise.jsonl").write_text("".join(json.dumps(r) + "\n" for r in noise))
+    stats = fit_into_checkpoint(tmp_path / "ck", tmp_path / "out", bench_manifest=str(man),
+                                noise_manifest=str(tmp_path / "noise.jsonl"), ambient_minutes=0.5, windows=(2,),
+                                hidden=0, progress=False)
+    assert stats["name_fit"]["classes"] == ["baby_cry", "glass_break"]
+    assert all(set(f["class_thresholds"]) <= {"baby_cry", "glass_break"} for f in stats["floor_folds"])
+    back = load_checkpoint(tmp_path / "out")
+    assert back.trigger.classes == ("baby_cry", "glass_break") and len(back.trigger.class_floors) == 2
+    assert all(f <= stats["floor"] + 1e-9 for f in back.trigger.class_floors)
+    for f in stats["floor_folds"]:
+        for c, t in f["class_thresholds"].items():
+            assert t <= f["threshold_logit"] + 1e-9 and t <= back.trigger.class_floors[back.trigger.classes.index(c)] + 1e-9
+    name_into_checkpoint(tmp_path / "out", tmp_path / "renamed", bench_manifest=str(man), progress=False)
+    assert load_checkpoint(tmp_path / "renamed").trigger.class_floors is None
+
+
+def test_class_floors_give_each_named_class_its_own_threshold():
+    """With class floors the calibration gives each class t_c = max(t, its floor) and an offset
+    that fires it exactly there; the trigger's logit takes the offset of the class its namer
+    names at that chunk."""
+    from soundflow.calibrate import calibrate_trigger
+    from soundflow.model import build_model
+
+    samples, trig = _one_clip_streams(20, np.random.default_rng(0), (0.05, 0.2), (0.5, 0.9))
+    ys = [np.zeros(8, dtype=int) for _ in samples]
+    cls = [np.full(8, i % 2) for i in range(20)]  # the namer's class at each chunk
+    parts = {"lm": [np.zeros(8)] * 20, "trigger": trig, "y": ys, "trigger_class": cls}
+    lo, hi = float(np.log(0.6 / 0.4)), float(np.log(0.95 / 0.05))
+    out = calibrate_trigger(samples, parts, threshold=0.5, floor=hi, class_floors=[lo, hi])
+    t_bal = out["balanced_threshold"]
+    assert out["class_thresholds"] == pytest.approx([max(t_bal, 0.6), max(t_bal, 0.95)])
+    assert out["threshold"] == pytest.approx(0.95)  # the one floor, for a trigger without class offsets
+    logit = lambda p: float(np.log(p / (1 - p)))  # noqa: E731
+    assert out["class_offsets"] == pytest.approx([logit(0.5) - logit(t) for t in out["class_thresholds"]])
+
+    m = build_model("tiny")
+    t = _named(m, bias=0.0)  # names class 1 everywhere
+    ev = torch.zeros(3, t.mean.numel())
+    base = t.logit(ev)
+    t.class_offsets = torch.tensor([-50.0, 2.0])
+    assert torch.allclose(t.logit(ev), base + 2.0)
+    assert t.named_class(ev).tolist() == [1, 1, 1]
