@@ -38,7 +38,7 @@ def _trigger_fit(a) -> int:
 
     print(json.dumps(fit_into_checkpoint(a.checkpoint, a.out, a.data, a.bench_manifest, a.noise_manifest,
                                          a.ambient_manifest, a.windows, a.hidden, a.ambient_minutes, a.max_chunks,
-                                         a.seed)))
+                                         a.seed, features_cache=a.features_cache)))
     return 0
 
 
@@ -368,6 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--hidden", type=int, default=64, help="hidden units of the head (0: logistic regression)")
     t.add_argument("--max-chunks", type=int, default=60)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--features-cache", default=None, metavar="FILE",
+                   help="keep the encoded streams here and reuse them when the inputs are the same "
+                        "(encoding is most of a fit's time)")
     t.set_defaults(fn=_trigger_fit)
     t = tsub.add_parser("name", help="fit the trigger's namer again (which sound it heard, so the reply names it); "
                                      "writes CHECKPOINT + namer to --out, calibration kept, class floors dropped")

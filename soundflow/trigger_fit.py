@@ -347,7 +347,8 @@ def fit_into_checkpoint(checkpoint, out, data: Sequence[str] = (), bench_manifes
                         noise_manifest: str | None = None, ambient_manifests: Sequence[str] = (),
                         windows: Sequence[int] | None = None,
                         hidden: int = TRIGGER_HIDDEN, ambient_minutes: float = AMBIENT_MINUTES,
-                        max_chunks: int = 60, seed: int = 0, progress: bool = True) -> dict:
+                        max_chunks: int = 60, seed: int = 0, progress: bool = True,
+                        features_cache: str | None = None) -> dict:
     """Fit a trigger for `checkpoint` and write the checkpoint with it to `out` (atomically; the
     trained tensors are copied, not re-saved). Streams: built `data` specs and, from a bench
     manifest of train-split clips, bench-style streams — single clips over pink noise, over
@@ -356,7 +357,11 @@ def fit_into_checkpoint(checkpoint, out, data: Sequence[str] = (), bench_manifes
     `AMBIENT_SYNTHETIC` times as much through effects and synthesised, `ambient_examples`), in two folds of different
     files that set the trigger's floor (`ambient_floor`); `ambient_manifests` add as much recorded
     ambience again per manifest, folded by their files' halves. Calibration is dropped: the
-    decision changed, so run `soundflow calibrate` on the result."""
+    decision changed, so run `soundflow calibrate` on the result.
+
+    features_cache: a file that keeps the streams' chunk summaries (~330 MB for the default recipe) for the next fit with
+    the same inputs: encoding them is most of a fit's time (28 of 34 min for the default recipe),
+    the fit itself a few minutes; a cache made from other inputs is rebuilt."""
     import sys
     from pathlib import Path
 
@@ -373,6 +378,16 @@ def fit_into_checkpoint(checkpoint, out, data: Sequence[str] = (), bench_manifes
     def say(msg):
         if progress:
             print(f"[trigger] {msg}", file=sys.stderr, flush=True)
+
+    inputs = {"data": [str(d) for d in data], "bench_manifest": bench_manifest, "noise_manifest": noise_manifest,
+              "ambient_manifests": [str(m) for m in ambient_manifests], "ambient_minutes": ambient_minutes}
+    key = {**inputs, "encoder": model.cfg.encoder, "chunk_ms": model.cfg.chunk_ms, "max_chunks": max_chunks,
+           "seed": seed, "files": [_fingerprint(p) for p in [*data, bench_manifest, noise_manifest, *ambient_manifests] if p]}
+    cached = _read_features(features_cache, key)
+    if cached is not None:
+        examples, folds = cached
+        say(f"{len(examples)} streams and {sum(map(len, folds))} ambient ones from {features_cache}")
+        return _fit_and_write(src, out, examples, folds, windows, hidden, seed, say, inputs)
 
     held: set[str] = set()
     if noise_manifest:  # the ambience `bench ambient` plays is never heard while fitting
@@ -405,6 +420,47 @@ def fit_into_checkpoint(checkpoint, out, data: Sequence[str] = (), bench_manifes
                  for k, side in enumerate(("a", "b"))]
         say(f"+ {ambient_minutes * (1 + len(ambient_manifests)):g} min of recorded training-side ambience in 2 folds "
             f"(and {ambient_minutes * AMBIENT_AUGMENTED:g} min through effects, {ambient_minutes * AMBIENT_SYNTHETIC:g} synthesised)")
+    if features_cache:
+        _write_features(features_cache, key, examples, folds)
+    return _fit_and_write(src, out, examples, folds, windows, hidden, seed, say, inputs)
+
+
+def _fingerprint(path) -> list:
+    """What a features cache checks its inputs by: a file's size and mtime, a folder's files'."""
+    from pathlib import Path
+
+    p = Path(path)
+    files = sorted(f for f in p.iterdir() if f.is_file()) if p.is_dir() else [p] if p.exists() else []
+    return [str(p), [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]]
+
+
+def _read_features(path: str | None, key: dict):
+    """(examples, folds) from a features cache made with the same inputs, else None."""
+    from pathlib import Path
+
+    if not path or not Path(path).is_file():
+        return None
+    blob = torch.load(path, weights_only=False)
+    if blob.get("key") != key:
+        return None
+    return blob["examples"], blob["folds"]
+
+
+def _write_features(path: str, key: dict, examples, folds) -> None:
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"key": key, "examples": list(examples), "folds": [list(f) for f in folds]}, tmp)
+    tmp.replace(path)  # atomic: a killed fit never leaves half a cache
+
+
+def _fit_and_write(src, out, examples, folds, windows, hidden, seed, say, inputs: dict) -> dict:
+    """The fit proper on encoded streams: floors from the folds, the trigger (and its namer and
+    class floors, when the streams name their sounds), written into a copy of `src` at `out`."""
+    from pathlib import Path
+
     named = _nameable(examples)
     floor, fold_stats, class_floors = (ambient_floor(examples, folds, windows, hidden, seed, named=named)
                                        if len(folds) > 1 else (None, [], None))
@@ -414,10 +470,10 @@ def fit_into_checkpoint(checkpoint, out, data: Sequence[str] = (), bench_manifes
         stats["name_fit"] = fit_namer(trig, examples, seed)
         if class_floors is not None:
             trig.class_floors = [class_floors[c] for c in trig.classes]
-    stats.update(data=list(data), bench_manifest=bench_manifest, noise_manifest=noise_manifest,
-                 ambient_manifests=list(ambient_manifests) if folds else [],
-                 ambient_minutes=ambient_minutes if folds else 0,
-                 ambient_augmented=AMBIENT_AUGMENTED if folds else 0, ambient_synthetic=AMBIENT_SYNTHETIC if folds else 0, floor=floor, floor_folds=fold_stats)
+    if not folds:
+        inputs = {**inputs, "ambient_manifests": [], "ambient_minutes": 0}
+    stats.update(**inputs, ambient_augmented=AMBIENT_AUGMENTED if folds else 0,
+                 ambient_synthetic=AMBIENT_SYNTHETIC if folds else 0, floor=floor, floor_folds=fold_stats)
     say(f"fitted: {stats['chunks']} chunks; floor {floor}"
         + (f"; class floors {dict(zip(trig.classes, (round(f, 2) for f in trig.class_floors)))}" if trig.class_floors else ""))
     def meta_update(meta):

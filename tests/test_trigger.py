@@ -560,3 +560,28 @@ def test_class_floors_give_each_named_class_its_own_threshold():
     t.class_offsets = torch.tensor([-50.0, 2.0])
     assert torch.allclose(t.logit(ev), base + 2.0)
     assert t.named_class(ev).tolist() == [1, 1, 1]
+
+
+def test_a_features_cache_is_reused_for_the_same_inputs_only(tmp_path, monkeypatch):
+    """`trigger fit --features-cache`: the second fit with the same inputs encodes nothing and fits
+    the same trigger; changed inputs (another seed) encode again."""
+    import functools
+
+    from soundflow import trigger_fit
+    from soundflow.model import build_model
+
+    monkeypatch.setattr(trigger_fit, "fit_trigger", functools.partial(trigger_fit.fit_trigger, steps=100))
+    save_checkpoint(build_model("tiny"), {"special"}, tmp_path / "ck")
+    man, cache = str(_bench_manifest(tmp_path)), str(tmp_path / "feats.pt")
+    kw = dict(bench_manifest=man, windows=(2,), hidden=0, progress=False, features_cache=cache)
+    first = fit_into_checkpoint(tmp_path / "ck", tmp_path / "a", **kw)
+    encode = trigger_fit.examples_from_bench_streams
+    monkeypatch.setattr(trigger_fit, "examples_from_bench_streams", lambda *a, **k: pytest.fail("encoded again"))
+    again = fit_into_checkpoint(tmp_path / "ck", tmp_path / "b", **kw)
+    assert again == first
+    wa, wb = (load_checkpoint(tmp_path / d).trigger.out.weight for d in "ab")
+    assert torch.equal(wa, wb)
+    calls = []
+    monkeypatch.setattr(trigger_fit, "examples_from_bench_streams", lambda *a, **k: calls.append(1) or encode(*a, **k))
+    fit_into_checkpoint(tmp_path / "ck", tmp_path / "c", **{**kw, "seed": 1})
+    assert calls
