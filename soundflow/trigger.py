@@ -72,7 +72,7 @@ TRIGGER_MAX_FALSE_PER_HOUR = 1.0  # the ambient budget the fit's floor is set fo
 # slightly different fit could call it. Ambience that sets the floor sounds like machines (a
 # substation, a coal plant read as a chainsaw, a siren); a knock or a cough has no such neighbours
 # and need not wait at the machines' floor: clip recall 0.24 -> 0.34 at the same held-out
-# ambient rate in the cached study (BENCHMARKS.md, 2026-12-02).
+# ambient rate in the cached study, 0.41 with the folds' budget pooled (BENCHMARKS.md, 2026-12-02).
 TRIGGER_CLASS_FLOOR_P = 0.1
 
 
