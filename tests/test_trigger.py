@@ -333,6 +333,17 @@ def test_calibration_never_sets_the_trigger_below_its_floor():
     assert floored["balanced_threshold"] == free["threshold"] and floored["respond_recall"] <= free["respond_recall"]
 
 
+def _noise_library(tmp_path) -> list[dict]:
+    """A noise manifest of 16 faint 3 s files, every other one ambient, at tmp_path/noise.jsonl."""
+    rng = np.random.default_rng(4)
+    rows = []
+    for i in range(16):
+        sf.write(tmp_path / f"n{i}.wav", (0.03 * rng.standard_normal(16000 * 3)).astype(np.float32), 16000)
+        rows.append({"id": f"n{i}", "audio": f"n{i}.wav", "kind": "ambient" if i % 2 else "event"})
+    (tmp_path / "noise.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return rows
+
+
 def test_fit_with_a_noise_library_sets_a_floor_from_held_out_folds(tmp_path):
     """Ambient negatives come from the library's training side in two folds of different files;
     the floor is the lowest threshold within the budget on both folds' out-of-fold logits together
@@ -342,12 +353,7 @@ def test_fit_with_a_noise_library_sets_a_floor_from_held_out_folds(tmp_path):
 
     m = build_model("tiny")
     save_checkpoint(m, {"special"}, tmp_path / "ck")
-    rng = np.random.default_rng(4)
-    rows = []
-    for i in range(16):
-        sf.write(tmp_path / f"n{i}.wav", (0.03 * rng.standard_normal(16000 * 3)).astype(np.float32), 16000)
-        rows.append({"id": f"n{i}", "audio": f"n{i}.wav", "kind": "ambient" if i % 2 else "event"})
-    (tmp_path / "noise.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rows = _noise_library(tmp_path)
     stats = fit_into_checkpoint(tmp_path / "ck", tmp_path / "out", bench_manifest=str(_bench_manifest(tmp_path)),
                                 noise_manifest=str(tmp_path / "noise.jsonl"), ambient_minutes=1.0, windows=(2,),
                                 progress=False)
@@ -514,12 +520,7 @@ def test_fit_with_named_sounds_sets_class_floors_no_higher_than_the_floor(tmp_pa
     for i, r in enumerate(rows):  # two RESPOND classes with a trained reply
         r["class"] = ("baby_cry", "glass_break")[(i // 2) % 2] if r["decision"] == "RESPOND" else "rain"
     man.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    rng = np.random.default_rng(4)
-    noise = []
-    for i in range(16):
-        sf.write(tmp_path / f"n{i}.wav", (0.03 * rng.standard_normal(16000 * 3)).astype(np.float32), 16000)
-        noise.append({"id": f"n{i}", "audio": f"n{i}.wav", "kind": "ambient" if i % 2 else "event"})
-    (tmp_path / "noise.jsonl").write_text("".join(json.dumps(r) + "\n" for r in noise))
+    _noise_library(tmp_path)
     stats = fit_into_checkpoint(tmp_path / "ck", tmp_path / "out", bench_manifest=str(man),
                                 noise_manifest=str(tmp_path / "noise.jsonl"), ambient_minutes=0.5, windows=(2,),
                                 hidden=0, progress=False)
