@@ -187,7 +187,7 @@ class Trigger(nn.Module):
     def logit(self, evidence: torch.Tensor) -> torch.Tensor:
         z = self.standardise(evidence)
         if self.class_offsets is not None and self.namer is not None:
-            return self.head(z) + self.class_offsets[self.namer(z).argmax(-1)]
+            return self.head(z) + self.class_offsets.to(z.device)[self.namer(z).argmax(-1)]
         return self.head(z) + self.offset
 
     def named_class(self, evidence: torch.Tensor) -> torch.Tensor | None:
