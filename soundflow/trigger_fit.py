@@ -150,8 +150,24 @@ def fit_trigger(examples: Sequence[TriggerExample], windows: Sequence[int] = TRI
                   "windows": list(trig.windows), "hidden": hidden, "steps": steps, "seed": seed}
 
 
+NAMER_MIN_CHUNKS = 20  # a class the namer learns needs at least this many RESPOND chunks
+
+
+def namer_classes(examples: Sequence[TriggerExample], min_chunks: int = NAMER_MIN_CHUNKS) -> list[str]:
+    """The classes a namer fitted on `examples` tells apart: RESPOND sounds with a trained reply
+    (`replies.PROACTIVE_REPLIES`) and at least `min_chunks` chunks, sorted."""
+    from .replies import PROACTIVE_REPLIES
+
+    counts: dict[str, int] = {}
+    for e in examples:
+        for t, n in enumerate(e.names or ()):
+            if n in PROACTIVE_REPLIES and e.labels[t]:
+                counts[n] = counts.get(n, 0) + 1
+    return sorted(c for c, k in counts.items() if k >= min_chunks)
+
+
 def fit_namer(trig: Trigger, examples: Sequence[TriggerExample], seed: int = 0, steps: int = 500,
-              min_chunks: int = 20) -> dict:
+              min_chunks: int = NAMER_MIN_CHUNKS) -> dict:
     """The trigger's namer: a softmax regression on its standardised evidence at the chunks of
     RESPOND sounds whose class has a trained reply (`replies.PROACTIVE_REPLIES`: what the LM was
     taught to say about it) and at least `min_chunks` chunks; fitted in place."""
@@ -165,8 +181,7 @@ def fit_namer(trig: Trigger, examples: Sequence[TriggerExample], seed: int = 0, 
         keep = [t for t, n in enumerate(e.names) if n in PROACTIVE_REPLIES and e.labels[t]]
         X.append(ev[keep])
         names += [e.names[t] for t in keep]
-    counts = {c: names.count(c) for c in set(names)}
-    classes = sorted(c for c, k in counts.items() if k >= min_chunks)
+    classes = namer_classes(examples, min_chunks)
     if len(classes) < 2:
         raise ValueError("the namer needs RESPOND chunks of at least two classes with a trained reply")
     rows = [i for i, n in enumerate(names) if n in classes]
@@ -339,19 +354,6 @@ def _write_with_trigger(src, out, trig: Trigger, meta_update) -> None:
     commit_dir(tmp, out)
 
 
-def _nameable(examples: Sequence[TriggerExample], min_chunks: int = 20) -> bool:
-    """Whether the streams name enough RESPOND sounds for a namer (`fit_namer`: two classes with a
-    trained reply and at least `min_chunks` chunks each)."""
-    from .replies import PROACTIVE_REPLIES
-
-    counts: dict[str, int] = {}
-    for e in examples:
-        for t, n in enumerate(e.names or ()):
-            if n in PROACTIVE_REPLIES and e.labels[t]:
-                counts[n] = counts.get(n, 0) + 1
-    return sum(k >= min_chunks for k in counts.values()) >= 2
-
-
 def fit_into_checkpoint(checkpoint, out, data: Sequence[str] = (), bench_manifest: str | None = None,
                         noise_manifest: str | None = None, ambient_manifests: Sequence[str] = (),
                         windows: Sequence[int] | None = None,
@@ -470,7 +472,7 @@ def _fit_and_write(src, out, examples, folds, windows, hidden, seed, say, inputs
     class floors, when the streams name their sounds), written into a copy of `src` at `out`."""
     from pathlib import Path
 
-    named = _nameable(examples)
+    named = len(namer_classes(examples)) >= 2  # streams that name their sounds
     floor, fold_stats, class_floors = (ambient_floor(examples, folds, windows, hidden, seed, named=named)
                                        if len(folds) > 1 else (None, [], None))
     trig, stats = fit_trigger(examples + [e for f in folds for e in f], windows, hidden, seed)
