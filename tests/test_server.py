@@ -547,3 +547,29 @@ def test_serve_batches_connections_by_default(model, monkeypatch):
     for batch in (True, False):
         assert server.serve(model=model, quant=None, batch=batch, log_level="warning") == 0
         assert seen["options"].batch is batch
+
+
+def test_a_client_that_vanishes_while_parked_is_freed_at_once(model):
+    """A client sends far more audio than the engine keeps up with (a decision every 0.3 s), so the
+    server stops reading it, then vanishes without a close frame. Its session is freed at the next
+    event the server fails to send, not after the engine has worked through everything queued."""
+    queued = 8
+
+    def slow(k, p):
+        time.sleep(0.3)
+        return False
+
+    async def main(srv):
+        ws = await connect(srv.ws, max_size=None, open_timeout=20, ping_interval=None)
+        await ws.send(hello())
+        assert (await recv_json(ws, 30))["type"] == "ready"
+        await send_audio(ws, audio(5, 3 * queued))
+        await until(ws, lambda e: e["type"] == "decision")
+        t0 = time.monotonic()
+        ws.transport.abort()
+        h = await poll_health(srv, lambda h: h["sessions"] == 0, timeout=30)
+        assert h["sessions"] == 0
+        assert time.monotonic() - t0 < queued * 0.3  # the engine's share of the queue alone takes longer
+
+    with running_server(model, max_queue_chunks=queued, policy=slow) as srv:
+        asyncio.run(main(srv))
