@@ -434,6 +434,20 @@ def test_fast_sender_is_paced_not_dropped(model):
         asyncio.run(main(srv))
 
 
+def slow_policy(k, p):
+    """An engine far slower than real time: a decision every 0.3 s (never a reply)."""
+    time.sleep(0.3)
+    return False
+
+
+async def open_unpinged(url):
+    """A session whose client sends no WebSocket pings (as the bench's honest clients)."""
+    ws = await connect(url, max_size=None, open_timeout=20, ping_interval=None)
+    await ws.send(hello())
+    assert (await recv_json(ws, 30))["type"] == "ready"
+    return ws
+
+
 def test_a_slow_session_is_paced_not_closed_as_dead(model):
     """The engine falls far behind a client (a decision every 0.3 s, the client sends 20 chunks at
     once and reads nothing): the server stops reading it for seconds, longer than the idle timeout
@@ -442,14 +456,8 @@ def test_a_slow_session_is_paced_not_closed_as_dead(model):
     session was closed with 1011: the overloaded soak in BENCHMARKS.md.)"""
     n_chunks = 20
 
-    def slow(k, p):
-        time.sleep(0.3)
-        return False
-
     async def main(srv):
-        ws = await connect(srv.ws, max_size=None, open_timeout=20, ping_interval=None)
-        await ws.send(hello())
-        assert (await recv_json(ws, 30))["type"] == "ready"
+        ws = await open_unpinged(srv.ws)
         t0 = time.monotonic()
         await send_audio(ws, audio(4, n_chunks))
         events = await finish(ws, timeout=60)
@@ -458,7 +466,7 @@ def test_a_slow_session_is_paced_not_closed_as_dead(model):
         assert not [e for e in events if e["type"] == "error"]
         assert ws.close_code == 1000
 
-    with running_server(model, max_queue_chunks=2, app_kw={"idle_timeout": 1.0}, policy=slow) as srv:
+    with running_server(model, max_queue_chunks=2, app_kw={"idle_timeout": 1.0}, policy=slow_policy) as srv:
         asyncio.run(main(srv))
 
 
@@ -555,14 +563,8 @@ def test_a_client_that_vanishes_while_parked_is_freed_at_once(model):
     event the server fails to send, not after the engine has worked through everything queued."""
     queued = 8
 
-    def slow(k, p):
-        time.sleep(0.3)
-        return False
-
     async def main(srv):
-        ws = await connect(srv.ws, max_size=None, open_timeout=20, ping_interval=None)
-        await ws.send(hello())
-        assert (await recv_json(ws, 30))["type"] == "ready"
+        ws = await open_unpinged(srv.ws)
         await send_audio(ws, audio(5, 3 * queued))
         await until(ws, lambda e: e["type"] == "decision")
         t0 = time.monotonic()
@@ -571,5 +573,5 @@ def test_a_client_that_vanishes_while_parked_is_freed_at_once(model):
         assert h["sessions"] == 0
         assert time.monotonic() - t0 < queued * 0.3  # the engine's share of the queue alone takes longer
 
-    with running_server(model, max_queue_chunks=queued, policy=slow) as srv:
+    with running_server(model, max_queue_chunks=queued, policy=slow_policy) as srv:
         asyncio.run(main(srv))
