@@ -470,6 +470,26 @@ def test_a_slow_session_is_paced_not_closed_as_dead(model):
         asyncio.run(main(srv))
 
 
+def test_a_client_that_vanishes_while_parked_is_freed_at_once(model):
+    """A client sends far more audio than the engine keeps up with (a decision every 0.3 s), so the
+    server stops reading it, then vanishes without a close frame. Its session is freed at the next
+    event the server fails to send, not after the engine has worked through everything queued."""
+    queued = 8
+
+    async def main(srv):
+        ws = await open_unpinged(srv.ws)
+        await send_audio(ws, audio(5, 3 * queued))
+        await until(ws, lambda e: e["type"] == "decision")
+        t0 = time.monotonic()
+        ws.transport.abort()
+        h = await poll_health(srv, lambda h: h["sessions"] == 0, timeout=30)
+        assert h["sessions"] == 0
+        assert time.monotonic() - t0 < queued * 0.3  # the engine's share of the queue alone takes longer
+
+    with running_server(model, max_queue_chunks=queued, policy=slow_policy) as srv:
+        asyncio.run(main(srv))
+
+
 def test_bearer_token_required_when_set(model):
     async def main(srv):
         for headers, url in [(None, srv.ws), ({"Authorization": "Bearer nope"}, srv.ws),
@@ -556,22 +576,3 @@ def test_serve_batches_connections_by_default(model, monkeypatch):
         assert server.serve(model=model, quant=None, batch=batch, log_level="warning") == 0
         assert seen["options"].batch is batch
 
-
-def test_a_client_that_vanishes_while_parked_is_freed_at_once(model):
-    """A client sends far more audio than the engine keeps up with (a decision every 0.3 s), so the
-    server stops reading it, then vanishes without a close frame. Its session is freed at the next
-    event the server fails to send, not after the engine has worked through everything queued."""
-    queued = 8
-
-    async def main(srv):
-        ws = await open_unpinged(srv.ws)
-        await send_audio(ws, audio(5, 3 * queued))
-        await until(ws, lambda e: e["type"] == "decision")
-        t0 = time.monotonic()
-        ws.transport.abort()
-        h = await poll_health(srv, lambda h: h["sessions"] == 0, timeout=30)
-        assert h["sessions"] == 0
-        assert time.monotonic() - t0 < queued * 0.3  # the engine's share of the queue alone takes longer
-
-    with running_server(model, max_queue_chunks=queued, policy=slow_policy) as srv:
-        asyncio.run(main(srv))
