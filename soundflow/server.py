@@ -675,9 +675,15 @@ class _Connection:
                     await self.ws.close(1011)
             # otherwise the client is gone (or a task failed): fall through and free the session
         finally:
-            for t in (reader, writer):
-                if not t.done():
+            # Cancel until both have ended: on Python < 3.12 `asyncio.wait_for` can swallow a
+            # cancellation that lands as its inner receive completes, and the reader then parked
+            # for good in `room.wait()` with nobody left to set it (a departed client's session
+            # held indefinitely, `test_a_client_that_vanishes_while_parked_is_freed_at_once`).
+            pending = {t for t in (reader, writer) if not t.done()}
+            while pending:
+                for t in pending:
                     t.cancel()
+                _, pending = await asyncio.wait(pending, timeout=1.0)
             await asyncio.gather(reader, writer, return_exceptions=True)
             await self.close_engine(abort=True)  # no-op after a graceful end
             for t in (reader, writer):
