@@ -484,9 +484,14 @@ class _Connection:
             while self.pending_chunks() >= self.st.max_queue_chunks or self.out.qsize() >= MAX_OUT_EVENTS:
                 self.room.clear()
                 await self.room.wait()
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+            # that lands as the receive completes, and the reader then parked for good in
+            # `room.wait()` with no writer left to set it — a departed client's session held
+            # indefinitely (`test_a_client_that_vanishes_while_parked_is_freed_at_once`)
             try:
-                msg = await asyncio.wait_for(self.ws.receive(), timeout=self.st.idle_timeout)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(self.st.idle_timeout):
+                    msg = await self.ws.receive()
+            except TimeoutError:
                 return "idle"
             if msg["type"] == "websocket.disconnect":
                 return "gone"
@@ -675,15 +680,9 @@ class _Connection:
                     await self.ws.close(1011)
             # otherwise the client is gone (or a task failed): fall through and free the session
         finally:
-            # Cancel until both have ended: on Python < 3.12 `asyncio.wait_for` can swallow a
-            # cancellation that lands as its inner receive completes, and the reader then parked
-            # for good in `room.wait()` with nobody left to set it (a departed client's session
-            # held indefinitely, `test_a_client_that_vanishes_while_parked_is_freed_at_once`).
-            pending = {t for t in (reader, writer) if not t.done()}
-            while pending:
-                for t in pending:
+            for t in (reader, writer):
+                if not t.done():
                     t.cancel()
-                _, pending = await asyncio.wait(pending, timeout=1.0)
             await asyncio.gather(reader, writer, return_exceptions=True)
             await self.close_engine(abort=True)  # no-op after a graceful end
             for t in (reader, writer):

@@ -474,8 +474,8 @@ def test_a_client_that_vanishes_while_parked_is_freed_at_once(model):
     """A client sends far more audio than the engine keeps up with (a decision every 0.3 s), so the
     server stops reading it, then vanishes without a close frame. Its session is freed at the next
     event the server fails to send, not after the engine has worked through everything queued.
-    (About 1 run in 6 held the session for good before the session's end re-cancelled its reader:
-    a cancellation swallowed by `asyncio.wait_for` left it parked in `room.wait()`.)"""
+    (About 1 run in 6 held the session for good while the reader's receive used `asyncio.wait_for`:
+    a cancellation it swallowed left the reader parked in `room.wait()`.)"""
     queued = 8
 
     async def main(srv):
