@@ -141,7 +141,7 @@ def load_checkpoint(folder: str | Path, merge: bool = True) -> AudioLM:
         cfg = meta["trigger"]
         model.add_trigger(cfg["windows"], cfg["d_summary"], holdoff=cfg.get("holdoff"), hidden=cfg.get("hidden"),
                           floor=cfg.get("floor"), classes=cfg.get("classes") or (), replies=cfg.get("replies") or (),
-                          class_floors=cfg.get("class_floors"))
+                          class_floors=cfg.get("class_floors"), verifier=cfg.get("verifier"))
     model.load_trained(load_file(str(folder / "model.safetensors")))
     if meta.get("lora") and merge:
         merge_lora(model)

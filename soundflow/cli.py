@@ -51,6 +51,16 @@ def _trigger_name(a) -> int:
     return 0
 
 
+def _trigger_verify(a) -> int:
+    import json
+
+    from .trigger_fit import verify_into_checkpoint
+
+    print(json.dumps(verify_into_checkpoint(a.checkpoint, a.out, a.bench_manifest, a.noise_manifest,
+                                            a.ambient_manifest, a.ambient_minutes, a.gate, a.seed)))
+    return 0
+
+
 def _train(a) -> int:
     from .train import load_recipe, train
 
@@ -381,6 +391,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-chunks", type=int, default=60)
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(fn=_trigger_name)
+    t = tsub.add_parser("verify", help="fit the trigger's second look (a regression on the last 2.4 s encoded as one "
+                                       "window, asked when the trigger comes near firing); writes CHECKPOINT + verifier "
+                                       "to --out, trigger and calibration kept")
+    t.add_argument("checkpoint")
+    t.add_argument("--out", required=True, help="the new checkpoint folder")
+    t.add_argument("--bench-manifest", required=True,
+                   help="bench manifest of train-split clips (scripts/bench_dev_manifest.py OUT --split train)")
+    t.add_argument("--noise-manifest", default=None, help="noise library: its training side's ambience as negatives")
+    t.add_argument("--ambient-manifest", nargs="*", default=[], metavar="MANIFEST",
+                   help="more recorded ambience, all of it training-side (`soundflow data ambience` writes one)")
+    t.add_argument("--ambient-minutes", type=float, default=40.0, help="minutes of ambience from each source")
+    t.add_argument("--gate", type=float, default=None,
+                   help="how far below its firing level (logits) the trigger asks the verifier (default trigger.VERIFY_GATE)")
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(fn=_trigger_verify)
 
     s = sub.add_parser("tfjp", help="time-frequency joint preprocessing (Alg. 1) of a file or folder")
     s.add_argument("inp", metavar="IN")

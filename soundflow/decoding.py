@@ -138,7 +138,7 @@ def start(model, instruction: str | None = None, instruction_audio: torch.Tensor
     order of Alg. 2's instruction slot."""
     state = DecoderState(cache=model.new_cache(), batcher=batcher)
     if getattr(model, "trigger", None) is not None:
-        state.trigger = TriggerState(model.trigger.windows, model.trigger.holdoff)
+        state.trigger = TriggerState.of(model.trigger)
     x = _instruction_embeds(model, instruction, instruction_audio)
     if x is not None:
         _prefill(model, state, x.unsqueeze(0))
@@ -166,7 +166,8 @@ def _instruction_embeds(model, text: str | None, audio: torch.Tensor | None) -> 
 def feed_audio(model, state: DecoderState, audio: torch.Tensor, heard: torch.Tensor | None = None) -> float:
     """Drain m adapted chunks (m, slots, d) into the cache after the pending tokens, in the
     layout of `tokens.chunk_run`; return P(<response>) for the newest. `heard`: the chunks'
-    summaries (m, 2 d_enc), required when the model has a sound trigger."""
+    rows from `AudioLM.encode_heard` (summaries, and log-mels for a trigger's verifier), required
+    when the model has a sound trigger."""
     if state.trigger is not None:
         if heard is None:
             raise ValueError("this model has a sound trigger: feed_audio needs the chunks' summaries "
@@ -178,7 +179,7 @@ def feed_audio(model, state: DecoderState, audio: torch.Tensor, heard: torch.Ten
     p_lm = float(model.control_probs(h))
     if state.trigger is None:
         return p_lm
-    p_trig = state.trigger.score(model.trigger)
+    p_trig = state.trigger.score(model.trigger, model.encode_audio)
     state.trigger.last = (p_lm, p_trig)
     return float(combine(p_lm, p_trig))
 

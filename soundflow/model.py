@@ -176,13 +176,19 @@ class AudioLM(nn.Module):
 
     def encode_heard(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`encode`, plus the chunks' summaries (N, 2 d_enc) for the sound trigger when the model
-        has one (else None): what a stream's decoder feeds (`decoding.feed_audio`)."""
+        has one (else None): what a stream's decoder feeds (`decoding.feed_audio`). A trigger with
+        a verifier also keeps each chunk's log-mel: the rows are then (N, 2 d_enc + n_mels F)."""
         enc = self.encode_audio(mel)
-        return self.adapt(enc), (chunk_summary(enc) if self.trigger is not None else None)
+        if self.trigger is None:
+            return self.adapt(enc), None
+        heard = chunk_summary(enc)
+        if self.trigger.verifier is not None:  # each chunk's log-mel too, for the verifier's second look
+            heard = torch.cat([heard, mel.float().flatten(1).to(heard.device)], 1)
+        return self.adapt(enc), heard
 
     def add_trigger(self, windows, d_summary: int | None = None, **kw) -> Trigger:
         """An empty trigger (zero weights) to fit or load into; its tensors are `trigger.*`;
-        `kw`: the rest of `Trigger.config()` (holdoff, hidden, floor, classes, replies, class_floors)."""
+        `kw`: the rest of `Trigger.config()` (holdoff, hidden, floor, classes, replies, class_floors, verifier)."""
         kw = {k: v for k, v in kw.items() if v is not None or k == "floor"}
         self.trigger = Trigger(d_summary or 2 * self.encoder.d_out, windows, **kw).to(self.device)
         return self.trigger

@@ -19,6 +19,14 @@ made streaming and causal:
   transcribed word, does not silence it;
 - P_trigger = sigmoid(head(standardise(evidence))): a one-hidden-layer MLP (`TRIGGER_HIDDEN`
   units; 0 makes it the logistic regression it started as);
+- its second look (`Verifier`, optional): when the trigger's logit comes within `VERIFY_GATE` of
+  the level it fires at, the last `VERIFY_CHUNKS` chunks are encoded again as one window, with
+  attention across their edges (the per-chunk encoder never looks across one), and a logistic
+  regression on that window's pooled encoding must agree before the trigger fires — it vetoes
+  below its floor and lets through what it confirms. Context the chunks lack tells an event from
+  an ambience that merely resembles one: clip recall 0.25 -> 0.43 at no held-out false reply in
+  the cached study (BENCHMARKS.md, 2026-12-02 twelfth session). It costs one 2.4 s encoder pass
+  (~150 ms here) at the chunks that open its gate, a few dozen per hour of ambience;
 - its namer, a softmax regression on the same evidence, says which sound it heard; a reply the
   trigger calls for is the reply the model was trained to give that sound (`decoding.named_reply`),
   since the LM itself guesses the sound (it said "a car horn" to thunder, "bless you" to a crying
@@ -39,7 +47,7 @@ alone, as the paper does. Fitting it is `trigger_fit.py`
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -74,6 +82,13 @@ TRIGGER_MAX_FALSE_PER_HOUR = 1.0  # the ambient budget the fit's floor is set fo
 # and need not wait at the machines' floor: clip recall 0.24 -> 0.34 at the same held-out
 # ambient rate in the cached study, 0.41 with the folds' budget pooled (BENCHMARKS.md, 2026-12-02).
 TRIGGER_CLASS_FLOOR_P = 0.1
+# The second look (`Verifier`): the window it encodes again (2.4 s, the evidence's middle window),
+# how far below its firing level the trigger's logit opens it (logits), and the regression's
+# strength. Gate 4 and C 0.01 from the cached study: gates 0-3 let through little more than the
+# trigger alone, gate 6 and more pass held-out ambience the verifier then confirms (BENCHMARKS.md).
+VERIFY_CHUNKS = 6
+VERIFY_GATE = 4.0
+VERIFY_C = 0.01
 
 
 def chunk_summary(enc: torch.Tensor) -> torch.Tensor:
@@ -113,6 +128,39 @@ def holding_off(n: int, resets: Iterable[int], holdoff: int = TRIGGER_HOLDOFF) -
     return mask
 
 
+class Verifier(nn.Module):
+    """The trigger's second look: logistic regression on the mean + max pooled encoding of the last
+    `chunks` chunks' log-mels encoded as one window (`window_summary`). Its tensors are fitted
+    (`trigger_fit.fit_verifier`); `floor` is the logit it must reach, `gate` how far below its
+    firing level the trigger's logit must come for it to be asked."""
+
+    def __init__(self, d_summary: int, n_mels: int, chunks: int = VERIFY_CHUNKS, gate: float = VERIFY_GATE,
+                 floor: float = 0.0):
+        super().__init__()
+        self.d_summary, self.n_mels, self.chunks = int(d_summary), int(n_mels), int(chunks)
+        self.gate, self.floor = float(gate), float(floor)
+        self.mean = nn.Parameter(torch.zeros(d_summary))
+        self.scale = nn.Parameter(torch.ones(d_summary))
+        self.weight = nn.Parameter(torch.zeros(d_summary))
+        self.bias = nn.Parameter(torch.zeros(()))
+        self.requires_grad_(False)
+
+    def config(self) -> dict:
+        return {"chunks": self.chunks, "gate": self.gate, "floor": self.floor, "n_mels": self.n_mels}
+
+    def logit(self, summary: torch.Tensor) -> torch.Tensor:
+        """(..., d_summary) window summaries → (...) logits."""
+        return ((summary.float() - self.mean) / self.scale) @ self.weight + self.bias
+
+
+def window_summary(encode, mels: torch.Tensor) -> torch.Tensor:
+    """(N, k, n_mels, F) log-mels of k consecutive chunks → (N, 2 d_enc): the k chunks joined in
+    time and encoded as one window by `encode` ((N, n_mels, k F) → (N, slots, d)), then pooled as a
+    chunk is (`chunk_summary`). The verifier's input, fitted and served alike."""
+    n, k, m, f = mels.shape
+    return chunk_summary(encode(mels.permute(0, 2, 1, 3).reshape(n, m, k * f)))
+
+
 class Trigger(nn.Module):
     """head((evidence − mean) / scale). Parameters (frozen: the LM's training never touches
     them), so a checkpoint stores them with the rest. `floor` is the lowest logit it may fire at
@@ -123,7 +171,8 @@ class Trigger(nn.Module):
 
     def __init__(self, d_summary: int, windows: Sequence[int] = TRIGGER_WINDOWS, holdoff: int = TRIGGER_HOLDOFF,
                  hidden: int = TRIGGER_HIDDEN, floor: float | None = None, classes: Sequence[str] = (),
-                 replies: Sequence[str] = (), class_floors: Sequence[float] | None = None):
+                 replies: Sequence[str] = (), class_floors: Sequence[float] | None = None,
+                 verifier: dict | None = None):
         super().__init__()
         self.windows = tuple(int(w) for w in windows)
         self.holdoff = int(holdoff)
@@ -141,6 +190,8 @@ class Trigger(nn.Module):
         self.class_floors = None if class_floors is None else [float(f) for f in class_floors]
         if self.class_floors is not None and len(self.class_floors) != len(self.classes):
             raise ValueError(f"{len(self.class_floors)} class floors for {len(self.classes)} classes")
+        # the second look, when fitted (`Verifier`; its config as `config()["verifier"]`)
+        self.verifier = Verifier(d_summary, **verifier) if verifier else None
         self.requires_grad_(False)
         self.offset = 0.0
         self.class_offsets: torch.Tensor | None = None  # (classes,), from the calibration
@@ -164,7 +215,8 @@ class Trigger(nn.Module):
     def config(self) -> dict:
         return {"windows": list(self.windows), "d_summary": self.d_summary, "holdoff": self.holdoff,
                 "hidden": self.hidden_units, "floor": self.floor, "classes": list(self.classes),
-                "replies": list(self.replies), "class_floors": self.class_floors}
+                "replies": list(self.replies), "class_floors": self.class_floors,
+                "verifier": None if self.verifier is None else self.verifier.config()}
 
     def name(self, evidence: torch.Tensor) -> tuple[int, float] | None:
         """(class index, probability) of the sound the evidence holds; None without a namer."""
@@ -215,7 +267,9 @@ def combine(p_lm, p_trigger):
 class TriggerState:
     """One stream's evidence: the summaries heard since the last reply (at most the longest
     window), how many more chunks the trigger holds off for after its own reply, and whether it
-    has re-armed since."""
+    has re-armed since. With a verifier, also the last chunks' log-mels for its second look: each
+    heard row is then the chunk's summary (`d_summary` values) followed by its flattened log-mel
+    (`AudioLM.encode_heard`)."""
 
     windows: tuple[int, ...] = TRIGGER_WINDOWS
     holdoff: int = TRIGGER_HOLDOFF
@@ -226,10 +280,25 @@ class TriggerState:
     named: tuple[int, float] | None = None  # ... kept for the reply the trigger called for
     waiting: bool = False  # out of the decision since its own reply, until it re-arms
     below: int = 0  # chunks in a row its logit has stayed under the re-arm level
+    d_summary: int = 0  # > 0 with a verifier: where a heard row's log-mel starts
+    verify_chunks: int = 0  # log-mels kept for the verifier (0: none)
+    mels: deque = field(default_factory=deque)
+    verified: float | None = None  # the verifier's logit at the newest decision (None: not asked)
 
-    def push(self, summaries: torch.Tensor) -> None:
-        for s in summaries:
-            self.heard.append(s)
+    @classmethod
+    def of(cls, trigger: "Trigger") -> "TriggerState":
+        v = trigger.verifier
+        return cls(trigger.windows, trigger.holdoff, d_summary=trigger.d_summary if v else 0,
+                   verify_chunks=v.chunks if v else 0)
+
+    def push(self, heard: torch.Tensor) -> None:
+        for row in heard:
+            if self.verify_chunks:  # the log-mel part stays for the second look, whatever the replies
+                self.mels.append(row[self.d_summary:])
+                while len(self.mels) > self.verify_chunks:
+                    self.mels.popleft()
+                row = row[: self.d_summary]
+            self.heard.append(row)
             self.quiet = max(0, self.quiet - 1)
             while len(self.heard) > max(self.windows):
                 self.heard.popleft()
@@ -241,10 +310,11 @@ class TriggerState:
     def _pooled(self) -> torch.Tensor | None:
         return evidence(torch.stack(list(self.heard)), self.windows) if self.heard else None
 
-    def score(self, trigger: "Trigger") -> float:
+    def score(self, trigger: "Trigger", encode=None) -> float:
         """P_trigger for the newest chunk, and the namer's guess with it; 0 while the trigger is
-        out of the decision (holding off, or not re-armed since its reply)."""
-        self.heard_name = None
+        out of the decision (holding off, or not re-armed since its reply). `encode`: the frozen
+        encoder ((N, n_mels, F) → (N, slots, d)), which a trigger with a verifier needs."""
+        self.heard_name, self.verified = None, None
         ev = self._pooled()
         if ev is None:
             return 0.0
@@ -259,6 +329,15 @@ class TriggerState:
         self.heard_name = trigger.name(ev)
         if self.heard_name is not None and self.heard_name[1] < TRIGGER_NAME_MIN:
             return 0.0  # it speaks only of sounds it can name; the LM's own decision still stands
+        v = trigger.verifier
+        if v is not None and self.mels and lg >= trigger.fire_logit - v.gate:
+            if encode is None:
+                raise ValueError("this trigger has a verifier: score needs the encoder (AudioLM.encode_audio)")
+            mels = torch.stack(list(self.mels))
+            mels = mels.reshape(1, len(self.mels), v.n_mels, -1)
+            self.verified = float(v.logit(window_summary(encode, mels))[0])
+            # it decides the trigger's part: fire above its floor, stay under the firing level below it
+            lg = max(lg, trigger.fire_logit + 1e-4) if self.verified >= v.floor else min(lg, trigger.fire_logit - 1e-4)
         return float(torch.sigmoid(torch.tensor(lg)))
 
     def replied(self) -> None:
@@ -274,5 +353,4 @@ class TriggerState:
             self.waiting, self.below = True, 0
 
     def copy(self) -> "TriggerState":
-        return TriggerState(self.windows, self.holdoff, deque(self.heard), self.quiet, self.last, self.heard_name,
-                            self.named, self.waiting, self.below)
+        return replace(self, heard=deque(self.heard), mels=deque(self.mels))

@@ -235,7 +235,6 @@ def test_engine_modes_and_batching_decide_with_the_trigger_as_the_reference_deco
     """FIFO, sequential and batched sessions feed the trigger the same evidence as
     `decode_stream`: the same P at every chunk, the same replies (each reply empties it)."""
     from soundflow.audio import iter_chunks
-    from soundflow.engine import Engine, EngineOptions
     from soundflow.model import build_model
 
     m = build_model("tiny").eval()
@@ -251,6 +250,14 @@ def test_engine_modes_and_batching_decide_with_the_trigger_as_the_reference_deco
     thr = float(np.quantile([e["p_response"] for e in reference(1.01)], 0.7))  # some replies, not all
     ref = reference(thr)
     assert any(e["decision"] == "response" for e in ref) and any(e["decision"] == "silent" for e in ref)
+    assert_engines_decide_as(m, wave, thr, ref)
+
+
+def assert_engines_decide_as(m, wave, thr, ref):
+    """FIFO, sequential and batched sessions make `ref`'s decisions (`decode_stream`'s) with its P."""
+    from soundflow.audio import iter_chunks
+    from soundflow.engine import Engine, EngineOptions
+
     for opts in (dict(mode="fifo"), dict(mode="sequential"), dict(batch=True)):
         eng = Engine(m, EngineOptions(threshold=thr, max_reply_tokens=3, **opts))
         evs = [e for e in eng.session().run(iter_chunks(wave), realtime=False) if e["type"] == "decision"]

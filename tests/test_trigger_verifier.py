@@ -1,0 +1,132 @@
+"""The trigger's second look (trigger.Verifier): asked only near the trigger's firing level, it
+decides there; it is fitted so that no training ambience passes; it survives a checkpoint round
+trip; and every engine mode feeds it the same log-mels as the reference decoder."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from soundflow import decoding
+from soundflow.checkpoint import load_checkpoint, save_checkpoint
+from soundflow.trigger import TriggerState, Verifier, logit_of, window_summary
+from soundflow.trigger_fit import fit_verifier, verify_into_checkpoint, verify_windows, window_summaries
+from test_trigger import _bench_manifest, assert_engines_decide_as  # the manifest: loud tones (RESPOND) and soft noise (IGNORE), 1.6 s each
+
+
+def _tiny_with_verifier(bias: float, v_bias: float, gate: float = 4.0):
+    from soundflow.model import build_model
+
+    m = build_model("tiny").eval()
+    trig = m.add_trigger(windows=(1, 3))
+    trig.verifier = Verifier(trig.d_summary, m.n_mels, chunks=3, gate=gate)
+    with torch.no_grad():
+        trig.out.bias.fill_(bias)  # the trigger's logit, whatever it hears
+        trig.verifier.bias.fill_(v_bias)  # the verifier's, likewise
+    return m, trig
+
+
+def _heard(m, seconds: float, seed: int = 0) -> torch.Tensor:
+    """The heard rows (summary, then log-mel) of `seconds` of noise, as the engine makes them."""
+    from soundflow.data import split_chunks
+
+    wave = (0.1 * np.random.default_rng(seed).standard_normal(int(16000 * seconds))).astype(np.float32)
+    return m.encode_heard(m.features(torch.from_numpy(split_chunks(wave, 400))))[1]
+
+
+def test_windows_pad_short_clips_in_front_and_end_at_the_last_sample():
+    w = np.arange(3 * 6400, dtype=np.float32)
+    win = verify_windows(w, 6400, chunks=6)
+    assert win.shape == (1, 6, 6400) and (win[0, :3] == 0).all() and win[0, -1, -1] == w[-1]
+    w = np.arange(int(8.2 * 6400), dtype=np.float32)  # 8.2 chunks: windows end at chunk 6, then at the end
+    win = verify_windows(w, 6400, chunks=6, hop_chunks=3)
+    assert win.shape[0] == 2 and win[0, -1, -1] == w[6 * 6400 - 1] and win[1, -1, -1] == w[-1]
+
+
+def test_the_verifier_decides_only_near_the_firing_level():
+    """Far below the gate it is not asked; within it, it fires or vetoes; above the firing level
+    its veto holds too."""
+    for bias, v_bias, asked, fires in [(-10.0, 5.0, False, False),  # far under: not asked
+                                       (-2.0, 5.0, True, True),  # within the gate, confirmed: fires
+                                       (-2.0, -5.0, True, False),  # within the gate, vetoed
+                                       (3.0, -5.0, True, False)]:  # above the level, vetoed
+        m, trig = _tiny_with_verifier(bias, v_bias)
+        trig.fire_logit = 0.0  # threshold 0.5
+        st = TriggerState.of(trig)
+        st.push(_heard(m, 1.2))
+        p = st.score(trig, m.encode_audio)
+        assert (st.verified is not None) == asked, (bias, v_bias)
+        assert (p >= 0.5) == fires, (bias, v_bias, p)
+        if not asked:
+            assert p == pytest.approx(torch.sigmoid(torch.tensor(-10.0)).item(), abs=1e-4)
+
+
+def test_the_verifier_hears_the_last_chunks_joined_as_one_window():
+    m, trig = _tiny_with_verifier(-1.0, 0.0)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        trig.verifier.weight.normal_()
+    heard = _heard(m, 2.0)  # 5 chunks; the verifier keeps the last 3
+    st = TriggerState.of(trig)
+    st.push(heard)
+    st.score(trig, m.encode_audio)
+    mels = heard[-3:, trig.d_summary:].reshape(1, 3, m.n_mels, -1)
+    want = float(trig.verifier.logit(window_summary(m.encode_audio, mels))[0])
+    assert st.verified == pytest.approx(want, abs=1e-5)
+    with pytest.raises(ValueError, match="encoder"):
+        st.score(trig)
+
+
+def test_fit_sets_the_floor_above_all_training_ambience(tmp_path):
+    from soundflow.bench.common import load_manifest
+    from soundflow.model import build_model
+
+    m = build_model("tiny").eval()
+    amb = [(0.05 * np.random.default_rng(k).standard_normal(16000 * 8)).astype(np.float32) for k in range(2)]
+    v, stats = fit_verifier(m, load_manifest(_bench_manifest(tmp_path, 12)), amb, chunks=3)
+    assert stats["clip_windows"] == 12 * 2  # 4 chunks a clip: windows end at chunk 3 and at the end
+    assert stats["ambient_windows"] == 2 * 18  # 20 chunks: a window ending at every chunk from the third
+    amb_logits = torch.cat([v.logit(window_summaries(m, verify_windows(a, 6400, 3, hop_chunks=1))) for a in amb])
+    assert float(amb_logits.max()) == pytest.approx(v.floor, abs=1e-4)
+    assert stats["train_respond_windows_passing"] >= stats["train_ignore_windows_passing"]
+
+
+def test_verify_into_checkpoint_round_trips_and_keeps_the_calibration(tmp_path):
+    from soundflow.model import build_model
+
+    m = build_model("tiny")
+    m.add_trigger(windows=(1, 3))
+    save_checkpoint(m, {"special"}, tmp_path / "ck")
+    meta = json.loads((tmp_path / "ck" / "model.json").read_text())
+    meta["calibration"] = {"threshold": 0.3}
+    (tmp_path / "ck" / "model.json").write_text(json.dumps(meta))
+    stats = verify_into_checkpoint(tmp_path / "ck", tmp_path / "out", str(_bench_manifest(tmp_path, 12)), gate=3.0, progress=False)
+    meta = json.loads((tmp_path / "out" / "model.json").read_text())
+    assert meta["calibration"] == {"threshold": 0.3}
+    assert meta["trigger"]["verifier"]["gate"] == 3.0 and meta["trigger"]["verify_fit"]["clip_windows"] == stats["clip_windows"]
+    back = load_checkpoint(tmp_path / "out")
+    v = back.trigger.verifier
+    assert v is not None and v.floor == pytest.approx(stats["floor"]) and float(v.weight.abs().sum()) > 0
+    assert back.trigger.fire_logit == pytest.approx(logit_of(0.3))
+    back2 = load_checkpoint(tmp_path / "out")
+    assert torch.equal(back2.trigger.verifier.weight, v.weight)
+
+
+def test_engine_modes_feed_the_verifier_as_the_reference_decoder():
+    from soundflow.audio import iter_chunks
+
+    m, trig = _tiny_with_verifier(-1.0, 0.0, gate=10.0)  # asked at every chunk
+    torch.manual_seed(1)
+    with torch.no_grad():
+        trig.out.weight.normal_(0, 0.3)
+        trig.verifier.weight.normal_(0, 0.05)
+    rng = np.random.default_rng(2)
+    wave = (0.02 * rng.standard_normal(16000 * 4)).astype(np.float32)
+    wave[16000:32000] *= 20
+    thr = 0.5
+    trig.fire_logit = logit_of(thr)
+    ref = [e for e in decoding.decode_stream(m, list(iter_chunks(wave)), decoding.DecodeOptions(threshold=thr, max_reply_tokens=3))
+           if e["type"] == "decision"]
+    assert any(e["decision"] == "response" for e in ref) and any(e["decision"] == "silent" for e in ref)
+    assert_engines_decide_as(m, wave, thr, ref)
