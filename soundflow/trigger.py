@@ -26,7 +26,8 @@ made streaming and causal:
   below its floor and lets through what it confirms. Context the chunks lack tells an event from
   an ambience that merely resembles one: clip recall 0.25 -> 0.43 at no held-out false reply in
   the cached study (BENCHMARKS.md, 2026-12-02 twelfth session). It costs one 2.4 s encoder pass
-  (~150 ms here) at the chunks that open its gate, a few dozen per hour of ambience;
+  (~150 ms here) at each chunk that opens its gate (in the study's held-out ambient hour, 25 of
+  3000 windows did); refitting the trigger (`trigger fit`) drops it, renaming keeps it;
 - its namer, a softmax regression on the same evidence, says which sound it heard; a reply the
   trigger calls for is the reply the model was trained to give that sound (`decoding.named_reply`),
   since the LM itself guesses the sound (it said "a car horn" to thunder, "bless you" to a crying
