@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .audio import SAMPLE_RATE
+from .audio import chunk_samples
 from .trigger import (
     TRIGGER_CLASS_FLOOR_P,
     TRIGGER_DECAY,
@@ -94,11 +94,10 @@ def noise_ids(sample) -> set[str]:
 def examples_from_bench_streams(model, streams, chunk_ms: int = 400, window_chunks: int = 2) -> list[TriggerExample]:
     """Bench-style streams (`bench.proactive.Stream`: ambient lead-in, whole clips, a tail) of
     train-split clips; resets where a RESPOND clip's last chunk would be answered."""
-    from .audio import SAMPLE_RATE
     from .calibrate import counted_chunk_range
     from .data import split_chunks
 
-    c, out = chunk_ms * SAMPLE_RATE // 1000, []
+    c, out = chunk_samples(chunk_ms), []
     for s in streams:
         with torch.inference_mode():
             enc = model.encode_audio(model.features(torch.from_numpy(split_chunks(s.wave, chunk_ms))))
@@ -596,7 +595,7 @@ def fit_verifier(model, items, ambient_waves: Sequence[np.ndarray], chunks: int 
 
     from .bench.proactive import ClipLoader
 
-    cs = model.cfg.chunk_ms * SAMPLE_RATE // 1000
+    cs = chunk_samples(model.cfg.chunk_ms)
     loader, X, y = ClipLoader(), [], []
     for it in items:
         w = loader(it)
