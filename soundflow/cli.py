@@ -57,7 +57,8 @@ def _trigger_verify(a) -> int:
     from .trigger_fit import verify_into_checkpoint
 
     print(json.dumps(verify_into_checkpoint(a.checkpoint, a.out, a.bench_manifest, a.noise_manifest,
-                                            a.ambient_manifest, a.ambient_minutes, a.gate, a.seed)))
+                                            a.ambient_manifest, a.ambient_minutes, a.gate, chunks=a.chunks,
+                                            depth=a.depth, C=a.C, seed=a.seed)))
     return 0
 
 
@@ -391,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-chunks", type=int, default=60)
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(fn=_trigger_name)
-    t = tsub.add_parser("verify", help="fit the trigger's second look (a regression on the last 2.4 s encoded as one "
+    t = tsub.add_parser("verify", help="fit the trigger's second look (a regression on the last 4.8 s encoded as one "
                                        "window, asked when the trigger comes near firing); writes CHECKPOINT + verifier "
                                        "to --out, trigger and calibration kept")
     t.add_argument("checkpoint")
@@ -404,6 +405,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--ambient-minutes", type=float, default=40.0, help="minutes of ambience from each source")
     t.add_argument("--gate", type=float, default=None,
                    help="how far below its firing level (logits) the trigger asks the verifier (default trigger.VERIFY_GATE)")
+    t.add_argument("--chunks", type=int, default=None,
+                   help="chunks in the window it encodes again (default trigger.VERIFY_CHUNKS)")
+    t.add_argument("--depth", type=int, default=None,
+                   help="pool the outputs of the encoder's first DEPTH layers; 0: its final pooled encoding "
+                        "(default trigger.VERIFY_DEPTH)")
+    t.add_argument("--C", type=float, default=None,
+                   help="the logistic regression's inverse regularisation (default trigger.VERIFY_C)")
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(fn=_trigger_verify)
 

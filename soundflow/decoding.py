@@ -179,7 +179,7 @@ def feed_audio(model, state: DecoderState, audio: torch.Tensor, heard: torch.Ten
     p_lm = float(model.control_probs(h))
     if state.trigger is None:
         return p_lm
-    p_trig = state.trigger.score(model.trigger, model.encode_audio)
+    p_trig = state.trigger.score(model.trigger, model.summarize)
     state.trigger.last = (p_lm, p_trig)
     return float(combine(p_lm, p_trig))
 

@@ -20,6 +20,7 @@ model. What a model's weights are (trained? calibrated? quantised?) is its `info
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -87,6 +88,23 @@ class WhisperChunkEncoder(nn.Module):
         x = e.layer_norm(x)
         # pool 20 frames → 10 slots (docs/architecture.md: the 20 Whisper frames pooled by 2)
         return F.avg_pool1d(x.transpose(1, 2), 2, 2).transpose(1, 2)
+
+    def layer_summaries(self, mel: torch.Tensor, layers: Sequence[int]) -> torch.Tensor:
+        """(N, n_mels, F) → (N, 2 d × len(layers)): the frame mean, then max, of each of `layers`'
+        outputs (1-based), running the layers no further than the deepest asked for (the
+        trigger's verifier, `trigger.Verifier`)."""
+        e, want, out = self.encoder, set(layers), {}
+        if max(want) > len(e.layers):
+            raise ValueError(f"layers {sorted(want)}: this encoder has {len(e.layers)}")
+        x = F.gelu(e.conv1(mel))
+        x = F.gelu(e.conv2(x)).transpose(1, 2)
+        x = x + e.embed_positions.weight[: x.shape[1]]
+        for i, layer in enumerate(e.layers[: max(want)], 1):
+            o = layer(x, attention_mask=None)
+            x = o[0] if isinstance(o, tuple) else o
+            if i in want:
+                out[i] = torch.cat([x.mean(1), x.amax(1)], -1)
+        return torch.cat([out[i] for i in layers], -1)
 
 
 class QwenChunkEncoder(nn.Module):
@@ -173,6 +191,18 @@ class AudioLM(nn.Module):
     def encode(self, mel: torch.Tensor) -> torch.Tensor:
         """Encoder + adapter: (N, n_mels, F) → (N, slots, d_model)."""
         return self.adapt(self.encode_audio(mel))
+
+    @torch.no_grad()
+    def summarize(self, mel: torch.Tensor, layers: Sequence[int] | None = None) -> torch.Tensor:
+        """(N, n_mels, F) → (N, D) float: the frozen encoder's mean + max pooled output
+        (`trigger.chunk_summary`), or that of each of its `layers` (1-based; the Whisper chunk
+        encoder only). What the trigger's verifier reads (`trigger.window_summary`)."""
+        if layers is None:
+            return chunk_summary(self.encode_audio(mel))
+        if not hasattr(self.encoder, "layer_summaries"):
+            raise ValueError(f"{type(self.encoder).__name__} has no per-layer summaries: fit the verifier with depth 0")
+        p = next(self.encoder.parameters())
+        return self.encoder.layer_summaries(mel.to(p.device, p.dtype), layers).float()
 
     def encode_heard(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`encode`, plus the chunks' summaries (N, 2 d_enc) for the sound trigger when the model

@@ -20,14 +20,15 @@ made streaming and causal:
 - P_trigger = sigmoid(head(standardise(evidence))): a one-hidden-layer MLP (`TRIGGER_HIDDEN`
   units; 0 makes it the logistic regression it started as);
 - its second look (`Verifier`, optional): when the trigger's logit comes within `VERIFY_GATE` of
-  the level it fires at, the last `VERIFY_CHUNKS` chunks are encoded again as one window, with
-  attention across their edges (the per-chunk encoder never looks across one), and a logistic
-  regression on that window's pooled encoding must agree before the trigger fires — it vetoes
-  below its floor and lets through what it confirms. Context the chunks lack tells an event from
-  an ambience that merely resembles one: clip recall 0.25 -> 0.43 at no held-out false reply in
-  the cached study (BENCHMARKS.md, 2026-12-02 twelfth session). It costs one 2.4 s encoder pass
-  (~150 ms here) at each chunk that opens its gate (in the study's held-out ambient hour, 25 of
-  3000 windows did); refitting the trigger (`trigger fit`) drops it, renaming keeps it;
+  the level it fires at, the last `VERIFY_CHUNKS` chunks (4.8 s) are encoded again as one window,
+  with attention across their edges (the per-chunk encoder never looks across one), and a
+  logistic regression on the mean + max pooled outputs of the encoder's first `VERIFY_DEPTH`
+  layers must agree before the trigger fires — it vetoes below its floor and lets through what it
+  confirms. Context the chunks lack tells an event from an ambience that merely resembles one
+  (BENCHMARKS.md, 2026-12-02: a 2.4 s window's final encoding took clip recall 0.25 -> 0.43 at no
+  held-out false reply; 4.8 s and the first four layers 0.56). It costs one encoder pass over the
+  window at each chunk that opens its gate; refitting the trigger (`trigger fit`) drops it,
+  renaming keeps it;
 - its namer, a softmax regression on the same evidence, says which sound it heard; a reply the
   trigger calls for is the reply the model was trained to give that sound (`decoding.named_reply`),
   since the LM itself guesses the sound (it said "a car horn" to thunder, "bless you" to a crying
@@ -54,6 +55,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 from torch import nn
+
+from .audio import HOP, log_mel
 
 # Chunks pooled: 0.4, 2.4 and 4.8 s. One window of 6 chunks had the best held-out AUC of 1-10
 # (0.85); adding 1 and 12 kept it and cut false alarms on ambient chunks 3x (BENCHMARKS.md).
@@ -83,13 +86,17 @@ TRIGGER_MAX_FALSE_PER_HOUR = 1.0  # the ambient budget the fit's floor is set fo
 # and need not wait at the machines' floor: clip recall 0.24 -> 0.34 at the same held-out
 # ambient rate in the cached study, 0.41 with the folds' budget pooled (BENCHMARKS.md, 2026-12-02).
 TRIGGER_CLASS_FLOOR_P = 0.1
-# The second look (`Verifier`): the window it encodes again (2.4 s, the evidence's middle window),
-# how far below its firing level the trigger's logit opens it (logits), and the regression's
-# strength. Gate 4 and C 0.01 from the cached study: gates 0-3 let through little more than the
-# trigger alone, gate 6 and more pass held-out ambience the verifier then confirms (BENCHMARKS.md).
-VERIFY_CHUNKS = 6
+# The second look (`Verifier`): the window it encodes again (4.8 s), how far below its firing
+# level the trigger's logit opens it (logits), which encoder layers it pools (the outputs of the
+# first `VERIFY_DEPTH`: the middle layers tell events from ambience better than the last), and the
+# regression's strength. From the cached studies (BENCHMARKS.md, 2026-12-02): gate 4 (0-3 let
+# through little more than the trigger alone, 6 and more pass held-out ambience it then confirms);
+# at gate 4, 4.8 s and layers 1-4 at C 0.001 gave dev clip recall 0.56 at no held-out ambient
+# window, where 2.4 s and the final encoding at C 0.01 gave 0.43.
+VERIFY_CHUNKS = 12
 VERIFY_GATE = 4.0
-VERIFY_C = 0.01
+VERIFY_DEPTH = 4
+VERIFY_C = 0.001
 
 
 def chunk_summary(enc: torch.Tensor) -> torch.Tensor:
@@ -130,36 +137,53 @@ def holding_off(n: int, resets: Iterable[int], holdoff: int = TRIGGER_HOLDOFF) -
 
 
 class Verifier(nn.Module):
-    """The trigger's second look: logistic regression on the mean + max pooled encoding of the last
-    `chunks` chunks' log-mels encoded as one window (`window_summary`). Its tensors are fitted
-    (`trigger_fit.fit_verifier`); `floor` is the logit it must reach, `gate` how far below its
-    firing level the trigger's logit must come for it to be asked."""
+    """The trigger's second look: logistic regression on the summary of the last `chunks` chunks'
+    log-mels encoded as one window (`window_summary`): the mean + max pooled outputs of the
+    encoder's `layers` (1-based), or of its final pooled encoding when `layers` is None (the first
+    verifiers' form). Its tensors are fitted (`trigger_fit.fit_verifier`); `floor` is the logit it
+    must reach, `gate` how far below its firing level the trigger's logit must come for it to be
+    asked. `d_summary`: one encoding's summary width (2 d_enc)."""
 
     def __init__(self, d_summary: int, n_mels: int, chunks: int = VERIFY_CHUNKS, gate: float = VERIFY_GATE,
-                 floor: float = 0.0):
+                 floor: float = 0.0, layers: Sequence[int] | None = None):
         super().__init__()
-        self.d_summary, self.n_mels, self.chunks = int(d_summary), int(n_mels), int(chunks)
+        self.n_mels, self.chunks = int(n_mels), int(chunks)
         self.gate, self.floor = float(gate), float(floor)
-        self.mean = nn.Parameter(torch.zeros(d_summary))
-        self.scale = nn.Parameter(torch.ones(d_summary))
-        self.weight = nn.Parameter(torch.zeros(d_summary))
+        self.layers = None if layers is None else tuple(int(x) for x in layers)
+        if self.layers is not None and (not self.layers or min(self.layers) < 1):
+            raise ValueError(f"verifier layers are 1-based encoder layer numbers, got {layers!r}")
+        self.d_summary = int(d_summary) * (len(self.layers) if self.layers else 1)
+        self.mean = nn.Parameter(torch.zeros(self.d_summary))
+        self.scale = nn.Parameter(torch.ones(self.d_summary))
+        self.weight = nn.Parameter(torch.zeros(self.d_summary))
         self.bias = nn.Parameter(torch.zeros(()))
         self.requires_grad_(False)
 
     def config(self) -> dict:
-        return {"chunks": self.chunks, "gate": self.gate, "floor": self.floor, "n_mels": self.n_mels}
+        cfg = {"chunks": self.chunks, "gate": self.gate, "floor": self.floor, "n_mels": self.n_mels}
+        return cfg if self.layers is None else {**cfg, "layers": list(self.layers)}
 
     def logit(self, summary: torch.Tensor) -> torch.Tensor:
         """(..., d_summary) window summaries → (...) logits."""
         return ((summary.float() - self.mean) / self.scale) @ self.weight + self.bias
 
+    def summary(self, summarize, mels: torch.Tensor) -> torch.Tensor:
+        """(N, k, n_mels, F) log-mels of k ≤ `chunks` consecutive chunks → (N, d_summary): fewer
+        than `chunks` (a stream's first seconds) are padded in front with silence's log-mel, as the
+        fit pads a short clip with zeros (`trigger_fit.verify_windows`)."""
+        n, k, m, f = mels.shape
+        if k < self.chunks:
+            quiet = log_mel(torch.zeros(f * HOP), m).to(mels.device, mels.dtype)
+            mels = torch.cat([quiet.expand(n, self.chunks - k, m, f), mels], 1)
+        return window_summary(summarize, mels, self.layers)
 
-def window_summary(encode, mels: torch.Tensor) -> torch.Tensor:
-    """(N, k, n_mels, F) log-mels of k consecutive chunks → (N, 2 d_enc): the k chunks joined in
-    time and encoded as one window by `encode` ((N, n_mels, k F) → (N, slots, d)), then pooled as a
-    chunk is (`chunk_summary`). The verifier's input, fitted and served alike."""
+
+def window_summary(summarize, mels: torch.Tensor, layers: Sequence[int] | None = None) -> torch.Tensor:
+    """(N, k, n_mels, F) log-mels of k consecutive chunks → (N, D): the k chunks joined in time and
+    summarised as one window by `summarize` ((N, n_mels, k F), layers → (N, D):
+    `AudioLM.summarize`, mean + max pooled). The verifier's input, fitted and served alike."""
     n, k, m, f = mels.shape
-    return chunk_summary(encode(mels.permute(0, 2, 1, 3).reshape(n, m, k * f)))
+    return summarize(mels.permute(0, 2, 1, 3).reshape(n, m, k * f), layers)
 
 
 class Trigger(nn.Module):
@@ -311,10 +335,10 @@ class TriggerState:
     def _pooled(self) -> torch.Tensor | None:
         return evidence(torch.stack(list(self.heard)), self.windows) if self.heard else None
 
-    def score(self, trigger: "Trigger", encode=None) -> float:
+    def score(self, trigger: "Trigger", summarize=None) -> float:
         """P_trigger for the newest chunk, and the namer's guess with it; 0 while the trigger is
-        out of the decision (holding off, or not re-armed since its reply). `encode`: the frozen
-        encoder ((N, n_mels, F) → (N, slots, d)), which a trigger with a verifier needs."""
+        out of the decision (holding off, or not re-armed since its reply). `summarize`: the frozen
+        encoder's window summaries (`AudioLM.summarize`), which a trigger with a verifier needs."""
         self.heard_name, self.verified = None, None
         ev = self._pooled()
         if ev is None:
@@ -332,11 +356,11 @@ class TriggerState:
             return 0.0  # it speaks only of sounds it can name; the LM's own decision still stands
         v = trigger.verifier
         if v is not None and self.mels and lg >= trigger.fire_logit - v.gate:
-            if encode is None:
-                raise ValueError("this trigger has a verifier: score needs the encoder (AudioLM.encode_audio)")
+            if summarize is None:
+                raise ValueError("this trigger has a verifier: score needs the encoder (AudioLM.summarize)")
             mels = torch.stack(list(self.mels))
             mels = mels.reshape(1, len(self.mels), v.n_mels, -1)
-            self.verified = float(v.logit(window_summary(encode, mels))[0])
+            self.verified = float(v.logit(v.summary(summarize, mels))[0])
             # it decides the trigger's part: fire above its floor, stay under the firing level below it
             lg = max(lg, trigger.fire_logit + 1e-4) if self.verified >= v.floor else min(lg, trigger.fire_logit - 1e-4)
         return float(torch.sigmoid(torch.tensor(lg)))

@@ -30,6 +30,7 @@ from .trigger import (
     TRIGGER_WINDOWS,
     VERIFY_C,
     VERIFY_CHUNKS,
+    VERIFY_DEPTH,
     VERIFY_GATE,
     Trigger,
     Verifier,
@@ -573,40 +574,53 @@ def verify_windows(wave: np.ndarray, chunk_samples: int, chunks: int = VERIFY_CH
 
 
 @torch.inference_mode()
-def window_summaries(model, windows: np.ndarray, batch: int = 16) -> torch.Tensor:
-    """(N, k, samples) chunk windows → (N, 2 d_enc) `trigger.window_summary`, as served."""
+def window_summaries(model, windows: np.ndarray, layers: Sequence[int] | None = None, batch: int = 16) -> torch.Tensor:
+    """(N, k, samples) chunk windows → (N, D) `trigger.window_summary` of `layers`, as served."""
     out = []
     for i in range(0, len(windows), batch):
         w = torch.from_numpy(windows[i: i + batch])
         mel = model.features(w.reshape(-1, w.shape[-1]))
-        out.append(window_summary(model.encode_audio, mel.reshape(w.shape[0], w.shape[1], *mel.shape[1:])))
-    return torch.cat(out) if out else torch.zeros(0, 2 * model.encoder.d_out)
+        out.append(window_summary(model.summarize, mel.reshape(w.shape[0], w.shape[1], *mel.shape[1:]), layers))
+    return torch.cat(out) if out else torch.zeros(0, 2 * model.encoder.d_out * (len(layers) if layers else 1))
+
+
+def verify_layers(model, depth: int = VERIFY_DEPTH) -> tuple[int, ...] | None:
+    """The encoder layers a verifier of `depth` pools: the first `depth` (all of them when the
+    encoder has fewer); None (its final pooled encoding) for depth 0."""
+    if depth <= 0:
+        return None
+    if not hasattr(model.encoder, "layer_summaries"):
+        raise ValueError(f"{type(model.encoder).__name__} has no per-layer summaries: fit the verifier with depth 0")
+    return tuple(range(1, min(depth, len(model.encoder.encoder.layers)) + 1))
 
 
 def fit_verifier(model, items, ambient_waves: Sequence[np.ndarray], chunks: int = VERIFY_CHUNKS,
-                 gate: float = VERIFY_GATE, C: float = VERIFY_C, seed: int = 0, say=None) -> tuple[Verifier, dict]:
+                 gate: float = VERIFY_GATE, C: float = VERIFY_C, depth: int = VERIFY_DEPTH, seed: int = 0,
+                 say=None) -> tuple[Verifier, dict]:
     """The trigger's second look (`trigger.Verifier`): a class-balanced logistic regression on
     the window summaries of train-split clips (`items`: BenchItems; RESPOND 1, IGNORE 0) and of
     training-side recorded ambience (0, a window ending at every chunk). Its floor is the highest
     logit any of that ambience reaches: no training ambience passes the second look. (With windows
-    side by side, 6x fewer, the floor came out lower and 2 of the held-out ambient hour passed.)"""
+    side by side, 6x fewer, the floor came out lower and 2 of the held-out ambient hour passed.)
+    `depth`: pool the outputs of the encoder's first `depth` layers (`verify_layers`)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
     from .bench.proactive import ClipLoader
 
     cs = chunk_samples(model.cfg.chunk_ms)
+    layers = verify_layers(model, depth)
     loader, X, y = ClipLoader(), [], []
     for it in items:
         w = loader(it)
         if w is None:
             continue
-        f = window_summaries(model, verify_windows(w, cs, chunks))
+        f = window_summaries(model, verify_windows(w, cs, chunks), layers)
         X.append(f)
         y += [int(it.decision == "RESPOND")] * len(f)
     n_clip = len(y)
     for wave in ambient_waves:  # a window ending at every chunk, as the engine asks: its floor is then the served one
-        f = window_summaries(model, verify_windows(wave, cs, chunks, hop_chunks=1))
+        f = window_summaries(model, verify_windows(wave, cs, chunks, hop_chunks=1), layers)
         X.append(f)
         y += [0] * len(f)
     if not n_clip or not any(y):
@@ -616,7 +630,7 @@ def fit_verifier(model, items, ambient_waves: Sequence[np.ndarray], chunks: int 
         say(f"verifier: {n_clip} clip windows ({int(y.sum())} RESPOND), {len(y) - n_clip} ambient windows")
     sc = StandardScaler().fit(X)
     lr = LogisticRegression(C=C, max_iter=5000, class_weight="balanced", random_state=seed).fit(sc.transform(X), y)
-    v = Verifier(X.shape[1], model.n_mels, chunks, gate)
+    v = Verifier(2 * model.encoder.d_out, model.n_mels, chunks, gate, layers=layers)
     with torch.no_grad():
         v.mean.copy_(torch.from_numpy(sc.mean_).float())
         v.scale.copy_(torch.from_numpy(sc.scale_).float())
@@ -626,6 +640,7 @@ def fit_verifier(model, items, ambient_waves: Sequence[np.ndarray], chunks: int 
     v.floor = float(lg[n_clip:].max()) if len(y) > n_clip else 0.0
     clip = lg[:n_clip] >= v.floor
     stats = {"clip_windows": n_clip, "ambient_windows": len(y) - n_clip, "C": C, "gate": gate, "chunks": chunks,
+             "layers": None if layers is None else list(layers),
              "floor": v.floor, "train_respond_windows_passing": float(clip[y[:n_clip] == 1].mean()),
              "train_ignore_windows_passing": float(clip[y[:n_clip] == 0].mean())}
     return v, stats
@@ -633,12 +648,13 @@ def fit_verifier(model, items, ambient_waves: Sequence[np.ndarray], chunks: int 
 
 def verify_into_checkpoint(checkpoint, out, bench_manifest: str, noise_manifest: str | None = None,
                            ambient_manifests: Sequence[str] = (), ambient_minutes: float = AMBIENT_MINUTES,
-                           gate: float | None = None, seed: int = 0, progress: bool = True) -> dict:
+                           gate: float | None = None, chunks: int | None = None, depth: int | None = None,
+                           C: float | None = None, seed: int = 0, progress: bool = True) -> dict:
     """Fit the verifier of `checkpoint`'s trigger (`fit_verifier`) on the train-split clips of
     `bench_manifest` and `ambient_minutes` of training-side ambience from the noise library's
     training side and from each of `ambient_manifests`, and write the checkpoint with it to
     `out`. The trigger and its calibration are kept: the verifier only decides near the level
-    the calibrated trigger fires at. `gate`: default `trigger.VERIFY_GATE`."""
+    the calibrated trigger fires at. `gate`, `chunks`, `depth`, `C`: default `trigger.VERIFY_*`."""
     import sys
     from pathlib import Path
 
@@ -658,7 +674,9 @@ def verify_into_checkpoint(checkpoint, out, bench_manifest: str, noise_manifest:
         if ambient_minutes > 0:
             waves.append(ambient_stream(path, ambient_minutes, seed=seed + 2 + j, split=None)[0])
     gate = VERIFY_GATE if gate is None else float(gate)
-    v, stats = fit_verifier(model, load_manifest(bench_manifest), waves, gate=gate, seed=seed, say=say)
+    v, stats = fit_verifier(model, load_manifest(bench_manifest), waves, gate=gate, seed=seed, say=say,
+                            chunks=VERIFY_CHUNKS if chunks is None else int(chunks),
+                            depth=VERIFY_DEPTH if depth is None else int(depth), C=VERIFY_C if C is None else float(C))
     stats.update(bench_manifest=str(bench_manifest), noise_manifest=noise_manifest,
                  ambient_manifests=[str(m) for m in ambient_manifests], ambient_minutes=ambient_minutes)
     say(f"verifier fitted: floor {v.floor:.2f}, gate {gate:g}")

@@ -15,12 +15,12 @@ from soundflow.trigger_fit import fit_verifier, verify_into_checkpoint, verify_w
 from test_trigger import _bench_manifest, assert_engines_decide_as  # the manifest: loud tones (RESPOND) and soft noise (IGNORE), 1.6 s each
 
 
-def _tiny_with_verifier(bias: float, v_bias: float, gate: float = 4.0):
+def _tiny_with_verifier(bias: float, v_bias: float, gate: float = 4.0, layers=None, chunks: int = 3):
     from soundflow.model import build_model
 
     m = build_model("tiny").eval()
     trig = m.add_trigger(windows=(1, 3))
-    trig.verifier = Verifier(trig.d_summary, m.n_mels, chunks=3, gate=gate)
+    trig.verifier = Verifier(trig.d_summary, m.n_mels, chunks=chunks, gate=gate, layers=layers)
     with torch.no_grad():
         trig.out.bias.fill_(bias)  # the trigger's logit, whatever it hears
         trig.verifier.bias.fill_(v_bias)  # the verifier's, likewise
@@ -55,7 +55,7 @@ def test_the_verifier_decides_only_near_the_firing_level():
         trig.fire_logit = 0.0  # threshold 0.5
         st = TriggerState.of(trig)
         st.push(_heard(m, 1.2))
-        p = st.score(trig, m.encode_audio)
+        p = st.score(trig, m.summarize)
         assert (st.verified is not None) == asked, (bias, v_bias)
         assert (p >= 0.5) == fires, (bias, v_bias, p)
         if not asked:
@@ -70,9 +70,9 @@ def test_the_verifier_hears_the_last_chunks_joined_as_one_window():
     heard = _heard(m, 2.0)  # 5 chunks; the verifier keeps the last 3
     st = TriggerState.of(trig)
     st.push(heard)
-    st.score(trig, m.encode_audio)
+    st.score(trig, m.summarize)
     mels = heard[-3:, trig.d_summary:].reshape(1, 3, m.n_mels, -1)
-    want = float(trig.verifier.logit(window_summary(m.encode_audio, mels))[0])
+    want = float(trig.verifier.logit(window_summary(m.summarize, mels))[0])
     assert st.verified == pytest.approx(want, abs=1e-5)
     with pytest.raises(ValueError, match="encoder"):
         st.score(trig)
@@ -87,7 +87,8 @@ def test_fit_sets_the_floor_above_all_training_ambience(tmp_path):
     v, stats = fit_verifier(m, load_manifest(_bench_manifest(tmp_path, 12)), amb, chunks=3)
     assert stats["clip_windows"] == 12 * 2  # 4 chunks a clip: windows end at chunk 3 and at the end
     assert stats["ambient_windows"] == 2 * 18  # 20 chunks: a window ending at every chunk from the third
-    amb_logits = torch.cat([v.logit(window_summaries(m, verify_windows(a, 6400, 3, hop_chunks=1))) for a in amb])
+    assert v.layers == (1, 2) and stats["layers"] == [1, 2]  # depth 4 on a 2-layer encoder: all of its layers
+    amb_logits = torch.cat([v.logit(window_summaries(m, verify_windows(a, 6400, 3, hop_chunks=1), v.layers)) for a in amb])
     assert float(amb_logits.max()) == pytest.approx(v.floor, abs=1e-4)
     assert stats["train_respond_windows_passing"] >= stats["train_ignore_windows_passing"]
 
@@ -108,15 +109,17 @@ def test_verify_into_checkpoint_round_trips_and_keeps_the_calibration(tmp_path):
     back = load_checkpoint(tmp_path / "out")
     v = back.trigger.verifier
     assert v is not None and v.floor == pytest.approx(stats["floor"]) and float(v.weight.abs().sum()) > 0
+    assert v.layers == (1, 2) and meta["trigger"]["verifier"]["layers"] == [1, 2]
     assert back.trigger.fire_logit == pytest.approx(logit_of(0.3))
     back2 = load_checkpoint(tmp_path / "out")
     assert torch.equal(back2.trigger.verifier.weight, v.weight)
 
 
-def test_engine_modes_feed_the_verifier_as_the_reference_decoder():
+@pytest.mark.parametrize("layers", [None, (1, 2)])
+def test_engine_modes_feed_the_verifier_as_the_reference_decoder(layers):
     from soundflow.audio import iter_chunks
 
-    m, trig = _tiny_with_verifier(-1.0, 0.0, gate=10.0)  # asked at every chunk
+    m, trig = _tiny_with_verifier(-1.0, 0.0, gate=10.0, layers=layers, chunks=5)  # asked at every chunk
     torch.manual_seed(1)
     with torch.no_grad():
         trig.out.weight.normal_(0, 0.3)
@@ -130,3 +133,36 @@ def test_engine_modes_feed_the_verifier_as_the_reference_decoder():
            if e["type"] == "decision"]
     assert any(e["decision"] == "response" for e in ref) and any(e["decision"] == "silent" for e in ref)
     assert_engines_decide_as(m, wave, thr, ref)
+
+
+def test_layer_summaries_pool_each_asked_layer_and_run_no_deeper():
+    from soundflow.model import build_model
+    from soundflow.trigger_fit import verify_layers
+
+    m = build_model("tiny").eval()
+    mel = m.features(torch.from_numpy((0.1 * np.random.default_rng(0).standard_normal((2, 6400 * 3))).astype(np.float32)))
+    both = m.summarize(mel, (1, 2))
+    d = 2 * m.encoder.d_out
+    assert both.shape == (2, 2 * d)
+    assert torch.allclose(both[:, :d], m.summarize(mel, (1,)), atol=1e-5)
+    assert torch.allclose(both[:, d:], m.summarize(mel, (2,)), atol=1e-5)
+    assert torch.allclose(m.summarize(mel, (2, 1)), torch.cat([both[:, d:], both[:, :d]], 1), atol=1e-5)
+    assert verify_layers(m, 4) == (1, 2) and verify_layers(m, 1) == (1,) and verify_layers(m, 0) is None
+    with pytest.raises(ValueError, match="has 2"):
+        m.summarize(mel, (3,))
+
+
+def test_a_streams_first_seconds_are_padded_with_silence_as_the_fit_pads_short_clips():
+    """Fewer chunks heard than the window holds: the served window is the fit's zero-padded one."""
+    from soundflow.data import split_chunks
+
+    m, trig = _tiny_with_verifier(-1.0, 0.0, layers=(1, 2), chunks=5)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        trig.verifier.weight.normal_()
+    wave = (0.1 * np.random.default_rng(3).standard_normal(6400 * 3)).astype(np.float32)
+    st = TriggerState.of(trig)
+    st.push(m.encode_heard(m.features(torch.from_numpy(split_chunks(wave, 400))))[1])
+    st.score(trig, m.summarize)
+    want = float(trig.verifier.logit(window_summaries(m, verify_windows(wave, 6400, 5), (1, 2)))[0])
+    assert st.verified == pytest.approx(want, abs=1e-4)
