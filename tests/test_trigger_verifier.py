@@ -7,12 +7,15 @@ import json
 import numpy as np
 import pytest
 import torch
+from test_trigger import (  # the manifest: loud tones (RESPOND) and soft noise (IGNORE), 1.6 s each
+    _bench_manifest,
+    assert_engines_decide_as,
+)
 
 from soundflow import decoding
 from soundflow.checkpoint import load_checkpoint, save_checkpoint
 from soundflow.trigger import TriggerState, Verifier, logit_of, window_summary
 from soundflow.trigger_fit import fit_verifier, verify_into_checkpoint, verify_windows, window_summaries
-from test_trigger import _bench_manifest, assert_engines_decide_as  # the manifest: loud tones (RESPOND) and soft noise (IGNORE), 1.6 s each
 
 
 def _tiny_with_verifier(bias: float, v_bias: float, gate: float = 4.0, layers=None, chunks: int = 3):
