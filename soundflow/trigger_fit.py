@@ -555,51 +555,22 @@ def name_into_checkpoint(checkpoint, out, bench_manifest: str | None = None, dat
 
 # ---------------------------------------------------------------- the verifier (trigger.Verifier)
 
-VERIFY_HOP_CHUNKS = 3  # windows over a training clip end every 1.2 s ...
-VERIFY_FIRST_CHUNKS = 6  # ... from its first 2.4 s on (zero-padded in front), as the engine asks early too
-VERIFY_AMBIENT_HOP_CHUNKS = 6  # windows over training ambience end every 2.4 s
-# The floor: the ambience logits cross-fitted over VERIFY_FOLDS folds of whole recordings, the one of
-# rank VERIFY_FLOOR_RANK (0: the highest), and never under the in-sample maximum. In the cached study
-# (BENCHMARKS.md, 2026-12-02) the in-sample maximum alone let 8 held-out false replies an hour through
-# once the fit's windows changed; ranks 1-3 of the cross-fitted logits kept recall 0.43-0.55 at no
-# held-out window, rank 0 cut it to 0.16 (one training recording then sets the floor for all).
-VERIFY_FOLDS = 5
-VERIFY_FLOOR_RANK = 2
+VERIFY_HOP_CHUNKS = 3  # windows over a training clip start every 1.2 s (half a window)
 
 
 def verify_windows(wave: np.ndarray, chunk_samples: int, chunks: int = VERIFY_CHUNKS,
-                   hop_chunks: int = VERIFY_HOP_CHUNKS, first_chunks: int | None = None) -> np.ndarray:
-    """(N, chunks, chunk_samples): the windows the verifier is fitted on — ending every
-    `hop_chunks` chunks from chunk `first_chunks` (default: a full window) and at the wave's end;
-    a window reaching before the wave's start is zero-padded in front, as a stream's first chunks
-    are (`trigger.Verifier.summary`)."""
+                   hop_chunks: int = VERIFY_HOP_CHUNKS) -> np.ndarray:
+    """(N, chunks, chunk_samples): the windows the verifier is fitted on — every `hop_chunks`
+    chunks from the start and one ending at the wave's end; a wave shorter than a window is
+    zero-padded in front, as a stream's quiet lead-in would be."""
     n = chunks * chunk_samples
-    first = (first_chunks or chunks) * chunk_samples
     wave = np.asarray(wave, dtype=np.float32)
-    if len(wave) < first:
-        wave = np.concatenate([np.zeros(first - len(wave), np.float32), wave])
-    ends = list(range(first, len(wave) + 1, hop_chunks * chunk_samples))
+    if len(wave) < n:
+        wave = np.concatenate([np.zeros(n - len(wave), np.float32), wave])
+    ends = list(range(n, len(wave) + 1, hop_chunks * chunk_samples))
     if ends[-1] != len(wave):
         ends.append(len(wave))
-    padded = np.concatenate([np.zeros(n, np.float32), wave])
-    return np.stack([padded[e: e + n].reshape(chunks, chunk_samples) for e in ends])
-
-
-def window_sources(wave_len: int, segments, chunk_samples: int, hop_chunks: int, first_chunks: int) -> list[str]:
-    """The recording each `verify_windows` window of a `wave_len`-sample ambient stream ends in,
-    from its `segments` (`bench.ambient.Segment`: source, start_s, end_s)."""
-    from .audio import SAMPLE_RATE
-
-    first = first_chunks * chunk_samples
-    total = max(wave_len, first)  # a short wave is padded in front to `first`
-    ends = list(range(first, total + 1, hop_chunks * chunk_samples))
-    if ends[-1] != total:
-        ends.append(total)
-    out = []
-    for e in ends:
-        t = max(0, e - (total - wave_len) - 1) / SAMPLE_RATE
-        out.append(next((sg.source for sg in segments if sg.start_s <= t < sg.end_s), "?"))
-    return out
+    return np.stack([wave[e - n: e].reshape(chunks, chunk_samples) for e in ends])
 
 
 @torch.inference_mode()
@@ -625,53 +596,40 @@ def verify_layers(model, depth: int = VERIFY_DEPTH) -> tuple[int, ...] | None:
 
 def fit_verifier(model, items, ambient_waves: Sequence[np.ndarray], chunks: int = VERIFY_CHUNKS,
                  gate: float = VERIFY_GATE, C: float = VERIFY_C, depth: int = VERIFY_DEPTH, seed: int = 0,
-                 ambient_segments: Sequence[Sequence] | None = None, say=None) -> tuple[Verifier, dict]:
+                 say=None) -> tuple[Verifier, dict]:
     """The trigger's second look (`trigger.Verifier`): a class-balanced logistic regression on
     the window summaries of train-split clips (`items`: BenchItems; RESPOND 1, IGNORE 0) and of
-    training-side recorded ambience (0). Its floor is set on ambience the regression did not see:
-    refitted with `VERIFY_FOLDS` folds of whole recordings left out (`ambient_segments`: each
-    wave's `bench.ambient.Segment`s; without them, or with fewer recordings than folds, only the
-    in-sample maximum), the held-out logit of rank `VERIFY_FLOOR_RANK`, and at least the highest
-    in-sample ambience logit. `depth`: pool the outputs of the encoder's first `depth` layers
-    (`verify_layers`)."""
+    training-side recorded ambience (0, a window ending at every chunk). Its floor is the highest
+    logit any of that ambience reaches: no training ambience passes the second look. (With windows
+    side by side, 6x fewer, the floor came out lower and 2 of the held-out ambient hour passed.)
+    `depth`: pool the outputs of the encoder's first `depth` layers (`verify_layers`)."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import GroupKFold
     from sklearn.preprocessing import StandardScaler
 
     from .bench.proactive import ClipLoader
 
     cs = chunk_samples(model.cfg.chunk_ms)
     layers = verify_layers(model, depth)
-    first = min(VERIFY_FIRST_CHUNKS, chunks)
-    loader, X, y, groups = ClipLoader(), [], [], []
+    loader, X, y = ClipLoader(), [], []
     for it in items:
         w = loader(it)
         if w is None:
             continue
-        f = window_summaries(model, verify_windows(w, cs, chunks, first_chunks=first), layers)
+        f = window_summaries(model, verify_windows(w, cs, chunks), layers)
         X.append(f)
         y += [int(it.decision == "RESPOND")] * len(f)
     n_clip = len(y)
-    for j, wave in enumerate(ambient_waves):
-        f = window_summaries(model, verify_windows(wave, cs, chunks, VERIFY_AMBIENT_HOP_CHUNKS, first), layers)
+    for wave in ambient_waves:  # a window ending at every chunk, as the engine asks: its floor is then the served one
+        f = window_summaries(model, verify_windows(wave, cs, chunks, hop_chunks=1), layers)
         X.append(f)
         y += [0] * len(f)
-        if ambient_segments is not None:
-            src = window_sources(len(wave), ambient_segments[j], cs, VERIFY_AMBIENT_HOP_CHUNKS, first)
-            groups += [f"{j}:{g}" for g in src]
     if not n_clip or not any(y):
         raise ValueError("the verifier needs train-split clips with RESPOND sounds (a bench manifest of them)")
     X, y = torch.cat(X).numpy(), np.array(y)
     if say:
         say(f"verifier: {n_clip} clip windows ({int(y.sum())} RESPOND), {len(y) - n_clip} ambient windows")
-
-    def fit(rows):
-        sc = StandardScaler().fit(X[rows])
-        lr = LogisticRegression(C=C, max_iter=5000, class_weight="balanced", random_state=seed).fit(sc.transform(X[rows]), y[rows])
-        return sc, lr
-
-    everything = np.arange(len(y))
-    sc, lr = fit(everything)
+    sc = StandardScaler().fit(X)
+    lr = LogisticRegression(C=C, max_iter=5000, class_weight="balanced", random_state=seed).fit(sc.transform(X), y)
     v = Verifier(2 * model.encoder.d_out, model.n_mels, chunks, gate, layers=layers)
     with torch.no_grad():
         v.mean.copy_(torch.from_numpy(sc.mean_).float())
@@ -679,23 +637,11 @@ def fit_verifier(model, items, ambient_waves: Sequence[np.ndarray], chunks: int 
         v.weight.copy_(torch.from_numpy(lr.coef_[0]).float())
         v.bias.fill_(float(lr.intercept_[0]))
         lg = v.logit(torch.from_numpy(X)).numpy()
-    in_sample = float(lg[n_clip:].max()) if len(y) > n_clip else 0.0
-    crossed = None
-    if ambient_segments is not None and len(set(groups)) >= VERIFY_FOLDS:
-        amb, held = everything[n_clip:], np.zeros(len(y) - n_clip)
-        for k, (_, out) in enumerate(GroupKFold(VERIFY_FOLDS).split(amb, groups=groups)):
-            sk, lk = fit(np.setdiff1d(everything, amb[out]))
-            held[out] = lk.decision_function(sk.transform(X[amb[out]]))
-            if say:
-                say(f"verifier floor: fold {k + 1} of {VERIFY_FOLDS} held out")
-        crossed = float(np.sort(held)[::-1][min(VERIFY_FLOOR_RANK, len(held) - 1)])
-    v.floor = max(in_sample, crossed if crossed is not None else in_sample)
+    v.floor = float(lg[n_clip:].max()) if len(y) > n_clip else 0.0
     clip = lg[:n_clip] >= v.floor
     stats = {"clip_windows": n_clip, "ambient_windows": len(y) - n_clip, "C": C, "gate": gate, "chunks": chunks,
-             "layers": None if layers is None else list(layers), "floor": v.floor, "floor_in_sample": in_sample,
-             "floor_cross_fitted": crossed, "folds": VERIFY_FOLDS if crossed is not None else 0,
-             "ambient_recordings": len(set(groups)),
-             "train_respond_windows_passing": float(clip[y[:n_clip] == 1].mean()),
+             "layers": None if layers is None else list(layers),
+             "floor": v.floor, "train_respond_windows_passing": float(clip[y[:n_clip] == 1].mean()),
              "train_ignore_windows_passing": float(clip[y[:n_clip] == 0].mean())}
     return v, stats
 
@@ -721,15 +667,14 @@ def verify_into_checkpoint(checkpoint, out, bench_manifest: str, noise_manifest:
         if progress:
             print(f"[trigger] {msg}", file=sys.stderr, flush=True)
 
-    streams = []  # (wave, segments)
+    waves = []
     if noise_manifest and ambient_minutes > 0:  # its dev side is `bench ambient`'s
-        streams.append(ambient_stream(noise_manifest, ambient_minutes, seed=seed + 1, split="train"))
+        waves.append(ambient_stream(noise_manifest, ambient_minutes, seed=seed + 1, split="train")[0])
     for j, path in enumerate(ambient_manifests):
         if ambient_minutes > 0:
-            streams.append(ambient_stream(path, ambient_minutes, seed=seed + 2 + j, split=None))
+            waves.append(ambient_stream(path, ambient_minutes, seed=seed + 2 + j, split=None)[0])
     gate = VERIFY_GATE if gate is None else float(gate)
-    v, stats = fit_verifier(model, load_manifest(bench_manifest), [w for w, _ in streams], gate=gate, seed=seed, say=say,
-                            ambient_segments=[sg for _, sg in streams],
+    v, stats = fit_verifier(model, load_manifest(bench_manifest), waves, gate=gate, seed=seed, say=say,
                             chunks=VERIFY_CHUNKS if chunks is None else int(chunks),
                             depth=VERIFY_DEPTH if depth is None else int(depth), C=VERIFY_C if C is None else float(C))
     stats.update(bench_manifest=str(bench_manifest), noise_manifest=noise_manifest,
