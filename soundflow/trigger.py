@@ -20,15 +20,14 @@ made streaming and causal:
 - P_trigger = sigmoid(head(standardise(evidence))): a one-hidden-layer MLP (`TRIGGER_HIDDEN`
   units; 0 makes it the logistic regression it started as);
 - its second look (`Verifier`, optional): when the trigger's logit comes within `VERIFY_GATE` of
-  the level it fires at, the last `VERIFY_CHUNKS` chunks (4.8 s) are encoded again as one window,
-  with attention across their edges (the per-chunk encoder never looks across one), and a
-  logistic regression on the mean + max pooled outputs of the encoder's first `VERIFY_DEPTH`
-  layers must agree before the trigger fires — it vetoes below its floor and lets through what it
-  confirms. Context the chunks lack tells an event from an ambience that merely resembles one
-  (BENCHMARKS.md, 2026-12-02: a 2.4 s window's final encoding took clip recall 0.25 -> 0.43 at no
-  held-out false reply; 4.8 s and the first four layers 0.56). It costs one encoder pass over the
-  window at each chunk that opens its gate; refitting the trigger (`trigger fit`) drops it,
-  renaming keeps it;
+  the level it fires at, the last `VERIFY_CHUNKS` chunks are encoded again as one window, with
+  attention across their edges (the per-chunk encoder never looks across one), and a logistic
+  regression on that window's pooled encoding (or on the pooled outputs of the encoder's first
+  layers, `VERIFY_DEPTH`) must agree before the trigger fires — it vetoes below its floor and lets
+  through what it confirms. Context the chunks lack tells an event from an ambience that merely
+  resembles one: clip recall 0.25 -> 0.43 at no held-out false reply in the cached study
+  (BENCHMARKS.md, 2026-12-02 twelfth session). It costs one encoder pass over the window at each
+  chunk that opens its gate; refitting the trigger (`trigger fit`) drops it, renaming keeps it;
 - its namer, a softmax regression on the same evidence, says which sound it heard; a reply the
   trigger calls for is the reply the model was trained to give that sound (`decoding.named_reply`),
   since the LM itself guesses the sound (it said "a car horn" to thunder, "bless you" to a crying
@@ -86,17 +85,17 @@ TRIGGER_MAX_FALSE_PER_HOUR = 1.0  # the ambient budget the fit's floor is set fo
 # and need not wait at the machines' floor: clip recall 0.24 -> 0.34 at the same held-out
 # ambient rate in the cached study, 0.41 with the folds' budget pooled (BENCHMARKS.md, 2026-12-02).
 TRIGGER_CLASS_FLOOR_P = 0.1
-# The second look (`Verifier`): the window it encodes again (4.8 s), how far below its firing
-# level the trigger's logit opens it (logits), which encoder layers it pools (the outputs of the
-# first `VERIFY_DEPTH`: the middle layers tell events from ambience better than the last), and the
-# regression's strength. From the cached studies (BENCHMARKS.md, 2026-12-02): gate 4 (0-3 let
-# through little more than the trigger alone, 6 and more pass held-out ambience it then confirms);
-# at gate 4, 4.8 s and layers 1-4 at C 0.001 gave dev clip recall 0.56 at no held-out ambient
-# window, where 2.4 s and the final encoding at C 0.01 gave 0.43.
-VERIFY_CHUNKS = 12
+# The second look (`Verifier`): the window it encodes again (2.4 s), how far below its firing
+# level the trigger's logit opens it (logits), which encoder layers it pools (`VERIFY_DEPTH`: the
+# outputs of the first so many; 0: its final pooled encoding), and the regression's strength. Gate 4
+# and C 0.01 from the cached study (BENCHMARKS.md, 2026-12-02): gates 0-3 let through little more
+# than the trigger alone, gate 6 and more pass held-out ambience it then confirms. A 4.8 s window over
+# layers 1-4 (`--chunks 12 --depth 4 --C 0.001`) looked better in a later study but, benched, traded
+# recall for false replies (single-tier balanced 0.796 at 8 false replies an hour): not the default.
+VERIFY_CHUNKS = 6
 VERIFY_GATE = 4.0
-VERIFY_DEPTH = 4
-VERIFY_C = 0.001
+VERIFY_DEPTH = 0
+VERIFY_C = 0.01
 
 
 def chunk_summary(enc: torch.Tensor) -> torch.Tensor:

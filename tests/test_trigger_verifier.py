@@ -81,16 +81,17 @@ def test_the_verifier_hears_the_last_chunks_joined_as_one_window():
         st.score(trig)
 
 
-def test_fit_sets_the_floor_above_all_training_ambience(tmp_path):
+@pytest.mark.parametrize("depth,layers", [(0, None), (4, (1, 2))])  # 4 on a 2-layer encoder: all of its layers
+def test_fit_sets_the_floor_above_all_training_ambience(tmp_path, depth, layers):
     from soundflow.bench.common import load_manifest
     from soundflow.model import build_model
 
     m = build_model("tiny").eval()
     amb = [(0.05 * np.random.default_rng(k).standard_normal(16000 * 8)).astype(np.float32) for k in range(2)]
-    v, stats = fit_verifier(m, load_manifest(_bench_manifest(tmp_path, 12)), amb, chunks=3)
+    v, stats = fit_verifier(m, load_manifest(_bench_manifest(tmp_path, 12)), amb, chunks=3, depth=depth)
     assert stats["clip_windows"] == 12 * 2  # 4 chunks a clip: windows end at chunk 3 and at the end
     assert stats["ambient_windows"] == 2 * 18  # 20 chunks: a window ending at every chunk from the third
-    assert v.layers == (1, 2) and stats["layers"] == [1, 2]  # depth 4 on a 2-layer encoder: all of its layers
+    assert v.layers == layers and stats["layers"] == (None if layers is None else list(layers))
     amb_logits = torch.cat([v.logit(window_summaries(m, verify_windows(a, 6400, 3, hop_chunks=1), v.layers)) for a in amb])
     assert float(amb_logits.max()) == pytest.approx(v.floor, abs=1e-4)
     assert stats["train_respond_windows_passing"] >= stats["train_ignore_windows_passing"]
@@ -105,7 +106,8 @@ def test_verify_into_checkpoint_round_trips_and_keeps_the_calibration(tmp_path):
     meta = json.loads((tmp_path / "ck" / "model.json").read_text())
     meta["calibration"] = {"threshold": 0.3}
     (tmp_path / "ck" / "model.json").write_text(json.dumps(meta))
-    stats = verify_into_checkpoint(tmp_path / "ck", tmp_path / "out", str(_bench_manifest(tmp_path, 12)), gate=3.0, progress=False)
+    stats = verify_into_checkpoint(tmp_path / "ck", tmp_path / "out", str(_bench_manifest(tmp_path, 12)), gate=3.0,
+                                   depth=4, progress=False)
     meta = json.loads((tmp_path / "out" / "model.json").read_text())
     assert meta["calibration"] == {"threshold": 0.3}
     assert meta["trigger"]["verifier"]["gate"] == 3.0 and meta["trigger"]["verify_fit"]["clip_windows"] == stats["clip_windows"]
