@@ -77,15 +77,20 @@ class WhisperChunkEncoder(nn.Module):
         self.n_mels = encoder.config.num_mel_bins
         self.d_out = encoder.config.d_model
 
-    def forward(self, mel: torch.Tensor) -> torch.Tensor:  # (N, n_mels, F) → (N, F // 4, d)
+    def layer_outputs(self, mel: torch.Tensor, depth: int | None = None):
+        """Each layer's output in turn, (N, F // 2, d), for the first `depth` layers (all: None)."""
         e = self.encoder
         x = F.gelu(e.conv1(mel))
         x = F.gelu(e.conv2(x)).transpose(1, 2)
         x = x + e.embed_positions.weight[: x.shape[1]]
-        for layer in e.layers:
+        for layer in e.layers[:depth]:
             out = layer(x, attention_mask=None)
             x = out[0] if isinstance(out, tuple) else out
-        x = e.layer_norm(x)
+            yield x
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:  # (N, n_mels, F) → (N, F // 4, d)
+        *_, x = self.layer_outputs(mel)
+        x = self.encoder.layer_norm(x)
         # pool 20 frames → 10 slots (docs/architecture.md: the 20 Whisper frames pooled by 2)
         return F.avg_pool1d(x.transpose(1, 2), 2, 2).transpose(1, 2)
 
@@ -93,15 +98,10 @@ class WhisperChunkEncoder(nn.Module):
         """(N, n_mels, F) → (N, 2 d × len(layers)): the frame mean, then max, of each of `layers`'
         outputs (1-based), running the layers no further than the deepest asked for (the
         trigger's verifier, `trigger.Verifier`)."""
-        e, want, out = self.encoder, set(layers), {}
-        if max(want) > len(e.layers):
-            raise ValueError(f"layers {sorted(want)}: this encoder has {len(e.layers)}")
-        x = F.gelu(e.conv1(mel))
-        x = F.gelu(e.conv2(x)).transpose(1, 2)
-        x = x + e.embed_positions.weight[: x.shape[1]]
-        for i, layer in enumerate(e.layers[: max(want)], 1):
-            o = layer(x, attention_mask=None)
-            x = o[0] if isinstance(o, tuple) else o
+        want, out = set(layers), {}
+        if max(want) > len(self.encoder.layers):
+            raise ValueError(f"layers {sorted(want)}: this encoder has {len(self.encoder.layers)}")
+        for i, x in enumerate(self.layer_outputs(mel, max(want)), 1):
             if i in want:
                 out[i] = torch.cat([x.mean(1), x.amax(1)], -1)
         return torch.cat([out[i] for i in layers], -1)
