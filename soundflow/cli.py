@@ -58,7 +58,7 @@ def _trigger_verify(a) -> int:
 
     print(json.dumps(verify_into_checkpoint(a.checkpoint, a.out, a.bench_manifest, a.noise_manifest,
                                             a.ambient_manifest, a.ambient_minutes, a.gate, chunks=a.chunks,
-                                            depth=a.depth, C=a.C, seed=a.seed)))
+                                            depth=a.depth, C=a.C, confirm=a.confirm, seed=a.seed)))
     return 0
 
 
@@ -412,6 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default trigger.VERIFY_DEPTH)")
     t.add_argument("--C", type=float, default=None,
                    help="the logistic regression's inverse regularisation (default trigger.VERIFY_C)")
+    t.add_argument("--confirm", type=int, default=None,
+                   help="decisions in a row the verifier must agree before the trigger fires; its floor is then "
+                        "what training ambience holds that long (default trigger.VERIFY_CONFIRM)")
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(fn=_trigger_verify)
 

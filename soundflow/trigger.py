@@ -96,6 +96,9 @@ VERIFY_CHUNKS = 6
 VERIFY_GATE = 4.0
 VERIFY_DEPTH = 0
 VERIFY_C = 0.01
+# How many chunks in a row the second look must agree before the trigger fires (`Verifier.confirm`);
+# its floor is then the highest level training ambience holds for that many chunks in a row.
+VERIFY_CONFIRM = 1
 
 
 def chunk_summary(enc: torch.Tensor) -> torch.Tensor:
@@ -141,12 +144,16 @@ class Verifier(nn.Module):
     encoder's `layers` (1-based), or of its final pooled encoding when `layers` is None (the first
     verifiers' form). Its tensors are fitted (`trigger_fit.fit_verifier`); `floor` is the logit it
     must reach, `gate` how far below its firing level the trigger's logit must come for it to be
-    asked. `d_summary`: one encoding's summary width (2 d_enc)."""
+    asked, and `confirm` how many decisions in a row it must reach the floor before the trigger
+    fires (a sound persists; a passing resemblance in ambience mostly does not).
+    `d_summary`: one encoding's summary width (2 d_enc)."""
 
     def __init__(self, d_summary: int, n_mels: int, chunks: int = VERIFY_CHUNKS, gate: float = VERIFY_GATE,
-                 floor: float = 0.0, layers: Sequence[int] | None = None):
+                 floor: float = 0.0, layers: Sequence[int] | None = None, confirm: int = VERIFY_CONFIRM):
         super().__init__()
-        self.n_mels, self.chunks = int(n_mels), int(chunks)
+        self.n_mels, self.chunks, self.confirm = int(n_mels), int(chunks), int(confirm)
+        if self.confirm < 1:
+            raise ValueError(f"verifier confirm must be >= 1 decision, got {confirm!r}")
         self.gate, self.floor = float(gate), float(floor)
         self.layers = None if layers is None else tuple(int(x) for x in layers)
         if self.layers is not None and (not self.layers or min(self.layers) < 1):
@@ -160,6 +167,8 @@ class Verifier(nn.Module):
 
     def config(self) -> dict:
         cfg = {"chunks": self.chunks, "gate": self.gate, "floor": self.floor, "n_mels": self.n_mels}
+        if self.confirm != 1:
+            cfg["confirm"] = self.confirm
         return cfg if self.layers is None else {**cfg, "layers": list(self.layers)}
 
     def logit(self, summary: torch.Tensor) -> torch.Tensor:
@@ -308,6 +317,7 @@ class TriggerState:
     verify_chunks: int = 0  # log-mels kept for the verifier (0: none)
     mels: deque = field(default_factory=deque)
     verified: float | None = None  # the verifier's logit at the newest decision (None: not asked)
+    agreed: int = 0  # decisions in a row, up to the newest, at which the verifier reached its floor
 
     @classmethod
     def of(cls, trigger: "Trigger") -> "TriggerState":
@@ -339,6 +349,7 @@ class TriggerState:
         out of the decision (holding off, or not re-armed since its reply). `summarize`: the frozen
         encoder's window summaries (`AudioLM.summarize`), which a trigger with a verifier needs."""
         self.heard_name, self.verified = None, None
+        agreed, self.agreed = self.agreed, 0  # kept only by a verifier asked again and agreeing again
         ev = self._pooled()
         if ev is None:
             return 0.0
@@ -360,8 +371,9 @@ class TriggerState:
             mels = torch.stack(list(self.mels))
             mels = mels.reshape(1, len(self.mels), v.n_mels, -1)
             self.verified = float(v.logit(v.summary(summarize, mels))[0])
-            # it decides the trigger's part: fire above its floor, stay under the firing level below it
-            lg = max(lg, trigger.fire_logit + 1e-4) if self.verified >= v.floor else min(lg, trigger.fire_logit - 1e-4)
+            self.agreed = agreed + 1 if self.verified >= v.floor else 0
+            # it decides the trigger's part: fire once it has agreed `confirm` times in a row, else stay under
+            lg = max(lg, trigger.fire_logit + 1e-4) if self.agreed >= v.confirm else min(lg, trigger.fire_logit - 1e-4)
         return float(torch.sigmoid(torch.tensor(lg)))
 
     def replied(self) -> None:

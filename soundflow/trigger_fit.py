@@ -30,6 +30,7 @@ from .trigger import (
     TRIGGER_WINDOWS,
     VERIFY_C,
     VERIFY_CHUNKS,
+    VERIFY_CONFIRM,
     VERIFY_DEPTH,
     VERIFY_GATE,
     Trigger,
@@ -594,15 +595,29 @@ def verify_layers(model, depth: int = VERIFY_DEPTH) -> tuple[int, ...] | None:
     return tuple(range(1, min(depth, len(model.encoder.encoder.layers)) + 1))
 
 
+def confirmed_floor(logits: Sequence[np.ndarray], confirm: int) -> float:
+    """The highest level the logits of consecutive decisions (one array per continuous wave) hold
+    for `confirm` decisions in a row: a verifier that must agree that often passes none of them
+    above it. -inf when no wave is that long."""
+    best = -np.inf
+    for lg in logits:
+        lg = np.asarray(lg, dtype=np.float64)
+        if len(lg) >= confirm:
+            best = max(best, float(np.lib.stride_tricks.sliding_window_view(lg, confirm).min(1).max()))
+    return best
+
+
 def fit_verifier(model, items, ambient_waves: Sequence[np.ndarray], chunks: int = VERIFY_CHUNKS,
                  gate: float = VERIFY_GATE, C: float = VERIFY_C, depth: int = VERIFY_DEPTH, seed: int = 0,
-                 say=None) -> tuple[Verifier, dict]:
+                 confirm: int = VERIFY_CONFIRM, say=None) -> tuple[Verifier, dict]:
     """The trigger's second look (`trigger.Verifier`): a class-balanced logistic regression on
     the window summaries of train-split clips (`items`: BenchItems; RESPOND 1, IGNORE 0) and of
     training-side recorded ambience (0, a window ending at every chunk). Its floor is the highest
     logit any of that ambience reaches: no training ambience passes the second look. (With windows
     side by side, 6x fewer, the floor came out lower and 2 of the held-out ambient hour passed.)
-    `depth`: pool the outputs of the encoder's first `depth` layers (`verify_layers`)."""
+    With `confirm` > 1 the floor is the highest level that ambience holds for `confirm` chunks in a
+    row (`confirmed_floor`), as served. `depth`: pool the outputs of the encoder's first `depth`
+    layers (`verify_layers`)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
@@ -618,11 +633,12 @@ def fit_verifier(model, items, ambient_waves: Sequence[np.ndarray], chunks: int 
         f = window_summaries(model, verify_windows(w, cs, chunks), layers)
         X.append(f)
         y += [int(it.decision == "RESPOND")] * len(f)
-    n_clip = len(y)
+    n_clip, lengths = len(y), []
     for wave in ambient_waves:  # a window ending at every chunk, as the engine asks: its floor is then the served one
         f = window_summaries(model, verify_windows(wave, cs, chunks, hop_chunks=1), layers)
         X.append(f)
         y += [0] * len(f)
+        lengths.append(len(f))
     if not n_clip or not any(y):
         raise ValueError("the verifier needs train-split clips with RESPOND sounds (a bench manifest of them)")
     X, y = torch.cat(X).numpy(), np.array(y)
@@ -630,17 +646,20 @@ def fit_verifier(model, items, ambient_waves: Sequence[np.ndarray], chunks: int 
         say(f"verifier: {n_clip} clip windows ({int(y.sum())} RESPOND), {len(y) - n_clip} ambient windows")
     sc = StandardScaler().fit(X)
     lr = LogisticRegression(C=C, max_iter=5000, class_weight="balanced", random_state=seed).fit(sc.transform(X), y)
-    v = Verifier(2 * model.encoder.d_out, model.n_mels, chunks, gate, layers=layers)
+    v = Verifier(2 * model.encoder.d_out, model.n_mels, chunks, gate, layers=layers, confirm=confirm)
     with torch.no_grad():
         v.mean.copy_(torch.from_numpy(sc.mean_).float())
         v.scale.copy_(torch.from_numpy(sc.scale_).float())
         v.weight.copy_(torch.from_numpy(lr.coef_[0]).float())
         v.bias.fill_(float(lr.intercept_[0]))
         lg = v.logit(torch.from_numpy(X)).numpy()
-    v.floor = float(lg[n_clip:].max()) if len(y) > n_clip else 0.0
+    waves = np.split(lg[n_clip:], np.cumsum(lengths)[:-1]) if lengths else []
+    floors = {k: confirmed_floor(waves, k) for k in sorted({1, 2, 3, confirm})}  # the trade-off, for the record
+    v.floor = floors[confirm] if np.isfinite(floors[confirm]) else 0.0
     clip = lg[:n_clip] >= v.floor
     stats = {"clip_windows": n_clip, "ambient_windows": len(y) - n_clip, "C": C, "gate": gate, "chunks": chunks,
-             "layers": None if layers is None else list(layers),
+             "layers": None if layers is None else list(layers), "confirm": confirm,
+             "floors_by_confirm": {str(k): f for k, f in floors.items()},
              "floor": v.floor, "train_respond_windows_passing": float(clip[y[:n_clip] == 1].mean()),
              "train_ignore_windows_passing": float(clip[y[:n_clip] == 0].mean())}
     return v, stats
@@ -649,12 +668,13 @@ def fit_verifier(model, items, ambient_waves: Sequence[np.ndarray], chunks: int 
 def verify_into_checkpoint(checkpoint, out, bench_manifest: str, noise_manifest: str | None = None,
                            ambient_manifests: Sequence[str] = (), ambient_minutes: float = AMBIENT_MINUTES,
                            gate: float | None = None, chunks: int | None = None, depth: int | None = None,
-                           C: float | None = None, seed: int = 0, progress: bool = True) -> dict:
+                           C: float | None = None, confirm: int | None = None, seed: int = 0,
+                           progress: bool = True) -> dict:
     """Fit the verifier of `checkpoint`'s trigger (`fit_verifier`) on the train-split clips of
     `bench_manifest` and `ambient_minutes` of training-side ambience from the noise library's
     training side and from each of `ambient_manifests`, and write the checkpoint with it to
     `out`. The trigger and its calibration are kept: the verifier only decides near the level
-    the calibrated trigger fires at. `gate`, `chunks`, `depth`, `C`: default `trigger.VERIFY_*`."""
+    the calibrated trigger fires at. `gate`, `chunks`, `depth`, `C`, `confirm`: default `trigger.VERIFY_*`."""
     import sys
     from pathlib import Path
 
@@ -676,7 +696,8 @@ def verify_into_checkpoint(checkpoint, out, bench_manifest: str, noise_manifest:
     gate = VERIFY_GATE if gate is None else float(gate)
     v, stats = fit_verifier(model, load_manifest(bench_manifest), waves, gate=gate, seed=seed, say=say,
                             chunks=VERIFY_CHUNKS if chunks is None else int(chunks),
-                            depth=VERIFY_DEPTH if depth is None else int(depth), C=VERIFY_C if C is None else float(C))
+                            depth=VERIFY_DEPTH if depth is None else int(depth), C=VERIFY_C if C is None else float(C),
+                            confirm=VERIFY_CONFIRM if confirm is None else int(confirm))
     stats.update(bench_manifest=str(bench_manifest), noise_manifest=noise_manifest,
                  ambient_manifests=[str(m) for m in ambient_manifests], ambient_minutes=ambient_minutes)
     say(f"verifier fitted: floor {v.floor:.2f}, gate {gate:g}")

@@ -15,7 +15,13 @@ from test_trigger import (  # the manifest: loud tones (RESPOND) and soft noise 
 from soundflow import decoding
 from soundflow.checkpoint import load_checkpoint, save_checkpoint
 from soundflow.trigger import TriggerState, Verifier, logit_of, window_summary
-from soundflow.trigger_fit import fit_verifier, verify_into_checkpoint, verify_windows, window_summaries
+from soundflow.trigger_fit import (
+    confirmed_floor,
+    fit_verifier,
+    verify_into_checkpoint,
+    verify_windows,
+    window_summaries,
+)
 
 
 def _tiny_with_verifier(bias: float, v_bias: float, gate: float = 4.0, layers=None, chunks: int = 3):
@@ -65,6 +71,38 @@ def test_the_verifier_decides_only_near_the_firing_level():
             assert p == pytest.approx(torch.sigmoid(torch.tensor(-10.0)).item(), abs=1e-4)
 
 
+def test_a_verifier_that_must_confirm_fires_only_after_agreeing_that_often_in_a_row():
+    m, trig = _tiny_with_verifier(-2.0, 5.0)  # within the gate, and the verifier agrees at every chunk
+    trig.verifier.confirm, trig.fire_logit = 2, 0.0
+    st = TriggerState.of(trig)
+    heard = _heard(m, 2.0)
+    fired = []
+    for k in range(3):
+        st.push(heard[k: k + 1])
+        fired.append(st.score(trig, m.summarize) >= 0.5)
+    assert fired == [False, True, True] and st.agreed == 3
+    with torch.no_grad():
+        trig.verifier.bias.fill_(-5.0)  # one veto starts the count again
+    st.push(heard[3:4])
+    assert st.score(trig, m.summarize) < 0.5 and st.agreed == 0
+    with torch.no_grad():
+        trig.verifier.bias.fill_(5.0)
+    st.push(heard[4:5])
+    assert st.score(trig, m.summarize) < 0.5 and st.agreed == 1
+    assert trig.verifier.config()["confirm"] == 2
+    assert "confirm" not in Verifier(trig.d_summary, m.n_mels).config()  # older checkpoints read as before
+    with pytest.raises(ValueError, match="confirm"):
+        Verifier(trig.d_summary, m.n_mels, confirm=0)
+
+
+def test_the_confirmed_floor_is_the_highest_level_ambience_holds_that_long():
+    lg = np.array([0.0, 3.0, 1.0, 2.0, 2.5, 0.0])
+    assert [confirmed_floor([lg], k) for k in (1, 2, 3)] == [3.0, 2.0, 1.0]
+    # two waves never form a run across their edge
+    assert confirmed_floor([np.array([0.0, 4.0]), np.array([4.0, 0.0])], 2) == 0.0
+    assert confirmed_floor([np.array([1.0])], 2) == -np.inf
+
+
 def test_the_verifier_hears_the_last_chunks_joined_as_one_window():
     m, trig = _tiny_with_verifier(-1.0, 0.0)
     torch.manual_seed(0)
@@ -88,13 +126,18 @@ def test_fit_sets_the_floor_above_all_training_ambience(tmp_path, depth, layers)
 
     m = build_model("tiny").eval()
     amb = [(0.05 * np.random.default_rng(k).standard_normal(16000 * 8)).astype(np.float32) for k in range(2)]
-    v, stats = fit_verifier(m, load_manifest(_bench_manifest(tmp_path, 12)), amb, chunks=3, depth=depth)
+    items = load_manifest(_bench_manifest(tmp_path, 12))
+    v, stats = fit_verifier(m, items, amb, chunks=3, depth=depth)
     assert stats["clip_windows"] == 12 * 2  # 4 chunks a clip: windows end at chunk 3 and at the end
     assert stats["ambient_windows"] == 2 * 18  # 20 chunks: a window ending at every chunk from the third
     assert v.layers == layers and stats["layers"] == (None if layers is None else list(layers))
     amb_logits = torch.cat([v.logit(window_summaries(m, verify_windows(a, 6400, 3, hop_chunks=1), v.layers)) for a in amb])
     assert float(amb_logits.max()) == pytest.approx(v.floor, abs=1e-4)
     assert stats["train_respond_windows_passing"] >= stats["train_ignore_windows_passing"]
+    floors = stats["floors_by_confirm"]  # what a verifier that must agree 2 or 3 times in a row would need
+    assert floors["1"] == pytest.approx(v.floor) and floors["1"] >= floors["2"] >= floors["3"]
+    v2, stats2 = fit_verifier(m, items, amb, chunks=3, depth=depth, confirm=2)
+    assert v2.confirm == 2 and v2.floor == pytest.approx(floors["2"], abs=1e-4) and stats2["confirm"] == 2
 
 
 def test_verify_into_checkpoint_round_trips_and_keeps_the_calibration(tmp_path):
