@@ -15,6 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 import yaml
@@ -36,6 +37,20 @@ def recipe(out, per_process: int = 1, save_every: int = 2) -> dict:
                         "batch_size": 1 * k, "grad_accum": 2, "warmup_ratio": 0.0},
                        {"name": "b", "trainable": ["adapter", "lm"], "data": DATA, "lr": 1e-2, "steps": 3,
                         "batch_size": 2 * k, "grad_accum": 1, "warmup_ratio": 0.0}]}
+
+
+def kill_tree(p: subprocess.Popen) -> None:
+    """kill -9 of a launch and all it started, waiting until every process is gone. torchrun
+    starts each worker in a session of its own, so killing the launcher's group alone would leave
+    both workers training (and writing checkpoints) behind the test's back."""
+    procs = [psutil.Process(p.pid), *psutil.Process(p.pid).children(recursive=True)]
+    for q in procs:
+        try:
+            q.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=30)
+    p.wait()
 
 
 def write(tmp, d: dict, name: str) -> Path:
@@ -216,8 +231,7 @@ def test_kill9_of_two_processes_then_resume(work, ddp, tmp_path):
         if n >= 4:  # past the stage boundary and one mid-stage-2 checkpoint
             break
         time.sleep(0.02)
-    os.killpg(p.pid, signal.SIGKILL)
-    p.wait()
+    kill_tree(p)
     assert 4 <= n < 6 and not (out / "model").exists(), f"kill came at {n} steps"
     st = torch.load(out / "checkpoint" / "trainer_state.pt", weights_only=False)
     assert st["stage"] == 1 and st["world_size"] == 2 and st["cursor"] == st["step"] * 4
