@@ -392,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-chunks", type=int, default=60)
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(fn=_trigger_name)
-    t = tsub.add_parser("verify", help="fit the trigger's second look (a regression on the last 2.4 s encoded as one "
+    t = tsub.add_parser("verify", help="fit the trigger's second look (a regression on the last --chunks encoded as one "
                                        "window, asked when the trigger comes near firing); writes CHECKPOINT + verifier "
                                        "to --out, trigger and calibration kept")
     t.add_argument("checkpoint")

@@ -23,8 +23,8 @@ made streaming and causal:
   the level it fires at, the last `VERIFY_CHUNKS` chunks are encoded again as one window, with
   attention across their edges (the per-chunk encoder never looks across one), and a logistic
   regression on that window's pooled encoding (or on the pooled outputs of the encoder's first
-  layers, `VERIFY_DEPTH`) must agree before the trigger fires — it vetoes below its floor and lets
-  through what it confirms. Context the chunks lack tells an event from an ambience that merely
+  layers, `VERIFY_DEPTH`) must agree before the trigger fires, `confirm` decisions in a row — it
+  vetoes below its floor and lets through what it confirms. Context the chunks lack tells an event from an ambience that merely
   resembles one: clip recall 0.25 -> 0.43 at no held-out false reply in the cached study
   (BENCHMARKS.md, 2026-12-02 twelfth session). It costs one encoder pass over the window at each
   chunk that opens its gate; refitting the trigger (`trigger fit`) drops it, renaming keeps it;
@@ -85,20 +85,21 @@ TRIGGER_MAX_FALSE_PER_HOUR = 1.0  # the ambient budget the fit's floor is set fo
 # and need not wait at the machines' floor: clip recall 0.24 -> 0.34 at the same held-out
 # ambient rate in the cached study, 0.41 with the folds' budget pooled (BENCHMARKS.md, 2026-12-02).
 TRIGGER_CLASS_FLOOR_P = 0.1
-# The second look (`Verifier`): the window it encodes again (2.4 s), how far below its firing
-# level the trigger's logit opens it (logits), which encoder layers it pools (`VERIFY_DEPTH`: the
-# outputs of the first so many; 0: its final pooled encoding), and the regression's strength. Gate 4
-# and C 0.01 from the cached study (BENCHMARKS.md, 2026-12-02): gates 0-3 let through little more
-# than the trigger alone, gate 6 and more pass held-out ambience it then confirms. A 4.8 s window over
-# layers 1-4 (`--chunks 12 --depth 4 --C 0.001`) looked better in a later study but, benched, traded
-# recall for false replies (single-tier balanced 0.796 at 8 false replies an hour): not the default.
-VERIFY_CHUNKS = 6
+# The second look (`Verifier`), as `trigger verify` fits it by default — the shipped `mini`'s: the
+# window it encodes again (4.8 s), how far below its firing level the trigger's logit opens it
+# (logits), which encoder layers it pools (`VERIFY_DEPTH`: the outputs of the first so many; 0: its
+# final pooled encoding), the regression's strength, and how many decisions in a row it must agree
+# (its floor is then the highest level training ambience holds that long). Gate 4 from the cached
+# study (gates 0-3 let through little more than the trigger alone, gate 6 and more pass held-out
+# ambience); 4.8 s over layers 1-4 at C 0.001 separated events from ambience best there but,
+# benched with one look, let 8 false replies an hour through; confirmed twice it let 1 through and
+# kept most of the recall (single-tier balanced 0.763 vs 0.693 for 2.4 s of the final encoding at
+# one look: BENCHMARKS.md, 2026-12-03).
+VERIFY_CHUNKS = 12
 VERIFY_GATE = 4.0
-VERIFY_DEPTH = 0
-VERIFY_C = 0.01
-# How many chunks in a row the second look must agree before the trigger fires (`Verifier.confirm`);
-# its floor is then the highest level training ambience holds for that many chunks in a row.
-VERIFY_CONFIRM = 1
+VERIFY_DEPTH = 4
+VERIFY_C = 0.001
+VERIFY_CONFIRM = 2
 
 
 def chunk_summary(enc: torch.Tensor) -> torch.Tensor:
@@ -149,7 +150,8 @@ class Verifier(nn.Module):
     `d_summary`: one encoding's summary width (2 d_enc)."""
 
     def __init__(self, d_summary: int, n_mels: int, chunks: int = VERIFY_CHUNKS, gate: float = VERIFY_GATE,
-                 floor: float = 0.0, layers: Sequence[int] | None = None, confirm: int = VERIFY_CONFIRM):
+                 floor: float = 0.0, layers: Sequence[int] | None = None, confirm: int = 1):
+        # confirm 1 is also what a checkpoint without the key means (verifiers before 2026-12-03)
         super().__init__()
         self.n_mels, self.chunks, self.confirm = int(n_mels), int(chunks), int(confirm)
         if self.confirm < 1:

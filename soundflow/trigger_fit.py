@@ -556,7 +556,7 @@ def name_into_checkpoint(checkpoint, out, bench_manifest: str | None = None, dat
 
 # ---------------------------------------------------------------- the verifier (trigger.Verifier)
 
-VERIFY_HOP_CHUNKS = 3  # windows over a training clip start every 1.2 s (half a window)
+VERIFY_HOP_CHUNKS = 3  # windows over a training clip start every 1.2 s
 
 
 def verify_windows(wave: np.ndarray, chunk_samples: int, chunks: int = VERIFY_CHUNKS,

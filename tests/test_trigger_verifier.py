@@ -127,7 +127,7 @@ def test_fit_sets_the_floor_above_all_training_ambience(tmp_path, depth, layers)
     m = build_model("tiny").eval()
     amb = [(0.05 * np.random.default_rng(k).standard_normal(16000 * 8)).astype(np.float32) for k in range(2)]
     items = load_manifest(_bench_manifest(tmp_path, 12))
-    v, stats = fit_verifier(m, items, amb, chunks=3, depth=depth)
+    v, stats = fit_verifier(m, items, amb, chunks=3, depth=depth, confirm=1)
     assert stats["clip_windows"] == 12 * 2  # 4 chunks a clip: windows end at chunk 3 and at the end
     assert stats["ambient_windows"] == 2 * 18  # 20 chunks: a window ending at every chunk from the third
     assert v.layers == layers and stats["layers"] == (None if layers is None else list(layers))
