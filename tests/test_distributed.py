@@ -9,7 +9,6 @@ batch B must then give one process with batch W·B, to float tolerance."""
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
