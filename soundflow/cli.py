@@ -58,7 +58,8 @@ def _trigger_verify(a) -> int:
 
     print(json.dumps(verify_into_checkpoint(a.checkpoint, a.out, a.bench_manifest, a.noise_manifest,
                                             a.ambient_manifest, a.ambient_minutes, a.gate, chunks=a.chunks,
-                                            depth=a.depth, C=a.C, confirm=a.confirm, seed=a.seed)))
+                                            depth=a.depth, C=a.C, confirm=a.confirm, seed=a.seed,
+                                            windows_from=a.windows_from)))
     return 0
 
 
@@ -415,6 +416,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--confirm", type=int, default=None,
                    help="decisions in a row the verifier must agree before the trigger fires; its floor is then "
                         "what training ambience holds that long (default trigger.VERIFY_CONFIRM)")
+    t.add_argument("--windows-from", choices=("clips", "streams"), default="clips",
+                   help="the sound windows it learns from: each clip's own, zero-padded in front (default), or "
+                        "the bench-style streams the trigger is fitted on (lead-in and the clip before included)")
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(fn=_trigger_verify)
 

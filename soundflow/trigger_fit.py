@@ -115,6 +115,20 @@ def examples_from_bench_streams(model, streams, chunk_ms: int = 400, window_chun
     return out
 
 
+def bench_style_streams(items, noise_manifest: str | None = None, seed: int = 0) -> list:
+    """The bench's streams of train-split clips (`items`: BenchItems), as both fits hear them:
+    each clip alone over pink noise, same-macro sequences, and, with a noise library, each clip
+    alone again over its training side's ambience."""
+    from .bench.proactive import ClipLoader, StreamConfig, build_multi_streams, build_single_streams
+
+    loader = ClipLoader()
+    streams = build_single_streams(items, StreamConfig(), seed, loader) + build_multi_streams(items, StreamConfig(), seed, loader)
+    if noise_manifest:
+        streams += build_single_streams(items, StreamConfig(noise_manifest=noise_manifest, noise_split="train"),
+                                        seed + 1, loader)
+    return streams
+
+
 def _adamw(params, n: int, steps: int, seed: int, loss_of) -> None:
     """Minimise `loss_of(batch indices)` over n rows with AdamW: whole seeded epochs of 512-row
     batches, at least `steps` of them."""
@@ -421,13 +435,9 @@ def fit_into_checkpoint(checkpoint, out, data: Sequence[str] = (), bench_manifes
         examples += examples_from_streams(model, kept, max_chunks)
         say(f"{len(kept)} built streams ({len(samples) - len(kept)} left out: bedded on held-out noise)")
     if bench_manifest:
-        from .bench.proactive import ClipLoader, StreamConfig, build_multi_streams, build_single_streams, load_manifest
+        from .bench.proactive import load_manifest
 
-        items, loader = load_manifest(bench_manifest), ClipLoader()
-        streams = build_single_streams(items, StreamConfig(), seed, loader) + build_multi_streams(items, StreamConfig(), seed, loader)
-        if noise_manifest:
-            cfg = StreamConfig(noise_manifest=noise_manifest, noise_split="train")
-            streams += build_single_streams(items, cfg, seed + 1, loader)
+        streams = bench_style_streams(load_manifest(bench_manifest), noise_manifest, seed)
         examples += examples_from_bench_streams(model, streams)
         say(f"+ {len(streams)} bench-style streams of {bench_manifest}")
     folds: list[list[TriggerExample]] = []
@@ -574,6 +584,23 @@ def verify_windows(wave: np.ndarray, chunk_samples: int, chunks: int = VERIFY_CH
     return np.stack([wave[e - n: e].reshape(chunks, chunk_samples) for e in ends])
 
 
+def stream_windows(stream, chunk_samples: int, chunks: int = VERIFY_CHUNKS, hop_chunks: int = VERIFY_HOP_CHUNKS,
+                   window_chunks: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """(windows (N, chunks, chunk_samples), labels (N,)) of a bench-style stream (`bench.proactive.
+    Stream`): a window ending at every `hop_chunks`-th chunk, the first ones zero-padded in front
+    as the engine pads a stream's start, each labelled as the trigger's chunk there
+    (`respond_labels`: 1 where a reply to a RESPOND clip counts). Unlike a clip's own windows
+    they hold what came before the sound: the lead-in, or the clip before it in a sequence."""
+    n = -(-len(stream.wave) // chunk_samples)
+    x = np.zeros(((chunks - 1) + n) * chunk_samples, np.float32)
+    x[(chunks - 1) * chunk_samples: (chunks - 1) * chunk_samples + len(stream.wave)] = stream.wave
+    x = x.reshape(-1, chunk_samples)
+    clips = [(e.start_sample, e.end_sample, e.item.decision == "RESPOND") for e in stream.events]
+    y = respond_labels(n, clips, chunk_samples, window_chunks)
+    ends = np.arange(0, n, hop_chunks)
+    return np.stack([x[e: e + chunks] for e in ends]), y[ends]
+
+
 @torch.inference_mode()
 def window_summaries(model, windows: np.ndarray, layers: Sequence[int] | None = None, batch: int = 16) -> torch.Tensor:
     """(N, k, samples) chunk windows → (N, D) `trigger.window_summary` of `layers`, as served."""
@@ -609,7 +636,7 @@ def confirmed_floor(logits: Sequence[np.ndarray], confirm: int) -> float:
 
 def fit_verifier(model, items, ambient_waves: Sequence[np.ndarray], chunks: int = VERIFY_CHUNKS,
                  gate: float = VERIFY_GATE, C: float = VERIFY_C, depth: int = VERIFY_DEPTH, seed: int = 0,
-                 confirm: int = VERIFY_CONFIRM, say=None) -> tuple[Verifier, dict]:
+                 confirm: int = VERIFY_CONFIRM, streams: Sequence | None = None, say=None) -> tuple[Verifier, dict]:
     """The trigger's second look (`trigger.Verifier`): a class-balanced logistic regression on
     the window summaries of train-split clips (`items`: BenchItems; RESPOND 1, IGNORE 0) and of
     training-side recorded ambience (0, a window ending at every chunk). Its floor is the highest
@@ -617,7 +644,9 @@ def fit_verifier(model, items, ambient_waves: Sequence[np.ndarray], chunks: int 
     side by side, 6x fewer, the floor came out lower and 2 of the held-out ambient hour passed.)
     With `confirm` > 1 the floor is the highest level that ambience holds for `confirm` chunks in a
     row (`confirmed_floor`), as served. `depth`: pool the outputs of the encoder's first `depth`
-    layers (`verify_layers`)."""
+    layers (`verify_layers`). `streams`: bench-style streams of the clips (`bench_style_streams`)
+    to take the sound windows from instead (`stream_windows`): they hold what comes before a
+    sound, as served."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
@@ -626,13 +655,17 @@ def fit_verifier(model, items, ambient_waves: Sequence[np.ndarray], chunks: int 
     cs = chunk_samples(model.cfg.chunk_ms)
     layers = verify_layers(model, depth)
     loader, X, y = ClipLoader(), [], []
-    for it in items:
+    for it in (items if streams is None else ()):
         w = loader(it)
         if w is None:
             continue
         f = window_summaries(model, verify_windows(w, cs, chunks), layers)
         X.append(f)
         y += [int(it.decision == "RESPOND")] * len(f)
+    for st in streams or ():
+        wins, lab = stream_windows(st, cs, chunks)
+        X.append(window_summaries(model, wins, layers))
+        y += lab.tolist()
     n_clip, lengths = len(y), []
     for wave in ambient_waves:  # a window ending at every chunk, as the engine asks: its floor is then the served one
         f = window_summaries(model, verify_windows(wave, cs, chunks, hop_chunks=1), layers)
@@ -657,7 +690,8 @@ def fit_verifier(model, items, ambient_waves: Sequence[np.ndarray], chunks: int 
     floors = {k: confirmed_floor(waves, k) for k in sorted({1, 2, 3, confirm})}  # the trade-off, for the record
     v.floor = floors[confirm] if np.isfinite(floors[confirm]) else 0.0
     clip = lg[:n_clip] >= v.floor
-    stats = {"clip_windows": n_clip, "ambient_windows": len(y) - n_clip, "C": C, "gate": gate, "chunks": chunks,
+    stats = {"clip_windows": n_clip, "windows_from": "clips" if streams is None else "streams",
+             "ambient_windows": len(y) - n_clip, "C": C, "gate": gate, "chunks": chunks,
              "layers": None if layers is None else list(layers), "confirm": confirm,
              "floors_by_confirm": {str(k): f for k, f in floors.items()},
              "floor": v.floor, "train_respond_windows_passing": float(clip[y[:n_clip] == 1].mean()),
@@ -669,12 +703,14 @@ def verify_into_checkpoint(checkpoint, out, bench_manifest: str, noise_manifest:
                            ambient_manifests: Sequence[str] = (), ambient_minutes: float = AMBIENT_MINUTES,
                            gate: float | None = None, chunks: int | None = None, depth: int | None = None,
                            C: float | None = None, confirm: int | None = None, seed: int = 0,
-                           progress: bool = True) -> dict:
+                           windows_from: str = "clips", progress: bool = True) -> dict:
     """Fit the verifier of `checkpoint`'s trigger (`fit_verifier`) on the train-split clips of
     `bench_manifest` and `ambient_minutes` of training-side ambience from the noise library's
     training side and from each of `ambient_manifests`, and write the checkpoint with it to
     `out`. The trigger and its calibration are kept: the verifier only decides near the level
-    the calibrated trigger fires at. `gate`, `chunks`, `depth`, `C`, `confirm`: default `trigger.VERIFY_*`."""
+    the calibrated trigger fires at. `gate`, `chunks`, `depth`, `C`, `confirm`: default `trigger.VERIFY_*`.
+    `windows_from`: "clips" (each clip's own windows, zero-padded in front) or "streams" (windows
+    of the bench-style streams the trigger is fitted on, `bench_style_streams`)."""
     import sys
     from pathlib import Path
 
@@ -693,8 +729,12 @@ def verify_into_checkpoint(checkpoint, out, bench_manifest: str, noise_manifest:
     for j, path in enumerate(ambient_manifests):
         if ambient_minutes > 0:
             waves.append(ambient_stream(path, ambient_minutes, seed=seed + 2 + j, split=None)[0])
+    if windows_from not in ("clips", "streams"):
+        raise ValueError(f"windows_from is 'clips' or 'streams', got {windows_from!r}")
+    items = load_manifest(bench_manifest)
+    streams = bench_style_streams(items, noise_manifest, seed) if windows_from == "streams" else None
     gate = VERIFY_GATE if gate is None else float(gate)
-    v, stats = fit_verifier(model, load_manifest(bench_manifest), waves, gate=gate, seed=seed, say=say,
+    v, stats = fit_verifier(model, items, waves, gate=gate, seed=seed, say=say, streams=streams,
                             chunks=VERIFY_CHUNKS if chunks is None else int(chunks),
                             depth=VERIFY_DEPTH if depth is None else int(depth), C=VERIFY_C if C is None else float(C),
                             confirm=VERIFY_CONFIRM if confirm is None else int(confirm))

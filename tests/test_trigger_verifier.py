@@ -3,6 +3,7 @@ decides there; it is fitted so that no training ambience passes; it survives a c
 trip; and every engine mode feeds it the same log-mels as the reference decoder."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,8 +17,10 @@ from soundflow import decoding
 from soundflow.checkpoint import load_checkpoint, save_checkpoint
 from soundflow.trigger import TriggerState, Verifier, logit_of, window_summary
 from soundflow.trigger_fit import (
+    bench_style_streams,
     confirmed_floor,
     fit_verifier,
+    stream_windows,
     verify_into_checkpoint,
     verify_windows,
     window_summaries,
@@ -51,6 +54,37 @@ def test_windows_pad_short_clips_in_front_and_end_at_the_last_sample():
     w = np.arange(int(8.2 * 6400), dtype=np.float32)  # 8.2 chunks: windows end at chunk 6, then at the end
     win = verify_windows(w, 6400, chunks=6, hop_chunks=3)
     assert win.shape[0] == 2 and win[0, -1, -1] == w[6 * 6400 - 1] and win[1, -1, -1] == w[-1]
+
+
+def test_stream_windows_end_at_every_hop_padded_in_front_and_labelled_as_the_trigger():
+    from soundflow.bench.common import BenchItem
+    from soundflow.bench.proactive import Event, Stream
+
+    def item(i, decision):
+        return BenchItem(id=i, path=Path(i), description="", decision=decision, macro="m", meso="m")
+
+    n = 6400
+    wave = np.arange(10 * n, dtype=np.float32) + 1  # 10 chunks; a RESPOND clip over chunks 3-4, an IGNORE one 7-8
+    ev = [Event(item("a", "RESPOND"), 3 * n, 5 * n), Event(item("b", "IGNORE"), 7 * n, 9 * n)]
+    win, y = stream_windows(Stream("s", "multi", wave, ev), n, chunks=4, hop_chunks=2)
+    assert win.shape == (5, 4, n)  # windows end at chunks 0, 2, 4, 6, 8
+    assert (win[0, :3] == 0).all() and win[0, 3, 0] == 1 and win[2, -1, -1] == wave[5 * n - 1]
+    assert y.tolist() == [0, 0, 1, 1, 0]  # the counted range: the clip's chunks and 2 after (3..6)
+
+
+def test_a_verifier_fitted_on_streams_hears_what_came_before_the_sound(tmp_path):
+    from soundflow.bench.common import load_manifest
+    from soundflow.model import build_model
+
+    m = build_model("tiny").eval()
+    items = load_manifest(_bench_manifest(tmp_path, 12))
+    streams = bench_style_streams(items)
+    assert {s.tier for s in streams} == {"single", "multi"} and all(len(s.wave) > 0 for s in streams)
+    amb = [(0.05 * np.random.default_rng(7).standard_normal(16000 * 8)).astype(np.float32)]
+    v, stats = fit_verifier(m, items, amb, chunks=3, depth=0, confirm=1, streams=streams)
+    want = sum(len(stream_windows(s, 6400, 3)[1]) for s in streams)
+    assert stats["windows_from"] == "streams" and stats["clip_windows"] == want
+    assert stats["train_respond_windows_passing"] >= stats["train_ignore_windows_passing"]
 
 
 def test_the_verifier_decides_only_near_the_firing_level():
