@@ -24,8 +24,8 @@ made streaming and causal:
   attention across their edges (the per-chunk encoder never looks across one), and a logistic
   regression on that window's pooled encoding (or on the pooled outputs of the encoder's first
   layers, `VERIFY_DEPTH`) must agree before the trigger fires, `confirm` decisions in a row — it
-  vetoes below its floor and lets through what it confirms. Context the chunks lack tells an event from an ambience that merely
-  resembles one: clip recall 0.25 -> 0.43 at no held-out false reply in the cached study
+  vetoes below its floor and lets through what it confirms. Context the chunks lack tells an
+  event from an ambience that merely resembles one: clip recall 0.25 -> 0.43 at no held-out false reply in the cached study
   (BENCHMARKS.md, 2026-12-02 twelfth session). It costs one encoder pass over the window at each
   chunk that opens its gate; refitting the trigger (`trigger fit`) drops it, renaming keeps it;
 - its namer, a softmax regression on the same evidence, says which sound it heard; a reply the
