@@ -18,7 +18,7 @@ PROACTIVE_REPLIES = {  # what was heard, then what to do about it
     "glass_break": "I heard glass breaking. Watch your step and check whether anyone is hurt.",
     "phone_ring": "Your phone is ringing. You may want to answer it.",
     "siren": "I hear a siren. An emergency vehicle may be coming, so keep the road clear.",
-    "sneeze": "Bless you! Do you need a tissue?",
+    "sneeze": "Someone sneezed. Bless you, and keep a tissue handy.",
     "thunder": "That was thunder. A storm is coming, so stay indoors and unplug sensitive devices.",
 }
 CATEGORY_REPLIES = {  # per macro category, for classes without a reply of their own (curation's default)

@@ -14,9 +14,10 @@ made streaming and causal:
   caused it has been answered; after a reply the trigger itself called for (its P above the
   LM's), it stays out of the decision until it re-arms: at least `TRIGGER_HOLDOFF` chunks, and
   until its logit has stayed `TRIGGER_REARM_MARGIN` below the level it fires at for
-  `TRIGGER_REARM_CHUNKS` chunks — one warning per sound, however long it lasts (a crying baby
-  was answered three times in 7 s with the hold-off alone); a reply the LM called for, a
-  transcribed word, does not silence it;
+  `TRIGGER_REARM_CHUNKS` chunks, and to name the same sound again it needs as long a spell well
+  below the lowest level it fires at, heard after the hold-off — one warning per sound, however
+  long it lasts (a crying baby was answered three times in 7 s with the hold-off alone); a reply
+  the LM called for, a transcribed word, does not silence it;
 - P_trigger = sigmoid(head(standardise(evidence))): a one-hidden-layer MLP (`TRIGGER_HIDDEN`
   units; 0 makes it the logistic regression it started as);
 - its second look (`Verifier`, optional): when the trigger's logit comes within `VERIFY_GATE` of
@@ -64,6 +65,11 @@ TRIGGER_HOLDOFF = 4  # chunks (1.6 s) after its own reply in which the trigger s
 # shorter than the gap before a next event in the bench (its window + >= 3 chunks)
 # After the hold-off it re-arms only once its logit has fallen this far below its firing level
 # (`Trigger.fire_logit`) for this many chunks, counted from its reply: a sound that goes on keeps it quiet.
+# To warn about the *same* sound again (its namer names the class it last warned about) it also needs
+# that many chunks after the hold-off this far below the lowest level it can fire at (`Trigger.rearm_logit`:
+# with a second look, where its gate opens): the evidence its reply emptied reads as quiet for a few
+# chunks while a baby still cries (warned about 3 times in 7.2 s), and a next, different sound
+# in a stream must not wait for that (judging every re-arm so missed 3 of 95 multi-tier events).
 TRIGGER_REARM_MARGIN = 2.0
 TRIGGER_REARM_CHUNKS = 3
 # The head: 64 GELU units beat the logistic regression held out (clip AUC 0.895 vs 0.849; at one
@@ -277,6 +283,14 @@ class Trigger(nn.Module):
             return self.head(z) + self.class_offsets.to(z.device)[self.namer(z).argmax(-1)]
         return self.head(z) + self.offset
 
+    @property
+    def rearm_logit(self) -> float:
+        """The level its logit must stay under, after the hold-off, before it warns about the same
+        sound again: `TRIGGER_REARM_MARGIN` below the lowest it fires at — the firing level, or with
+        a verifier the level its gate opens."""
+        lowest = self.fire_logit - (self.verifier.gate if self.verifier is not None else 0.0)
+        return lowest - TRIGGER_REARM_MARGIN
+
     def named_class(self, evidence: torch.Tensor) -> torch.Tensor | None:
         """(...,) the namer's argmax class index at each evidence row; None without a namer."""
         return None if self.namer is None else self.namer(self.standardise(evidence)).argmax(-1)
@@ -315,6 +329,8 @@ class TriggerState:
     named: tuple[int, float] | None = None  # ... kept for the reply the trigger called for
     waiting: bool = False  # out of the decision since its own reply, until it re-arms
     below: int = 0  # chunks in a row its logit has stayed under the re-arm level
+    calm: int = TRIGGER_REARM_CHUNKS  # ... under `Trigger.rearm_logit` after the hold-off (up to TRIGGER_REARM_CHUNKS)
+    warned: int | None = None  # the class its namer named at its own last reply
     d_summary: int = 0  # > 0 with a verifier: where a heard row's log-mel starts
     verify_chunks: int = 0  # log-mels kept for the verifier (0: none)
     mels: deque = field(default_factory=deque)
@@ -356,6 +372,8 @@ class TriggerState:
         if ev is None:
             return 0.0
         lg = float(trigger.logit(ev))
+        if not self.quiet and self.calm < TRIGGER_REARM_CHUNKS:
+            self.calm = self.calm + 1 if lg < trigger.rearm_logit else 0
         if self.waiting:
             self.below = self.below + 1 if lg < trigger.fire_logit - TRIGGER_REARM_MARGIN else 0
             if self.quiet or self.below < TRIGGER_REARM_CHUNKS:
@@ -366,6 +384,8 @@ class TriggerState:
         self.heard_name = trigger.name(ev)
         if self.heard_name is not None and self.heard_name[1] < TRIGGER_NAME_MIN:
             return 0.0  # it speaks only of sounds it can name; the LM's own decision still stands
+        if self.heard_name is not None and self.heard_name[0] == self.warned and self.calm < TRIGGER_REARM_CHUNKS:
+            return 0.0  # the sound it last warned about, with no real quiet since: the same sound going on
         v = trigger.verifier
         if v is not None and self.mels and lg >= trigger.fire_logit - v.gate:
             if summarize is None:
@@ -388,7 +408,8 @@ class TriggerState:
         self.named = self.heard_name if mine else None
         if mine:
             self.quiet = self.holdoff + 1  # the next `holdoff` chunks pushed
-            self.waiting, self.below = True, 0
+            self.waiting, self.below, self.calm = True, 0, 0
+            self.warned = None if self.heard_name is None else self.heard_name[0]
 
     def copy(self) -> "TriggerState":
         return replace(self, heard=deque(self.heard), mels=deque(self.mels))

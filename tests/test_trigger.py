@@ -82,6 +82,62 @@ def test_one_reply_per_sustained_sound_then_it_re_arms():
     assert again == [0, 3, 6, 9]
 
 
+def _named_trigger():
+    """A trigger whose logit is feature 0 (loudness) and whose namer names class "a" or "b" by the
+    sign of feature 1; it fires at logit 0."""
+    from soundflow.trigger import Trigger
+
+    trig = Trigger(d_summary=2, windows=(1,), holdoff=3, hidden=0, classes=["a", "b"], replies=["A!", "B!"])
+    with torch.no_grad():
+        trig.out.weight.copy_(torch.tensor([[1.0, 0.0]]))
+        trig.namer.weight.copy_(torch.tensor([[0.0, 1.0], [0.0, -1.0]]))
+    trig.fire_logit = 0.0
+    return trig
+
+
+def _replies(trig, rows):
+    st, out = TriggerState(windows=(1,), holdoff=3), []
+    for t, (loud, kind) in enumerate(rows):
+        st.push(torch.tensor([[loud, kind]]))
+        st.last = (0.0, st.score(trig))
+        if st.last[1] >= 0.5:
+            out.append((t, trig.replies[st.heard_name[0]]))
+            st.replied()
+    return out
+
+
+def test_the_same_sound_is_warned_again_only_after_a_quiet_spell_heard_after_the_hold_off():
+    """The evidence its reply emptied can read as quiet inside the hold-off while the sound goes on
+    (a crying baby was warned about three times in 7.2 s): that re-arms the trigger, but naming the
+    same sound again needs TRIGGER_REARM_CHUNKS chunks under `Trigger.rearm_logit` after the hold-off."""
+    from soundflow.trigger import TRIGGER_REARM_CHUNKS
+
+    trig = _named_trigger()
+    a, quiet_a = (6.0, 5.0), (-6.0, 5.0)
+    # quiet inside the hold-off and one chunk after it re-arms (the first rule), but it is the same sound
+    assert _replies(trig, [a] + [quiet_a] * 4 + [a] * 6) == [(0, "A!")]
+    spell = [quiet_a] * 3 + [quiet_a] * TRIGGER_REARM_CHUNKS  # the hold-off, then a real quiet spell
+    assert _replies(trig, [a] + spell + [a] * 2) == [(0, "A!"), (1 + len(spell), "A!")]
+
+
+def test_another_sound_is_answered_without_the_quiet_spell():
+    """A different sound the namer is sure of re-arms on the first rule alone (the next event of a
+    multi-event stream must not wait for a quiet spell after the hold-off)."""
+    trig = _named_trigger()
+    a, b, quiet = (6.0, 5.0), (6.0, -5.0), (-6.0, 0.0)
+    assert _replies(trig, [a] + [quiet] * 4 + [b] * 3) == [(0, "A!"), (5, "B!")]
+    assert _replies(trig, [a] + [quiet] * 4 + [a] * 3) == [(0, "A!")]  # the same sound there would wait
+
+
+def test_the_re_arm_level_is_measured_from_where_the_second_look_opens():
+    from soundflow.trigger import TRIGGER_REARM_MARGIN, Trigger
+
+    assert _named_trigger().rearm_logit == -TRIGGER_REARM_MARGIN
+    gated = Trigger(d_summary=2, windows=(1,), holdoff=3, hidden=0, verifier={"n_mels": 4, "gate": 4.0})
+    gated.fire_logit = 1.5
+    assert gated.rearm_logit == 1.5 - 4.0 - TRIGGER_REARM_MARGIN
+
+
 def test_chunk_summary_is_slot_mean_then_slot_max():
     e = torch.randn(3, 10, 5)
     out = chunk_summary(e)
