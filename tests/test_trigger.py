@@ -121,8 +121,8 @@ def test_the_same_sound_is_warned_again_only_after_a_quiet_spell_heard_after_the
 
 
 def test_another_sound_is_answered_without_the_quiet_spell():
-    """A different sound the namer is sure of re-arms on the first rule alone (the next event of a
-    multi-event stream must not wait for a quiet spell after the hold-off)."""
+    """A different sound is answered as soon as the first rule re-arms the trigger; only the sound it
+    last warned about waits for the quiet spell (the next event of a multi-event stream must not)."""
     trig = _named_trigger()
     a, b, quiet = (6.0, 5.0), (6.0, -5.0), (-6.0, 0.0)
     assert _replies(trig, [a] + [quiet] * 4 + [b] * 3) == [(0, "A!"), (5, "B!")]
