@@ -59,7 +59,8 @@ def _trigger_verify(a) -> int:
     print(json.dumps(verify_into_checkpoint(a.checkpoint, a.out, a.bench_manifest, a.noise_manifest,
                                             a.ambient_manifest, a.ambient_minutes, a.gate, chunks=a.chunks,
                                             depth=a.depth, C=a.C, confirm=a.confirm, seed=a.seed,
-                                            windows_from=a.windows_from)))
+                                            windows_from=a.windows_from, ambient_folds=a.ambient_folds,
+                                            features_cache=a.features_cache)))
     return 0
 
 
@@ -419,6 +420,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--windows-from", choices=("clips", "streams"), default="clips",
                    help="the sound windows it learns from: each clip's own, zero-padded in front (default), or "
                         "the bench-style streams the trigger is fitted on (lead-in and the clip before included)")
+    t.add_argument("--ambient-folds", type=int, choices=(1, 2), default=1,
+                   help="1: the floor is what the regression's own ambient negatives reach; 2: each source's "
+                        "files in two halves, the floor what a regression fitted without a half reaches on it")
+    t.add_argument("--features-cache", default=None, metavar="FILE",
+                   help="keep the encoded windows (~0.4 GB) here: the next fit with the same inputs takes seconds")
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(fn=_trigger_verify)
 

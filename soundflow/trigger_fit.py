@@ -484,6 +484,25 @@ def _write_features(path: str, key: dict, examples, folds) -> None:
     tmp.replace(path)  # atomic: a killed fit never leaves half a cache
 
 
+def _read_verifier_features(path: str | None, key: dict) -> "VerifierFeatures | None":
+    from pathlib import Path
+
+    if not path or not Path(path).is_file():
+        return None
+    blob = torch.load(path, weights_only=False)
+    return blob["features"] if blob.get("key") == key else None
+
+
+def _write_verifier_features(path: str, key: dict, features: "VerifierFeatures") -> None:
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"key": key, "features": features}, tmp)
+    tmp.replace(path)  # atomic, as `_write_features`
+
+
 def _fit_and_write(src, out, examples, folds, windows, hidden, seed, say, inputs: dict) -> dict:
     """The fit proper on encoded streams: floors from the folds, the trigger (and its namer and
     class floors, when the streams name their sounds), written into a copy of `src` at `out`."""
@@ -634,22 +653,27 @@ def confirmed_floor(logits: Sequence[np.ndarray], confirm: int) -> float:
     return best
 
 
-def fit_verifier(model, items, ambient_waves: Sequence[np.ndarray], chunks: int = VERIFY_CHUNKS,
-                 gate: float = VERIFY_GATE, C: float = VERIFY_C, depth: int = VERIFY_DEPTH, seed: int = 0,
-                 confirm: int = VERIFY_CONFIRM, streams: Sequence | None = None, say=None) -> tuple[Verifier, dict]:
-    """The trigger's second look (`trigger.Verifier`): a class-balanced logistic regression on
-    the window summaries of train-split clips (`items`: BenchItems; RESPOND 1, IGNORE 0) and of
-    training-side recorded ambience (0, a window ending at every chunk). Its floor is the highest
-    logit any of that ambience reaches: no training ambience passes the second look. (With windows
-    side by side, 6x fewer, the floor came out lower and 2 of the held-out ambient hour passed.)
-    With `confirm` > 1 the floor is the highest level that ambience holds for `confirm` chunks in a
-    row (`confirmed_floor`), as served. `depth`: pool the outputs of the encoder's first `depth`
-    layers (`verify_layers`). `streams`: bench-style streams of the clips (`bench_style_streams`)
-    to take the sound windows from instead (`stream_windows`): they hold what comes before a
-    sound, as served."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
+@dataclass
+class VerifierFeatures:
+    """What a verifier fit reads, encoded once (`verifier_features`; a features cache keeps it):
+    the sound windows' summaries `X` with labels `y`, and per ambient wave the summaries of a
+    window ending at every chunk, with the fold (a set of recordings) each wave came from."""
 
+    X: torch.Tensor
+    y: np.ndarray
+    ambient: list[torch.Tensor]
+    folds: list[int]
+    windows_from: str
+    layers: tuple[int, ...] | None
+    chunks: int
+
+
+def verifier_features(model, items, ambient_waves: Sequence[np.ndarray], chunks: int = VERIFY_CHUNKS,
+                      depth: int = VERIFY_DEPTH, streams: Sequence | None = None,
+                      folds: Sequence[int] | None = None) -> VerifierFeatures:
+    """Encode what `fit_verifier` learns from: train-split clips (`items`: BenchItems; RESPOND 1,
+    IGNORE 0), or the bench-style `streams` of them (`stream_windows`), and `ambient_waves`
+    (0, a window ending at every chunk, as the engine asks). `folds`: each wave's fold (all 0 by default)."""
     from .bench.proactive import ClipLoader
 
     cs = chunk_samples(model.cfg.chunk_ms)
@@ -666,36 +690,86 @@ def fit_verifier(model, items, ambient_waves: Sequence[np.ndarray], chunks: int 
         wins, lab = stream_windows(st, cs, chunks)
         X.append(window_summaries(model, wins, layers))
         y += lab.tolist()
-    n_clip, lengths = len(y), []
-    for wave in ambient_waves:  # a window ending at every chunk, as the engine asks: its floor is then the served one
-        f = window_summaries(model, verify_windows(wave, cs, chunks, hop_chunks=1), layers)
-        X.append(f)
-        y += [0] * len(f)
-        lengths.append(len(f))
-    if not n_clip or not any(y):
+    if not y or not any(y):
         raise ValueError("the verifier needs train-split clips with RESPOND sounds (a bench manifest of them)")
-    X, y = torch.cat(X).numpy(), np.array(y)
+    folds = [0] * len(ambient_waves) if folds is None else [int(f) for f in folds]
+    if len(folds) != len(ambient_waves):
+        raise ValueError(f"{len(folds)} folds for {len(ambient_waves)} ambient waves")
+    amb = [window_summaries(model, verify_windows(w, cs, chunks, hop_chunks=1), layers) for w in ambient_waves]
+    return VerifierFeatures(torch.cat(X), np.array(y), amb, folds, "clips" if streams is None else "streams",
+                            layers, chunks)
+
+
+def _fit_logistic(X: np.ndarray, y: np.ndarray, C: float, seed: int):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=5000, class_weight="balanced",
+                                                              random_state=seed)).fit(X, y)
+
+
+def fit_verifier(model, items, ambient_waves: Sequence[np.ndarray], chunks: int = VERIFY_CHUNKS,
+                 gate: float = VERIFY_GATE, C: float = VERIFY_C, depth: int = VERIFY_DEPTH, seed: int = 0,
+                 confirm: int = VERIFY_CONFIRM, streams: Sequence | None = None, say=None,
+                 folds: Sequence[int] | None = None, features: VerifierFeatures | None = None) -> tuple[Verifier, dict]:
+    """The trigger's second look (`trigger.Verifier`): a class-balanced logistic regression on
+    the window summaries of `verifier_features` (train-split clips or their bench-style `streams`;
+    training-side recorded ambience as negatives). `depth`: pool the outputs of the encoder's
+    first `depth` layers (`verify_layers`). `features`: already encoded (then `items`,
+    `ambient_waves`, `streams`, `folds`, `chunks` and `depth` are not read).
+
+    Its floor is the highest level ambience holds for `confirm` decisions in a row
+    (`confirmed_floor`), as served. With one fold that ambience is the regression's own negatives
+    (the floor "in-sample"). With ambience in two or more folds (different recordings each) the
+    floor is cross-fitted, as the trigger's is (`ambient_floor`): for each fold a regression
+    fitted without it reads it, and the floor is the highest held-out level — what ambience the
+    verifier never heard reaches, which a regression's own negatives understate (`s2deep` passed
+    2 windows of the held-out ambient hour at its in-sample floor, BENCHMARKS.md). The verifier
+    itself is then fitted on all of it."""
+    f = features if features is not None else verifier_features(model, items, ambient_waves, chunks, depth, streams, folds)
+    n_clip = len(f.y)
+    A = torch.cat(f.ambient).numpy() if f.ambient else np.zeros((0, f.X.shape[1]), np.float32)
+    X, y = np.concatenate([f.X.numpy(), A]), np.concatenate([f.y, np.zeros(len(A), np.int64)])
+    lengths = [len(a) for a in f.ambient]
     if say:
-        say(f"verifier: {n_clip} clip windows ({int(y.sum())} RESPOND), {len(y) - n_clip} ambient windows")
-    sc = StandardScaler().fit(X)
-    lr = LogisticRegression(C=C, max_iter=5000, class_weight="balanced", random_state=seed).fit(sc.transform(X), y)
-    v = Verifier(2 * model.encoder.d_out, model.n_mels, chunks, gate, layers=layers, confirm=confirm)
+        say(f"verifier: {n_clip} sound windows ({int(f.y.sum())} RESPOND), {len(A)} ambient windows "
+            f"in {len(set(f.folds))} fold(s)")
+    pipe = _fit_logistic(X, y, C, seed)
+    sc, lr = pipe[0], pipe[-1]
+    v = Verifier(2 * model.encoder.d_out, model.n_mels, f.chunks, gate, layers=f.layers, confirm=confirm)
     with torch.no_grad():
         v.mean.copy_(torch.from_numpy(sc.mean_).float())
         v.scale.copy_(torch.from_numpy(sc.scale_).float())
         v.weight.copy_(torch.from_numpy(lr.coef_[0]).float())
         v.bias.fill_(float(lr.intercept_[0]))
         lg = v.logit(torch.from_numpy(X)).numpy()
+    ks = sorted({1, 2, 3, confirm})
     waves = np.split(lg[n_clip:], np.cumsum(lengths)[:-1]) if lengths else []
-    floors = {k: confirmed_floor(waves, k) for k in sorted({1, 2, 3, confirm})}  # the trade-off, for the record
-    v.floor = floors[confirm] if np.isfinite(floors[confirm]) else 0.0
+    floors = {k: confirmed_floor(waves, k) for k in ks}  # the trade-off, for the record
+    held_floors = None
+    if len(set(f.folds)) > 1:
+        held = []
+        for fold in sorted(set(f.folds)):
+            keep = [a for a, g in zip(f.ambient, f.folds) if g != fold]
+            Xf = np.concatenate([f.X.numpy(), *[a.numpy() for a in keep]])
+            yf = np.concatenate([f.y, np.zeros(sum(map(len, keep)), np.int64)])
+            p = _fit_logistic(Xf, yf, C, seed)
+            held += [p.decision_function(a.numpy()) for a, g in zip(f.ambient, f.folds) if g == fold]
+            if say:
+                say(f"  fold {fold} held out: highest level {max(float(h.max()) for h in held):.2f}")
+        held_floors = {k: confirmed_floor(held, k) for k in ks}
+    chosen = held_floors if held_floors is not None else floors
+    v.floor = chosen[confirm] if np.isfinite(chosen[confirm]) else 0.0
     clip = lg[:n_clip] >= v.floor
-    stats = {"clip_windows": n_clip, "windows_from": "clips" if streams is None else "streams",
-             "ambient_windows": len(y) - n_clip, "C": C, "gate": gate, "chunks": chunks,
-             "layers": None if layers is None else list(layers), "confirm": confirm,
-             "floors_by_confirm": {str(k): f for k, f in floors.items()},
-             "floor": v.floor, "train_respond_windows_passing": float(clip[y[:n_clip] == 1].mean()),
-             "train_ignore_windows_passing": float(clip[y[:n_clip] == 0].mean())}
+    stats = {"clip_windows": n_clip, "windows_from": f.windows_from,
+             "ambient_windows": len(A), "ambient_folds": len(set(f.folds)), "C": C, "gate": gate, "chunks": f.chunks,
+             "layers": None if f.layers is None else list(f.layers), "confirm": confirm,
+             "floor_from": "held-out folds" if held_floors is not None else "in-sample",
+             "floors_by_confirm": {str(k): v_ for k, v_ in chosen.items()},
+             "in_sample_floors_by_confirm": {str(k): v_ for k, v_ in floors.items()},
+             "floor": v.floor, "train_respond_windows_passing": float(clip[f.y == 1].mean()),
+             "train_ignore_windows_passing": float(clip[f.y == 0].mean())}
     return v, stats
 
 
@@ -703,14 +777,18 @@ def verify_into_checkpoint(checkpoint, out, bench_manifest: str, noise_manifest:
                            ambient_manifests: Sequence[str] = (), ambient_minutes: float = AMBIENT_MINUTES,
                            gate: float | None = None, chunks: int | None = None, depth: int | None = None,
                            C: float | None = None, confirm: int | None = None, seed: int = 0,
-                           windows_from: str = "clips", progress: bool = True) -> dict:
+                           windows_from: str = "clips", ambient_folds: int = 1, features_cache: str | None = None,
+                           progress: bool = True) -> dict:
     """Fit the verifier of `checkpoint`'s trigger (`fit_verifier`) on the train-split clips of
     `bench_manifest` and `ambient_minutes` of training-side ambience from the noise library's
     training side and from each of `ambient_manifests`, and write the checkpoint with it to
     `out`. The trigger and its calibration are kept: the verifier only decides near the level
     the calibrated trigger fires at. `gate`, `chunks`, `depth`, `C`, `confirm`: default `trigger.VERIFY_*`.
     `windows_from`: "clips" (each clip's own windows, zero-padded in front) or "streams" (windows
-    of the bench-style streams the trigger is fitted on, `bench_style_streams`)."""
+    of the bench-style streams the trigger is fitted on, `bench_style_streams`). `ambient_folds`:
+    1 (the floor in-sample) or 2 (each source's files in two halves, the floor cross-fitted;
+    `ambient_minutes` of each source in all). `features_cache`: a file keeping the encoded windows
+    (~0.4 GB for the default inputs) for the next fit with the same inputs, which then takes seconds."""
     import sys
     from pathlib import Path
 
@@ -723,24 +801,43 @@ def verify_into_checkpoint(checkpoint, out, bench_manifest: str, noise_manifest:
         if progress:
             print(f"[trigger] {msg}", file=sys.stderr, flush=True)
 
-    waves = []
-    if noise_manifest and ambient_minutes > 0:  # its dev side is `bench ambient`'s
-        waves.append(ambient_stream(noise_manifest, ambient_minutes, seed=seed + 1, split="train")[0])
-    for j, path in enumerate(ambient_manifests):
-        if ambient_minutes > 0:
-            waves.append(ambient_stream(path, ambient_minutes, seed=seed + 2 + j, split=None)[0])
     if windows_from not in ("clips", "streams"):
         raise ValueError(f"windows_from is 'clips' or 'streams', got {windows_from!r}")
-    items = load_manifest(bench_manifest)
-    streams = bench_style_streams(items, noise_manifest, seed) if windows_from == "streams" else None
+    if ambient_folds not in (1, 2):
+        raise ValueError(f"ambient_folds is 1 (in-sample floor) or 2 (cross-fitted), got {ambient_folds}")
+    chunks = VERIFY_CHUNKS if chunks is None else int(chunks)
+    depth = VERIFY_DEPTH if depth is None else int(depth)
+    key = {"checkpoint": _fingerprint(src), "bench_manifest": str(bench_manifest), "noise_manifest": noise_manifest,
+           "ambient_manifests": [str(m) for m in ambient_manifests], "ambient_minutes": ambient_minutes,
+           "chunks": chunks, "depth": depth, "windows_from": windows_from, "ambient_folds": ambient_folds, "seed": seed,
+           "files": [_fingerprint(p) for p in [bench_manifest, noise_manifest, *ambient_manifests] if p]}
+    features = _read_verifier_features(features_cache, key)
+    if features is not None:
+        say(f"encoded windows from {features_cache}")
+    else:
+        waves, folds = [], []
+        sides = [("train", None)] if ambient_folds == 1 else [("train-a", "dev"), ("train-b", "train")]
+        minutes = ambient_minutes / len(sides)
+        for k, (noise_side, extra_half) in enumerate(sides):
+            if noise_manifest and ambient_minutes > 0:  # its dev side is `bench ambient`'s
+                waves.append(ambient_stream(noise_manifest, minutes, seed=seed + 1 + 10 * k, split=noise_side)[0])
+                folds.append(k)
+            for j, path in enumerate(ambient_manifests):  # all training-side; folded by halves of its files
+                if ambient_minutes > 0:
+                    waves.append(ambient_stream(path, minutes, seed=seed + 2 + j + 10 * k, split=extra_half)[0])
+                    folds.append(k)
+        items = load_manifest(bench_manifest)
+        streams = bench_style_streams(items, noise_manifest, seed) if windows_from == "streams" else None
+        features = verifier_features(model, items, waves, chunks, depth, streams, folds)
+        if features_cache:
+            _write_verifier_features(features_cache, key, features)
     gate = VERIFY_GATE if gate is None else float(gate)
-    v, stats = fit_verifier(model, items, waves, gate=gate, seed=seed, say=say, streams=streams,
-                            chunks=VERIFY_CHUNKS if chunks is None else int(chunks),
-                            depth=VERIFY_DEPTH if depth is None else int(depth), C=VERIFY_C if C is None else float(C),
+    v, stats = fit_verifier(model, None, (), gate=gate, seed=seed, say=say, features=features,
+                            C=VERIFY_C if C is None else float(C),
                             confirm=VERIFY_CONFIRM if confirm is None else int(confirm))
     stats.update(bench_manifest=str(bench_manifest), noise_manifest=noise_manifest,
                  ambient_manifests=[str(m) for m in ambient_manifests], ambient_minutes=ambient_minutes)
-    say(f"verifier fitted: floor {v.floor:.2f}, gate {gate:g}")
+    say(f"verifier fitted: floor {v.floor:.2f} ({stats['floor_from']}), gate {gate:g}")
     trig = model.trigger
     trig.verifier = v
 

@@ -248,3 +248,68 @@ def test_a_streams_first_seconds_are_padded_with_silence_as_the_fit_pads_short_c
     st.score(trig, m.summarize)
     want = float(trig.verifier.logit(window_summaries(m, verify_windows(wave, 6400, 5), (1, 2)))[0])
     assert st.verified == pytest.approx(want, abs=1e-4)
+
+
+def test_a_floor_from_ambient_folds_is_what_a_fit_without_each_fold_reads_on_it(tmp_path):
+    """Two folds of different ambience: each is read by a regression fitted without it, and the
+    floor is the highest level those held-out logits hold for `confirm` windows in a row; the
+    verifier itself is fitted on all of it, and its own (in-sample) floors are kept for the record."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from soundflow.bench.common import load_manifest
+    from soundflow.model import build_model
+    from soundflow.trigger_fit import verifier_features
+
+    m = build_model("tiny").eval()
+    rng = np.random.default_rng(3)
+    amb = [(a * rng.standard_normal(16000 * 8)).astype(np.float32) for a in (0.02, 0.3, 0.05, 0.2)]
+    items = load_manifest(_bench_manifest(tmp_path, 12))
+    feats = verifier_features(m, items, amb, chunks=3, depth=0, folds=[0, 1, 0, 1])
+    v, stats = fit_verifier(m, None, (), confirm=2, features=feats)
+    assert stats["floor_from"] == "held-out folds" and stats["ambient_folds"] == 2 and stats["ambient_windows"] == 4 * 18
+    held = []
+    for fold in (0, 1):
+        X = np.concatenate([feats.X.numpy(), *[a.numpy() for a, g in zip(feats.ambient, feats.folds) if g != fold]])
+        y = np.r_[feats.y, np.zeros(len(X) - len(feats.y), np.int64)]
+        sc = StandardScaler().fit(X)
+        lr = LogisticRegression(C=stats["C"], max_iter=5000, class_weight="balanced", random_state=0).fit(sc.transform(X), y)
+        held += [lr.decision_function(sc.transform(a.numpy())) for a, g in zip(feats.ambient, feats.folds) if g == fold]
+    assert v.floor == pytest.approx(confirmed_floor(held, 2), abs=1e-3)
+    assert stats["floors_by_confirm"]["2"] == pytest.approx(v.floor)
+    own = torch.cat([v.logit(a) for a in feats.ambient]).detach().numpy()
+    assert stats["in_sample_floors_by_confirm"]["1"] == pytest.approx(float(own.max()), abs=1e-4)
+    one, one_stats = fit_verifier(m, items, amb, chunks=3, depth=0, confirm=2)  # one fold: the floor is its own
+    assert one_stats["floor_from"] == "in-sample" and one.floor == pytest.approx(one_stats["in_sample_floors_by_confirm"]["2"])
+
+
+def test_verify_with_two_folds_splits_each_source_by_file_and_caches_what_it_encoded(tmp_path, monkeypatch):
+    """`trigger verify --ambient-folds 2 --features-cache F`: the noise library's training side
+    and each extra manifest in two halves of their files; the second fit with the same inputs
+    encodes nothing and writes the same verifier; other inputs encode again."""
+    from test_trigger import _noise_library
+
+    from soundflow import trigger_fit
+    from soundflow.model import build_model
+
+    m = build_model("tiny")
+    m.add_trigger(windows=(1, 3))
+    save_checkpoint(m, {"special"}, tmp_path / "ck")
+    _noise_library(tmp_path)
+    man, cache = str(_bench_manifest(tmp_path, 12)), str(tmp_path / "feats.pt")
+    kw = dict(noise_manifest=str(tmp_path / "noise.jsonl"), ambient_manifests=[str(tmp_path / "noise.jsonl")],
+              ambient_minutes=0.2, depth=0, chunks=3, ambient_folds=2, features_cache=cache, progress=False)
+    first = verify_into_checkpoint(tmp_path / "ck", tmp_path / "a", man, **kw)
+    assert first["floor_from"] == "held-out folds" and first["ambient_folds"] == 2
+    assert first["ambient_windows"] == 4 * (int(0.1 * 60 / 0.4) - 2)  # 2 sources x 2 folds of 0.1 min
+    encode = trigger_fit.verifier_features
+    monkeypatch.setattr(trigger_fit, "verifier_features", lambda *a, **k: pytest.fail("encoded again"))
+    assert verify_into_checkpoint(tmp_path / "ck", tmp_path / "b", man, **kw) == first
+    wa, wb = (load_checkpoint(tmp_path / d).trigger.verifier.weight for d in "ab")
+    assert torch.equal(wa, wb)
+    calls = []
+    monkeypatch.setattr(trigger_fit, "verifier_features", lambda *a, **k: calls.append(1) or encode(*a, **k))
+    single = verify_into_checkpoint(tmp_path / "ck", tmp_path / "c", man, **{**kw, "ambient_folds": 1})
+    assert calls and single["floor_from"] == "in-sample"
+    with pytest.raises(ValueError, match="ambient_folds"):
+        verify_into_checkpoint(tmp_path / "ck", tmp_path / "d", man, **{**kw, "ambient_folds": 3})
