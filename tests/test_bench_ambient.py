@@ -75,3 +75,53 @@ def test_noise_library_split_is_disjoint_per_kind_and_the_bench_plays_the_held_o
     assert {s.source for s in segs} <= sides["dev"]
     _, segs = ambient_stream(m, minutes=1, seed=0, split="train")
     assert {s.source for s in segs} <= sides["train"]
+
+
+def test_the_trigger_alone_replies_where_the_served_model_does_when_the_lm_is_silent(tmp_path, monkeypatch):
+    """`bench ambient --trigger-only` replays the sound trigger (second look included) as the FIFO
+    engine serves it: with the LM's P(response) held at 0, the engine replies at the same chunks,
+    and the bench reports those replies (no latency: nothing is decoded)."""
+    import torch
+
+    from soundflow.bench.ambient import trigger_replies
+    from soundflow.bench.common import EngineRunner
+    from soundflow.model import build_model
+    from soundflow.trigger import Verifier
+    from soundflow.trigger_fit import verify_windows, window_summaries
+
+    torch.manual_seed(0)
+    m = build_model("tiny").eval()
+    trig = m.add_trigger(windows=(1, 3))
+    trig.verifier = Verifier(trig.d_summary, m.n_mels, chunks=3, gate=3.0)
+    with torch.no_grad():
+        for p in [trig.hidden.weight, trig.out.weight]:  # a first look that swings with the sound
+            p.normal_(0.0, 1.0)
+        trig.verifier.weight.normal_(0.0, 0.2)  # on summaries standardised over this wave: about half pass
+    rng = np.random.default_rng(1)
+    wave = np.concatenate([(a * rng.standard_normal(16000 * 2)).astype(np.float32) for a in (0.01, 0.4, 0.02, 0.3, 0.01) * 3])
+    v, trig.verifier = trig.verifier, None
+    su = window_summaries(m, verify_windows(wave, 6400, 3, hop_chunks=1))
+    with torch.no_grad():
+        v.mean.copy_(su.mean(0))
+        v.scale.copy_(su.std(0) + 1e-3)
+    probe = trigger_replies(m, wave, threshold=1.01)  # never replies: the first look's P at every chunk
+    thr = float(np.quantile([d.p_response for d in probe], 0.7))
+    trig.fire_logit, trig.verifier = float(np.log(thr / (1 - thr))), v
+    monkeypatch.setattr(m, "control_probs", lambda h: torch.zeros(h.shape[:-1]))
+    seen = {}
+    for floor in (-np.inf, 0.0, np.inf):  # the second look passes everything near the level, some, nothing
+        v.floor = floor
+        alone = [d.chunk for d in trigger_replies(m, wave, threshold=thr) if d.decision == "<response>"]
+        served = [r.chunk for r in EngineRunner(m, threshold=thr, max_reply_tokens=2)(wave, 400) if r.decision == "response"]
+        assert served == alone, floor
+        seen[floor] = alone
+    assert len(seen[-np.inf]) >= 2 and seen[np.inf] == []  # the second look decides them
+    v.floor = -np.inf
+    path = tmp_path / "amb.wav"
+    sf.write(path, wave, 16000)
+    (tmp_path / "noise.jsonl").write_text(json.dumps({"id": "amb", "audio": "amb.wav", "kind": "ambient"}) + "\n")
+    monkeypatch.setattr("soundflow.bench.ambient.make_runner",
+                        lambda model, threshold=None, chunk_ms=400: EngineRunner(m, threshold=thr))
+    r = bench_ambient(tmp_path / "noise.jsonl", "tiny", minutes=0.5, split=None, trigger_only=True)
+    assert r["runner"].endswith("(its sound trigger alone)") and r["latency_ms"] is None
+    assert r["false_replies"] > 0 and all(x["p_response"] >= round(thr, 3) - 1e-3 for x in r["replies"])
