@@ -415,9 +415,9 @@ def fit_into_checkpoint(checkpoint, out, data: Sequence[str] = (), bench_manifes
               "ambient_manifests": [str(m) for m in ambient_manifests], "ambient_minutes": ambient_minutes}
     key = {**inputs, "encoder": model.cfg.encoder, "chunk_ms": model.cfg.chunk_ms, "max_chunks": max_chunks,
            "seed": seed, "files": [_fingerprint(p) for p in [*data, bench_manifest, noise_manifest, *ambient_manifests] if p]}
-    cached = _read_features(features_cache, key)
+    cached = _read_cache(features_cache, key)
     if cached is not None:
-        examples, folds = cached
+        examples, folds = cached["examples"], cached["folds"]
         say(f"{len(examples)} streams and {sum(map(len, folds))} ambient ones from {features_cache}")
         return _fit_and_write(src, out, examples, folds, windows, hidden, seed, say, inputs)
 
@@ -449,7 +449,7 @@ def fit_into_checkpoint(checkpoint, out, data: Sequence[str] = (), bench_manifes
         say(f"+ {ambient_minutes * (1 + len(ambient_manifests)):g} min of recorded training-side ambience in 2 folds "
             f"(and {ambient_minutes * AMBIENT_AUGMENTED:g} min through effects, {ambient_minutes * AMBIENT_SYNTHETIC:g} synthesised)")
     if features_cache:
-        _write_features(features_cache, key, examples, folds)
+        _write_cache(features_cache, key, examples=list(examples), folds=[list(f) for f in folds])
     return _fit_and_write(src, out, examples, folds, windows, hidden, seed, say, inputs)
 
 
@@ -462,45 +462,24 @@ def _fingerprint(path) -> list:
     return [str(p), [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]]
 
 
-def _read_features(path: str | None, key: dict):
-    """(examples, folds) from a features cache made with the same inputs, else None."""
+def _read_cache(path: str | None, key: dict) -> dict | None:
+    """What a features cache made with the same inputs (`key`) holds, else None."""
     from pathlib import Path
 
     if not path or not Path(path).is_file():
         return None
     blob = torch.load(path, weights_only=False)
-    if blob.get("key") != key:
-        return None
-    return blob["examples"], blob["folds"]
+    return blob if blob.get("key") == key else None
 
 
-def _write_features(path: str, key: dict, examples, folds) -> None:
+def _write_cache(path: str, key: dict, **payload) -> None:
     from pathlib import Path
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"key": key, "examples": list(examples), "folds": [list(f) for f in folds]}, tmp)
+    torch.save({"key": key, **payload}, tmp)
     tmp.replace(path)  # atomic: a killed fit never leaves half a cache
-
-
-def _read_verifier_features(path: str | None, key: dict) -> "VerifierFeatures | None":
-    from pathlib import Path
-
-    if not path or not Path(path).is_file():
-        return None
-    blob = torch.load(path, weights_only=False)
-    return blob["features"] if blob.get("key") == key else None
-
-
-def _write_verifier_features(path: str, key: dict, features: "VerifierFeatures") -> None:
-    from pathlib import Path
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"key": key, "features": features}, tmp)
-    tmp.replace(path)  # atomic, as `_write_features`
 
 
 def _fit_and_write(src, out, examples, folds, windows, hidden, seed, say, inputs: dict) -> dict:
@@ -811,7 +790,8 @@ def verify_into_checkpoint(checkpoint, out, bench_manifest: str, noise_manifest:
            "ambient_manifests": [str(m) for m in ambient_manifests], "ambient_minutes": ambient_minutes,
            "chunks": chunks, "depth": depth, "windows_from": windows_from, "ambient_folds": ambient_folds, "seed": seed,
            "files": [_fingerprint(p) for p in [bench_manifest, noise_manifest, *ambient_manifests] if p]}
-    features = _read_verifier_features(features_cache, key)
+    cached = _read_cache(features_cache, key)
+    features = None if cached is None else cached["features"]
     if features is not None:
         say(f"encoded windows from {features_cache}")
     else:
@@ -830,7 +810,7 @@ def verify_into_checkpoint(checkpoint, out, bench_manifest: str, noise_manifest:
         streams = bench_style_streams(items, noise_manifest, seed) if windows_from == "streams" else None
         features = verifier_features(model, items, waves, chunks, depth, streams, folds)
         if features_cache:
-            _write_verifier_features(features_cache, key, features)
+            _write_cache(features_cache, key, features=features)
     gate = VERIFY_GATE if gate is None else float(gate)
     v, stats = fit_verifier(model, None, (), gate=gate, seed=seed, say=say, features=features,
                             C=VERIFY_C if C is None else float(C),
