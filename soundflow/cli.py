@@ -64,6 +64,15 @@ def _trigger_verify(a) -> int:
     return 0
 
 
+def _trigger_confirm(a) -> int:
+    import json
+
+    from .trigger_fit import confirm_into_checkpoint
+
+    print(json.dumps(confirm_into_checkpoint(a.checkpoint, a.out, a.bench_manifest, a.short_confirm, a.short_s)))
+    return 0
+
+
 def _train(a) -> int:
     from .train import load_recipe, train
 
@@ -106,7 +115,7 @@ def _bench_runner(a):
         from .bench.baselines import make_baseline
 
         return make_baseline(a.baseline, catalog=a.catalog, seed=a.seed)
-    return make_runner(a.model, threshold=a.threshold)
+    return make_runner(a.model, threshold=a.threshold, trigger_only=getattr(a, "trigger_only", False))
 
 
 def _data_build(a) -> int:
@@ -307,6 +316,8 @@ def _analyze(a) -> int:
     return 0
 
 
+TRIGGER_ONLY_HELP = ("replay the model's sound trigger alone, as served, with the LM silent: its replies in minutes "
+                     "instead of half an hour, for comparing trigger fits (no latency; the LM's own replies left out)")
 LAYOUT_CHOICES = ("auto", "jsonl", "librispeech", "covost2", "mmau")
 LAYOUT_HELP = ("how MANIFEST is laid out: a JSONL task manifest, a LibriSpeech folder, a CoVoST 2 TSV, an MMAU JSON "
                "(default: detected from the path)")
@@ -428,6 +439,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the encoded windows (~0.4 GB) here: the next fit with the same inputs takes seconds")
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(fn=_trigger_verify)
+    t = tsub.add_parser("confirm", help="ask the second look fewer decisions in a row for the namer's short sounds "
+                                        "(their train-split clips' median sound under --short-s), at the floors its "
+                                        "fit recorded; writes CHECKPOINT to --out, no tensor changes")
+    t.add_argument("checkpoint")
+    t.add_argument("--out", required=True, help="the new checkpoint folder")
+    t.add_argument("--bench-manifest", required=True,
+                   help="bench manifest of train-split clips (scripts/bench_dev_manifest.py OUT --split train)")
+    t.add_argument("--short-confirm", type=int, required=True,
+                   help="decisions in a row asked of short sounds (the fit must have a floor for that many)")
+    t.add_argument("--short-s", type=float, default=None,
+                   help="a class is short when its clips' median sound lasts under this (default trigger.SHORT_SOUND_S)")
+    t.set_defaults(fn=_trigger_confirm)
 
     s = sub.add_parser("tfjp", help="time-frequency joint preprocessing (Alg. 1) of a file or folder")
     s.add_argument("inp", metavar="IN")
@@ -517,6 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="P(<response>) decision threshold (default: the checkpoint's calibrated one, else 0.5)")
     s.add_argument("--semantic", action="store_true",
                    help="score replies against the manifest's standard answers (MiniLM cosine > 0.5)")
+    s.add_argument("--trigger-only", action="store_true", help=TRIGGER_ONLY_HELP)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", default=None, help="write a Markdown report with plots here")
     s.add_argument("--json", action="store_true")
@@ -558,6 +582,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threshold", type=float, default=None, help="default: the checkpoint's calibrated threshold, else 0.5")
     s.add_argument("--max-segments", type=int, default=5)
     s.add_argument("--window", type=int, default=2, help="chunks after an event in which a reply still counts")
+    s.add_argument("--trigger-only", action="store_true", help=TRIGGER_ONLY_HELP)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", default=None)
     s.add_argument("--json", action="store_true")
@@ -571,9 +596,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split", choices=("dev", "train", "all"), default="dev",
                    help="side of the noise library's split to play: dev (held out from training, default), train, all")
     s.add_argument("--threshold", type=float, default=None, help="default: the checkpoint's calibrated threshold, else 0.5")
-    s.add_argument("--trigger-only", action="store_true",
-                   help="replay the model's sound trigger alone, as served, with the LM silent: its replies in "
-                        "minutes instead of half an hour (no latency)")
+    s.add_argument("--trigger-only", action="store_true", help=TRIGGER_ONLY_HELP)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", default=None)
     s.add_argument("--json", action="store_true")

@@ -106,6 +106,13 @@ VERIFY_GATE = 4.0
 VERIFY_DEPTH = 4
 VERIFY_C = 0.001
 VERIFY_CONFIRM = 2
+# A sound that lasts under SHORT_SOUND_S (a knock, breaking glass: the median, over a class's training
+# clips, of the time each stays within SOUND_DB of its loudest 100 ms) keeps the trigger near firing for
+# a decision or two, so a second look that must agree three times in a row misses it (held-out door
+# knocks 7 -> 4 of 7 going from two to three); `trigger confirm --short-confirm` asks such classes fewer
+# (BENCHMARKS.md, 2026-12-03 seventeenth session).
+SHORT_SOUND_S = 2.0
+SOUND_DB = 20.0
 
 
 def chunk_summary(enc: torch.Tensor) -> torch.Tensor:
@@ -152,16 +159,20 @@ class Verifier(nn.Module):
     verifiers' form). Its tensors are fitted (`trigger_fit.fit_verifier`); `floor` is the logit it
     must reach, `gate` how far below its firing level the trigger's logit must come for it to be
     asked, and `confirm` how many decisions in a row it must reach the floor before the trigger
-    fires (a sound persists; a passing resemblance in ambience mostly does not).
+    fires (a sound persists; a passing resemblance in ambience mostly does not). A short sound
+    cannot persist: `class_confirm` / `class_floor` may ask fewer decisions (at the floor fitted
+    for that many) of the classes its trigger's namer names whose sounds are short.
     `d_summary`: one encoding's summary width (2 d_enc)."""
 
     def __init__(self, d_summary: int, n_mels: int, chunks: int = VERIFY_CHUNKS, gate: float = VERIFY_GATE,
-                 floor: float = 0.0, layers: Sequence[int] | None = None, confirm: int = 1):
+                 floor: float = 0.0, layers: Sequence[int] | None = None, confirm: int = 1,
+                 class_confirm: Sequence[int] | None = None, class_floor: Sequence[float] | None = None):
         # confirm 1 is also what a checkpoint without the key means (verifiers before 2026-12-03)
         super().__init__()
         self.n_mels, self.chunks, self.confirm = int(n_mels), int(chunks), int(confirm)
         if self.confirm < 1:
             raise ValueError(f"verifier confirm must be >= 1 decision, got {confirm!r}")
+        self.set_class_confirm(class_confirm, class_floor)
         self.gate, self.floor = float(gate), float(floor)
         self.layers = None if layers is None else tuple(int(x) for x in layers)
         if self.layers is not None and (not self.layers or min(self.layers) < 1):
@@ -173,10 +184,28 @@ class Verifier(nn.Module):
         self.bias = nn.Parameter(torch.zeros(()))
         self.requires_grad_(False)
 
+    def set_class_confirm(self, confirm: Sequence[int] | None, floor: Sequence[float] | None) -> None:
+        """Per namer class, the decisions in a row it must agree and the floor it must reach for
+        that many (None: `confirm` and `floor` for every class; `trigger_fit.short_sound_confirm`)."""
+        if (confirm is None) != (floor is None) or confirm is not None and len(confirm) != len(floor):
+            raise ValueError("class_confirm and class_floor go together, one value per namer class")
+        if confirm is not None and min(confirm, default=1) < 1:
+            raise ValueError(f"verifier confirm must be >= 1 decision, got {list(confirm)!r}")
+        self.class_confirm = None if confirm is None else [int(c) for c in confirm]
+        self.class_floor = None if floor is None else [float(f) for f in floor]
+
+    def rule_of(self, k: int | None) -> tuple[int, float]:
+        """(decisions in a row, floor) for a sound its trigger's namer calls class `k` (None: unnamed)."""
+        if self.class_confirm is None or k is None:
+            return self.confirm, self.floor
+        return self.class_confirm[k], self.class_floor[k]
+
     def config(self) -> dict:
         cfg = {"chunks": self.chunks, "gate": self.gate, "floor": self.floor, "n_mels": self.n_mels}
         if self.confirm != 1:
             cfg["confirm"] = self.confirm
+        if self.class_confirm is not None:
+            cfg.update(class_confirm=list(self.class_confirm), class_floor=list(self.class_floor))
         return cfg if self.layers is None else {**cfg, "layers": list(self.layers)}
 
     def logit(self, summary: torch.Tensor) -> torch.Tensor:
@@ -247,6 +276,8 @@ class Trigger(nn.Module):
             raise ValueError(f"{len(classes)} classes but {len(replies)} replies")
         self.classes, self.replies = tuple(classes), tuple(replies)
         self.class_floors, self.class_offsets = None, None  # a new namer's classes: its floors are to be set again
+        if getattr(self, "verifier", None) is not None:
+            self.verifier.set_class_confirm(None, None)  # ... and its second look's per-class rule
         self.namer = nn.Linear(self.mean.numel(), len(self.classes)) if self.classes else None
         if self.namer is not None:
             nn.init.zeros_(self.namer.weight)
@@ -393,9 +424,10 @@ class TriggerState:
             mels = torch.stack(list(self.mels))
             mels = mels.reshape(1, len(self.mels), v.n_mels, -1)
             self.verified = float(v.logit(v.summary(summarize, mels))[0])
-            self.agreed = agreed + 1 if self.verified >= v.floor else 0
+            confirm, floor = v.rule_of(None if self.heard_name is None else self.heard_name[0])
+            self.agreed = agreed + 1 if self.verified >= floor else 0
             # it decides the trigger's part: fire once it has agreed `confirm` times in a row, else stay under
-            lg = max(lg, trigger.fire_logit + 1e-4) if self.agreed >= v.confirm else min(lg, trigger.fire_logit - 1e-4)
+            lg = max(lg, trigger.fire_logit + 1e-4) if self.agreed >= confirm else min(lg, trigger.fire_logit - 1e-4)
         return float(torch.sigmoid(torch.tensor(lg)))
 
     def replied(self) -> None:

@@ -11,6 +11,7 @@ checkpoint, whose other tensors are copied unchanged.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -18,8 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .audio import chunk_samples
+from .audio import SAMPLE_RATE, chunk_samples
 from .trigger import (
+    SHORT_SOUND_S,
+    SOUND_DB,
     TRIGGER_CLASS_FLOOR_P,
     TRIGGER_DECAY,
     TRIGGER_DROPOUT,
@@ -353,7 +356,6 @@ def ambient_floor(examples: Sequence[TriggerExample], folds: Sequence[Sequence[T
 def _write_with_trigger(src, out, trig: Trigger, meta_update) -> None:
     """Copy checkpoint folder `src` to `out` (atomically) with `trig`'s tensors as its `trigger.*`;
     the other trained tensors are copied, not re-saved; `meta_update(meta)` edits model.json."""
-    import json
     import shutil
 
     from safetensors.torch import load_file, save_file
@@ -750,6 +752,70 @@ def fit_verifier(model, items, ambient_waves: Sequence[np.ndarray], chunks: int 
              "floor": v.floor, "train_respond_windows_passing": float(clip[f.y == 1].mean()),
              "train_ignore_windows_passing": float(clip[f.y == 0].mean())}
     return v, stats
+
+
+def sound_seconds(wave: np.ndarray, frame_s: float = 0.1, db: float = SOUND_DB) -> float:
+    """How long a clip's sound lasts: the time its 100-ms frames stay within `db` of its loudest
+    (a door knock 1.0 s, a siren 4.0 s over the training clips)."""
+    n = max(1, int(round(frame_s * SAMPLE_RATE)))
+    x = np.asarray(wave, dtype=np.float64)[: len(wave) // n * n].reshape(-1, n) if len(wave) >= n else \
+        np.asarray(wave, dtype=np.float64).reshape(1, -1)
+    level = 10 * np.log10(np.mean(x**2, axis=1) + 1e-20)
+    return float(np.sum(level >= level.max() - db)) * x.shape[1] / SAMPLE_RATE
+
+
+def short_sound_confirm(items, classes: Sequence[str], floors_by_confirm: dict, confirm: int,
+                        short_confirm: int, short_s: float = SHORT_SOUND_S) -> tuple[list[int], list[float], dict]:
+    """Per namer class, (decisions in a row, floor) for the second look (`Verifier.set_class_confirm`):
+    `short_confirm` at its fitted floor for the classes whose train-split RESPOND clips in `items`
+    last under `short_s` at the median (`sound_seconds`), `confirm` at its floor for the rest and for
+    classes without clips. `floors_by_confirm`: a verifier fit's (`verify_fit` in the checkpoint)."""
+    from .bench.proactive import ClipLoader
+
+    floors = {int(k): float(v) for k, v in floors_by_confirm.items()}
+    for n in (confirm, short_confirm):
+        if n not in floors:
+            raise ValueError(f"the verifier's fit has no floor for {n} decisions in a row (it has "
+                             f"{sorted(floors)}): refit it with `soundflow trigger verify --confirm {n}`")
+    load, seconds = ClipLoader(), {}
+    for it in items:
+        if it.decision == "RESPOND" and it.sound_class in classes and (w := load(it)) is not None:
+            seconds.setdefault(it.sound_class, []).append(sound_seconds(w))
+    median = {c: float(np.median(v)) for c, v in sorted(seconds.items())}
+    short = [c for c in classes if median.get(c, np.inf) < short_s]
+    rule = [short_confirm if c in short else confirm for c in classes]
+    stats = {"confirm": confirm, "short_confirm": short_confirm, "short_s": short_s, "short_classes": short,
+             "sound_seconds_median": {c: round(v, 2) for c, v in median.items()}}
+    return rule, [floors[n] for n in rule], stats
+
+
+def confirm_into_checkpoint(checkpoint, out, bench_manifest: str, short_confirm: int,
+                            short_s: float | None = None) -> dict:
+    """Write `checkpoint` to `out` with its second look asking `short_confirm` decisions in a row of
+    the namer's short-sound classes (`short_sound_confirm`), at the floors its fit recorded: no tensor
+    changes, no refit."""
+    from pathlib import Path
+
+    from .bench.common import load_manifest
+
+    src, model = _with_trigger(checkpoint)
+    trig = model.trigger
+    fit = json.loads((Path(src) / "model.json").read_text())["trigger"].get("verify_fit") or {}
+    if trig.verifier is None or "floors_by_confirm" not in fit:
+        raise ValueError(f"{checkpoint}: its trigger has no fitted second look (`soundflow trigger verify`)")
+    if not trig.classes:
+        raise ValueError(f"{checkpoint}: its trigger has no namer (`soundflow trigger name`): no classes to ask fewer of")
+    rule, floor, stats = short_sound_confirm(load_manifest(bench_manifest), trig.classes, fit["floors_by_confirm"],
+                                             trig.verifier.confirm, int(short_confirm),
+                                             SHORT_SOUND_S if short_s is None else float(short_s))
+    trig.verifier.set_class_confirm(rule, floor)
+    stats["bench_manifest"] = str(bench_manifest)
+
+    def meta_update(meta):  # the tensors and the calibration stand; only the second look's rule per class
+        meta["trigger"] = {**meta["trigger"], "verifier": trig.verifier.config(), "confirm_fit": stats}
+
+    _write_with_trigger(src, Path(out), trig, meta_update)
+    return stats
 
 
 def verify_into_checkpoint(checkpoint, out, bench_manifest: str, noise_manifest: str | None = None,

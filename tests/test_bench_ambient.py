@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 import soundfile as sf
 
 from soundflow.bench.ambient import ambient_stream, bench_ambient
@@ -83,8 +84,7 @@ def test_the_trigger_alone_replies_where_the_served_model_does_when_the_lm_is_si
     and the bench reports those replies (no latency: nothing is decoded)."""
     import torch
 
-    from soundflow.bench.ambient import trigger_replies
-    from soundflow.bench.common import EngineRunner
+    from soundflow.bench.common import EngineRunner, make_runner, trigger_replies
     from soundflow.model import build_model
     from soundflow.trigger import Verifier
     from soundflow.trigger_fit import verify_windows, window_summaries
@@ -121,7 +121,40 @@ def test_the_trigger_alone_replies_where_the_served_model_does_when_the_lm_is_si
     sf.write(path, wave, 16000)
     (tmp_path / "noise.jsonl").write_text(json.dumps({"id": "amb", "audio": "amb.wav", "kind": "ambient"}) + "\n")
     monkeypatch.setattr("soundflow.bench.ambient.make_runner",
-                        lambda model, threshold=None, chunk_ms=400: EngineRunner(m, threshold=thr))
+                        lambda model, threshold=None, chunk_ms=400, trigger_only=False:
+                        make_runner(m, threshold=thr, trigger_only=trigger_only))
     r = bench_ambient(tmp_path / "noise.jsonl", "tiny", minutes=0.5, split=None, trigger_only=True)
     assert r["runner"].endswith("(its sound trigger alone)") and r["latency_ms"] is None
     assert r["false_replies"] > 0 and all(x["p_response"] >= round(thr, 3) - 1e-3 for x in r["replies"])
+
+
+def test_the_proactive_bench_with_the_trigger_alone_decides_as_the_served_model_with_a_silent_lm(tmp_path, monkeypatch):
+    """`bench proactive --trigger-only` (and `bench stability`): the same per-clip decisions as the
+    whole model when the LM never calls for a reply; a baseline or a model without a trigger is refused."""
+    import torch
+    from test_trigger import _bench_manifest
+
+    from soundflow.bench.common import EngineRunner, make_runner
+    from soundflow.bench.proactive import bench_proactive
+    from soundflow.model import build_model
+
+    torch.manual_seed(0)
+    m = build_model("tiny").eval()
+    with pytest.raises(ValueError, match="sound trigger"):
+        make_runner(m, trigger_only=True)
+    with pytest.raises(ValueError, match="not a baseline"):
+        make_runner(lambda wave, chunk_ms: [], trigger_only=True)
+    trig = m.add_trigger(windows=(1, 3))
+    with torch.no_grad():
+        trig.hidden.weight.normal_(0.0, 1.0)
+        trig.out.weight.normal_(0.0, 1.0)
+    monkeypatch.setattr(m, "control_probs", lambda h: torch.zeros(h.shape[:-1]))
+    manifest = _bench_manifest(tmp_path, 8)
+    alone = make_runner(m, threshold=0.5, trigger_only=True)
+    p = [d.p_response for d in alone(np.random.default_rng(0).standard_normal(16000 * 4).astype(np.float32) * 0.3)]
+    thr = float(np.quantile(p, 0.5))
+    runs = [bench_proactive(str(manifest), r, tier="single", progress=False)
+            for r in (make_runner(m, threshold=thr, trigger_only=True), EngineRunner(m, threshold=thr, max_reply_tokens=2))]
+    decisions = [[(e["id"], e["decision"], e["chunk"]) for e in r["events"]] for r in runs]
+    assert decisions[0] == decisions[1]
+    assert {d for _, d, _ in decisions[0]} == {"RESPOND", "IGNORE"}  # it replied to some clips, not to all

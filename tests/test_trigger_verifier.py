@@ -313,3 +313,93 @@ def test_verify_with_two_folds_splits_each_source_by_file_and_caches_what_it_enc
     assert calls and single["floor_from"] == "in-sample"
     with pytest.raises(ValueError, match="ambient_folds"):
         verify_into_checkpoint(tmp_path / "ck", tmp_path / "d", man, **{**kw, "ambient_folds": 3})
+
+
+def _named(m, trig, k: int):
+    """A two-class namer that always names class `k`, sure of it."""
+    trig.set_classes(["knock", "siren"], ["Someone knocked.", "A siren."])
+    with torch.no_grad():
+        trig.namer.bias.copy_(torch.tensor([5.0, 0.0] if k == 0 else [0.0, 5.0]))
+
+
+@pytest.mark.parametrize("k, fired", [(0, [True, True, True]), (1, [False, False, True])])
+def test_a_short_sounds_class_is_asked_fewer_decisions_in_a_row(k, fired):
+    """Class 0 (a knock: short) fires at the first agreeing look, class 1 (a siren) after three,
+    each measured against its own floor."""
+    m, trig = _tiny_with_verifier(-2.0, 0.5)  # within the gate; the verifier's logit 0.5 everywhere
+    trig.fire_logit, trig.verifier.confirm = 0.0, 3
+    _named(m, trig, k)
+    trig.verifier.set_class_confirm([1, 3], [0.0, 0.0])
+    st = TriggerState.of(trig)
+    heard, got = _heard(m, 1.6), []
+    for j in range(3):
+        st.push(heard[j: j + 1])
+        got.append(st.score(trig, m.summarize) >= 0.5)
+    assert got == fired
+    trig.verifier.set_class_confirm([1, 3], [1.0, 0.0])  # the knock's floor over the verifier's logit: vetoed
+    st = TriggerState.of(trig)
+    st.push(heard[:1])
+    assert st.score(trig, m.summarize) < 0.5  # the knock vetoed under its floor; the siren not yet confirmed
+    assert trig.verifier.rule_of(None) == (3, trig.verifier.floor)  # an unnamed sound: the verifier's own rule
+
+
+def test_the_per_class_rule_round_trips_and_a_new_namer_drops_it(tmp_path):
+    m, trig = _tiny_with_verifier(-2.0, 0.5)
+    _named(m, trig, 0)
+    trig.verifier.set_class_confirm([2, 3], [0.25, -0.5])
+    save_checkpoint(m, {"special"}, tmp_path / "ck")
+    meta = json.loads((tmp_path / "ck" / "model.json").read_text())
+    assert meta["trigger"]["verifier"]["class_confirm"] == [2, 3]
+    back = load_checkpoint(tmp_path / "ck").trigger.verifier
+    assert back.rule_of(0) == (2, 0.25) and back.rule_of(1) == (3, -0.5)
+    trig.set_classes(["a", "b", "c"], ["A", "B", "C"])  # other classes: the per-class rule no longer applies
+    assert trig.verifier.class_confirm is None and "class_confirm" not in trig.verifier.config()
+    with pytest.raises(ValueError, match="together"):
+        trig.verifier.set_class_confirm([1, 2], None)
+    with pytest.raises(ValueError, match=">= 1"):
+        trig.verifier.set_class_confirm([0, 2], [0.0, 0.0])
+
+
+def test_sound_seconds_is_how_long_a_clip_stays_near_its_loudest():
+    from soundflow.trigger_fit import sound_seconds
+
+    rng = np.random.default_rng(0)
+    wave = 0.001 * rng.standard_normal(3 * 16000).astype(np.float32)
+    wave[16000:24000] += 0.5 * np.sin(2 * np.pi * 800 * np.arange(8000) / 16000).astype(np.float32)
+    assert sound_seconds(wave) == pytest.approx(0.5, abs=0.11)
+    assert sound_seconds(0.5 * np.ones(16000 * 2, np.float32)) == pytest.approx(2.0)
+
+
+def test_confirm_into_checkpoint_asks_short_classes_fewer_at_their_fitted_floors(tmp_path):
+    import soundfile as sf
+
+    from soundflow.trigger_fit import confirm_into_checkpoint
+
+    m, trig = _tiny_with_verifier(-2.0, 0.5)
+    trig.verifier.confirm = 3
+    _named(m, trig, 0)
+    save_checkpoint(m, {"special"}, tmp_path / "ck")
+    meta = json.loads((tmp_path / "ck" / "model.json").read_text())
+    meta["calibration"] = {"threshold": 0.3}
+    (tmp_path / "ck" / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="no fitted second look"):
+        confirm_into_checkpoint(tmp_path / "ck", tmp_path / "out", "unused.jsonl", 2)
+    meta["trigger"]["verify_fit"] = {"floors_by_confirm": {"1": 1.5, "2": 1.0, "3": 0.5}}
+    (tmp_path / "ck" / "model.json").write_text(json.dumps(meta))
+    t = np.arange(16000 * 5) / 16000
+    rows = []
+    for i, (cls, s) in enumerate([("knock", 0.6), ("knock", 1.0), ("siren", 4.0), ("siren", 4.5)]):
+        w = np.zeros(len(t), np.float32)
+        w[: int(s * 16000)] = 0.5 * np.sin(2 * np.pi * 700 * t[: int(s * 16000)])
+        sf.write(tmp_path / f"c{i}.wav", w, 16000)
+        rows.append({"id": f"{cls}-{i}", "path": f"c{i}.wav", "decision": "RESPOND", "class": cls})
+    (tmp_path / "labels.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    stats = confirm_into_checkpoint(tmp_path / "ck", tmp_path / "out", str(tmp_path / "labels.jsonl"), 2)
+    assert stats["short_classes"] == ["knock"] and stats["sound_seconds_median"]["siren"] == pytest.approx(4.25, abs=0.1)
+    back = load_checkpoint(tmp_path / "out")
+    assert back.trigger.verifier.rule_of(0) == (2, 1.0) and back.trigger.verifier.rule_of(1) == (3, 0.5)
+    meta = json.loads((tmp_path / "out" / "model.json").read_text())
+    assert meta["calibration"] == {"threshold": 0.3} and meta["trigger"]["confirm_fit"]["short_confirm"] == 2
+    assert torch.equal(back.trigger.verifier.weight, load_checkpoint(tmp_path / "ck").trigger.verifier.weight)
+    with pytest.raises(ValueError, match="no floor for 4"):
+        confirm_into_checkpoint(tmp_path / "ck", tmp_path / "out2", str(tmp_path / "labels.jsonl"), 4)

@@ -11,7 +11,7 @@ over the whole stream (flat latency over an hour is part of the claim).
     soundflow bench ambient NOISE_MANIFEST [--model mini|DIR] [--minutes 60] [--ignore-manifest M]
         [--split dev|train|all] [--threshold T] [--seed 0] [--trigger-only] [--out DIR] [--json]
 
-`--trigger-only` replays the model's sound trigger alone (`trigger_replies`), exactly as a stream
+`--trigger-only` replays the model's sound trigger alone (`common.trigger_replies`), exactly as a stream
 serves it but with the LM's own decisions left out: the same trigger replies as the whole run, an
 hour in about 3 minutes on one core instead of 15-30, for comparing trigger fits. No latency.
 
@@ -94,63 +94,14 @@ def _under(segs: list[Segment], t: float) -> list[str]:
     return [s.source for s in segs if s.start_s <= t < s.end_s]
 
 
-@dataclass
-class TriggerDecision:
-    """One chunk of `trigger_replies`, in the fields of a runner's result that `bench_ambient` reads."""
-
-    chunk: int
-    p_response: float
-    decision: str
-    text: str = ""
-    latency_ms: float | None = None
-
-
-def trigger_replies(model, wave: np.ndarray, threshold: float, chunk_ms: int = 400,
-                    batch: int = 128) -> list[TriggerDecision]:
-    """The sound trigger of `model` alone over `wave`: its state fed chunk by chunk as
-    `decoding.feed_audio` feeds it (second look included), a reply wherever P_trigger reaches
-    `threshold` (`decoding.decide`), then `TriggerState.replied` — the served trigger with the LM
-    silent throughout. Its replies are the trigger's replies of a whole run whenever the LM does
-    not speak in between (an LM reply also empties the trigger's evidence)."""
-    import torch
-
-    from ..data import split_chunks
-    from ..trigger import TriggerState
-
-    trig = getattr(model, "trigger", None)
-    if trig is None:
-        raise ValueError("--trigger-only needs a model with a sound trigger (`soundflow trigger fit`)")
-    chunks = torch.from_numpy(split_chunks(wave, chunk_ms))
-    st, out = TriggerState.of(trig), []
-    with torch.inference_mode():
-        for i in range(0, len(chunks), batch):
-            heard = model.encode_heard(model.features(chunks[i: i + batch].to(model.device)))[1]
-            for j in range(len(heard)):
-                st.push(heard[j: j + 1])
-                p = st.score(trig, model.summarize)
-                st.last = (0.0, p)  # the LM's part: silent
-                reply = p >= threshold
-                named = st.heard_name
-                text = trig.replies[named[0]] if reply and named is not None and trig.replies else ""
-                out.append(TriggerDecision(i + j, p, "<response>" if reply else "<silent>", text))
-                if reply:
-                    st.replied()
-    return out
-
-
 def bench_ambient(noise_manifest: str | Path, model="mini", *, minutes: float = 60.0, threshold: float | None = None,
                   ignore_manifest: str | Path | None = None, seed: int = 0, chunk_ms: int = 400, split: str | None = "dev",
                   trigger_only: bool = False, out: str | Path | None = None, json: bool = False, name: str = "") -> dict:
-    runner = make_runner(model, threshold=threshold, chunk_ms=chunk_ms)
+    runner = make_runner(model, threshold=threshold, chunk_ms=chunk_ms, trigger_only=trigger_only)
     ignore = [it for it in load_manifest(ignore_manifest) if it.decision == "IGNORE"] if ignore_manifest else []
     wave, segs = ambient_stream(noise_manifest, minutes, seed=seed, ignore_items=ignore, split=split)
     t0 = time.perf_counter()
-    if trigger_only:
-        if not hasattr(runner, "model"):
-            raise ValueError("--trigger-only needs a model (a name or checkpoint folder), not a baseline")
-        results = trigger_replies(runner.model, wave, runner.threshold, chunk_ms)
-    else:
-        results = runner(wave, chunk_ms)
+    results = runner(wave, chunk_ms)
     wall = time.perf_counter() - t0
     hours = len(wave) / SAMPLE_RATE / 3600
     replies = []
@@ -164,7 +115,7 @@ def bench_ambient(noise_manifest: str | Path, model="mini", *, minutes: float = 
     result = {
         "benchmark": "ambient",
         "name": name,
-        "runner": runner_name(runner) + (" (its sound trigger alone)" if trigger_only else ""),
+        "runner": runner_name(runner),
         "noise_manifest": str(noise_manifest),
         "ignore_manifest": str(ignore_manifest) if ignore_manifest else None,
         "config": {"minutes": minutes, "seed": seed, "chunk_ms": chunk_ms, "segment_s": SEGMENT_S, "split": split or "all",

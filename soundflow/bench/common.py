@@ -309,20 +309,85 @@ def accepts_instruction(runner) -> bool:
     return "instruction" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
+@dataclass
+class TriggerDecision:
+    """One chunk of `trigger_replies`, in the fields of a runner's `ChunkResult` the benches read."""
+
+    chunk: int
+    p_response: float
+    decision: str
+    text: str = ""
+    latency_ms: float | None = None
+
+
+def trigger_replies(model, wave: np.ndarray, threshold: float, chunk_ms: int = 400,
+                    batch: int = 128) -> list[TriggerDecision]:
+    """The sound trigger of `model` alone over `wave`: its state fed chunk by chunk as
+    `decoding.feed_audio` feeds it (second look included), a reply wherever P_trigger reaches
+    `threshold` (`decoding.decide`), then `TriggerState.replied` — the served trigger with the LM
+    silent throughout. Its replies are the trigger's replies of a whole run whenever the LM does
+    not speak in between (an LM reply also empties the trigger's evidence)."""
+    import torch
+
+    from ..data import split_chunks
+    from ..trigger import TriggerState
+
+    trig = getattr(model, "trigger", None)
+    if trig is None:
+        raise ValueError("--trigger-only needs a model with a sound trigger (`soundflow trigger fit`)")
+    chunks = torch.from_numpy(split_chunks(wave, chunk_ms))
+    st, out = TriggerState.of(trig), []
+    with torch.inference_mode():
+        for i in range(0, len(chunks), batch):
+            heard = model.encode_heard(model.features(chunks[i: i + batch].to(model.device)))[1]
+            for j in range(len(heard)):
+                st.push(heard[j: j + 1])
+                p = st.score(trig, model.summarize)
+                st.last = (0.0, p)  # the LM's part: silent
+                reply = p >= threshold
+                named = st.heard_name
+                text = trig.replies[named[0]] if reply and named is not None and trig.replies else ""
+                out.append(TriggerDecision(i + j, p, "<response>" if reply else "<silent>", text))
+                if reply:
+                    st.replied()
+    return out
+
+
+class TriggerOnlyRunner:
+    """A model's sound trigger alone as a `Runner` (`trigger_replies`): for comparing trigger fits
+    on a bench in minutes. Its replies are the whole model's wherever the LM's own decision never
+    calls for one (on the shipped `mini`, every reply of the proactive bench and of the ambient hour:
+    BENCHMARKS.md); no latency is measured."""
+
+    def __init__(self, model, threshold: float, name: str = ""):
+        if getattr(model, "trigger", None) is None:
+            raise ValueError("--trigger-only needs a model with a sound trigger (`soundflow trigger fit`)")
+        self.model, self.threshold, self.name = model, float(threshold), name
+
+    def __call__(self, wave: np.ndarray, chunk_ms: int = 400) -> list[TriggerDecision]:
+        return trigger_replies(self.model, wave, self.threshold, chunk_ms)
+
+
 def make_runner(model, threshold: float | None = None, chunk_ms: int = 400, *, instruction: str | None = None,
-                max_reply_tokens: int = 48, mode: str = "fifo") -> Runner:
+                max_reply_tokens: int = 48, mode: str = "fifo", trigger_only: bool = False) -> Runner:
     """The one runner factory: a backend name, a checkpoint folder or an `AudioLM` becomes an
-    `EngineRunner` (one fresh engine session per call, deterministic, fails loudly); a callable
-    runner (a baseline, a test stub) is returned as is. Baselines: `baselines.make_baseline`."""
+    `EngineRunner` (one fresh engine session per call, deterministic, fails loudly), or with
+    `trigger_only` a `TriggerOnlyRunner` of it; a callable runner (a baseline, a test stub) is
+    returned as is. Baselines: `baselines.make_baseline`."""
     if isinstance(model, (str, Path)) or hasattr(model, "tokenizer") and hasattr(model, "encode"):
-        return EngineRunner(model, threshold=threshold, instruction=instruction, chunk_ms=chunk_ms,
-                            max_reply_tokens=max_reply_tokens, mode=mode)
+        runner = EngineRunner(model, threshold=threshold, instruction=instruction, chunk_ms=chunk_ms,
+                              max_reply_tokens=max_reply_tokens, mode=mode)
+        return TriggerOnlyRunner(runner.model, runner.threshold, runner.name) if trigger_only else runner
+    if trigger_only:
+        raise ValueError("--trigger-only needs a model (a name or checkpoint folder), not a baseline")
     if callable(model):
         return model
     raise TypeError(f"expected a model name, checkpoint folder, AudioLM or runner, not {type(model).__name__}")
 
 
 def runner_name(runner) -> str:
+    if isinstance(runner, TriggerOnlyRunner):
+        return f"{runner.model.cfg.backend if hasattr(runner.model, 'cfg') else type(runner.model).__name__} (its sound trigger alone)"
     if isinstance(runner, EngineRunner):
         return f"{runner.model.cfg.backend if hasattr(runner.model, 'cfg') else type(runner.model).__name__} (engine)"
     return getattr(runner, "__name__", type(runner).__name__)
