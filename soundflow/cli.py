@@ -318,6 +318,14 @@ def _analyze(a) -> int:
 
 TRIGGER_ONLY_HELP = ("replay the model's sound trigger alone, as served, with the LM silent: its replies in minutes "
                      "instead of half an hour, for comparing trigger fits (no latency; the LM's own replies left out)")
+def _checkpoint_in_out(t) -> None:
+    """A trigger subcommand's CHECKPOINT, --out and the train-split clips it reads."""
+    t.add_argument("checkpoint")
+    t.add_argument("--out", required=True, help="the new checkpoint folder")
+    t.add_argument("--bench-manifest", required=True,
+                   help="bench manifest of train-split clips (scripts/bench_dev_manifest.py OUT --split train)")
+
+
 LAYOUT_CHOICES = ("auto", "jsonl", "librispeech", "covost2", "mmau")
 LAYOUT_HELP = ("how MANIFEST is laid out: a JSONL task manifest, a LibriSpeech folder, a CoVoST 2 TSV, an MMAU JSON "
                "(default: detected from the path)")
@@ -409,10 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = tsub.add_parser("verify", help="fit the trigger's second look (a regression on the last --chunks encoded as one "
                                        "window, asked when the trigger comes near firing); writes CHECKPOINT + verifier "
                                        "to --out, trigger and calibration kept")
-    t.add_argument("checkpoint")
-    t.add_argument("--out", required=True, help="the new checkpoint folder")
-    t.add_argument("--bench-manifest", required=True,
-                   help="bench manifest of train-split clips (scripts/bench_dev_manifest.py OUT --split train)")
+    _checkpoint_in_out(t)
     t.add_argument("--noise-manifest", default=None, help="noise library: its training side's ambience as negatives")
     t.add_argument("--ambient-manifest", nargs="*", default=[], metavar="MANIFEST",
                    help="more recorded ambience, all of it training-side (`soundflow data ambience` writes one)")
@@ -442,10 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = tsub.add_parser("confirm", help="ask the second look fewer decisions in a row for the namer's short sounds "
                                         "(their train-split clips' median sound under --short-s), at the floors its "
                                         "fit recorded; writes CHECKPOINT to --out, no tensor changes")
-    t.add_argument("checkpoint")
-    t.add_argument("--out", required=True, help="the new checkpoint folder")
-    t.add_argument("--bench-manifest", required=True,
-                   help="bench manifest of train-split clips (scripts/bench_dev_manifest.py OUT --split train)")
+    _checkpoint_in_out(t)
     t.add_argument("--short-confirm", type=int, required=True,
                    help="decisions in a row asked of short sounds (the fit must have a floor for that many)")
     t.add_argument("--short-s", type=float, default=None,
