@@ -318,6 +318,8 @@ def _analyze(a) -> int:
 
 TRIGGER_ONLY_HELP = ("replay the model's sound trigger alone, as served, with the LM silent: its replies in minutes "
                      "instead of half an hour, for comparing trigger fits (no latency; the LM's own replies left out)")
+
+
 def _checkpoint_in_out(t) -> None:
     """A trigger subcommand's CHECKPOINT, --out and the train-split clips it reads."""
     t.add_argument("checkpoint")

@@ -262,6 +262,9 @@ class Trigger(nn.Module):
             raise ValueError(f"{len(self.class_floors)} class floors for {len(self.classes)} classes")
         # the second look, when fitted (`Verifier`; its config as `config()["verifier"]`)
         self.verifier = Verifier(d_summary, **verifier) if verifier else None
+        if self.verifier is not None and self.verifier.class_confirm is not None \
+                and len(self.verifier.class_confirm) != len(self.classes):
+            raise ValueError(f"{len(self.verifier.class_confirm)} verifier class rules for {len(self.classes)} classes")
         self.requires_grad_(False)
         self.offset = 0.0
         self.class_offsets: torch.Tensor | None = None  # (classes,), from the calibration

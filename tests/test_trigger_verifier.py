@@ -354,6 +354,10 @@ def test_the_per_class_rule_round_trips_and_a_new_namer_drops_it(tmp_path):
     assert back.rule_of(0) == (2, 0.25) and back.rule_of(1) == (3, -0.5)
     trig.set_classes(["a", "b", "c"], ["A", "B", "C"])  # other classes: the per-class rule no longer applies
     assert trig.verifier.class_confirm is None and "class_confirm" not in trig.verifier.config()
+    cfg = {**trig.config(), "verifier": {**trig.verifier.config(), "class_confirm": [2], "class_floor": [0.0]}}
+    cfg.pop("d_summary")
+    with pytest.raises(ValueError, match="1 verifier class rules for 3 classes"):
+        type(trig)(trig.d_summary, **cfg)
     with pytest.raises(ValueError, match="together"):
         trig.verifier.set_class_confirm([1, 2], None)
     with pytest.raises(ValueError, match=">= 1"):
