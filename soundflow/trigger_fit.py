@@ -772,6 +772,8 @@ def short_sound_confirm(items, classes: Sequence[str], floors_by_confirm: dict, 
     classes without clips. `floors_by_confirm`: a verifier fit's (`verify_fit` in the checkpoint)."""
     from .bench.proactive import ClipLoader
 
+    if not 1 <= short_confirm <= confirm:
+        raise ValueError(f"short sounds are asked 1 to {confirm} decisions (the verifier's own), not {short_confirm}")
     floors = {int(k): float(v) for k, v in floors_by_confirm.items()}
     for n in (confirm, short_confirm):
         if n not in floors:

@@ -405,5 +405,9 @@ def test_confirm_into_checkpoint_asks_short_classes_fewer_at_their_fitted_floors
     meta = json.loads((tmp_path / "out" / "model.json").read_text())
     assert meta["calibration"] == {"threshold": 0.3} and meta["trigger"]["confirm_fit"]["short_confirm"] == 2
     assert torch.equal(back.trigger.verifier.weight, load_checkpoint(tmp_path / "ck").trigger.verifier.weight)
-    with pytest.raises(ValueError, match="no floor for 4"):
+    with pytest.raises(ValueError, match="1 to 3 decisions"):  # more looks than its own: not a short-sound rule
         confirm_into_checkpoint(tmp_path / "ck", tmp_path / "out2", str(tmp_path / "labels.jsonl"), 4)
+    meta["trigger"]["verify_fit"] = {"floors_by_confirm": {"2": 1.0, "3": 0.5}}
+    (tmp_path / "ck" / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="no floor for 1"):
+        confirm_into_checkpoint(tmp_path / "ck", tmp_path / "out2", str(tmp_path / "labels.jsonl"), 1)
