@@ -264,6 +264,15 @@ def open_source(source: str, chunk_ms: int = CHUNK_MS) -> Iterator[np.ndarray]:
     return iter_chunks(load_audio(source), chunk_ms)
 
 
+def frame_levels_db(x: np.ndarray, frame: int) -> np.ndarray:
+    """(frames,) the mean-square level (dB) of consecutive `frame`-sample frames of `x`: the last
+    partial frame dropped, a wave shorter than one frame zero-padded to one."""
+    x = np.asarray(x).reshape(-1)
+    m = max(1, len(x) // frame)
+    fr = np.pad(x, (0, max(0, m * frame - len(x))))[: m * frame].reshape(m, frame)
+    return 10 * np.log10(np.mean(np.square(fr, dtype=np.float64), axis=1) + 1e-12)
+
+
 @lru_cache(maxsize=4)
 def mel_filters(n_mels: int) -> torch.Tensor:
     """Slaney mel filterbank as Whisper uses (201 FFT bins → n_mels)."""

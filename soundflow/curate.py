@@ -31,7 +31,7 @@ from typing import Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from soundflow.audio import SAMPLE_RATE, AudioError
+from soundflow.audio import SAMPLE_RATE, AudioError, frame_levels_db
 from soundflow.catalog import Catalog, CatalogRow, mentions
 from soundflow.compose import ROLES, Event, crop
 from soundflow.curator_client import LLMClient
@@ -150,10 +150,7 @@ def measure(x: np.ndarray, sr: int = SAMPLE_RATE) -> dict:
     out = {"duration_s": round(n / sr, 3)}
     if n == 0:
         return {**out, "clip_ratio": 0.0, "rms_db": -120.0, "silence_ratio": 1.0, "dynamic_db": 0.0, "edge_db": -120.0}
-    hop = max(1, int(0.02 * sr))
-    m = max(1, n // hop)
-    fr = np.pad(x, (0, max(0, m * hop - n)))[: m * hop].reshape(m, hop)
-    e = 10 * np.log10(np.mean(np.square(fr, dtype=np.float64), axis=1) + 1e-12)
+    e = frame_levels_db(x, max(1, int(0.02 * sr)))
     rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
     p90, p10 = np.percentile(e, 90), np.percentile(e, 10)
     rms_db = 20 * np.log10(rms + 1e-12)

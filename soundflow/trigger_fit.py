@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .audio import SAMPLE_RATE, chunk_samples
+from .audio import SAMPLE_RATE, chunk_samples, frame_levels_db
 from .trigger import (
     SHORT_SOUND_S,
     SOUND_DB,
@@ -758,10 +758,8 @@ def sound_seconds(wave: np.ndarray, frame_s: float = 0.1, db: float = SOUND_DB) 
     """How long a clip's sound lasts: the time its 100-ms frames stay within `db` of its loudest
     (a door knock 1.0 s, a siren 4.0 s over the training clips)."""
     n = max(1, int(round(frame_s * SAMPLE_RATE)))
-    x = np.asarray(wave, dtype=np.float64)[: len(wave) // n * n].reshape(-1, n) if len(wave) >= n else \
-        np.asarray(wave, dtype=np.float64).reshape(1, -1)
-    level = 10 * np.log10(np.mean(x**2, axis=1) + 1e-20)
-    return float(np.sum(level >= level.max() - db)) * x.shape[1] / SAMPLE_RATE
+    level = frame_levels_db(wave, n)
+    return min(int(np.sum(level >= level.max() - db)) * n, len(wave)) / SAMPLE_RATE
 
 
 def short_sound_confirm(items, classes: Sequence[str], floors_by_confirm: dict, confirm: int,

@@ -198,6 +198,24 @@ class SystemFailed(RuntimeError):
     report figures for another system."""
 
 
+def served_model(model, threshold: float | None = None, quant: str | None = "auto"):
+    """(model, name, threshold) as `listen` serves it: a name or checkpoint folder loaded at its
+    precision (a model object as given), and its calibrated threshold unless one is given."""
+    spec = str(model) if isinstance(model, (str, Path)) else None
+    if spec is not None:
+        from ..loading import load_model
+        from ..optimize import apply_precision
+
+        model = apply_precision(load_model(spec), quant)
+    model = model.eval()
+    name = spec or (model.cfg.backend if hasattr(model, "cfg") else type(model).__name__)
+    if threshold is None:  # a calibrated checkpoint carries its own (see calibrate.py)
+        from ..calibrate import default_threshold
+
+        threshold = default_threshold(model)
+    return model, name, float(threshold)
+
+
 class EngineRunner:
     """A model as a `Runner`: each call is one fresh session of the streaming engine.
 
@@ -212,19 +230,7 @@ class EngineRunner:
 
     def __init__(self, model, threshold: float | None = None, instruction: str | None = None, chunk_ms: int = 400,
                  max_reply_tokens: int = 48, mode: str = "fifo", quant: str | None = "auto"):
-        spec = str(model) if isinstance(model, (str, Path)) else None
-        if spec is not None:  # a model named here runs as `listen` runs it (a model object: as given)
-            from ..loading import load_model
-            from ..optimize import apply_precision
-
-            model = apply_precision(load_model(spec), quant)  # as listen serves it
-        self.model = model.eval()
-        self.name = spec or (self.model.cfg.backend if hasattr(self.model, "cfg") else type(self.model).__name__)
-        if threshold is None:  # a calibrated checkpoint carries its own (see calibrate.py)
-            from ..calibrate import default_threshold
-
-            threshold = default_threshold(self.model)
-        self.threshold = float(threshold)
+        self.model, self.name, self.threshold = served_model(model, threshold, quant)
         self.instruction = instruction
         self.chunk_ms = int(chunk_ms)
         self.max_reply_tokens = int(max_reply_tokens)
@@ -375,9 +381,11 @@ def make_runner(model, threshold: float | None = None, chunk_ms: int = 400, *, i
     `trigger_only` a `TriggerOnlyRunner` of it; a callable runner (a baseline, a test stub) is
     returned as is. Baselines: `baselines.make_baseline`."""
     if isinstance(model, (str, Path)) or hasattr(model, "tokenizer") and hasattr(model, "encode"):
-        runner = EngineRunner(model, threshold=threshold, instruction=instruction, chunk_ms=chunk_ms,
-                              max_reply_tokens=max_reply_tokens, mode=mode)
-        return TriggerOnlyRunner(runner.model, runner.threshold, runner.name) if trigger_only else runner
+        if trigger_only:  # no engine: the trigger is fed directly (`trigger_replies`)
+            m, name, thr = served_model(model, threshold)
+            return TriggerOnlyRunner(m, thr, name)
+        return EngineRunner(model, threshold=threshold, instruction=instruction, chunk_ms=chunk_ms,
+                            max_reply_tokens=max_reply_tokens, mode=mode)
     if trigger_only:
         raise ValueError("--trigger-only needs a model (a name or checkpoint folder), not a baseline")
     if callable(model):
