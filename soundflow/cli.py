@@ -115,7 +115,8 @@ def _bench_runner(a):
         from .bench.baselines import make_baseline
 
         return make_baseline(a.baseline, catalog=a.catalog, seed=a.seed)
-    return make_runner(a.model, threshold=a.threshold, trigger_only=getattr(a, "trigger_only", False))
+    return make_runner(a.model, threshold=a.threshold, trigger_only=getattr(a, "trigger_only", False),
+                       trigger_cache=getattr(a, "trigger_cache", None))
 
 
 def _data_build(a) -> int:
@@ -250,7 +251,7 @@ def _bench_ambient(a) -> int:
 
     r = bench_ambient(a.noise_manifest, a.model, minutes=a.minutes, threshold=a.threshold,
                       ignore_manifest=a.ignore_manifest, seed=a.seed, split=a.split, trigger_only=a.trigger_only,
-                      out=a.out, json=a.json)
+                      trigger_cache=a.trigger_cache, out=a.out, json=a.json)
     if not a.json:
         print(f"{r['false_replies']} false replies in {r['audio_h']} h of ambient audio "
               f"({r['false_replies_per_hour']:.2f} per hour)")
@@ -318,6 +319,8 @@ def _analyze(a) -> int:
 
 TRIGGER_ONLY_HELP = ("replay the model's sound trigger alone, as served, with the LM silent: its replies in minutes "
                      "instead of half an hour, for comparing trigger fits (no latency; the LM's own replies left out)")
+TRIGGER_CACHE_HELP = ("with --trigger-only: keep what the frozen encoder made of each stream in DIR, so that a replay "
+                      "of another trigger fit on the same encoder reads it back (the same decisions, in seconds)")
 
 
 def _checkpoint_in_out(t) -> None:
@@ -545,6 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--semantic", action="store_true",
                    help="score replies against the manifest's standard answers (MiniLM cosine > 0.5)")
     s.add_argument("--trigger-only", action="store_true", help=TRIGGER_ONLY_HELP)
+    s.add_argument("--trigger-cache", default=None, metavar="DIR", help=TRIGGER_CACHE_HELP)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", default=None, help="write a Markdown report with plots here")
     s.add_argument("--json", action="store_true")
@@ -587,6 +591,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-segments", type=int, default=5)
     s.add_argument("--window", type=int, default=2, help="chunks after an event in which a reply still counts")
     s.add_argument("--trigger-only", action="store_true", help=TRIGGER_ONLY_HELP)
+    s.add_argument("--trigger-cache", default=None, metavar="DIR", help=TRIGGER_CACHE_HELP)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", default=None)
     s.add_argument("--json", action="store_true")
@@ -601,6 +606,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="side of the noise library's split to play: dev (held out from training, default), train, all")
     s.add_argument("--threshold", type=float, default=None, help="default: the checkpoint's calibrated threshold, else 0.5")
     s.add_argument("--trigger-only", action="store_true", help=TRIGGER_ONLY_HELP)
+    s.add_argument("--trigger-cache", default=None, metavar="DIR", help=TRIGGER_CACHE_HELP)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", default=None)
     s.add_argument("--json", action="store_true")

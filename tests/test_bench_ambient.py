@@ -78,13 +78,12 @@ def test_noise_library_split_is_disjoint_per_kind_and_the_bench_plays_the_held_o
     assert {s.source for s in segs} <= sides["train"]
 
 
-def test_the_trigger_alone_replies_where_the_served_model_does_when_the_lm_is_silent(tmp_path, monkeypatch):
-    """`bench ambient --trigger-only` replays the sound trigger (second look included) as the FIFO
-    engine serves it: with the LM's P(response) held at 0, the engine replies at the same chunks,
-    and the bench reports those replies (no latency: nothing is decoded)."""
+def _verified_trigger():
+    """A tiny model whose trigger has a second look that passes about half of the chunks near its
+    level, a wave of loud and quiet spells, and a threshold the first look reaches at 30 % of chunks."""
     import torch
 
-    from soundflow.bench.common import EngineRunner, make_runner, trigger_replies
+    from soundflow.bench.common import trigger_replies
     from soundflow.model import build_model
     from soundflow.trigger import Verifier
     from soundflow.trigger_fit import verify_windows, window_summaries
@@ -107,6 +106,18 @@ def test_the_trigger_alone_replies_where_the_served_model_does_when_the_lm_is_si
     probe = trigger_replies(m, wave, threshold=1.01)  # never replies: the first look's P at every chunk
     thr = float(np.quantile([d.p_response for d in probe], 0.7))
     trig.fire_logit, trig.verifier = float(np.log(thr / (1 - thr))), v
+    return m, v, wave, thr
+
+
+def test_the_trigger_alone_replies_where_the_served_model_does_when_the_lm_is_silent(tmp_path, monkeypatch):
+    """`bench ambient --trigger-only` replays the sound trigger (second look included) as the FIFO
+    engine serves it: with the LM's P(response) held at 0, the engine replies at the same chunks,
+    and the bench reports those replies (no latency: nothing is decoded)."""
+    import torch
+
+    from soundflow.bench.common import EngineRunner, make_runner, trigger_replies
+
+    m, v, wave, thr = _verified_trigger()
     monkeypatch.setattr(m, "control_probs", lambda h: torch.zeros(h.shape[:-1]))
     seen = {}
     for floor in (-np.inf, 0.0, np.inf):  # the second look passes everything near the level, some, nothing
@@ -121,11 +132,50 @@ def test_the_trigger_alone_replies_where_the_served_model_does_when_the_lm_is_si
     sf.write(path, wave, 16000)
     (tmp_path / "noise.jsonl").write_text(json.dumps({"id": "amb", "audio": "amb.wav", "kind": "ambient"}) + "\n")
     monkeypatch.setattr("soundflow.bench.ambient.make_runner",
-                        lambda model, threshold=None, chunk_ms=400, trigger_only=False:
-                        make_runner(m, threshold=thr, trigger_only=trigger_only))
+                        lambda model, threshold=None, chunk_ms=400, trigger_only=False, **kw:
+                        make_runner(m, threshold=thr, trigger_only=trigger_only, **kw))
     r = bench_ambient(tmp_path / "noise.jsonl", "tiny", minutes=0.5, split=None, trigger_only=True)
     assert r["runner"].endswith("(its sound trigger alone)") and r["latency_ms"] is None
     assert r["false_replies"] > 0 and all(x["p_response"] >= round(thr, 3) - 1e-3 for x in r["replies"])
+
+
+def test_a_cached_replay_decides_exactly_as_an_uncached_one_without_the_encoder(tmp_path, monkeypatch):
+    """`--trigger-cache`: the second replay of a stream reads the encoder's work back (no encoder
+    call at all) and gives the same P and decisions to the last bit; a refitted second look on the
+    same encoder decides as it would uncached; another wave, or another encoder, gets its own entry."""
+    import torch
+
+    from soundflow.bench.common import EncodingCache, make_runner, trigger_replies
+
+    m, v, wave, thr = _verified_trigger()
+    v.floor = 0.0
+    plain = trigger_replies(m, wave, threshold=thr)
+    cache = EncodingCache(tmp_path / "cache", m)
+    cold = trigger_replies(m, wave, threshold=thr, cache=cache)
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 1
+    entry = EncodingCache.load(next((tmp_path / "cache").glob("*.pt")))
+    assert entry["heard"].shape[0] == len(plain) and len(entry["windows"]) > 0  # the second look was asked
+
+    def no_encoder(*a, **k):
+        raise AssertionError("the encoder ran on a cached stream")
+
+    monkeypatch.setattr(m, "encode_heard", no_encoder)
+    monkeypatch.setattr(m, "summarize", no_encoder)
+    warm = trigger_replies(m, wave, threshold=thr, cache=cache)
+    for a, b, c in zip(plain, cold, warm):
+        assert (a.chunk, a.decision, a.p_response) == (b.chunk, b.decision, b.p_response) == (c.chunk, c.decision, c.p_response)
+    assert sum(d.decision == "<response>" for d in plain) >= 1
+    monkeypatch.undo()
+    with torch.no_grad():  # a refitted second look: windows met before are read back, new ones encoded
+        v.weight.mul_(-1.0)
+    assert [d.p_response for d in trigger_replies(m, wave, threshold=thr, cache=cache)] == \
+        [d.p_response for d in trigger_replies(m, wave, threshold=thr)] != [d.p_response for d in warm]
+    with pytest.raises(ValueError, match="--trigger-only"):
+        make_runner(m, threshold=thr, trigger_cache=tmp_path / "cache")
+    assert cache.path(wave[:-1], 400, True) != cache.path(wave, 400, True) != cache.path(wave, 200, True)
+    with torch.no_grad():
+        next(m.encoder.parameters()).add_(1.0)
+    assert EncodingCache(tmp_path / "cache", m).path(wave, 400, True) != cache.path(wave, 400, True)
 
 
 def test_the_proactive_bench_with_the_trigger_alone_decides_as_the_served_model_with_a_silent_lm(tmp_path, monkeypatch):

@@ -96,8 +96,10 @@ def _under(segs: list[Segment], t: float) -> list[str]:
 
 def bench_ambient(noise_manifest: str | Path, model="mini", *, minutes: float = 60.0, threshold: float | None = None,
                   ignore_manifest: str | Path | None = None, seed: int = 0, chunk_ms: int = 400, split: str | None = "dev",
-                  trigger_only: bool = False, out: str | Path | None = None, json: bool = False, name: str = "") -> dict:
-    runner = make_runner(model, threshold=threshold, chunk_ms=chunk_ms, trigger_only=trigger_only)
+                  trigger_only: bool = False, trigger_cache: str | Path | None = None, out: str | Path | None = None,
+                  json: bool = False, name: str = "") -> dict:
+    runner = make_runner(model, threshold=threshold, chunk_ms=chunk_ms, trigger_only=trigger_only,
+                         trigger_cache=trigger_cache)
     ignore = [it for it in load_manifest(ignore_manifest) if it.decision == "IGNORE"] if ignore_manifest else []
     wave, segs = ambient_stream(noise_manifest, minutes, seed=seed, ignore_items=ignore, split=split)
     t0 = time.perf_counter()

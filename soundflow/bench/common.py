@@ -326,13 +326,76 @@ class TriggerDecision:
     latency_ms: float | None = None
 
 
+class EncodingCache:
+    """What the frozen encoder made of a wave, kept on disk so that replaying a trigger fit (or a
+    decision rule) over the same bench streams costs the trigger's arithmetic only.
+
+    Per wave (keyed by its samples, the chunk size and the encoder's weights, so another model or
+    another stream never reads it) one file holds the chunks' `encode_heard` rows and the second
+    look's window summaries met so far, each under a hash of the log-mels it summarised: a trigger
+    fitted anew on the same encoder reuses both, and a replay gives the uncached decisions exactly.
+    Files are written whole (temp file, then rename)."""
+
+    def __init__(self, root: str | Path, model):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.tag = encoder_fingerprint(model)
+
+    def path(self, wave: np.ndarray, chunk_ms: int, with_mel: bool) -> Path:
+        import hashlib
+
+        h = hashlib.sha1(f"{self.tag}|{chunk_ms}|{int(with_mel)}|".encode())
+        h.update(np.ascontiguousarray(wave, dtype=np.float32).tobytes())
+        return self.root / f"{h.hexdigest()[:24]}.pt"
+
+    @staticmethod
+    def load(path: Path) -> dict:
+        import torch
+
+        return torch.load(path) if path.is_file() else {"heard": None, "windows": {}}
+
+    @staticmethod
+    def save(path: Path, entry: dict) -> None:
+        import torch
+
+        tmp = path.with_suffix(".tmp")
+        torch.save(entry, tmp)
+        tmp.replace(path)
+
+
+def encoder_fingerprint(model) -> str:
+    """A short hash of the frozen encoder's weights (first and last tensors, sampled) and dtype."""
+    import hashlib
+
+    ps = list(model.encoder.parameters())
+    h = hashlib.sha1(type(model.encoder).__name__.encode())
+    for p in (ps[0], ps[-1]) if ps else ():
+        h.update(p.detach().float().flatten()[::max(1, p.numel() // 4096)].cpu().numpy().tobytes())
+        h.update(str(p.dtype).encode())
+    return h.hexdigest()[:16]
+
+
+def _memo_summarize(summarize, memo: dict):
+    """`summarize` remembered by the content of its input (the second look's window of log-mels)."""
+    import hashlib
+
+    def cached(mel, layers=None):
+        key = hashlib.sha1(mel.detach().float().cpu().contiguous().numpy().tobytes() + repr(layers).encode()).hexdigest()
+        if key not in memo:
+            memo[key] = summarize(mel, layers).cpu()
+        return memo[key].to(mel.device)
+
+    return cached
+
+
 def trigger_replies(model, wave: np.ndarray, threshold: float, chunk_ms: int = 400,
-                    batch: int = 128) -> list[TriggerDecision]:
+                    batch: int = 128, cache: EncodingCache | None = None) -> list[TriggerDecision]:
     """The sound trigger of `model` alone over `wave`: its state fed chunk by chunk as
     `decoding.feed_audio` feeds it (second look included), a reply wherever P_trigger reaches
     `threshold` (`decoding.decide`), then `TriggerState.replied` — the served trigger with the LM
     silent throughout. Its replies are the trigger's replies of a whole run whenever the LM does
-    not speak in between (an LM reply also empties the trigger's evidence)."""
+    not speak in between (an LM reply also empties the trigger's evidence). `cache`: the encoder's
+    work on this wave from an earlier replay, and kept for the next (`EncodingCache`)."""
     import torch
 
     from ..data import split_chunks
@@ -341,21 +404,31 @@ def trigger_replies(model, wave: np.ndarray, threshold: float, chunk_ms: int = 4
     trig = getattr(model, "trigger", None)
     if trig is None:
         raise ValueError("--trigger-only needs a model with a sound trigger (`soundflow trigger fit`)")
-    chunks = torch.from_numpy(split_chunks(wave, chunk_ms))
+    path = cache.path(wave, chunk_ms, trig.verifier is not None) if cache is not None else None
+    entry = EncodingCache.load(path) if path is not None else {"heard": None, "windows": {}}
+    known = (entry["heard"] is not None, len(entry["windows"]))
+    summarize = model.summarize if path is None else _memo_summarize(model.summarize, entry["windows"])
+    heard = entry["heard"]
+    if heard is None:
+        chunks = torch.from_numpy(split_chunks(wave, chunk_ms))
+        with torch.inference_mode():
+            heard = torch.cat([model.encode_heard(model.features(chunks[i: i + batch].to(model.device)))[1].cpu()
+                               for i in range(0, len(chunks), batch)])
+        entry["heard"] = heard
     st, out = TriggerState.of(trig), []
     with torch.inference_mode():
-        for i in range(0, len(chunks), batch):
-            heard = model.encode_heard(model.features(chunks[i: i + batch].to(model.device)))[1]
-            for j in range(len(heard)):
-                st.push(heard[j: j + 1])
-                p = st.score(trig, model.summarize)
-                st.last = (0.0, p)  # the LM's part: silent
-                reply = p >= threshold
-                named = st.heard_name
-                text = trig.replies[named[0]] if reply and named is not None and trig.replies else ""
-                out.append(TriggerDecision(i + j, p, "<response>" if reply else "<silent>", text))
-                if reply:
-                    st.replied()
+        for t in range(len(heard)):
+            st.push(heard[t: t + 1].to(model.device))
+            p = st.score(trig, summarize)
+            st.last = (0.0, p)  # the LM's part: silent
+            reply = p >= threshold
+            named = st.heard_name
+            text = trig.replies[named[0]] if reply and named is not None and trig.replies else ""
+            out.append(TriggerDecision(t, p, "<response>" if reply else "<silent>", text))
+            if reply:
+                st.replied()
+    if path is not None and known != (True, len(entry["windows"])):
+        EncodingCache.save(path, entry)
     return out
 
 
@@ -365,25 +438,29 @@ class TriggerOnlyRunner:
     calls for one (on the shipped `mini`, every reply of the proactive bench and of the ambient hour:
     BENCHMARKS.md); no latency is measured."""
 
-    def __init__(self, model, threshold: float, name: str = ""):
+    def __init__(self, model, threshold: float, name: str = "", cache: str | Path | None = None):
         if getattr(model, "trigger", None) is None:
             raise ValueError("--trigger-only needs a model with a sound trigger (`soundflow trigger fit`)")
         self.model, self.threshold, self.name = model, float(threshold), name
+        self.cache = EncodingCache(cache, model) if cache is not None else None
 
     def __call__(self, wave: np.ndarray, chunk_ms: int = 400) -> list[TriggerDecision]:
-        return trigger_replies(self.model, wave, self.threshold, chunk_ms)
+        return trigger_replies(self.model, wave, self.threshold, chunk_ms, cache=self.cache)
 
 
 def make_runner(model, threshold: float | None = None, chunk_ms: int = 400, *, instruction: str | None = None,
-                max_reply_tokens: int = 48, mode: str = "fifo", trigger_only: bool = False) -> Runner:
+                max_reply_tokens: int = 48, mode: str = "fifo", trigger_only: bool = False,
+                trigger_cache: str | Path | None = None) -> Runner:
     """The one runner factory: a backend name, a checkpoint folder or an `AudioLM` becomes an
     `EngineRunner` (one fresh engine session per call, deterministic, fails loudly), or with
-    `trigger_only` a `TriggerOnlyRunner` of it; a callable runner (a baseline, a test stub) is
+    `trigger_only` a `TriggerOnlyRunner` of it (`trigger_cache`: its `EncodingCache` folder); a callable runner (a baseline, a test stub) is
     returned as is. Baselines: `baselines.make_baseline`."""
+    if trigger_cache is not None and not trigger_only:
+        raise ValueError("--trigger-cache goes with --trigger-only")
     if isinstance(model, (str, Path)) or hasattr(model, "tokenizer") and hasattr(model, "encode"):
         if trigger_only:  # no engine: the trigger is fed directly (`trigger_replies`)
             m, name, thr = served_model(model, threshold)
-            return TriggerOnlyRunner(m, thr, name)
+            return TriggerOnlyRunner(m, thr, name, cache=trigger_cache)
         return EngineRunner(model, threshold=threshold, instruction=instruction, chunk_ms=chunk_ms,
                             max_reply_tokens=max_reply_tokens, mode=mode)
     if trigger_only:
