@@ -166,6 +166,10 @@ def test_a_cached_replay_decides_exactly_as_an_uncached_one_without_the_encoder(
         assert (a.chunk, a.decision, a.p_response) == (b.chunk, b.decision, b.p_response) == (c.chunk, c.decision, c.p_response)
     assert sum(d.decision == "<response>" for d in plain) >= 1
     monkeypatch.undo()
+    entry_path = next((tmp_path / "cache").glob("*.pt"))
+    entry_path.write_bytes(entry_path.read_bytes()[:100])  # cut short: read as a miss, encoded and written again
+    assert [d.p_response for d in trigger_replies(m, wave, threshold=thr, cache=cache)] == [d.p_response for d in warm]
+    assert EncodingCache.load(entry_path)["heard"] is not None
     with torch.no_grad():  # a refitted second look: windows met before are read back, new ones encoded
         v.weight.mul_(-1.0)
     assert [d.p_response for d in trigger_replies(m, wave, threshold=thr, cache=cache)] == \

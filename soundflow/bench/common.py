@@ -350,15 +350,28 @@ class EncodingCache:
 
     @staticmethod
     def load(path: Path) -> dict:
+        """The entry at `path`; an unreadable one (a disk that filled, a copy cut short) is
+        reported and read as empty, then written anew."""
         import torch
 
-        return torch.load(path) if path.is_file() else {"heard": None, "windows": {}}
+        if path.is_file():
+            try:
+                entry = torch.load(path)
+                if isinstance(entry, dict) and {"heard", "windows"} <= entry.keys():
+                    return entry
+                raise ValueError("not an encoding cache entry")
+            except Exception as e:  # noqa: BLE001 - any unreadable file is a miss, never a failed bench
+                print(f"soundflow: unreadable trigger cache entry {path} ({type(e).__name__}: {e}); encoding again",
+                      file=sys.stderr)
+        return {"heard": None, "windows": {}}
 
     @staticmethod
     def save(path: Path, entry: dict) -> None:
+        import os
+
         import torch
 
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # parallel replays never share a temp file
         torch.save(entry, tmp)
         tmp.replace(path)
 
