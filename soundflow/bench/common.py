@@ -377,11 +377,12 @@ class EncodingCache:
 
 
 def encoder_fingerprint(model) -> str:
-    """A short hash of the frozen encoder's weights (first and last tensors, sampled) and dtype."""
+    """A short hash of the frozen encoder: its modules' types (an int8-quantised linear is another
+    type) and its first and last weights, sampled, with their dtype."""
     import hashlib
 
     ps = list(model.encoder.parameters())
-    h = hashlib.sha1(type(model.encoder).__name__.encode())
+    h = hashlib.sha1("|".join(type(m).__name__ for m in model.encoder.modules()).encode())
     for p in (ps[0], ps[-1]) if ps else ():
         h.update(p.detach().float().flatten()[::max(1, p.numel() // 4096)].cpu().numpy().tobytes())
         h.update(str(p.dtype).encode())
@@ -466,8 +467,8 @@ def make_runner(model, threshold: float | None = None, chunk_ms: int = 400, *, i
                 trigger_cache: str | Path | None = None) -> Runner:
     """The one runner factory: a backend name, a checkpoint folder or an `AudioLM` becomes an
     `EngineRunner` (one fresh engine session per call, deterministic, fails loudly), or with
-    `trigger_only` a `TriggerOnlyRunner` of it (`trigger_cache`: its `EncodingCache` folder); a callable runner (a baseline, a test stub) is
-    returned as is. Baselines: `baselines.make_baseline`."""
+    `trigger_only` a `TriggerOnlyRunner` of it (`trigger_cache`: its `EncodingCache` folder); a
+    callable runner (a baseline, a test stub) is returned as is. Baselines: `baselines.make_baseline`."""
     if trigger_cache is not None and not trigger_only:
         raise ValueError("--trigger-cache goes with --trigger-only")
     if isinstance(model, (str, Path)) or hasattr(model, "tokenizer") and hasattr(model, "encode"):
