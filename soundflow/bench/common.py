@@ -422,25 +422,33 @@ def trigger_replies(model, wave: np.ndarray, threshold: float, chunk_ms: int = 4
     entry = EncodingCache.load(path) if path is not None else {"heard": None, "windows": {}}
     known = (entry["heard"] is not None, len(entry["windows"]))
     summarize = model.summarize if path is None else _memo_summarize(model.summarize, entry["windows"])
-    heard = entry["heard"]
-    if heard is None:
-        chunks = torch.from_numpy(split_chunks(wave, chunk_ms))
-        with torch.inference_mode():
-            heard = torch.cat([model.encode_heard(model.features(chunks[i: i + batch].to(model.device)))[1].cpu()
-                               for i in range(0, len(chunks), batch)])
-        entry["heard"] = heard
+
+    def heard_batches():  # the cached rows, else encoded a batch at a time (kept only for the cache)
+        if entry["heard"] is not None:
+            yield entry["heard"].to(model.device)
+            return
+        chunks, kept = torch.from_numpy(split_chunks(wave, chunk_ms)), []
+        for i in range(0, len(chunks), batch):
+            heard = model.encode_heard(model.features(chunks[i: i + batch].to(model.device)))[1]
+            if path is not None:
+                kept.append(heard.cpu())
+            yield heard
+        if path is not None:
+            entry["heard"] = torch.cat(kept)
+
     st, out = TriggerState.of(trig), []
     with torch.inference_mode():
-        for t in range(len(heard)):
-            st.push(heard[t: t + 1].to(model.device))
-            p = st.score(trig, summarize)
-            st.last = (0.0, p)  # the LM's part: silent
-            reply = p >= threshold
-            named = st.heard_name
-            text = trig.replies[named[0]] if reply and named is not None and trig.replies else ""
-            out.append(TriggerDecision(t, p, "<response>" if reply else "<silent>", text))
-            if reply:
-                st.replied()
+        for heard in heard_batches():
+            for j in range(len(heard)):
+                st.push(heard[j: j + 1])
+                p = st.score(trig, summarize)
+                st.last = (0.0, p)  # the LM's part: silent
+                reply = p >= threshold
+                named = st.heard_name
+                text = trig.replies[named[0]] if reply and named is not None and trig.replies else ""
+                out.append(TriggerDecision(len(out), p, "<response>" if reply else "<silent>", text))
+                if reply:
+                    st.replied()
     if path is not None and known != (True, len(entry["windows"])):
         EncodingCache.save(path, entry)
     return out
