@@ -60,7 +60,7 @@ def _trigger_verify(a) -> int:
                                             a.ambient_manifest, a.ambient_minutes, a.gate, chunks=a.chunks,
                                             depth=a.depth, C=a.C, confirm=a.confirm, seed=a.seed,
                                             windows_from=a.windows_from, ambient_folds=a.ambient_folds,
-                                            features_cache=a.features_cache)))
+                                            features_cache=a.features_cache, class_floors=a.class_floors)))
     return 0
 
 
@@ -445,8 +445,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--ambient-folds", type=int, choices=(1, 2), default=1,
                    help="1: the floor is what the regression's own ambient negatives reach; 2: each source's "
                         "files in two halves, the floor what a regression fitted without a half reaches on it")
+    t.add_argument("--class-floors", action="store_true",
+                   help="with --ambient-folds 2: a floor per namer class, from the held-out ambient windows the "
+                        "trigger's namer comes near that class in, each allowed the trigger's false-reply budget "
+                        "(as the trigger's own class floors)")
     t.add_argument("--features-cache", default=None, metavar="FILE",
-                   help="keep the encoded windows (~0.4 GB) here: the next fit with the same inputs takes seconds")
+                   help="keep the encoded windows (~0.4 GB) here: the next fit with the same inputs and the same "
+                        "frozen encoder takes seconds")
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(fn=_trigger_verify)
     t = tsub.add_parser("confirm", help="ask the second look fewer decisions in a row for the namer's short sounds "

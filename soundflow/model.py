@@ -480,3 +480,15 @@ def build_model(cfg: ModelConfig | str = "mini") -> AudioLM:
     model = BUILDERS[cfg.backend](cfg)
     return model.to(getattr(torch, cfg.dtype)) if cfg.dtype != "float32" else model
 
+
+def encoder_fingerprint(model) -> str:
+    """A short hash of the frozen encoder: its modules' types (an int8-quantised linear is another
+    type) and its first and last weights, sampled, with their dtype."""
+    import hashlib
+
+    ps = list(model.encoder.parameters())
+    h = hashlib.sha1("|".join(type(m).__name__ for m in model.encoder.modules()).encode())
+    for p in (ps[0], ps[-1]) if ps else ():
+        h.update(p.detach().float().flatten()[::max(1, p.numel() // 4096)].cpu().numpy().tobytes())
+        h.update(str(p.dtype).encode())
+    return h.hexdigest()[:16]

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .audio import SAMPLE_RATE, chunk_samples, frame_levels_db
+from .model import encoder_fingerprint
 from .trigger import (
     SHORT_SOUND_S,
     SOUND_DB,
@@ -456,12 +457,21 @@ def fit_into_checkpoint(checkpoint, out, data: Sequence[str] = (), bench_manifes
 
 
 def _fingerprint(path) -> list:
-    """What a features cache checks its inputs by: a file's size and mtime, a folder's files'."""
+    """What a features cache checks its inputs by: a file's size and content hash, a folder's
+    files' (content, not mtime: a data set copied or provisioned again is the same input)."""
+    import hashlib
     from pathlib import Path
+
+    def digest(f):
+        h = hashlib.sha1()
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()
 
     p = Path(path)
     files = sorted(f for f in p.iterdir() if f.is_file()) if p.is_dir() else [p] if p.exists() else []
-    return [str(p), [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]]
+    return [str(p), [(f.name, f.stat().st_size, digest(f)) for f in files]]
 
 
 def _read_cache(path: str | None, key: dict) -> dict | None:
@@ -576,12 +586,17 @@ def verify_windows(wave: np.ndarray, chunk_samples: int, chunks: int = VERIFY_CH
     zero-padded in front, as a stream's quiet lead-in would be."""
     n = chunks * chunk_samples
     wave = np.asarray(wave, dtype=np.float32)
-    if len(wave) < n:
-        wave = np.concatenate([np.zeros(n - len(wave), np.float32), wave])
-    ends = list(range(n, len(wave) + 1, hop_chunks * chunk_samples))
-    if ends[-1] != len(wave):
-        ends.append(len(wave))
-    return np.stack([wave[e - n: e].reshape(chunks, chunk_samples) for e in ends])
+    pad = max(0, n - len(wave))
+    wave = np.concatenate([np.zeros(pad, np.float32), wave]) if pad else wave
+    return np.stack([wave[e + pad - n: e + pad].reshape(chunks, chunk_samples)
+                     for e in window_ends(len(wave) - pad, chunk_samples, chunks, hop_chunks)])
+
+
+def window_ends(n_samples: int, chunk_samples: int, chunks: int = VERIFY_CHUNKS,
+                hop_chunks: int = VERIFY_HOP_CHUNKS) -> list[int]:
+    """The sample each of `verify_windows`' windows over a wave of `n_samples` ends at."""
+    ends = list(range(chunks * chunk_samples, n_samples + 1, hop_chunks * chunk_samples))
+    return ends if ends and ends[-1] == n_samples else ends + [n_samples]
 
 
 def stream_windows(stream, chunk_samples: int, chunks: int = VERIFY_CHUNKS, hop_chunks: int = VERIFY_HOP_CHUNKS,
@@ -632,6 +647,58 @@ def confirmed_floor(logits: Sequence[np.ndarray], confirm: int) -> float:
         if len(lg) >= confirm:
             best = max(best, float(np.lib.stride_tricks.sliding_window_view(lg, confirm).min(1).max()))
     return best
+
+
+def quiet_confirmed_floor(logits: Sequence[np.ndarray], confirm: int, hours: float,
+                          budget: float = TRIGGER_MAX_FALSE_PER_HOUR, holdoff: int = TRIGGER_HOLDOFF) -> float:
+    """The lowest floor at which a verifier that must agree `confirm` decisions in a row passes
+    these logits (one array per continuous wave; -inf: a window it is not asked about) at most
+    `budget` times an hour, each pass counted as the trigger's replies are (`lowest_quiet_threshold`:
+    then `holdoff` chunks out) — the trigger's own floor rule, where `confirmed_floor` allows none.
+    -inf when no wave is that long."""
+    runs = []
+    for lg in logits:
+        lg = np.asarray(lg, dtype=np.float64)
+        if len(lg) >= confirm:  # a pass ends a run of `confirm`; a hold-off never runs into the next wave
+            runs += [np.lib.stride_tricks.sliding_window_view(lg, confirm).min(1), np.full(holdoff + 1, -np.inf)]
+    runs = np.concatenate(runs) if runs else np.zeros(0)
+    if not np.isfinite(runs).any():
+        return -np.inf
+    return lowest_quiet_threshold(runs, hours, budget, holdoff)
+
+
+def class_confirmed_floors(held: Sequence[np.ndarray], probs: Sequence[np.ndarray], confirm: int,
+                           hours: float) -> tuple[float, list[float]]:
+    """(one floor, a floor per namer class) for `confirm` decisions in a row, from the held-out
+    logits `held` of ambient windows and the namer's probabilities there (`probs`: (n, classes) per
+    wave), made as the trigger's class floors are (`ambient_floor`): each class counts only the
+    windows its namer gives it at least `TRIGGER_CLASS_FLOOR_P` — the others cannot be measured
+    against its floor — within the budget of `quiet_confirmed_floor`, never above the one floor; a
+    class no ambient window comes near keeps the one floor."""
+    one = quiet_confirmed_floor(held, confirm, hours)
+    per = []
+    for c in range(probs[0].shape[1] if probs else 0):
+        near = [p[:, c] >= TRIGGER_CLASS_FLOOR_P for p in probs]
+        own = quiet_confirmed_floor([np.where(m, h, -np.inf) for h, m in zip(held, near)], confirm, hours) \
+            if any(m.any() for m in near) else one
+        per.append(float(min(one, own)) if np.isfinite(own) else float(one))
+    return float(one), per
+
+
+@torch.inference_mode()
+def window_class_probs(model, wave: np.ndarray, chunks: int = VERIFY_CHUNKS, batch: int = 256) -> np.ndarray:
+    """(N, classes): the trigger's namer at the chunk each of `verify_windows(wave, hop_chunks=1)`'s
+    windows ends in, on the evidence a live stream holds there with no reply before it — the class
+    whose rule the served second look (`Verifier.rule_of`) would measure that window by."""
+    from .data import split_chunks
+
+    trig, cs = model.trigger, chunk_samples(model.cfg.chunk_ms)
+    if trig is None or trig.namer is None:
+        raise ValueError("per-class floors need the trigger's namer: `soundflow trigger name` it first")
+    ch = torch.from_numpy(split_chunks(np.asarray(wave, np.float32), model.cfg.chunk_ms))
+    su = torch.cat([chunk_summary(model.encode_audio(model.features(ch[i: i + batch]))) for i in range(0, len(ch), batch)])
+    p = torch.softmax(trig.namer(trig.standardise(pooled_stream(su, (), trig.windows))), -1).numpy()
+    return p[[-(-e // cs) - 1 for e in window_ends(len(wave), cs, chunks, 1)]]
 
 
 @dataclass
@@ -693,7 +760,8 @@ def _fit_logistic(X: np.ndarray, y: np.ndarray, C: float, seed: int):
 def fit_verifier(model, items, ambient_waves: Sequence[np.ndarray], chunks: int = VERIFY_CHUNKS,
                  gate: float = VERIFY_GATE, C: float = VERIFY_C, depth: int = VERIFY_DEPTH, seed: int = 0,
                  confirm: int = VERIFY_CONFIRM, streams: Sequence | None = None, say=None,
-                 folds: Sequence[int] | None = None, features: VerifierFeatures | None = None) -> tuple[Verifier, dict]:
+                 folds: Sequence[int] | None = None, features: VerifierFeatures | None = None,
+                 class_probs: Sequence[np.ndarray] | None = None, chunk_ms: int = 400) -> tuple[Verifier, dict]:
     """The trigger's second look (`trigger.Verifier`): a class-balanced logistic regression on
     the window summaries of `verifier_features` (train-split clips or their bench-style `streams`;
     training-side recorded ambience as negatives). `depth`: pool the outputs of the encoder's
@@ -707,7 +775,14 @@ def fit_verifier(model, items, ambient_waves: Sequence[np.ndarray], chunks: int 
     fitted without it reads it, and the floor is the highest held-out level — what ambience the
     verifier never heard reaches, which a regression's own negatives understate (`s2deep` passed
     2 windows of the held-out ambient hour at its in-sample floor, BENCHMARKS.md). The verifier
-    itself is then fitted on all of it."""
+    itself is then fitted on all of it.
+
+    `class_probs` (cross-fitted only): the trigger's namer over each ambient wave's windows
+    (`window_class_probs`). Then each namer class gets its own floor from the held-out windows
+    near it, and the one floor (for unnamed sounds) is the same rule over all of them, each within
+    the trigger's false-reply budget (`class_confirmed_floors`): one floor high enough for the
+    most machine-like class halved recall (`x2deep`), a floor per class kept the held-out hour at
+    0.2 false replies (`xb`, BENCHMARKS.md)."""
     f = features if features is not None else verifier_features(model, items, ambient_waves, chunks, depth, streams, folds)
     n_clip = len(f.y)
     A = torch.cat(f.ambient).numpy() if f.ambient else np.zeros((0, f.X.shape[1]), np.float32)
@@ -728,9 +803,8 @@ def fit_verifier(model, items, ambient_waves: Sequence[np.ndarray], chunks: int 
     ks = sorted({1, 2, 3, confirm})
     waves = np.split(lg[n_clip:], np.cumsum(lengths)[:-1]) if lengths else []
     floors = {k: confirmed_floor(waves, k) for k in ks}  # the trade-off, for the record
-    held_floors = None
+    held_floors, held = None, []  # held: each wave read by a regression fitted without its fold, fold by fold
     if len(set(f.folds)) > 1:
-        held = []
         for fold in sorted(set(f.folds)):
             keep = [a for a, g in zip(f.ambient, f.folds) if g != fold]
             Xf = np.concatenate([f.X.numpy(), *[a.numpy() for a in keep]])
@@ -740,17 +814,36 @@ def fit_verifier(model, items, ambient_waves: Sequence[np.ndarray], chunks: int 
             if say:
                 say(f"  fold {fold} held out: highest level {max(float(h.max()) for h in held):.2f}")
         held_floors = {k: confirmed_floor(held, k) for k in ks}
+    class_floors = None
+    if class_probs is not None:
+        if held_floors is None:
+            raise ValueError("per-class floors are cross-fitted: they need ambience in two folds (ambient_folds=2)")
+        if len(class_probs) != len(f.ambient) or any(len(p) != len(a) for p, a in zip(class_probs, f.ambient)):
+            raise ValueError("class_probs: one (windows, classes) array per ambient wave, a row per window")
+        order = [i for fold in sorted(set(f.folds)) for i, g in enumerate(f.folds) if g == fold]  # as `held`
+        probs = [np.asarray(class_probs[i]) for i in order]
+        hours = len(A) * chunk_ms / 3.6e6
+        per_k = {k: class_confirmed_floors(held, probs, k, hours) for k in ks}
+        strict = held_floors  # no pass allowed: kept for the record
+        held_floors = {k: one for k, (one, _) in per_k.items()}
+        class_floors = {k: per for k, (_, per) in per_k.items()}
     chosen = held_floors if held_floors is not None else floors
     v.floor = chosen[confirm] if np.isfinite(chosen[confirm]) else 0.0
+    if class_floors is not None:
+        v.set_class_confirm([confirm] * len(class_floors[confirm]), class_floors[confirm])
     clip = lg[:n_clip] >= v.floor
     stats = {"clip_windows": n_clip, "windows_from": f.windows_from,
              "ambient_windows": len(A), "ambient_folds": len(set(f.folds)), "C": C, "gate": gate, "chunks": f.chunks,
              "layers": None if f.layers is None else list(f.layers), "confirm": confirm,
-             "floor_from": "held-out folds" if held_floors is not None else "in-sample",
+             "floor_from": ("held-out folds, per namer class" if class_floors is not None
+                            else "held-out folds" if held_floors is not None else "in-sample"),
              "floors_by_confirm": {str(k): v_ for k, v_ in chosen.items()},
              "in_sample_floors_by_confirm": {str(k): v_ for k, v_ in floors.items()},
              "floor": v.floor, "train_respond_windows_passing": float(clip[f.y == 1].mean()),
              "train_ignore_windows_passing": float(clip[f.y == 0].mean())}
+    if class_floors is not None:
+        stats["class_floors_by_confirm"] = {str(k): v_ for k, v_ in class_floors.items()}
+        stats["held_out_strict_floors_by_confirm"] = {str(k): v_ for k, v_ in strict.items()}
     return v, stats
 
 
@@ -763,11 +856,14 @@ def sound_seconds(wave: np.ndarray, frame_s: float = 0.1, db: float = SOUND_DB) 
 
 
 def short_sound_confirm(items, classes: Sequence[str], floors_by_confirm: dict, confirm: int,
-                        short_confirm: int, short_s: float = SHORT_SOUND_S) -> tuple[list[int], list[float], dict]:
+                        short_confirm: int, short_s: float = SHORT_SOUND_S,
+                        class_floors_by_confirm: dict | None = None) -> tuple[list[int], list[float], dict]:
     """Per namer class, (decisions in a row, floor) for the second look (`Verifier.set_class_confirm`):
     `short_confirm` at its fitted floor for the classes whose train-split RESPOND clips in `items`
     last under `short_s` at the median (`sound_seconds`), `confirm` at its floor for the rest and for
-    classes without clips. `floors_by_confirm`: a verifier fit's (`verify_fit` in the checkpoint)."""
+    classes without clips. `floors_by_confirm`: a verifier fit's (`verify_fit` in the checkpoint);
+    `class_floors_by_confirm`: its floors per class, when it made them (`fit_verifier`'s
+    `class_probs`), then each class's own floor for its number of decisions."""
     from .bench.proactive import ClipLoader
 
     if not 1 <= short_confirm <= confirm:
@@ -786,6 +882,12 @@ def short_sound_confirm(items, classes: Sequence[str], floors_by_confirm: dict, 
     rule = [short_confirm if c in short else confirm for c in classes]
     stats = {"confirm": confirm, "short_confirm": short_confirm, "short_s": short_s, "short_classes": short,
              "sound_seconds_median": {c: round(v, 2) for c, v in median.items()}}
+    if class_floors_by_confirm:
+        per = {int(k): [float(x) for x in v] for k, v in class_floors_by_confirm.items()}
+        if any(len(per.get(n, ())) != len(classes) for n in (confirm, short_confirm)):
+            raise ValueError(f"the verifier's per-class floors are not for these {len(classes)} classes "
+                             f"and {sorted({confirm, short_confirm})} decisions: refit it (`soundflow trigger verify`)")
+        return rule, [per[n][i] for i, n in enumerate(rule)], {**stats, "floors": "per class"}
     return rule, [floors[n] for n in rule], stats
 
 
@@ -807,7 +909,8 @@ def confirm_into_checkpoint(checkpoint, out, bench_manifest: str, short_confirm:
         raise ValueError(f"{checkpoint}: its trigger has no namer (`soundflow trigger name`): no classes to ask fewer of")
     rule, floor, stats = short_sound_confirm(load_manifest(bench_manifest), trig.classes, fit["floors_by_confirm"],
                                              trig.verifier.confirm, int(short_confirm),
-                                             SHORT_SOUND_S if short_s is None else float(short_s))
+                                             SHORT_SOUND_S if short_s is None else float(short_s),
+                                             fit.get("class_floors_by_confirm"))
     trig.verifier.set_class_confirm(rule, floor)
     stats["bench_manifest"] = str(bench_manifest)
 
@@ -823,7 +926,7 @@ def verify_into_checkpoint(checkpoint, out, bench_manifest: str, noise_manifest:
                            gate: float | None = None, chunks: int | None = None, depth: int | None = None,
                            C: float | None = None, confirm: int | None = None, seed: int = 0,
                            windows_from: str = "clips", ambient_folds: int = 1, features_cache: str | None = None,
-                           progress: bool = True) -> dict:
+                           class_floors: bool = False, progress: bool = True) -> dict:
     """Fit the verifier of `checkpoint`'s trigger (`fit_verifier`) on the train-split clips of
     `bench_manifest` and `ambient_minutes` of training-side ambience from the noise library's
     training side and from each of `ambient_manifests`, and write the checkpoint with it to
@@ -832,8 +935,10 @@ def verify_into_checkpoint(checkpoint, out, bench_manifest: str, noise_manifest:
     `windows_from`: "clips" (each clip's own windows, zero-padded in front) or "streams" (windows
     of the bench-style streams the trigger is fitted on, `bench_style_streams`). `ambient_folds`:
     1 (the floor in-sample) or 2 (each source's files in two halves, the floor cross-fitted;
-    `ambient_minutes` of each source in all). `features_cache`: a file keeping the encoded windows
-    (~0.4 GB for the default inputs) for the next fit with the same inputs, which then takes seconds."""
+    `ambient_minutes` of each source in all). `class_floors` (with two folds): a floor per namer
+    class (`fit_verifier`'s `class_probs`). `features_cache`: a file keeping the encoded windows
+    (~0.4 GB for the default inputs) for the next fit with the same inputs and the same frozen
+    encoder (another checkpoint with it too), which then takes seconds."""
     import sys
     from pathlib import Path
 
@@ -850,18 +955,21 @@ def verify_into_checkpoint(checkpoint, out, bench_manifest: str, noise_manifest:
         raise ValueError(f"windows_from is 'clips' or 'streams', got {windows_from!r}")
     if ambient_folds not in (1, 2):
         raise ValueError(f"ambient_folds is 1 (in-sample floor) or 2 (cross-fitted), got {ambient_folds}")
+    if class_floors and ambient_folds != 2:
+        raise ValueError("per-class floors are cross-fitted: they need --ambient-folds 2")
+    if class_floors and (model.trigger.namer is None or len(model.trigger.classes) < 2):
+        raise ValueError(f"{checkpoint}: per-class floors need the trigger's namer (`soundflow trigger name`)")
     chunks = VERIFY_CHUNKS if chunks is None else int(chunks)
     depth = VERIFY_DEPTH if depth is None else int(depth)
-    key = {"checkpoint": _fingerprint(src), "bench_manifest": str(bench_manifest), "noise_manifest": noise_manifest,
+    # the windows are the frozen encoder's alone: any checkpoint with the same encoder reuses them
+    key = {"encoder": encoder_fingerprint(model), "bench_manifest": str(bench_manifest), "noise_manifest": noise_manifest,
            "ambient_manifests": [str(m) for m in ambient_manifests], "ambient_minutes": ambient_minutes,
            "chunks": chunks, "depth": depth, "windows_from": windows_from, "ambient_folds": ambient_folds, "seed": seed,
            "files": [_fingerprint(p) for p in [bench_manifest, noise_manifest, *ambient_manifests] if p]}
     cached = _read_cache(features_cache, key)
     features = None if cached is None else cached["features"]
-    if features is not None:
-        say(f"encoded windows from {features_cache}")
-    else:
-        waves, folds = [], []
+    waves, folds = [], []
+    if features is None or class_floors:
         sides = [("train", None)] if ambient_folds == 1 else [("train-a", "dev"), ("train-b", "train")]
         minutes = ambient_minutes / len(sides)
         for k, (noise_side, extra_half) in enumerate(sides):
@@ -872,15 +980,23 @@ def verify_into_checkpoint(checkpoint, out, bench_manifest: str, noise_manifest:
                 if ambient_minutes > 0:
                     waves.append(ambient_stream(path, minutes, seed=seed + 2 + j + 10 * k, split=extra_half)[0])
                     folds.append(k)
+    if features is not None:
+        say(f"encoded windows from {features_cache}")
+    else:
         items = load_manifest(bench_manifest)
         streams = bench_style_streams(items, noise_manifest, seed) if windows_from == "streams" else None
         features = verifier_features(model, items, waves, chunks, depth, streams, folds)
         if features_cache:
             _write_cache(features_cache, key, features=features)
+    probs = None
+    if class_floors:
+        say(f"the namer over {len(waves)} ambient waves")
+        probs = [window_class_probs(model, w, features.chunks) for w in waves]
     gate = VERIFY_GATE if gate is None else float(gate)
     v, stats = fit_verifier(model, None, (), gate=gate, seed=seed, say=say, features=features,
                             C=VERIFY_C if C is None else float(C),
-                            confirm=VERIFY_CONFIRM if confirm is None else int(confirm))
+                            confirm=VERIFY_CONFIRM if confirm is None else int(confirm),
+                            class_probs=probs, chunk_ms=model.cfg.chunk_ms)
     stats.update(bench_manifest=str(bench_manifest), noise_manifest=noise_manifest,
                  ambient_manifests=[str(m) for m in ambient_manifests], ambient_minutes=ambient_minutes)
     say(f"verifier fitted: floor {v.floor:.2f} ({stats['floor_from']}), gate {gate:g}")

@@ -3,6 +3,7 @@ decides there; it is fitted so that no training ambience passes; it survives a c
 trip; and every engine mode feeds it the same log-mels as the reference decoder."""
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -283,6 +284,90 @@ def test_a_floor_from_ambient_folds_is_what_a_fit_without_each_fold_reads_on_it(
     assert one_stats["floor_from"] == "in-sample" and one.floor == pytest.approx(one_stats["in_sample_floors_by_confirm"]["2"])
 
 
+def test_a_budgeted_floor_allows_one_pass_an_hour_and_a_class_counts_only_its_own_windows():
+    """`quiet_confirmed_floor`: the lowest floor at which runs of `confirm` windows pass at most the
+    budget (one here); `class_confirmed_floors`: each class the same over the windows its namer
+    comes near, never above the one floor; a class never near keeps the one floor."""
+    from soundflow.trigger_fit import class_confirmed_floors, quiet_confirmed_floor
+
+    lg = np.zeros(30)
+    lg[[2, 3]], lg[[12, 13]], lg[[22, 23]] = 5.0, 3.0, 1.0
+    assert quiet_confirmed_floor([lg], 2, hours=1.0) == pytest.approx(3.0)  # the 5-run passes, the 3-run not
+    assert quiet_confirmed_floor([lg], 2, hours=0.5) == pytest.approx(5.0)  # no pass allowed: the highest run
+    assert quiet_confirmed_floor([lg], 3, hours=1.0) == pytest.approx(0.0, abs=1e-5)  # no run of three above 0 (just above it)
+    assert quiet_confirmed_floor([lg[:1]], 2, hours=1.0) == -np.inf
+    probs = np.zeros((30, 3))
+    probs[[2, 3], 0] = 0.9  # class 0 only near the 5-run
+    probs[[12, 13, 22, 23], 1] = 0.2  # class 1 near the 3- and 1-runs
+    one, per = class_confirmed_floors([lg], [probs], 2, hours=1.0)
+    assert one == pytest.approx(3.0)
+    assert per[0] == pytest.approx(3.0)  # its own would be the 5-run's: never above the one floor
+    assert per[1] == pytest.approx(1.0)  # the 3-run is its one pass an hour
+    assert per[2] == one  # no ambient window near it
+
+
+def test_window_class_probs_are_the_namer_at_each_windows_last_chunk():
+    from soundflow.data import split_chunks
+    from soundflow.model import build_model
+    from soundflow.trigger import pooled_stream
+    from soundflow.trigger_fit import window_class_probs
+
+    m = build_model("tiny").eval()
+    trig = m.add_trigger(windows=(1, 3))
+    with pytest.raises(ValueError, match="namer"):
+        window_class_probs(m, np.zeros(6400 * 5, np.float32), chunks=3)
+    trig.set_classes(["knock", "siren"], ["Someone knocked.", "A siren."])
+    torch.manual_seed(0)
+    with torch.no_grad():
+        trig.namer.weight.normal_()
+    wave = (0.1 * np.random.default_rng(1).standard_normal(int(6400 * 7.5))).astype(np.float32)
+    got = window_class_probs(m, wave, chunks=3)
+    assert got.shape == (len(verify_windows(wave, 6400, 3, hop_chunks=1)), 2)  # ends at chunks 2..6, then 7 (the part)
+    with torch.no_grad():
+        su = torch.cat([torch.cat([e.mean(1), e.amax(1)], -1) for e in
+                        [m.encode_audio(m.features(torch.from_numpy(split_chunks(wave, 400))))]])
+        want = torch.softmax(trig.namer(trig.standardise(pooled_stream(su, (), trig.windows))), -1).numpy()
+    np.testing.assert_allclose(got, want[[2, 3, 4, 5, 6, 7]], atol=1e-5)
+
+
+def test_a_verifier_with_class_floors_measures_each_named_sound_by_its_own(tmp_path):
+    """Cross-fitted with the namer's probabilities over the ambient windows: the one floor and each
+    class's are `class_confirmed_floors` of the held-out logits, and the served rule uses them;
+    without two folds there is nothing held out to count."""
+    from soundflow.bench.common import load_manifest
+    from soundflow.model import build_model
+    from soundflow.trigger_fit import class_confirmed_floors, verifier_features
+
+    m = build_model("tiny").eval()
+    rng = np.random.default_rng(3)
+    amb = [(a * rng.standard_normal(16000 * 8)).astype(np.float32) for a in (0.02, 0.3, 0.05, 0.2)]
+    items = load_manifest(_bench_manifest(tmp_path, 12))
+    feats = verifier_features(m, items, amb, chunks=3, depth=0, folds=[0, 1, 0, 1])
+    probs = [np.stack([np.linspace(0, 1, len(a)), np.linspace(1, 0, len(a))], 1) for a in feats.ambient]
+    plain, plain_stats = fit_verifier(m, None, (), confirm=2, features=feats)
+    v, stats = fit_verifier(m, None, (), confirm=2, features=feats, class_probs=probs)
+    assert torch.equal(v.weight, plain.weight)  # the same regression; only its floors differ
+    held = []  # as fit_verifier reads them: fold 0's waves, then fold 1's
+    for fold in (0, 1):
+        from soundflow.trigger_fit import _fit_logistic
+
+        keep = [a.numpy() for a, g in zip(feats.ambient, feats.folds) if g != fold]
+        pipe = _fit_logistic(np.concatenate([feats.X.numpy(), *keep]),
+                             np.r_[feats.y, np.zeros(sum(map(len, keep)), np.int64)], stats["C"], 0)
+        held += [pipe.decision_function(a.numpy()) for a, g in zip(feats.ambient, feats.folds) if g == fold]
+    order = [0, 2, 1, 3]
+    one, per = class_confirmed_floors(held, [probs[i] for i in order], 2, hours=len(torch.cat(feats.ambient)) * 0.4 / 3600)
+    assert stats["floor_from"] == "held-out folds, per namer class"
+    assert v.floor == pytest.approx(one, abs=1e-3) and v.class_floor == pytest.approx(per, abs=1e-3)
+    assert v.rule_of(0) == (2, pytest.approx(per[0], abs=1e-3)) and v.rule_of(None) == (2, v.floor)
+    assert stats["class_floors_by_confirm"]["2"] == pytest.approx(per, abs=1e-3)
+    assert stats["held_out_strict_floors_by_confirm"] == plain_stats["floors_by_confirm"]
+    with pytest.raises(ValueError, match="two folds"):
+        fit_verifier(m, items, amb[:1], chunks=3, depth=0, confirm=2, class_probs=probs[:1])
+    with pytest.raises(ValueError, match="one .* array per ambient wave"):
+        fit_verifier(m, None, (), confirm=2, features=feats, class_probs=probs[:3])
+
+
 def test_verify_with_two_folds_splits_each_source_by_file_and_caches_what_it_encoded(tmp_path, monkeypatch):
     """`trigger verify --ambient-folds 2 --features-cache F`: the noise library's training side
     and each extra manifest in two halves of their files; the second fit with the same inputs
@@ -307,6 +392,20 @@ def test_verify_with_two_folds_splits_each_source_by_file_and_caches_what_it_enc
     assert verify_into_checkpoint(tmp_path / "ck", tmp_path / "b", man, **kw) == first
     wa, wb = (load_checkpoint(tmp_path / d).trigger.verifier.weight for d in "ab")
     assert torch.equal(wa, wb)
+    with pytest.raises(ValueError, match="namer"):
+        verify_into_checkpoint(tmp_path / "ck", tmp_path / "d", man, **kw, class_floors=True)
+    # another checkpoint with the same encoder (a named trigger here), its inputs touched but unchanged:
+    # the windows come from the cache; only the namer runs over the ambience, for the class floors
+    named = load_checkpoint(tmp_path / "ck")
+    _named(named, named.trigger, 1)
+    save_checkpoint(named, {"special"}, tmp_path / "named")
+    os.utime(tmp_path / "noise.jsonl")
+    per = verify_into_checkpoint(tmp_path / "named", tmp_path / "e", man, **kw, class_floors=True)
+    assert per["floor_from"] == "held-out folds, per namer class" and len(per["class_floors_by_confirm"]["2"]) == 2
+    back = load_checkpoint(tmp_path / "e").trigger.verifier
+    assert back.class_floor == pytest.approx(per["class_floors_by_confirm"]["2"]) and back.class_confirm == [2, 2]
+    with pytest.raises(ValueError, match="two folds|ambient-folds 2"):
+        verify_into_checkpoint(tmp_path / "named", tmp_path / "f", man, **{**kw, "ambient_folds": 1}, class_floors=True)
     calls = []
     monkeypatch.setattr(trigger_fit, "verifier_features", lambda *a, **k: calls.append(1) or encode(*a, **k))
     single = verify_into_checkpoint(tmp_path / "ck", tmp_path / "c", man, **{**kw, "ambient_folds": 1})
@@ -411,3 +510,13 @@ def test_confirm_into_checkpoint_asks_short_classes_fewer_at_their_fitted_floors
     (tmp_path / "ck" / "model.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="no floor for 1"):
         confirm_into_checkpoint(tmp_path / "ck", tmp_path / "out2", str(tmp_path / "labels.jsonl"), 1)
+    # a fit with a floor per class: each class its own, for its number of decisions
+    meta["trigger"]["verify_fit"]["class_floors_by_confirm"] = {"2": [0.7, 0.9], "3": [0.2, 0.4]}
+    (tmp_path / "ck" / "model.json").write_text(json.dumps(meta))
+    stats = confirm_into_checkpoint(tmp_path / "ck", tmp_path / "out3", str(tmp_path / "labels.jsonl"), 2)
+    back = load_checkpoint(tmp_path / "out3").trigger.verifier
+    assert stats["floors"] == "per class" and back.rule_of(0) == (2, 0.7) and back.rule_of(1) == (3, 0.4)
+    meta["trigger"]["verify_fit"]["class_floors_by_confirm"] = {"2": [0.7], "3": [0.2]}
+    (tmp_path / "ck" / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="not for these 2 classes"):
+        confirm_into_checkpoint(tmp_path / "ck", tmp_path / "out4", str(tmp_path / "labels.jsonl"), 2)

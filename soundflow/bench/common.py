@@ -18,6 +18,7 @@ import numpy as np
 from ..audio import SAMPLE_RATE  # noqa: F401 (bench modules import it from here)
 from ..compose import colored_noise, dbfs_to_rms  # noqa: F401 (bench modules import them from here)
 from ..data import read_jsonl  # bench modules import it from here
+from ..model import encoder_fingerprint
 
 DECISIONS = ("RESPOND", "IGNORE")
 # Audio the public manifest names as .wav may have been converted; try these before giving up.
@@ -374,19 +375,6 @@ class EncodingCache:
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # parallel replays never share a temp file
         torch.save(entry, tmp)
         tmp.replace(path)
-
-
-def encoder_fingerprint(model) -> str:
-    """A short hash of the frozen encoder: its modules' types (an int8-quantised linear is another
-    type) and its first and last weights, sampled, with their dtype."""
-    import hashlib
-
-    ps = list(model.encoder.parameters())
-    h = hashlib.sha1("|".join(type(m).__name__ for m in model.encoder.modules()).encode())
-    for p in (ps[0], ps[-1]) if ps else ():
-        h.update(p.detach().float().flatten()[::max(1, p.numel() // 4096)].cpu().numpy().tobytes())
-        h.update(str(p.dtype).encode())
-    return h.hexdigest()[:16]
 
 
 def _memo_summarize(summarize, memo: dict):
