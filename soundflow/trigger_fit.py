@@ -276,7 +276,6 @@ def ambient_examples(noise_manifest: str, model, minutes: float, seed: int, rows
     `rows_split` names ("train-a": one half, "train-b": the other), so folds never share a file."""
     from .ambience import augmented_ambience, synthetic_ambience
     from .bench.ambient import ambient_stream
-    from .data import split_chunks
 
     waves = [("recorded", ambient_stream(noise_manifest, minutes, seed=seed, split=rows_split)[0])]
     half = {"train-a": "dev", "train-b": "train"}.get(rows_split)  # an extra manifest's two halves by file
@@ -291,13 +290,20 @@ def ambient_examples(noise_manifest: str, model, minutes: float, seed: int, rows
         waves.append(("synthetic", synthetic_ambience(minutes * synthetic, seed=seed + 3000 + sum(map(ord, rows_split)))))
     out = []
     for source, wave in waves:
-        chunks = torch.from_numpy(split_chunks(wave, chunk_ms))
-        with torch.inference_mode():
-            su = torch.cat([chunk_summary(model.encode_audio(model.features(chunks[i: i + 256])))
-                            for i in range(0, len(chunks), 256)])
+        su = wave_summaries(model, wave, chunk_ms)
         out += [TriggerExample(su[i: i + stream_chunks], np.zeros(len(su[i: i + stream_chunks]), dtype=np.int64), [],
                                source=source) for i in range(0, len(su), stream_chunks)]
     return out
+
+
+@torch.inference_mode()
+def wave_summaries(model, wave: np.ndarray, chunk_ms: int = 400, batch: int = 256) -> torch.Tensor:
+    """(chunks, 2 d_enc): the trigger's chunk summaries of a long wave, encoded `batch` chunks at a time."""
+    from .data import split_chunks
+
+    chunks = torch.from_numpy(split_chunks(np.asarray(wave, np.float32), chunk_ms))
+    return torch.cat([chunk_summary(model.encode_audio(model.features(chunks[i: i + batch])))
+                      for i in range(0, len(chunks), batch)])
 
 
 def ambient_floor(examples: Sequence[TriggerExample], folds: Sequence[Sequence[TriggerExample]],
@@ -463,11 +469,8 @@ def _fingerprint(path) -> list:
     from pathlib import Path
 
     def digest(f):
-        h = hashlib.sha1()
         with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        return h.hexdigest()
+            return hashlib.file_digest(fh, "sha1").hexdigest()
 
     p = Path(path)
     files = sorted(f for f in p.iterdir() if f.is_file()) if p.is_dir() else [p] if p.exists() else []
@@ -690,13 +693,10 @@ def window_class_probs(model, wave: np.ndarray, chunks: int = VERIFY_CHUNKS, bat
     """(N, classes): the trigger's namer at the chunk each of `verify_windows(wave, hop_chunks=1)`'s
     windows ends in, on the evidence a live stream holds there with no reply before it — the class
     whose rule the served second look (`Verifier.rule_of`) would measure that window by."""
-    from .data import split_chunks
-
     trig, cs = model.trigger, chunk_samples(model.cfg.chunk_ms)
     if trig is None or trig.namer is None:
         raise ValueError("per-class floors need the trigger's namer: `soundflow trigger name` it first")
-    ch = torch.from_numpy(split_chunks(np.asarray(wave, np.float32), model.cfg.chunk_ms))
-    su = torch.cat([chunk_summary(model.encode_audio(model.features(ch[i: i + batch]))) for i in range(0, len(ch), batch)])
+    su = wave_summaries(model, wave, model.cfg.chunk_ms, batch)
     p = torch.softmax(trig.namer(trig.standardise(pooled_stream(su, (), trig.windows))), -1).numpy()
     return p[[-(-e // cs) - 1 for e in window_ends(len(wave), cs, chunks, 1)]]
 
@@ -803,16 +803,18 @@ def fit_verifier(model, items, ambient_waves: Sequence[np.ndarray], chunks: int 
     ks = sorted({1, 2, 3, confirm})
     waves = np.split(lg[n_clip:], np.cumsum(lengths)[:-1]) if lengths else []
     floors = {k: confirmed_floor(waves, k) for k in ks}  # the trade-off, for the record
-    held_floors, held = None, []  # held: each wave read by a regression fitted without its fold, fold by fold
+    held_floors, held = None, [None] * len(f.ambient)  # each wave read by a regression fitted without its fold
     if len(set(f.folds)) > 1:
         for fold in sorted(set(f.folds)):
             keep = [a for a, g in zip(f.ambient, f.folds) if g != fold]
             Xf = np.concatenate([f.X.numpy(), *[a.numpy() for a in keep]])
             yf = np.concatenate([f.y, np.zeros(sum(map(len, keep)), np.int64)])
             p = _fit_logistic(Xf, yf, C, seed)
-            held += [p.decision_function(a.numpy()) for a, g in zip(f.ambient, f.folds) if g == fold]
+            for i, (a, g) in enumerate(zip(f.ambient, f.folds)):
+                if g == fold:
+                    held[i] = p.decision_function(a.numpy())
             if say:
-                say(f"  fold {fold} held out: highest level {max(float(h.max()) for h in held):.2f}")
+                say(f"  fold {fold} held out: highest level {max(float(h.max()) for h in held if h is not None):.2f}")
         held_floors = {k: confirmed_floor(held, k) for k in ks}
     class_floors = None
     if class_probs is not None:
@@ -820,10 +822,8 @@ def fit_verifier(model, items, ambient_waves: Sequence[np.ndarray], chunks: int 
             raise ValueError("per-class floors are cross-fitted: they need ambience in two folds (ambient_folds=2)")
         if len(class_probs) != len(f.ambient) or any(len(p) != len(a) for p, a in zip(class_probs, f.ambient)):
             raise ValueError("class_probs: one (windows, classes) array per ambient wave, a row per window")
-        order = [i for fold in sorted(set(f.folds)) for i, g in enumerate(f.folds) if g == fold]  # as `held`
-        probs = [np.asarray(class_probs[i]) for i in order]
         hours = len(A) * chunk_ms / 3.6e6
-        per_k = {k: class_confirmed_floors(held, probs, k, hours) for k in ks}
+        per_k = {k: class_confirmed_floors(held, [np.asarray(p) for p in class_probs], k, hours) for k in ks}
         strict = held_floors  # no pass allowed: kept for the record
         held_floors = {k: one for k, (one, _) in per_k.items()}
         class_floors = {k: per for k, (_, per) in per_k.items()}
