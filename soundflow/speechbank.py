@@ -219,11 +219,9 @@ def dictation_counts(cfg: dict, per_voice: int = PER_VOICE) -> dict[str, int]:
 def bank_voice(cfg: dict, voice_id: str, out: str, per_voice: int = PER_VOICE) -> dict:
     """Render, gate and write one voice's entries (skipped when its rows exist); returns its stats.
     per_voice: this voice's dictation sentences (`dictation_counts`)."""
-    import soundfile as sf
-
     from . import tts
     from .asr_gate import Dropped
-    from .build import _resources, run_slots, tune_malloc
+    from .build import _flac_bytes, _resources, run_slots, tune_malloc
     from .tasks import dictation_pool, spoken_prompts
 
     root = Path(out)
@@ -258,7 +256,7 @@ def bank_voice(cfg: dict, voice_id: str, out: str, per_voice: int = PER_VOICE) -
         bounds = np.cumsum([0] + [len(w) for w in waves]).tolist()
         rel = f"audio/{key}/{eid}.flac"
         tmp = root / (rel + ".tmp")
-        sf.write(str(tmp), np.clip(np.concatenate(waves), -1.0, 1.0), SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+        tmp.write_bytes(_flac_bytes(np.concatenate(waves)))  # as the shards store streams
         os.replace(tmp, root / rel)
         rows.append(BankEntry(eid, voice_id, kind, tuple(texts), tuple(spoken), info[-1]["tts"],
                               max(float(i.get("wer", 0.0)) for i in info), int(info[-1]["attempts"]), True, rel,

@@ -14,8 +14,8 @@ from test_build import DATA, _digest
 
 from soundflow import asr_gate, build, speechbank, tts
 from soundflow.data import read_shards
-pytestmark = pytest.mark.skipif(not (DATA / "events" / "catalog.jsonl").exists(), reason="shared data not present")
 
+pytestmark = pytest.mark.skipif(not (DATA / "events" / "catalog.jsonl").exists(), reason="shared data not present")
 
 
 @pytest.fixture
