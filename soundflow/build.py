@@ -1,4 +1,6 @@
-"""`soundflow data build RECIPE --out DIR [--ray ADDRESS|local]`: stream samples → tar shards.
+"""`soundflow data build RECIPE --out DIR [--ray ADDRESS|local]`: stream samples → tar shards;
+`soundflow data bank RECIPE --out DIR`: the recipe's speech rendered and gated ahead (`make_bank`,
+speechbank.py), which a build with `--bank` / `tts.bank` draws from.
 
 Recipe (YAML):
 
@@ -148,9 +150,9 @@ def _bank(path: str | None, base: str):
     if not path:
         return None
     from .speechbank import SpeechBank
-    from .tasks import _expand
+    from .tasks import expand_path
 
-    return SpeechBank.open(_expand(path, Path(base)))
+    return SpeechBank.open(expand_path(path, Path(base)))
 
 
 def _flac_bytes(wave: np.ndarray) -> bytes:
@@ -480,3 +482,144 @@ def build(recipe_path: str | Path, out: str | Path, ray: str | None = None, work
     if not quiet:
         print(json.dumps(summary, indent=2, sort_keys=True))
     return summary
+
+
+# ----------------------------------------------------------------------------- speech banks
+
+
+def _bank_unit_steps(speaker, kind: str, texts: tuple[str, ...]):
+    """One unit through `Speaker.say_steps` (a generator of gate requests); returns the outcome."""
+    from .asr_gate import Dropped
+    from .tasks import ASR_GROUP_GAP_S
+
+    try:
+        if kind == "dictation":
+            out = yield from speaker.say_steps(list(texts), units=[0] * len(texts), join_gap_s=ASR_GROUP_GAP_S)
+        else:
+            out = yield from speaker.say_steps(list(texts))
+        return out
+    except Dropped as d:
+        return d
+
+
+def bank_voice(cfg: dict, voice_id: str, out: str, per_voice: int) -> dict:
+    """Render, gate and write one voice's entries (skipped when its rows exist); returns its stats.
+    per_voice: this voice's dictation sentences (`dictation_counts`)."""
+    from . import tts
+    from .asr_gate import Dropped
+    from .speechbank import BankEntry, entry_id, voice_key, voice_seed, voice_units
+    from .tasks import dictation_pool, spoken_prompts
+
+    root = Path(out)
+    key = voice_key(voice_id)
+    rows_path, stats_path = root / "voices" / f"{key}.jsonl", root / "voices" / f"{key}.stats.json"
+    if rows_path.exists() and stats_path.exists():
+        return json.loads(stats_path.read_text())
+    tune_malloc()
+    t0, cpu0 = time.time(), time.process_time()
+    res = _resources({**cfg, "tts": {**(cfg.get("tts") or {}), "bank": None}})
+    gate = res.gate
+    gate0 = gate.stats.to_json() if gate else None
+    tasks = [t for t, w in (cfg.get("tasks") or {}).items() if float(w) > 0]
+    units = voice_units(voice_id, spoken_prompts(res, tasks), dictation_pool(res) if "asr" in tasks else [],
+                        per_voice, int(cfg.get("seed", 0)))
+    family, _, name = voice_id.partition(":")
+    rng = np.random.default_rng([*voice_seed(int(cfg.get("seed", 0)), voice_id), 1])  # the styles and re-renders
+    speakers = [tts.Speaker(tts.styled_voice(rng, family, name), rng, gate) for _ in units]
+    done = run_slots([_bank_unit_steps(sp, kind, texts) for sp, (kind, texts) in zip(speakers, units)], gate)
+    audio_dir = root / "audio" / key
+    audio_dir.mkdir(parents=True, exist_ok=True)
+    rows, stats = [], {"voice": voice_id, "units": len(units), "dictation": sum(k == "dictation" for k, _ in units),
+                       "passed": 0, "failed": 0, "seconds": 0.0}
+    for speaker, (kind, texts), got in zip(speakers, units, done):
+        eid = entry_id(voice_id, kind, texts)
+        if isinstance(got, Dropped):
+            rows.append(BankEntry(eid, voice_id, kind, texts, tuple(speaker.spoken(t) for t in texts),
+                                  speaker.voice.to_json(), round(float(got.wer), 4), int(got.attempts), False))
+            stats["failed"] += 1
+            continue
+        waves, spoken, info = got
+        bounds = np.cumsum([0] + [len(w) for w in waves]).tolist()
+        rel = f"audio/{key}/{eid}.flac"
+        tmp = root / (rel + ".tmp")
+        tmp.write_bytes(_flac_bytes(np.concatenate(waves)))  # as the shards store streams
+        os.replace(tmp, root / rel)
+        rows.append(BankEntry(eid, voice_id, kind, tuple(texts), tuple(spoken), info[-1]["tts"],
+                              max(float(i.get("wer", 0.0)) for i in info), int(info[-1]["attempts"]), True, rel,
+                              tuple(int(b) for b in bounds)))
+        stats["passed"] += 1
+        stats["seconds"] += bounds[-1] / SAMPLE_RATE
+    stats["seconds"] = round(stats["seconds"], 3)
+    stats["wall_s"] = round(time.time() - t0, 3)
+    stats["cpu_s"] = round(time.process_time() - cpu0, 3)
+    if gate:
+        g = gate.stats.to_json()
+        stats["gate"] = {k: round(g[k] - gate0[k], 2) for k in g if not isinstance(g[k], dict)}
+    tmp = rows_path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(json.dumps(r.to_dict(), ensure_ascii=False, sort_keys=True) + "\n" for r in rows),
+                   encoding="utf-8")
+    st_tmp = stats_path.with_suffix(".json.tmp")
+    st_tmp.write_text(json.dumps(stats, sort_keys=True))
+    os.replace(st_tmp, stats_path)
+    os.replace(tmp, rows_path)  # rows last: a voice with rows is whole
+    return stats
+
+
+def make_bank(recipe_path: str | Path, out: str | Path, per_voice: int | None = None, voices: list[str] | None = None,
+              workers: int | None = None, quiet: bool = False) -> dict:
+    """Make (or finish) the speech bank (speechbank.py) of a data recipe in `out`, a voice at a
+    time per process; returns and writes bank.json.
+    per_voice: dictation sentences per voice on average (`dictation_counts`); voices: a subset of
+    the recipe's voice ids (default all); workers: processes, each making one voice at a time."""
+    from tqdm import tqdm
+
+    from .speechbank import BANK_FILE, PER_VOICE, dictation_counts, recipe_voices
+
+    per_voice = PER_VOICE if per_voice is None else per_voice
+    cfg = load_data_recipe(recipe_path)
+    if not (cfg.get("tts") or {}).get("families"):
+        raise RecipeError(f"{recipe_path}: the recipe names no TTS families (tts.families): nothing to bank")
+    known = recipe_voices(cfg)
+    todo = list(voices) if voices else known
+    unknown = [v for v in todo if v not in known]
+    if unknown:
+        raise RecipeError(f"voices not in the recipe's installed TTS families: {', '.join(unknown)}")
+    root = Path(out)
+    (root / "voices").mkdir(parents=True, exist_ok=True)
+    for stale in root.glob("**/*.tmp"):  # a killed run's partial files: never read, redone below
+        stale.unlink()
+    counts = dictation_counts(cfg, per_voice)
+    todo.sort(key=lambda v: -counts[v])  # the longest voices first: the pool ends together
+    workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))
+    t0 = time.time()
+    stats = []
+    bar = tqdm(total=len(todo), desc="voices", unit="voice", disable=quiet)
+    if workers == 1:
+        for v in todo:
+            stats.append(bank_voice(cfg, v, str(root), counts[v]))
+            bar.update(1)
+    else:
+        import multiprocessing as mp
+
+        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                                 initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
+            futs = [pool.submit(bank_voice, cfg, v, str(root), counts[v]) for v in todo]
+            for f in as_completed(futs):
+                stats.append(f.result())
+                bar.update(1)
+    bar.close()
+    done = [json.loads(p.read_text()) for p in sorted((root / "voices").glob("*.stats.json"))]
+    cpu = sum(s["cpu_s"] for s in done)
+    seconds = sum(s["seconds"] for s in done)
+    info = {"recipe": str(recipe_path), "seed": int(cfg.get("seed", 0)), "per_voice": per_voice,
+            "voices": len(done), "entries": sum(s["units"] for s in done), "passed": sum(s["passed"] for s in done),
+            "failed": sum(s["failed"] for s in done), "seconds": round(seconds, 2), "cpu_s": round(cpu, 2),
+            "xrt_per_cpu_s": round(seconds / cpu, 3) if cpu else None,
+            "wall_s": round(time.time() - t0, 2) if stats else None,
+            "pass_rate_by_voice": {s["voice"]: round(s["passed"] / s["units"], 4) for s in done if s["units"]}}
+    tmp = root / (BANK_FILE + ".tmp")
+    tmp.write_text(json.dumps(info, indent=2, sort_keys=True))
+    os.replace(tmp, root / BANK_FILE)
+    if not quiet:
+        print(json.dumps({k: v for k, v in info.items() if k != "pass_rate_by_voice"}, indent=2, sort_keys=True))
+    return info

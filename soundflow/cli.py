@@ -127,7 +127,7 @@ def _data_build(a) -> int:
 
 
 def _data_bank(a) -> int:
-    from .speechbank import make_bank
+    from .build import make_bank
 
     voices = [v for v in (a.voices or "").split(",") if v] or None
     make_bank(a.recipe, a.out, per_voice=a.per_voice, voices=voices, workers=a.workers)

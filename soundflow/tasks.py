@@ -158,7 +158,7 @@ def _load(path: str) -> np.ndarray:
     return load_audio(path)
 
 
-def _expand(value: str, base: Path) -> Path:
+def expand_path(value: str, base: Path) -> Path:
     """`${VAR:-default}` / `$VAR` expansion, then relative to `base` (the recipe's folder)."""
 
     def sub(m: re.Match) -> str:
@@ -253,7 +253,7 @@ class Resources:
             v = sources.get(key, default)
             if not v:
                 return [], None
-            p = _expand(v, base)
+            p = expand_path(v, base)
             out = read_jsonl(p)
             for r in out:
                 if "audio" in r:
@@ -282,7 +282,7 @@ class Resources:
         parallel, _ = rows("parallel", str(RECIPES_DIR / "parallel_en_fr_es.jsonl"))
         chats, _ = rows("chats", str(RECIPES_DIR / "chat_en.jsonl"))
         sents = sources.get("sentences", str(RECIPES_DIR / "sentences_en.txt"))
-        kw.setdefault("sentences", read_sentences(_expand(sents, base)) if sents else [])
+        kw.setdefault("sentences", read_sentences(expand_path(sents, base)) if sents else [])
         music = [m for m in music if m["id"] not in music_notes().not_music]
         missing = [f for f in kw.get("tts_families", ()) if f in tts.FAMILIES and f not in tts.available_families()]
         if missing:  # the build goes on with the other families, saying so

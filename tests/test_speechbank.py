@@ -41,7 +41,7 @@ def _recipe(tmp_path):
 
 
 def test_bank_holds_every_prompt_and_its_dictation_gated(tmp_path, hash_gate):
-    info = speechbank.make_bank(_recipe(tmp_path), tmp_path / "bank", per_voice=6, workers=1, quiet=True)
+    info = build.make_bank(_recipe(tmp_path), tmp_path / "bank", per_voice=6, workers=1, quiet=True)
     bank = speechbank.SpeechBank.open(tmp_path / "bank")
     assert bank.voices() == ("tone:tone",) and info["voices"] == 1
     rows = [json.loads(ln) for ln in (tmp_path / "bank" / "voices" / "tone--tone.jsonl").read_text().splitlines()]
@@ -71,7 +71,7 @@ def test_bank_holds_every_prompt_and_its_dictation_gated(tmp_path, hash_gate):
     orig = tts.Voice.render
     tts.Voice.render = lambda self, *a, **k: calls.append(1) or orig(self, *a, **k)
     try:
-        again = speechbank.make_bank(tmp_path / "tiny.yaml", tmp_path / "bank", per_voice=6, workers=1, quiet=True)
+        again = build.make_bank(tmp_path / "tiny.yaml", tmp_path / "bank", per_voice=6, workers=1, quiet=True)
     finally:
         tts.Voice.render = orig
     assert not calls and again["entries"] == info["entries"]
@@ -79,7 +79,7 @@ def test_bank_holds_every_prompt_and_its_dictation_gated(tmp_path, hash_gate):
 
 def test_build_from_bank_renders_nothing_and_is_reproducible(tmp_path, hash_gate, monkeypatch):
     recipe = _recipe(tmp_path)
-    speechbank.make_bank(recipe, tmp_path / "bank", per_voice=8, workers=1, quiet=True)
+    build.make_bank(recipe, tmp_path / "bank", per_voice=8, workers=1, quiet=True)
     banked = {json.loads(ln)["id"] for ln in (tmp_path / "bank" / "voices" / "tone--tone.jsonl").read_text().splitlines()}
 
     def no_render(self, *a, **k):

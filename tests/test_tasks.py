@@ -129,9 +129,9 @@ def test_agent_tool_calls_are_json(res):
 
 def test_env_expansion(tmp_path, monkeypatch):
     monkeypatch.setenv("SF_X", str(tmp_path))
-    assert tasks._expand("${SF_X:-nope}/a.jsonl", Path("/base")) == tmp_path / "a.jsonl"
+    assert tasks.expand_path("${SF_X:-nope}/a.jsonl", Path("/base")) == tmp_path / "a.jsonl"
     monkeypatch.delenv("SF_X")
-    assert tasks._expand("${SF_X:-../d}/a.jsonl", Path("/base")) == Path("/base/../d/a.jsonl")
+    assert tasks.expand_path("${SF_X:-../d}/a.jsonl", Path("/base")) == Path("/base/../d/a.jsonl")
 
 
 def test_proactive_curated_hierarchical(res):
