@@ -421,6 +421,27 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
+def run_pool(fn, jobs: list[tuple], workers: int, bar=None) -> list:
+    """fn(*job) for every job, in this process (workers 1) or on a pool of `workers` processes;
+    results in completion order. The builds' one way to use processes."""
+    out = []
+    if workers == 1:
+        for job in jobs:
+            out.append(fn(*job))
+            bar is not None and bar.update(1)
+        return out
+    import multiprocessing as mp
+
+    # spawn, not fork: a forked child inherits the parent's OpenMP/torch thread state, which
+    # made ctranslate2 and onnxruntime workers stall (measured 1.7x vs 8.7x real time per core).
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=mp.get_context("spawn"),
+                             initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
+        for f in as_completed([pool.submit(fn, *job) for job in jobs]):
+            out.append(f.result())
+            bar is not None and bar.update(1)
+    return out
+
+
 def build(recipe_path: str | Path, out: str | Path, ray: str | None = None, workers: int | None = None,
           quiet: bool = False, bank: str | Path | None = None) -> dict:
     """Build the corpus described by `recipe_path` into `out`; returns (and writes) the summary.
@@ -454,21 +475,8 @@ def build(recipe_path: str | Path, out: str | Path, ray: str | None = None, work
         pass
     elif ray:
         stats += _run_ray(cfg, todo, str(out), ray, bar)
-    elif workers == 1:
-        for i in todo:
-            stats.append(build_shard(cfg, i, str(out)))
-            bar.update(1)
     else:
-        import multiprocessing as mp
-
-        # spawn, not fork: a forked child inherits the parent's OpenMP/torch thread state, which
-        # made ctranslate2 and onnxruntime workers stall (measured 1.7x vs 8.7x real time per core).
-        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=mp.get_context("spawn"),
-                                 initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
-            futs = [pool.submit(build_shard, cfg, i, str(out)) for i in todo]
-            for f in as_completed(futs):
-                stats.append(f.result())
-                bar.update(1)
+        stats += run_pool(build_shard, [(cfg, i, str(out)) for i in todo], workers, bar)
     bar.close()
     wall = time.time() - t0
     summary = summarize(sorted(stats, key=lambda s: s["shard"]), wall if todo else None, workers if todo else None)
@@ -590,23 +598,10 @@ def make_bank(recipe_path: str | Path, out: str | Path, per_voice: int | None = 
         stale.unlink()
     counts = dictation_counts(cfg, per_voice)
     todo.sort(key=lambda v: -counts[v])  # the longest voices first: the pool ends together
-    workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))
     t0 = time.time()
-    stats = []
     bar = tqdm(total=len(todo), desc="voices", unit="voice", disable=quiet)
-    if workers == 1:
-        for v in todo:
-            stats.append(bank_voice(cfg, v, str(root), counts[v]))
-            bar.update(1)
-    else:
-        import multiprocessing as mp
-
-        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
-                                 initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
-            futs = [pool.submit(bank_voice, cfg, v, str(root), counts[v]) for v in todo]
-            for f in as_completed(futs):
-                stats.append(f.result())
-                bar.update(1)
+    workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))
+    stats = run_pool(bank_voice, [(cfg, v, str(root), counts[v]) for v in todo], workers, bar)
     bar.close()
     done = [json.loads(p.read_text()) for p in sorted((root / "voices").glob("*.stats.json"))]
     cpu = sum(s["cpu_s"] for s in done)

@@ -559,34 +559,34 @@ def word_groups(sentence: str, rng: np.random.Generator) -> list[str]:
 
 def spoken_prompts(res: Resources, tasks: Iterable[str] = FAMILIES) -> list[str]:
     """Every fixed text the TTS speaker of `tasks`' streams can say, besides dictation sentences
-    (`dictation_pool`): user turns, questions, commands, the history question of the mix-in and
-    the speakable instructions. What a speech bank (speechbank.py) renders for each voice."""
+    (`dictation_pool`): user turns, questions, commands, the history question of the mix-in and,
+    when the recipe speaks instructions (`instruction_audio`), the instructions. What a speech
+    bank (speechbank.py) renders for each voice."""
     tasks = set(tasks)
-    out = []
+    said, instructions = [], []
     if "translation" in tasks:
-        out += [p["src"] for p in res.parallel]
-        out += [INSTRUCTIONS["translation"].format(v) for v in LANGS.values()]
+        said += [p["src"] for p in res.parallel]
+        instructions += [INSTRUCTIONS["translation"].format(v) for v in LANGS.values()]
     if "chat" in tasks:
-        out += [c["user"] for c in res.chats] + [INSTRUCTIONS["chat"]]
+        said += [c["user"] for c in res.chats]
+        instructions.append(INSTRUCTIONS["chat"])
     if "understanding" in tasks:
-        out += [*WHAT_WAS_THAT, HOW_MANY_SOUNDS, INSTRUCTIONS["understanding"], INSTRUCTIONS["understanding_silent"]]
+        said += [*WHAT_WAS_THAT, HOW_MANY_SOUNDS]
+        instructions += [INSTRUCTIONS["understanding"], INSTRUCTIONS["understanding_silent"]]
     if "music" in tasks:
-        out += [*MUSIC_QUESTIONS, INSTRUCTIONS["music_stop"], INSTRUCTIONS["music_describe"]]
+        said += list(MUSIC_QUESTIONS)
+        instructions += [INSTRUCTIONS["music_stop"], INSTRUCTIONS["music_describe"]]
     if "agent" in tasks:
-        out += [text for text, _ in SPOKEN_COMMANDS]
+        said += [text for text, _ in SPOKEN_COMMANDS]
     if "asr" in tasks:
-        out += list(ASR_INSTRUCTIONS)
+        instructions += list(ASR_INSTRUCTIONS)
     if "proactive" in tasks:
-        out.append(INSTRUCTIONS["proactive"])
+        instructions.append(INSTRUCTIONS["proactive"])
     if res.mixins.get("history", 0) > 0:
-        out += [HISTORY_QUESTION.format(o) for o in ORDINALS]
-    keep = [t for t in out if res.instruction_audio > 0 or t not in _instruction_texts()]
-    return list(dict.fromkeys(keep))  # in order, once
-
-
-def _instruction_texts() -> set[str]:
-    return {*ASR_INSTRUCTIONS, *(v for k, v in INSTRUCTIONS.items() if k != "translation"),
-            *(INSTRUCTIONS["translation"].format(v) for v in LANGS.values())}
+        said += [HISTORY_QUESTION.format(o) for o in ORDINALS]
+    if res.instruction_audio > 0:
+        said += [t for t in instructions if speakable(t)]
+    return list(dict.fromkeys(said))  # in order, once
 
 
 def steps_asr(rng: np.random.Generator, res: Resources):
