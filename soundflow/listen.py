@@ -7,7 +7,9 @@ per event (`decision` and `response`; the schema of the server's events in docs/
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -29,6 +31,28 @@ def _load(model):
         return model, model.cfg.backend, model.info.trained
     m = load_model(str(model))
     return m, str(model), m.info.trained
+
+
+@contextlib.contextmanager
+def _stdout_is_data(jsonl: bool):
+    """With `--jsonl`, stdout carries JSON lines only: what libraries print or log there while the
+    stream runs goes to stderr (deepspeed, pulled in by accelerate, logs its accelerator choice to
+    stdout the first time a process asks for one). Yields the stream the JSON lines go to."""
+    out = sys.stdout
+    if not jsonl:
+        yield out
+        return
+    moved = [h for name in ("DeepSpeed",) if name in logging.Logger.manager.loggerDict
+             for h in logging.getLogger(name).handlers
+             if isinstance(h, logging.StreamHandler) and h.stream in (out, sys.__stdout__)]
+    for h in moved:
+        h.setStream(sys.stderr)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # a logger made meanwhile binds stderr too
+            yield out
+    finally:
+        for h in moved:
+            h.setStream(out)
 
 
 def _fmt_t(t: float) -> str:
@@ -175,23 +199,24 @@ def listen(audio, model="mini", instruction: str | None = None, chunk_ms: int = 
     last_p: dict[int, float] = {}
     t0 = time.perf_counter()
     rc = 0
-    for ev in sess.run(source(), realtime=realtime):
-        typ = ev["type"]
-        if typ == "decision":
-            decisions.append(ev)
-            last_p[ev["chunk"]] = ev.get("p_response", 0.0)
-        elif typ == "response":
-            responses.append(ev)
-        elif typ == "error":
-            rc = 1
-            print(f"error: {ev['message']}", file=sys.stderr, flush=True)
-        if jsonl:
-            if typ != "token" or tokens:
-                print(json.dumps(ev, ensure_ascii=False), flush=True)
-        elif typ == "decision":
-            timeline.decision(ev)
-        elif typ == "response":
-            timeline.response(ev, last_p.get(ev["chunk"]))
+    with _stdout_is_data(jsonl) as out:
+        for ev in sess.run(source(), realtime=realtime):
+            typ = ev["type"]
+            if typ == "decision":
+                decisions.append(ev)
+                last_p[ev["chunk"]] = ev.get("p_response", 0.0)
+            elif typ == "response":
+                responses.append(ev)
+            elif typ == "error":
+                rc = 1
+                print(f"error: {ev['message']}", file=sys.stderr, flush=True)
+            if jsonl:
+                if typ != "token" or tokens:
+                    print(json.dumps(ev, ensure_ascii=False), file=out, flush=True)
+            elif typ == "decision":
+                timeline.decision(ev)
+            elif typ == "response":
+                timeline.response(ev, last_p.get(ev["chunk"]))
     wall = time.perf_counter() - t0
     if bad:
         print(f"error: {bad[0]} (stopped there)", file=sys.stderr, flush=True)

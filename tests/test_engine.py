@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 import threading
 import time
 from contextlib import redirect_stdout
@@ -221,6 +222,40 @@ def test_listen_jsonl_one_decision_per_chunk(model, tmp_path, capsys):
     assert [r["chunk"] for r in d] == list(range(150))
     assert all({"type", "chunk", "t", "decision", "latency_ms"} <= r.keys() for r in d)
     assert "untrained" in capsys.readouterr().err
+
+
+def test_listen_jsonl_stdout_holds_json_only(model, tmp_path, monkeypatch):
+    """What a library prints or logs to stdout mid-stream (deepspeed's accelerator warning, through
+    a logger bound to stdout before the run) goes to stderr: every stdout line parses."""
+    import logging
+
+    from soundflow.engine import Session
+    from soundflow.listen import listen
+
+    path = tmp_path / "c.wav"
+    write_audio(path, _wave(2, seed=9))
+    out, err = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stderr", err)
+    noisy = logging.getLogger("DeepSpeed")
+    handler = logging.StreamHandler(sys.stdout)
+    noisy.addHandler(handler)
+    run = Session.run
+
+    def chatty(self, *a, **k):
+        noisy.warning("Setting accelerator to CPU")
+        print("a library's print")
+        yield from run(self, *a, **k)
+
+    monkeypatch.setattr(Session, "run", chatty)
+    try:
+        assert listen(str(path), model=model, jsonl=True, threshold=0.9) == 0
+    finally:
+        noisy.removeHandler(handler)
+    lines = out.getvalue().splitlines()
+    assert len([json.loads(x) for x in lines]) >= 5  # five decisions, nothing else
+    assert "Setting accelerator to CPU" in err.getvalue() and "a library's print" in err.getvalue()
+    assert handler.stream is out  # put back as it was
 
 
 def test_listen_plain_and_plot(model, tmp_path):
