@@ -60,7 +60,8 @@ def _trigger_verify(a) -> int:
                                             a.ambient_manifest, a.ambient_minutes, a.gate, chunks=a.chunks,
                                             depth=a.depth, C=a.C, confirm=a.confirm, seed=a.seed,
                                             windows_from=a.windows_from, ambient_folds=a.ambient_folds,
-                                            features_cache=a.features_cache, class_floors=a.class_floors)))
+                                            features_cache=a.features_cache, class_floors=a.class_floors,
+                                            heads=a.heads)))
     return 0
 
 
@@ -457,6 +458,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --ambient-folds 2: a floor per namer class, from the held-out ambient windows the "
                         "trigger's namer comes near that class in, each allowed the trigger's false-reply budget "
                         "(as the trigger's own class floors)")
+    t.add_argument("--heads", choices=("one", "classes"), default="one",
+                   help="one: a regression of RESPOND against the rest (default); classes: over the sound classes "
+                        "of each side (ambience as background), its logit log P(any RESPOND class) - log P(any other)")
     t.add_argument("--features-cache", default=None, metavar="FILE",
                    help="keep the encoded windows (~0.4 GB) here: the next fit with the same inputs and the same "
                         "frozen encoder takes seconds")

@@ -162,13 +162,25 @@ class Verifier(nn.Module):
     fires (a sound persists; a passing resemblance in ambience mostly does not). A short sound
     cannot persist: `class_confirm` / `class_floor` may ask fewer decisions (at the floor fitted
     for that many) of the classes its trigger's namer names whose sounds are short.
-    `d_summary`: one encoding's summary width (2 d_enc)."""
+    `d_summary`: one encoding's summary width (2 d_enc).
+
+    One head (the first verifiers) is a binary regression: RESPOND against everything else. With
+    `negative_heads` and `respond_heads` (the sound classes of each side; "" for background) it is
+    a regression over those classes and its logit is log P(any RESPOND class) − log P(any other):
+    RESPOND sounds are many unlike things, and one linear boundary around all of them had to stand
+    so far out that held-out ambience cost most of the recall (BENCHMARKS.md, 2026-12-03)."""
 
     def __init__(self, d_summary: int, n_mels: int, chunks: int = VERIFY_CHUNKS, gate: float = VERIFY_GATE,
                  floor: float = 0.0, layers: Sequence[int] | None = None, confirm: int = 1,
-                 class_confirm: Sequence[int] | None = None, class_floor: Sequence[float] | None = None):
+                 class_confirm: Sequence[int] | None = None, class_floor: Sequence[float] | None = None,
+                 negative_heads: Sequence[str] | None = None, respond_heads: Sequence[str] | None = None):
         # confirm 1 is also what a checkpoint without the key means (verifiers before 2026-12-03)
         super().__init__()
+        if (negative_heads is None) != (respond_heads is None) or respond_heads is not None and (
+                not negative_heads or not respond_heads):
+            raise ValueError("a verifier over classes needs both negative_heads and respond_heads, each non-empty")
+        self.negative_heads = None if negative_heads is None else tuple(str(h) for h in negative_heads)
+        self.respond_heads = None if respond_heads is None else tuple(str(h) for h in respond_heads)
         self.n_mels, self.chunks, self.confirm = int(n_mels), int(chunks), int(confirm)
         if self.confirm < 1:
             raise ValueError(f"verifier confirm must be >= 1 decision, got {confirm!r}")
@@ -180,8 +192,9 @@ class Verifier(nn.Module):
         self.d_summary = int(d_summary) * (len(self.layers) if self.layers else 1)
         self.mean = nn.Parameter(torch.zeros(self.d_summary))
         self.scale = nn.Parameter(torch.ones(self.d_summary))
-        self.weight = nn.Parameter(torch.zeros(self.d_summary))
-        self.bias = nn.Parameter(torch.zeros(()))
+        heads = () if self.respond_heads is None else (len(self.negative_heads) + len(self.respond_heads),)
+        self.weight = nn.Parameter(torch.zeros(*heads, self.d_summary))  # rows: negative heads, then respond heads
+        self.bias = nn.Parameter(torch.zeros(heads))
         self.requires_grad_(False)
 
     def set_class_confirm(self, confirm: Sequence[int] | None, floor: Sequence[float] | None) -> None:
@@ -206,11 +219,18 @@ class Verifier(nn.Module):
             cfg["confirm"] = self.confirm
         if self.class_confirm is not None:
             cfg.update(class_confirm=list(self.class_confirm), class_floor=list(self.class_floor))
+        if self.respond_heads is not None:
+            cfg.update(negative_heads=list(self.negative_heads), respond_heads=list(self.respond_heads))
         return cfg if self.layers is None else {**cfg, "layers": list(self.layers)}
 
     def logit(self, summary: torch.Tensor) -> torch.Tensor:
         """(..., d_summary) window summaries → (...) logits."""
-        return ((summary.float() - self.mean) / self.scale) @ self.weight + self.bias
+        z = (summary.float() - self.mean) / self.scale
+        if self.respond_heads is None:
+            return z @ self.weight + self.bias
+        h = z @ self.weight.T + self.bias
+        n = len(self.negative_heads)
+        return torch.logsumexp(h[..., n:], -1) - torch.logsumexp(h[..., :n], -1)
 
     def summary(self, summarize, mels: torch.Tensor) -> torch.Tensor:
         """(N, k, n_mels, F) log-mels of k ≤ `chunks` consecutive chunks → (N, d_summary): fewer

@@ -619,6 +619,37 @@ def stream_windows(stream, chunk_samples: int, chunks: int = VERIFY_CHUNKS, hop_
     return np.stack([x[e: e + chunks] for e in ends]), y[ends]
 
 
+def window_names(items=None, streams=None, chunk_samples_: int = 0, chunks: int = VERIFY_CHUNKS,
+                 hop_chunks: int = VERIFY_HOP_CHUNKS, window_chunks: int = 2) -> list[str]:
+    """The sound class of each window `verifier_features` encodes, in its order, without encoding:
+    of train-split clips (`items`; every window its clip's class) or of their bench-style `streams`
+    (a window labelled RESPOND its clip's class, one ending within an IGNORE clip's counted range
+    that clip's class, any other ""). What a verifier over classes (`VERIFY_HEADS` "classes") is
+    fitted to tell apart."""
+    from .bench.proactive import ClipLoader
+    from .calibrate import counted_chunk_range
+
+    out: list[str] = []
+    if streams is None:
+        loader = ClipLoader()
+        for it in items or ():
+            w = loader(it)
+            if w is not None:
+                out += [it.sound_class] * len(window_ends(len(w), chunk_samples_, chunks, hop_chunks))
+        return out
+    for st in streams:
+        n = -(-len(st.wave) // chunk_samples_)
+        clips = [(e.start_sample, e.end_sample, e.item.decision == "RESPOND") for e in st.events]
+        y = respond_labels(n, clips, chunk_samples_, window_chunks)
+        spans = [(*counted_chunk_range(e.start_sample, e.end_sample, chunk_samples_, window_chunks), e.item)
+                 for e in st.events]
+        for end in range(0, n, hop_chunks):
+            # the latest clip whose counted range holds this chunk, of the side its label says
+            near = [it for lo, hi, it in spans if lo <= end <= hi and (it.decision == "RESPOND") == bool(y[end])]
+            out.append(near[-1].sound_class if near else "")
+    return out
+
+
 @torch.inference_mode()
 def window_summaries(model, windows: np.ndarray, layers: Sequence[int] | None = None, batch: int = 16) -> torch.Tensor:
     """(N, k, samples) chunk windows → (N, D) `trigger.window_summary` of `layers`, as served."""
@@ -748,20 +779,51 @@ def verifier_features(model, items, ambient_waves: Sequence[np.ndarray], chunks:
                             layers, chunks)
 
 
-def _fit_logistic(X: np.ndarray, y: np.ndarray, C: float, seed: int):
+@dataclass
+class _Regression:
+    """A fitted second look: standardiser + logistic regression, binary (no heads) or over the
+    classes `negative` + `respond` (its label k is the k-th of them), read as `Verifier.logit` reads it."""
+
+    pipe: object
+    negative: list[str] | None = None
+    respond: list[str] | None = None
+
+    def logit(self, X: np.ndarray) -> np.ndarray:
+        from scipy.special import logsumexp
+
+        h = self.pipe.decision_function(X)
+        if self.respond is None:
+            return h
+        n = len(self.negative)
+        return logsumexp(h[:, n:], axis=1) - logsumexp(h[:, :n], axis=1)
+
+
+def _fit_logistic(X: np.ndarray, y: np.ndarray, C: float, seed: int, names: Sequence[str] | None = None) -> _Regression:
+    """Class-balanced: RESPOND and the rest weigh the same in all. `names` (a class per row, ""
+    for background): a regression over the classes of each side, else binary."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=5000, class_weight="balanced",
-                                                              random_state=seed)).fit(X, y)
+    if names is None:
+        return _Regression(make_pipeline(StandardScaler(), LogisticRegression(
+            C=C, max_iter=5000, class_weight="balanced", random_state=seed)).fit(X, y))
+    names = np.asarray(names, dtype=object)
+    negative = sorted({str(c) for c in names[y == 0]} | {""})
+    respond = sorted({str(c) for c in names[y == 1]})
+    neg, pos = {c: i for i, c in enumerate(negative)}, {c: len(negative) + i for i, c in enumerate(respond)}
+    labels = np.array([pos[str(c)] if t else neg[str(c)] for c, t in zip(names, y)])  # a name counts by its side
+    w = np.where(y == 1, 0.5 / max(1, (y == 1).sum()), 0.5 / max(1, (y == 0).sum())) * len(y)
+    pipe = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=5000, random_state=seed))
+    return _Regression(pipe.fit(X, labels, logisticregression__sample_weight=w), negative, respond)
 
 
 def fit_verifier(model, items, ambient_waves: Sequence[np.ndarray], chunks: int = VERIFY_CHUNKS,
                  gate: float = VERIFY_GATE, C: float = VERIFY_C, depth: int = VERIFY_DEPTH, seed: int = 0,
                  confirm: int = VERIFY_CONFIRM, streams: Sequence | None = None, say=None,
                  folds: Sequence[int] | None = None, features: VerifierFeatures | None = None,
-                 class_probs: Sequence[np.ndarray] | None = None, chunk_ms: int = 400) -> tuple[Verifier, dict]:
+                 class_probs: Sequence[np.ndarray] | None = None, chunk_ms: int = 400,
+                 names: Sequence[str] | None = None) -> tuple[Verifier, dict]:
     """The trigger's second look (`trigger.Verifier`): a class-balanced logistic regression on
     the window summaries of `verifier_features` (train-split clips or their bench-style `streams`;
     training-side recorded ambience as negatives). `depth`: pool the outputs of the encoder's
@@ -782,23 +844,30 @@ def fit_verifier(model, items, ambient_waves: Sequence[np.ndarray], chunks: int 
     near it, and the one floor (for unnamed sounds) is the same rule over all of them, each within
     the trigger's false-reply budget (`class_confirmed_floors`): one floor high enough for the
     most machine-like class halved recall (`x2deep`), a floor per class kept the held-out hour at
-    0.2 false replies (`xb`, BENCHMARKS.md)."""
+    0.2 false replies (`xb`, BENCHMARKS.md).
+
+    `names` (`window_names`: a sound class per sound window): a regression over the classes of
+    each side, ambience as background (`Verifier`'s heads), instead of RESPOND against the rest."""
     f = features if features is not None else verifier_features(model, items, ambient_waves, chunks, depth, streams, folds)
     n_clip = len(f.y)
     A = torch.cat(f.ambient).numpy() if f.ambient else np.zeros((0, f.X.shape[1]), np.float32)
     X, y = np.concatenate([f.X.numpy(), A]), np.concatenate([f.y, np.zeros(len(A), np.int64)])
     lengths = [len(a) for a in f.ambient]
+    if names is not None and len(names) != n_clip:
+        raise ValueError(f"{len(names)} window names for {n_clip} sound windows")
+    N = None if names is None else np.concatenate([np.asarray(names, dtype=object), np.full(len(A), "", dtype=object)])
     if say:
         say(f"verifier: {n_clip} sound windows ({int(f.y.sum())} RESPOND), {len(A)} ambient windows "
             f"in {len(set(f.folds))} fold(s)")
-    pipe = _fit_logistic(X, y, C, seed)
-    sc, lr = pipe[0], pipe[-1]
-    v = Verifier(2 * model.encoder.d_out, model.n_mels, f.chunks, gate, layers=f.layers, confirm=confirm)
+    reg = _fit_logistic(X, y, C, seed, N)
+    sc, lr = reg.pipe[0], reg.pipe[-1]
+    v = Verifier(2 * model.encoder.d_out, model.n_mels, f.chunks, gate, layers=f.layers, confirm=confirm,
+                 negative_heads=reg.negative, respond_heads=reg.respond)
     with torch.no_grad():
         v.mean.copy_(torch.from_numpy(sc.mean_).float())
         v.scale.copy_(torch.from_numpy(sc.scale_).float())
-        v.weight.copy_(torch.from_numpy(lr.coef_[0]).float())
-        v.bias.fill_(float(lr.intercept_[0]))
+        v.weight.copy_(torch.from_numpy(lr.coef_[0] if reg.respond is None else lr.coef_).float())
+        v.bias.copy_(torch.as_tensor(lr.intercept_[0] if reg.respond is None else lr.intercept_).float())
         lg = v.logit(torch.from_numpy(X)).numpy()
     ks = sorted({1, 2, 3, confirm})
     waves = np.split(lg[n_clip:], np.cumsum(lengths)[:-1]) if lengths else []
@@ -809,10 +878,11 @@ def fit_verifier(model, items, ambient_waves: Sequence[np.ndarray], chunks: int 
             keep = [a for a, g in zip(f.ambient, f.folds) if g != fold]
             Xf = np.concatenate([f.X.numpy(), *[a.numpy() for a in keep]])
             yf = np.concatenate([f.y, np.zeros(sum(map(len, keep)), np.int64)])
-            p = _fit_logistic(Xf, yf, C, seed)
+            Nf = None if N is None else np.concatenate([N[:n_clip], np.full(len(yf) - n_clip, "", dtype=object)])
+            p = _fit_logistic(Xf, yf, C, seed, Nf)
             for i, (a, g) in enumerate(zip(f.ambient, f.folds)):
                 if g == fold:
-                    held[i] = p.decision_function(a.numpy())
+                    held[i] = p.logit(a.numpy())
             if say:
                 say(f"  fold {fold} held out: highest level {max(float(h.max()) for h in held if h is not None):.2f}")
         held_floors = {k: confirmed_floor(held, k) for k in ks}
@@ -835,6 +905,7 @@ def fit_verifier(model, items, ambient_waves: Sequence[np.ndarray], chunks: int 
     stats = {"clip_windows": n_clip, "windows_from": f.windows_from,
              "ambient_windows": len(A), "ambient_folds": len(set(f.folds)), "C": C, "gate": gate, "chunks": f.chunks,
              "layers": None if f.layers is None else list(f.layers), "confirm": confirm,
+             "heads": "one" if reg.respond is None else {"negative": reg.negative, "respond": reg.respond},
              "floor_from": ("held-out folds, per namer class" if class_floors is not None
                             else "held-out folds" if held_floors is not None else "in-sample"),
              "floors_by_confirm": {str(k): v_ for k, v_ in chosen.items()},
@@ -926,7 +997,7 @@ def verify_into_checkpoint(checkpoint, out, bench_manifest: str, noise_manifest:
                            gate: float | None = None, chunks: int | None = None, depth: int | None = None,
                            C: float | None = None, confirm: int | None = None, seed: int = 0,
                            windows_from: str = "clips", ambient_folds: int = 1, features_cache: str | None = None,
-                           class_floors: bool = False, progress: bool = True) -> dict:
+                           class_floors: bool = False, heads: str = "one", progress: bool = True) -> dict:
     """Fit the verifier of `checkpoint`'s trigger (`fit_verifier`) on the train-split clips of
     `bench_manifest` and `ambient_minutes` of training-side ambience from the noise library's
     training side and from each of `ambient_manifests`, and write the checkpoint with it to
@@ -938,7 +1009,9 @@ def verify_into_checkpoint(checkpoint, out, bench_manifest: str, noise_manifest:
     `ambient_minutes` of each source in all). `class_floors` (with two folds): a floor per namer
     class (`fit_verifier`'s `class_probs`). `features_cache`: a file keeping the encoded windows
     (~0.4 GB for the default inputs) for the next fit with the same inputs and the same frozen
-    encoder (another checkpoint with it too), which then takes seconds."""
+    encoder (another checkpoint with it too), which then takes seconds. `heads`: "one" (RESPOND
+    against the rest) or "classes" (a regression over the sound classes of each side,
+    `window_names`; one features cache serves both)."""
     import sys
     from pathlib import Path
 
@@ -951,6 +1024,8 @@ def verify_into_checkpoint(checkpoint, out, bench_manifest: str, noise_manifest:
         if progress:
             print(f"[trigger] {msg}", file=sys.stderr, flush=True)
 
+    if heads not in ("one", "classes"):
+        raise ValueError(f"heads is 'one' or 'classes', got {heads!r}")
     if windows_from not in ("clips", "streams"):
         raise ValueError(f"windows_from is 'clips' or 'streams', got {windows_from!r}")
     if ambient_folds not in (1, 2):
@@ -980,14 +1055,21 @@ def verify_into_checkpoint(checkpoint, out, bench_manifest: str, noise_manifest:
                 if ambient_minutes > 0:
                     waves.append(ambient_stream(path, minutes, seed=seed + 2 + j + 10 * k, split=extra_half)[0])
                     folds.append(k)
+    items, streams = None, None
+    if features is None or heads == "classes":  # the windows' classes are read off the clips, not encoded
+        items = load_manifest(bench_manifest)
+        streams = bench_style_streams(items, noise_manifest, seed) if windows_from == "streams" else None
     if features is not None:
         say(f"encoded windows from {features_cache}")
     else:
-        items = load_manifest(bench_manifest)
-        streams = bench_style_streams(items, noise_manifest, seed) if windows_from == "streams" else None
         features = verifier_features(model, items, waves, chunks, depth, streams, folds)
         if features_cache:
             _write_cache(features_cache, key, features=features)
+    names = None
+    if heads == "classes":
+        names = window_names(items, streams, chunk_samples(model.cfg.chunk_ms), features.chunks)
+        if len(names) != len(features.y):
+            raise ValueError(f"{len(names)} window classes for {len(features.y)} encoded windows (a stale features cache?)")
     probs = None
     if class_floors:
         say(f"the namer over {len(waves)} ambient waves")
@@ -996,7 +1078,7 @@ def verify_into_checkpoint(checkpoint, out, bench_manifest: str, noise_manifest:
     v, stats = fit_verifier(model, None, (), gate=gate, seed=seed, say=say, features=features,
                             C=VERIFY_C if C is None else float(C),
                             confirm=VERIFY_CONFIRM if confirm is None else int(confirm),
-                            class_probs=probs, chunk_ms=model.cfg.chunk_ms)
+                            class_probs=probs, chunk_ms=model.cfg.chunk_ms, names=names)
     stats.update(bench_manifest=str(bench_manifest), noise_manifest=noise_manifest,
                  ambient_manifests=[str(m) for m in ambient_manifests], ambient_minutes=ambient_minutes)
     say(f"verifier fitted: floor {v.floor:.2f} ({stats['floor_from']}), gate {gate:g}")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 from test_trigger import (  # the manifest: loud tones (RESPOND) and soft noise (IGNORE), 1.6 s each
     _bench_manifest,
@@ -354,7 +355,7 @@ def test_a_verifier_with_class_floors_measures_each_named_sound_by_its_own(tmp_p
         keep = [a.numpy() for a, g in zip(feats.ambient, feats.folds) if g != fold]
         pipe = _fit_logistic(np.concatenate([feats.X.numpy(), *keep]),
                              np.r_[feats.y, np.zeros(sum(map(len, keep)), np.int64)], stats["C"], 0)
-        held += [pipe.decision_function(a.numpy()) for a, g in zip(feats.ambient, feats.folds) if g == fold]
+        held += [pipe.logit(a.numpy()) for a, g in zip(feats.ambient, feats.folds) if g == fold]
     order = [0, 2, 1, 3]
     one, per = class_confirmed_floors(held, [probs[i] for i in order], 2, hours=len(torch.cat(feats.ambient)) * 0.4 / 3600)
     assert stats["floor_from"] == "held-out folds, per namer class"
@@ -520,3 +521,70 @@ def test_confirm_into_checkpoint_asks_short_classes_fewer_at_their_fitted_floors
     (tmp_path / "ck" / "model.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="not for these 2 classes"):
         confirm_into_checkpoint(tmp_path / "ck", tmp_path / "out4", str(tmp_path / "labels.jsonl"), 2)
+
+
+def _classed_manifest(tmp_path, n=16):
+    """`_bench_manifest` with a class per clip: RESPOND tones "alarm" and "bell" in turn, IGNORE "hiss"."""
+    path = _bench_manifest(tmp_path, n)
+    rows = [json.loads(x) for x in path.read_text().splitlines()]
+    for i, r in enumerate(rows):
+        r["class"] = "hiss" if r["decision"] == "IGNORE" else ("alarm", "bell")[(i // 2) % 2]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_window_names_follow_the_encoded_windows_clip_by_clip_and_stream_by_stream(tmp_path):
+    """A class per window in `verifier_features`' order: a clip's windows its class; a stream's
+    RESPOND-labelled windows their clip's class, windows in an IGNORE clip's counted range its
+    class, the rest (lead-in, tail, gaps) background ""."""
+    from soundflow.bench.common import load_manifest
+    from soundflow.trigger_fit import window_names
+
+    items = load_manifest(_classed_manifest(tmp_path))
+    names = window_names(items, None, 6400, 3)
+    assert len(names) == sum(len(verify_windows(np.zeros(int(1.6 * 16000), np.float32), 6400, 3)) for _ in items)
+    streams = bench_style_streams(items)
+    names = window_names(None, streams, 6400, 3)
+    labels = np.concatenate([stream_windows(s, 6400, 3)[1] for s in streams])
+    assert len(names) == len(labels)
+    assert {n for n, y in zip(names, labels) if y} == {"alarm", "bell"}
+    assert {n for n, y in zip(names, labels) if not y} == {"", "hiss"}
+
+
+def test_a_verifier_over_classes_reads_any_respond_class_against_any_other_and_round_trips(tmp_path):
+    """`--heads classes`: one regression head per class of each side (ambience as background "");
+    its logit is logsumexp(RESPOND heads) - logsumexp(other heads), the same fitted, cross-fitted
+    and served; the heads survive a checkpoint."""
+    from scipy.special import logsumexp
+
+    from soundflow.model import build_model
+
+    m = build_model("tiny")
+    m.add_trigger(windows=(1, 3))
+    save_checkpoint(m, {"special"}, tmp_path / "ck")
+    ambient = tmp_path / "amb"
+    ambient.mkdir()
+    rng = np.random.default_rng(5)
+    rows = []
+    for i in range(4):
+        sf.write(ambient / f"a{i}.wav", (0.05 * rng.standard_normal(16000 * 6)).astype(np.float32), 16000)
+        rows.append({"id": f"a{i}", "audio": f"a{i}.wav", "duration": 6.0, "kind": "ambient"})
+    (ambient / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    manifest = str(_classed_manifest(tmp_path))
+    stats = verify_into_checkpoint(tmp_path / "ck", tmp_path / "out", manifest,
+                                   ambient_manifests=[str(ambient / "manifest.jsonl")], ambient_minutes=0.4,
+                                   chunks=3, depth=0, confirm=1, windows_from="streams", ambient_folds=2,
+                                   heads="classes", progress=False)
+    assert stats["heads"] == {"negative": ["", "hiss"], "respond": ["alarm", "bell"]}
+    assert stats["floor_from"] == "held-out folds"
+    back = load_checkpoint(tmp_path / "out")
+    v = back.trigger.verifier
+    assert v.negative_heads == ("", "hiss") and v.respond_heads == ("alarm", "bell") and v.weight.shape[0] == 4
+    x = torch.randn(5, v.d_summary)
+    h = (((x - v.mean) / v.scale) @ v.weight.T + v.bias).numpy()
+    assert np.allclose(v.logit(x).numpy(), logsumexp(h[:, 2:], 1) - logsumexp(h[:, :2], 1), atol=1e-5)
+    with pytest.raises(ValueError, match="both negative_heads and respond_heads"):
+        Verifier(8, 4, respond_heads=["alarm"])
+    with pytest.raises(ValueError, match="heads is 'one' or 'classes'"):
+        verify_into_checkpoint(tmp_path / "ck", tmp_path / "o2", manifest, heads="all",
+                               progress=False)
