@@ -458,9 +458,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --ambient-folds 2: a floor per namer class, from the held-out ambient windows the "
                         "trigger's namer comes near that class in, each allowed the trigger's false-reply budget "
                         "(as the trigger's own class floors)")
-    t.add_argument("--heads", choices=("one", "classes"), default="one",
-                   help="one: a regression of RESPOND against the rest (default); classes: over the sound classes "
-                        "of each side (ambience as background), its logit log P(any RESPOND class) - log P(any other)")
+    t.add_argument("--heads", choices=("one", "classes"), default=None,
+                   help="classes (default, trigger.VERIFY_HEADS): a regression over the sound classes of each side "
+                        "(ambience as background), its logit log P(any RESPOND class) - log P(any other); one: RESPOND "
+                        "against the rest (the verifiers before 2026-12-03)")
     t.add_argument("--features-cache", default=None, metavar="FILE",
                    help="keep the encoded windows (~0.4 GB) here: the next fit with the same inputs and the same "
                         "frozen encoder takes seconds")

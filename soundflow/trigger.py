@@ -106,6 +106,10 @@ VERIFY_GATE = 4.0
 VERIFY_DEPTH = 4
 VERIFY_C = 0.001
 VERIFY_CONFIRM = 2
+# "classes": the regression tells the sound classes of each side apart (`Verifier`'s heads); one
+# binary head held single-tier balanced accuracy at 0.795 where, with the same windows, floors and
+# rule, heads over classes reached 0.850 (BENCHMARKS.md, 2026-12-03 twenty-first session)
+VERIFY_HEADS = "classes"
 # A sound that lasts under SHORT_SOUND_S (a knock, breaking glass: the median, over a class's training
 # clips, of the time each stays within SOUND_DB of its loudest 100 ms) keeps the trigger near firing for
 # a decision or two, so a second look that must agree three times in a row misses it (held-out door

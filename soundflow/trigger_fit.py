@@ -37,6 +37,7 @@ from .trigger import (
     VERIFY_CONFIRM,
     VERIFY_DEPTH,
     VERIFY_GATE,
+    VERIFY_HEADS,
     Trigger,
     Verifier,
     chunk_summary,
@@ -800,17 +801,19 @@ class _Regression:
 
 def _fit_logistic(X: np.ndarray, y: np.ndarray, C: float, seed: int, names: Sequence[str] | None = None) -> _Regression:
     """Class-balanced: RESPOND and the rest weigh the same in all. `names` (a class per row, ""
-    for background): a regression over the classes of each side, else binary."""
+    for background): a regression over the classes of each side, else (or when each side has one
+    class: the same regression) binary."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    if names is None:
+    if names is not None:
+        names = np.asarray(names, dtype=object)
+        negative = sorted({str(c) for c in names[y == 0]} | {""})
+        respond = sorted({str(c) for c in names[y == 1]})
+    if names is None or len(negative) + len(respond) <= 2:
         return _Regression(make_pipeline(StandardScaler(), LogisticRegression(
             C=C, max_iter=5000, class_weight="balanced", random_state=seed)).fit(X, y))
-    names = np.asarray(names, dtype=object)
-    negative = sorted({str(c) for c in names[y == 0]} | {""})
-    respond = sorted({str(c) for c in names[y == 1]})
     neg, pos = {c: i for i, c in enumerate(negative)}, {c: len(negative) + i for i, c in enumerate(respond)}
     labels = np.array([pos[str(c)] if t else neg[str(c)] for c, t in zip(names, y)])  # a name counts by its side
     w = np.where(y == 1, 0.5 / max(1, (y == 1).sum()), 0.5 / max(1, (y == 0).sum())) * len(y)
@@ -997,7 +1000,7 @@ def verify_into_checkpoint(checkpoint, out, bench_manifest: str, noise_manifest:
                            gate: float | None = None, chunks: int | None = None, depth: int | None = None,
                            C: float | None = None, confirm: int | None = None, seed: int = 0,
                            windows_from: str = "clips", ambient_folds: int = 1, features_cache: str | None = None,
-                           class_floors: bool = False, heads: str = "one", progress: bool = True) -> dict:
+                           class_floors: bool = False, heads: str | None = None, progress: bool = True) -> dict:
     """Fit the verifier of `checkpoint`'s trigger (`fit_verifier`) on the train-split clips of
     `bench_manifest` and `ambient_minutes` of training-side ambience from the noise library's
     training side and from each of `ambient_manifests`, and write the checkpoint with it to
@@ -1009,9 +1012,9 @@ def verify_into_checkpoint(checkpoint, out, bench_manifest: str, noise_manifest:
     `ambient_minutes` of each source in all). `class_floors` (with two folds): a floor per namer
     class (`fit_verifier`'s `class_probs`). `features_cache`: a file keeping the encoded windows
     (~0.4 GB for the default inputs) for the next fit with the same inputs and the same frozen
-    encoder (another checkpoint with it too), which then takes seconds. `heads`: "one" (RESPOND
-    against the rest) or "classes" (a regression over the sound classes of each side,
-    `window_names`; one features cache serves both)."""
+    encoder (another checkpoint with it too), which then takes seconds. `heads`: "classes" (a
+    regression over the sound classes of each side, `window_names`; default `trigger.VERIFY_HEADS`)
+    or "one" (RESPOND against the rest); one features cache serves both."""
     import sys
     from pathlib import Path
 
@@ -1024,6 +1027,7 @@ def verify_into_checkpoint(checkpoint, out, bench_manifest: str, noise_manifest:
         if progress:
             print(f"[trigger] {msg}", file=sys.stderr, flush=True)
 
+    heads = VERIFY_HEADS if heads is None else heads
     if heads not in ("one", "classes"):
         raise ValueError(f"heads is 'one' or 'classes', got {heads!r}")
     if windows_from not in ("clips", "streams"):
