@@ -620,7 +620,7 @@ def stream_windows(stream, chunk_samples: int, chunks: int = VERIFY_CHUNKS, hop_
     return np.stack([x[e: e + chunks] for e in ends]), y[ends]
 
 
-def window_names(items=None, streams=None, chunk_samples_: int = 0, chunks: int = VERIFY_CHUNKS,
+def window_names(items=None, streams=None, samples_per_chunk: int = 0, chunks: int = VERIFY_CHUNKS,
                  hop_chunks: int = VERIFY_HOP_CHUNKS, window_chunks: int = 2) -> list[str]:
     """The sound class of each window `verifier_features` encodes, in its order, without encoding:
     of train-split clips (`items`; every window its clip's class) or of their bench-style `streams`
@@ -636,13 +636,13 @@ def window_names(items=None, streams=None, chunk_samples_: int = 0, chunks: int 
         for it in items or ():
             w = loader(it)
             if w is not None:
-                out += [it.sound_class] * len(window_ends(len(w), chunk_samples_, chunks, hop_chunks))
+                out += [it.sound_class] * len(window_ends(len(w), samples_per_chunk, chunks, hop_chunks))
         return out
     for st in streams:
-        n = -(-len(st.wave) // chunk_samples_)
+        n = -(-len(st.wave) // samples_per_chunk)
         clips = [(e.start_sample, e.end_sample, e.item.decision == "RESPOND") for e in st.events]
-        y = respond_labels(n, clips, chunk_samples_, window_chunks)
-        spans = [(*counted_chunk_range(e.start_sample, e.end_sample, chunk_samples_, window_chunks), e.item)
+        y = respond_labels(n, clips, samples_per_chunk, window_chunks)
+        spans = [(*counted_chunk_range(e.start_sample, e.end_sample, samples_per_chunk, window_chunks), e.item)
                  for e in st.events]
         for end in range(0, n, hop_chunks):
             # the latest clip whose counted range holds this chunk, of the side its label says
