@@ -42,17 +42,18 @@ def _stdout_is_data(jsonl: bool):
     if not jsonl:
         yield out
         return
-    moved = [h for name in ("DeepSpeed",) if name in logging.Logger.manager.loggerDict
-             for h in logging.getLogger(name).handlers
+    loggers = [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values()
+                                      if isinstance(lg, logging.Logger))]
+    moved = [(h, h.stream) for lg in loggers for h in lg.handlers
              if isinstance(h, logging.StreamHandler) and h.stream in (out, sys.__stdout__)]
-    for h in moved:
+    for h, _ in moved:
         h.setStream(sys.stderr)
     try:
         with contextlib.redirect_stdout(sys.stderr):  # a logger made meanwhile binds stderr too
             yield out
     finally:
-        for h in moved:
-            h.setStream(out)
+        for h, stream in moved:
+            h.setStream(stream)
 
 
 def _fmt_t(t: float) -> str:

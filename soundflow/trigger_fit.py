@@ -610,14 +610,19 @@ def stream_windows(stream, chunk_samples: int, chunks: int = VERIFY_CHUNKS, hop_
     as the engine pads a stream's start, each labelled as the trigger's chunk there
     (`respond_labels`: 1 where a reply to a RESPOND clip counts). Unlike a clip's own windows
     they hold what came before the sound: the lead-in, or the clip before it in a sequence."""
+    ends, y = _stream_window_ends(stream, chunk_samples, hop_chunks, window_chunks)
     n = -(-len(stream.wave) // chunk_samples)
     x = np.zeros(((chunks - 1) + n) * chunk_samples, np.float32)
     x[(chunks - 1) * chunk_samples: (chunks - 1) * chunk_samples + len(stream.wave)] = stream.wave
     x = x.reshape(-1, chunk_samples)
-    clips = [(e.start_sample, e.end_sample, e.item.decision == "RESPOND") for e in stream.events]
-    y = respond_labels(n, clips, chunk_samples, window_chunks)
-    ends = np.arange(0, n, hop_chunks)
     return np.stack([x[e: e + chunks] for e in ends]), y[ends]
+
+
+def _stream_window_ends(stream, chunk_samples: int, hop_chunks: int, window_chunks: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the chunks `stream_windows`' windows end at, the trigger's label of every chunk)."""
+    n = -(-len(stream.wave) // chunk_samples)
+    clips = [(e.start_sample, e.end_sample, e.item.decision == "RESPOND") for e in stream.events]
+    return np.arange(0, n, hop_chunks), respond_labels(n, clips, chunk_samples, window_chunks)
 
 
 def window_names(items=None, streams=None, samples_per_chunk: int = 0, chunks: int = VERIFY_CHUNKS,
@@ -639,12 +644,10 @@ def window_names(items=None, streams=None, samples_per_chunk: int = 0, chunks: i
                 out += [it.sound_class] * len(window_ends(len(w), samples_per_chunk, chunks, hop_chunks))
         return out
     for st in streams:
-        n = -(-len(st.wave) // samples_per_chunk)
-        clips = [(e.start_sample, e.end_sample, e.item.decision == "RESPOND") for e in st.events]
-        y = respond_labels(n, clips, samples_per_chunk, window_chunks)
+        ends, y = _stream_window_ends(st, samples_per_chunk, hop_chunks, window_chunks)
         spans = [(*counted_chunk_range(e.start_sample, e.end_sample, samples_per_chunk, window_chunks), e.item)
                  for e in st.events]
-        for end in range(0, n, hop_chunks):
+        for end in ends:
             # the latest clip whose counted range holds this chunk, of the side its label says
             near = [it for lo, hi, it in spans if lo <= end <= hi and (it.decision == "RESPOND") == bool(y[end])]
             out.append(near[-1].sound_class if near else "")

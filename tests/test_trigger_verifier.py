@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 from test_trigger import (  # the manifest: loud tones (RESPOND) and soft noise (IGNORE), 1.6 s each
     _bench_manifest,
@@ -556,23 +555,17 @@ def test_a_verifier_over_classes_reads_any_respond_class_against_any_other_and_r
     its logit is logsumexp(RESPOND heads) - logsumexp(other heads), the same fitted, cross-fitted
     and served; the heads survive a checkpoint."""
     from scipy.special import logsumexp
+    from test_trigger import _noise_library
 
     from soundflow.model import build_model
 
     m = build_model("tiny")
     m.add_trigger(windows=(1, 3))
     save_checkpoint(m, {"special"}, tmp_path / "ck")
-    ambient = tmp_path / "amb"
-    ambient.mkdir()
-    rng = np.random.default_rng(5)
-    rows = []
-    for i in range(4):
-        sf.write(ambient / f"a{i}.wav", (0.05 * rng.standard_normal(16000 * 6)).astype(np.float32), 16000)
-        rows.append({"id": f"a{i}", "audio": f"a{i}.wav", "duration": 6.0, "kind": "ambient"})
-    (ambient / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _noise_library(tmp_path)
     manifest = str(_classed_manifest(tmp_path))
     stats = verify_into_checkpoint(tmp_path / "ck", tmp_path / "out", manifest,
-                                   ambient_manifests=[str(ambient / "manifest.jsonl")], ambient_minutes=0.4,
+                                   ambient_manifests=[str(tmp_path / "noise.jsonl")], ambient_minutes=0.4,
                                    chunks=3, depth=0, confirm=1, windows_from="streams", ambient_folds=2,
                                    heads="classes", progress=False)
     assert stats["heads"] == {"negative": ["", "hiss"], "respond": ["alarm", "bell"]}
